@@ -1,0 +1,211 @@
+//! Async calls: the request as queued, and the record of what became of it.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::name::FunctionRef;
+use crate::time::Timestamp;
+
+/// Longest call id accepted from a client's `X-Call-Id`.
+pub const MAX_CALL_ID_LEN: usize = 128;
+
+/// The id of an async call: the client's own `X-Call-Id`, or a UUID Sluice made.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CallId(String);
+
+/// Why a client-supplied call id was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "X-Call-Id must be 1 to {MAX_CALL_ID_LEN} characters of letters, digits, '-', '_', '.' or ':'"
+)]
+pub struct InvalidCallId;
+
+impl CallId {
+    /// Accepts a client's id if it is safe to use in URLs, logs and headers.
+    pub fn parse(s: &str) -> Result<Self, InvalidCallId> {
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
+        if s.is_empty() || s.len() > MAX_CALL_ID_LEN || !s.chars().all(ok) {
+            return Err(InvalidCallId);
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// Wraps an id that was generated or already validated.
+    pub fn from_trusted(s: String) -> Self {
+        Self(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Everything about an async call except its body: what the queue worker needs to replay the
+/// request against the function and deliver the result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallMeta {
+    pub id: CallId,
+    pub function: FunctionRef,
+    /// The method the client used; async calls keep it (OpenFaaS turns everything into POST).
+    pub method: String,
+    /// Path below the function, starting with `/` (`/` when none was given).
+    pub path: String,
+    pub query: Option<String>,
+    /// Request headers to replay, in order, hop-by-hop and Sluice's own control headers removed.
+    pub headers: Vec<(String, String)>,
+    pub callback_url: Option<String>,
+    pub submitted_at: Timestamp,
+}
+
+/// A call as it sits on the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedCall {
+    pub meta: CallMeta,
+    pub body: Bytes,
+}
+
+/// Where a call is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl CallState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}
+
+/// How an invocation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallOutcome {
+    pub state: CallState,
+    /// The HTTP status the function (or the platform on its behalf) answered with.
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub finished_at: Timestamp,
+    pub duration_ms: u64,
+}
+
+/// How delivering the result to `X-Callback-Url` went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallbackOutcome {
+    pub delivered: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub at: Timestamp,
+}
+
+/// The body of `GET /system/calls/<id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallRecord {
+    pub id: CallId,
+    pub function: String,
+    pub namespace: String,
+    pub method: String,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    pub state: CallState,
+    /// Invocations started so far (a call redelivered after a crash counts each run).
+    pub attempts: u32,
+    pub submitted_at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback: Option<CallbackOutcome>,
+}
+
+impl CallRecord {
+    /// The record of a call that was just accepted.
+    pub fn queued(meta: &CallMeta) -> Self {
+        Self {
+            id: meta.id.clone(),
+            function: meta.function.name.clone(),
+            namespace: meta.function.namespace.clone(),
+            method: meta.method.clone(),
+            path: meta.path.clone(),
+            callback_url: meta.callback_url.clone(),
+            state: CallState::Queued,
+            attempts: 0,
+            submitted_at: meta.submitted_at,
+            started_at: None,
+            finished_at: None,
+            duration_seconds: None,
+            status_code: None,
+            error: None,
+            callback: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_ids_are_checked() {
+        assert!(CallId::parse("abc-123_x.y:z").is_ok());
+        assert!(CallId::parse("").is_err());
+        assert!(CallId::parse("a b").is_err());
+        assert!(CallId::parse("../etc").is_err());
+        assert!(CallId::parse(&"a".repeat(MAX_CALL_ID_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in [
+            CallState::Queued,
+            CallState::Running,
+            CallState::Succeeded,
+            CallState::Failed,
+        ] {
+            assert_eq!(CallState::parse(s.as_str()), Some(s));
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! `sluice-core`: the types every Sluice component speaks and the traits at its seams.
+//!
+//! Nothing here does I/O. Services meet through these types, HTTP and the queue; they never reach
+//! into each other's internals. The traits are object-safe so the wiring can pick an implementation
+//! at start-up (`Arc<dyn CallQueue>` and friends).
+
+pub mod api;
+pub mod call;
+pub mod name;
+pub mod seams;
+pub mod time;
+
+pub use api::{FunctionDeployment, FunctionResources, FunctionStatus};
+pub use call::{CallId, CallMeta, CallOutcome, CallRecord, CallState, CallbackOutcome, QueuedCall};
+pub use name::{DEFAULT_NAMESPACE, FunctionRef, NameError};
+pub use seams::{
+    CallQueue, CallStore, Delivery, FunctionSpec, FunctionStore, Lease, LogLine, LogStream,
+    Provider, ProviderError, QueueError, Replicas, StoreError,
+};
+pub use time::Timestamp;
+
+/// Response header set on every response Sluice makes itself (as opposed to one a function made),
+/// so clients can tell a platform error from a function's own error. Its value is the error code.
+pub const PLATFORM_ERROR_HEADER: &str = "x-sluice-error";

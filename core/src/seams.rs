@@ -1,0 +1,184 @@
+//! The traits at Sluice's seams and their error types.
+//!
+//! - [`Provider`] runs replicas (local processes today, Kubernetes Deployments later).
+//! - [`FunctionStore`] remembers what is deployed, so a restart brings it all back.
+//! - [`CallStore`] keeps the record of every async call.
+//! - [`CallQueue`] carries async calls from the gateway to queue workers, at least once.
+//!
+//! Every implementation of a trait must pass the same contract tests, so the single-machine and
+//! the cluster forms cannot drift apart.
+
+use std::fmt::Debug;
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+
+use crate::api::FunctionDeployment;
+use crate::call::{CallId, CallOutcome, CallRecord, CallbackOutcome, QueuedCall};
+use crate::name::FunctionRef;
+use crate::time::Timestamp;
+
+/// A deployed function as Sluice keeps it: the validated deployment and its replica count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionSpec {
+    pub function: FunctionRef,
+    pub deployment: FunctionDeployment,
+    pub replicas: u32,
+    pub created_at: Timestamp,
+}
+
+/// Desired and ready replicas of one function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Replicas {
+    pub desired: u32,
+    pub ready: u32,
+}
+
+/// One line a replica wrote, in the NDJSON shape of OpenFaaS's `/system/logs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub name: String,
+    pub namespace: String,
+    pub instance: String,
+    pub timestamp: Timestamp,
+    pub text: String,
+}
+
+pub type LogStream = Pin<Box<dyn Stream<Item = LogLine> + Send>>;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    #[error("function {0} is not deployed")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidSpec(String),
+    #[error("function {function} has no ready replica after waiting {waited:?}")]
+    NoReadyReplica { function: String, waited: Duration },
+    #[error("function {0} is scaled to zero")]
+    ScaledToZero(String),
+    #[error("provider failure: {0}")]
+    Internal(String),
+}
+
+/// Where functions run.
+#[async_trait]
+pub trait Provider: Send + Sync + Debug {
+    /// Rejects a deployment this provider cannot run, before anything is stored.
+    fn validate(&self, deployment: &FunctionDeployment) -> Result<(), ProviderError>;
+
+    /// Starts a function, or replaces a running one's configuration, with `spec.replicas` replicas.
+    async fn apply(&self, spec: &FunctionSpec) -> Result<(), ProviderError>;
+
+    /// Stops every replica of a function and forgets it.
+    async fn remove(&self, function: &FunctionRef) -> Result<(), ProviderError>;
+
+    /// Sets the number of replicas.
+    async fn scale(&self, function: &FunctionRef, replicas: u32) -> Result<(), ProviderError>;
+
+    /// Desired and ready replicas, or `None` for a function this provider does not run.
+    fn replicas(&self, function: &FunctionRef) -> Option<Replicas>;
+
+    /// The base URL (`http://host:port`) of a ready replica, chosen round-robin. Waits up to
+    /// `wait` for one to become ready when replicas are starting.
+    async fn endpoint(
+        &self,
+        function: &FunctionRef,
+        wait: Duration,
+    ) -> Result<String, ProviderError>;
+
+    /// The last `tail` lines the function's replicas wrote, then (with `follow`) new ones as they
+    /// come, until the function is removed or the stream is dropped.
+    fn logs(
+        &self,
+        function: &FunctionRef,
+        tail: usize,
+        follow: bool,
+    ) -> Result<LogStream, ProviderError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The function registry.
+#[async_trait]
+pub trait FunctionStore: Send + Sync + Debug {
+    /// Records a new function; [`StoreError::Conflict`] if it exists.
+    async fn create(&self, spec: &FunctionSpec) -> Result<(), StoreError>;
+    /// Replaces an existing function's deployment and replicas; [`StoreError::NotFound`] if absent.
+    async fn update(&self, spec: &FunctionSpec) -> Result<(), StoreError>;
+    async fn get(&self, function: &FunctionRef) -> Result<Option<FunctionSpec>, StoreError>;
+    async fn list(&self) -> Result<Vec<FunctionSpec>, StoreError>;
+    /// Forgets a function; `false` if there was none.
+    async fn delete(&self, function: &FunctionRef) -> Result<bool, StoreError>;
+    /// Records a new replica count; `false` if there is no such function.
+    async fn set_replicas(&self, function: &FunctionRef, replicas: u32)
+    -> Result<bool, StoreError>;
+}
+
+/// Records of async calls.
+#[async_trait]
+pub trait CallStore: Send + Sync + Debug {
+    /// Records a newly accepted call; `false` (and no change) if a call with that id exists.
+    async fn create(&self, record: &CallRecord) -> Result<bool, StoreError>;
+    async fn get(&self, id: &CallId) -> Result<Option<CallRecord>, StoreError>;
+    /// Marks the call running and counts an attempt; returns the attempt number (1-based).
+    async fn start_attempt(&self, id: &CallId, at: Timestamp) -> Result<u32, StoreError>;
+    /// Records how the invocation ended.
+    async fn finish(&self, id: &CallId, outcome: &CallOutcome) -> Result<(), StoreError>;
+    /// Records how the callback went.
+    async fn record_callback(
+        &self,
+        id: &CallId,
+        outcome: &CallbackOutcome,
+    ) -> Result<(), StoreError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+    #[error("the call's lease was lost (it will be redelivered)")]
+    LeaseLost,
+}
+
+/// A call taken off the queue. Until it is acked or released, nobody else gets it; if the worker
+/// dies, the lease runs out and the call is delivered again.
+#[derive(Debug)]
+pub struct Delivery {
+    pub call: QueuedCall,
+    /// How many times this call has been handed out, this time included.
+    pub delivery_count: u32,
+    pub lease: Box<dyn Lease>,
+}
+
+/// A worker's hold on one delivered call.
+#[async_trait]
+pub trait Lease: Send + Sync + Debug {
+    /// Extends the lease while the call is still being worked on (an in-progress ack).
+    async fn keep_alive(&self) -> Result<(), QueueError>;
+    /// The call is done: remove it from the queue.
+    async fn ack(self: Box<Self>) -> Result<(), QueueError>;
+    /// Give the call back, to be delivered again after `delay`.
+    async fn release(self: Box<Self>, delay: Duration) -> Result<(), QueueError>;
+}
+
+/// The durable queue of async calls.
+#[async_trait]
+pub trait CallQueue: Send + Sync + Debug {
+    /// Stores the call durably; when this returns `Ok` the call will be delivered at least once.
+    async fn enqueue(&self, call: &QueuedCall) -> Result<(), QueueError>;
+    /// The next call that is due, waiting up to `max_wait` for one.
+    async fn next(&self, max_wait: Duration) -> Result<Option<Delivery>, QueueError>;
+    /// How long a lease lasts without [`Lease::keep_alive`].
+    fn lease_duration(&self) -> Duration;
+}

@@ -1,0 +1,217 @@
+//! Contract tests for the SQLite store and queue, on a real database file in a temp dir.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_core::{
+    CallId, CallMeta, CallOutcome, CallQueue, CallRecord, CallState, CallStore, CallbackOutcome,
+    FunctionDeployment, FunctionRef, FunctionSpec, FunctionStore, QueueError, QueuedCall,
+    StoreError, Timestamp,
+};
+use sluice_store::{SqliteQueue, SqliteStore, open_sqlite};
+
+async fn db() -> (tempfile::TempDir, sqlx::SqlitePool) {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = open_sqlite(&dir.path().join("sluice.db")).await.unwrap();
+    (dir, pool)
+}
+
+fn call(id: &str, body: &'static [u8]) -> QueuedCall {
+    QueuedCall {
+        meta: CallMeta {
+            id: CallId::parse(id).unwrap(),
+            function: FunctionRef::parse("echo", None).unwrap(),
+            method: "PUT".into(),
+            path: "/a/b".into(),
+            query: Some("x=1".into()),
+            headers: vec![("content-type".into(), "text/plain".into())],
+            callback_url: Some("http://127.0.0.1:1/cb".into()),
+            submitted_at: Timestamp::now(),
+        },
+        body: Bytes::from_static(body),
+    }
+}
+
+#[tokio::test]
+async fn functions_create_update_list_delete() {
+    let (_dir, pool) = db().await;
+    let store = SqliteStore::new(pool);
+    let f = FunctionRef::parse("echo", None).unwrap();
+    let spec = FunctionSpec {
+        function: f.clone(),
+        deployment: FunctionDeployment {
+            service: "echo".into(),
+            env_process: Some("cat".into()),
+            ..Default::default()
+        },
+        replicas: 1,
+        created_at: Timestamp::now(),
+    };
+    FunctionStore::create(&store, &spec).await.unwrap();
+    assert!(matches!(
+        FunctionStore::create(&store, &spec).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut changed = spec.clone();
+    changed.deployment.env_process = Some("sha512sum".into());
+    store.update(&changed).await.unwrap();
+    assert!(store.set_replicas(&f, 3).await.unwrap());
+    let got = FunctionStore::get(&store, &f).await.unwrap().unwrap();
+    assert_eq!(got.deployment.env_process.as_deref(), Some("sha512sum"));
+    assert_eq!(got.replicas, 3);
+    assert_eq!(store.list().await.unwrap().len(), 1);
+    assert!(store.delete(&f).await.unwrap());
+    assert!(!store.delete(&f).await.unwrap());
+    assert!(matches!(
+        store.update(&spec).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn call_records_move_through_their_states() {
+    let (_dir, pool) = db().await;
+    let store = SqliteStore::new(pool);
+    let c = call("c1", b"");
+    let rec = CallRecord::queued(&c.meta);
+    assert!(CallStore::create(&store, &rec).await.unwrap());
+    assert!(
+        !CallStore::create(&store, &rec).await.unwrap(),
+        "duplicate id created twice"
+    );
+    assert_eq!(
+        store
+            .start_attempt(&c.meta.id, Timestamp::now())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .start_attempt(&c.meta.id, Timestamp::now())
+            .await
+            .unwrap(),
+        2
+    );
+    let outcome = CallOutcome {
+        state: CallState::Succeeded,
+        status_code: Some(201),
+        error: None,
+        finished_at: Timestamp::now(),
+        duration_ms: 1500,
+    };
+    store.finish(&c.meta.id, &outcome).await.unwrap();
+    let cb = CallbackOutcome {
+        delivered: true,
+        status_code: Some(204),
+        error: None,
+        attempts: 1,
+        at: Timestamp::now(),
+    };
+    store.record_callback(&c.meta.id, &cb).await.unwrap();
+    let got = CallStore::get(&store, &c.meta.id).await.unwrap().unwrap();
+    assert_eq!(got.state, CallState::Succeeded);
+    assert_eq!(got.attempts, 2);
+    assert_eq!(got.status_code, Some(201));
+    assert_eq!(got.duration_seconds, Some(1.5));
+    assert_eq!(got.callback, Some(cb));
+    let missing = CallId::parse("nope").unwrap();
+    assert!(matches!(
+        store.start_attempt(&missing, Timestamp::now()).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn queue_delivers_in_order_and_ack_removes() {
+    let (_dir, pool) = db().await;
+    let q = SqliteQueue::new(pool, Duration::from_secs(30));
+    q.enqueue(&call("a", b"first")).await.unwrap();
+    q.enqueue(&call("b", b"second")).await.unwrap();
+    q.enqueue(&call("a", b"dup")).await.unwrap(); // same id: kept once
+    let d1 = q.next(Duration::ZERO).await.unwrap().unwrap();
+    assert_eq!(
+        d1.call,
+        call("a", b"first").with_time(d1.call.meta.submitted_at)
+    );
+    assert_eq!(d1.delivery_count, 1);
+    let d2 = q.next(Duration::ZERO).await.unwrap().unwrap();
+    assert_eq!(d2.call.meta.id.as_str(), "b");
+    assert!(
+        q.next(Duration::ZERO).await.unwrap().is_none(),
+        "leased calls were handed out again"
+    );
+    d1.lease.ack().await.unwrap();
+    d2.lease.ack().await.unwrap();
+    assert_eq!(q.len().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn expired_lease_redelivers_and_stale_holder_is_told() {
+    let (_dir, pool) = db().await;
+    let q = SqliteQueue::new(pool, Duration::from_millis(200));
+    q.enqueue(&call("a", b"x")).await.unwrap();
+    let first = q.next(Duration::ZERO).await.unwrap().unwrap();
+    // Nobody keeps the lease alive: it must come back within a bounded time.
+    let second = q
+        .next(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("not redelivered");
+    assert_eq!(second.delivery_count, 2);
+    assert_eq!(first.lease.ack().await, Err(QueueError::LeaseLost));
+    second.lease.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn keep_alive_holds_the_call() {
+    let (_dir, pool) = db().await;
+    let q = SqliteQueue::new(pool, Duration::from_millis(300));
+    q.enqueue(&call("a", b"x")).await.unwrap();
+    let d = q.next(Duration::ZERO).await.unwrap().unwrap();
+    for _ in 0..6 {
+        d.lease.keep_alive().await.unwrap();
+        assert!(q.next(Duration::from_millis(100)).await.unwrap().is_none());
+    }
+    d.lease.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn release_with_delay_and_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.db");
+    {
+        let q = SqliteQueue::new(open_sqlite(&path).await.unwrap(), Duration::from_secs(60));
+        q.enqueue(&call("a", b"x")).await.unwrap();
+        let d = q.next(Duration::ZERO).await.unwrap().unwrap();
+        d.lease.release(Duration::ZERO).await.unwrap();
+        let d = q.next(Duration::ZERO).await.unwrap().unwrap();
+        d.lease.release(Duration::from_secs(3600)).await.unwrap();
+        assert!(
+            q.next(Duration::ZERO).await.unwrap().is_none(),
+            "delay not honoured"
+        );
+        q.enqueue(&call("b", b"y")).await.unwrap();
+        // Held when the "process" goes away, with a long lease.
+        let held = q.next(Duration::ZERO).await.unwrap().unwrap();
+        assert_eq!(held.call.meta.id.as_str(), "b");
+        std::mem::forget(held);
+    }
+    let q = SqliteQueue::new(open_sqlite(&path).await.unwrap(), Duration::from_secs(60));
+    assert_eq!(q.release_all_leases().await.unwrap(), 1);
+    let d = q.next(Duration::ZERO).await.unwrap().unwrap();
+    assert_eq!(d.call.meta.id.as_str(), "b");
+    assert_eq!(d.call.body.as_ref(), b"y");
+    assert_eq!(q.len().await.unwrap(), 2);
+}
+
+trait WithTime {
+    fn with_time(self, t: Timestamp) -> Self;
+}
+
+impl WithTime for QueuedCall {
+    fn with_time(mut self, t: Timestamp) -> Self {
+        self.meta.submitted_at = t;
+        self
+    }
+}
