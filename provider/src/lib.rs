@@ -1,0 +1,19 @@
+//! `sluice-provider`: where functions run. Today, local child processes ([`ProcessProvider`]).
+//!
+//! A function runs in one of two modes, chosen the way OpenFaaS's of-watchdog chooses:
+//! - **classic** (default): `envProcess` is run once per request, the request body on stdin, the
+//!   response from stdout, request metadata as `Http_*` environment variables. Each replica is a
+//!   small watchdog server inside Sluice on its own loopback port; the command is forked per call.
+//! - **http** (`envVars.mode = "http"`): `envProcess` is a long-running server listening on the
+//!   port given in `PORT`. Each replica is one child process, sent traffic only after its readiness
+//!   probe succeeds and restarted with backoff if it dies.
+
+mod logs;
+mod process;
+mod runtime;
+mod spec;
+mod sys;
+mod watchdog;
+
+pub use process::{ProcessConfig, ProcessProvider};
+pub use spec::{Mode, READINESS_PATH_ANNOTATION, RunSpec, WORKDIR_ANNOTATION};

@@ -1,0 +1,179 @@
+//! [`ProcessProvider`]: the embedded default provider, running replicas on this machine.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sluice_core::{
+    FunctionDeployment, FunctionRef, FunctionSpec, LogStream, Provider, ProviderError, Replicas,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::logs::LogBuffer;
+use crate::runtime::{EndpointError, FunctionRuntime, RuntimeConfig};
+use crate::spec::RunSpec;
+
+/// Settings of the process provider.
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    /// Classic mode's `exec_timeout` when a function sets none.
+    pub default_exec_timeout: Duration,
+    /// Lines of output kept per function for `/system/logs`.
+    pub log_lines: usize,
+    /// How long a stopping replica may take to finish before it is killed.
+    pub stop_grace: Duration,
+    /// First and longest wait before a crashed HTTP replica is restarted.
+    pub restart_backoff_min: Duration,
+    pub restart_backoff_max: Duration,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        Self {
+            default_exec_timeout: Duration::from_secs(300),
+            log_lines: 2000,
+            stop_grace: Duration::from_secs(10),
+            restart_backoff_min: Duration::from_millis(200),
+            restart_backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Runs functions as local processes. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ProcessProvider {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ProcessConfig,
+    functions: Mutex<HashMap<FunctionRef, Arc<FunctionRuntime>>>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl ProcessProvider {
+    pub fn new(config: ProcessConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                functions: Mutex::new(HashMap::new()),
+                cancel: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// Stops every replica and waits for them (each gets the stop grace, then is killed).
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+    }
+
+    fn runtime(&self, function: &FunctionRef) -> Result<Arc<FunctionRuntime>, ProviderError> {
+        self.inner
+            .functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(function)
+            .cloned()
+            .ok_or_else(|| ProviderError::NotFound(function.to_string()))
+    }
+
+    fn runtime_config(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            stop_grace: self.inner.config.stop_grace,
+            restart_backoff_min: self.inner.config.restart_backoff_min,
+            restart_backoff_max: self.inner.config.restart_backoff_max,
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for ProcessProvider {
+    fn validate(&self, deployment: &FunctionDeployment) -> Result<(), ProviderError> {
+        RunSpec::from_deployment(deployment, self.inner.config.default_exec_timeout).map(drop)
+    }
+
+    async fn apply(&self, spec: &FunctionSpec) -> Result<(), ProviderError> {
+        let run =
+            RunSpec::from_deployment(&spec.deployment, self.inner.config.default_exec_timeout)?;
+        let mut functions = self
+            .inner
+            .functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match functions.get(&spec.function) {
+            Some(rt) => rt.replace(run, spec.replicas),
+            None => {
+                let logs = Arc::new(LogBuffer::new(
+                    spec.function.clone(),
+                    self.inner.config.log_lines,
+                ));
+                let rt = FunctionRuntime::new(
+                    spec.function.clone(),
+                    run,
+                    logs,
+                    self.inner.cancel.child_token(),
+                    self.inner.tracker.clone(),
+                    self.runtime_config(),
+                );
+                rt.scale(spec.replicas);
+                functions.insert(spec.function.clone(), rt);
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, function: &FunctionRef) -> Result<(), ProviderError> {
+        let rt = self
+            .inner
+            .functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(function)
+            .ok_or_else(|| ProviderError::NotFound(function.to_string()))?;
+        rt.stop();
+        Ok(())
+    }
+
+    async fn scale(&self, function: &FunctionRef, replicas: u32) -> Result<(), ProviderError> {
+        self.runtime(function)?.scale(replicas);
+        Ok(())
+    }
+
+    fn replicas(&self, function: &FunctionRef) -> Option<Replicas> {
+        self.runtime(function).ok().map(|rt| rt.counts())
+    }
+
+    async fn endpoint(
+        &self,
+        function: &FunctionRef,
+        wait: Duration,
+    ) -> Result<String, ProviderError> {
+        let rt = self.runtime(function)?;
+        match rt.endpoint(wait).await {
+            Ok(addr) => Ok(format!("http://{addr}")),
+            Err(EndpointError::ScaledToZero) => {
+                Err(ProviderError::ScaledToZero(function.to_string()))
+            }
+            Err(EndpointError::NotReady) => Err(ProviderError::NoReadyReplica {
+                function: function.to_string(),
+                waited: wait,
+            }),
+        }
+    }
+
+    fn logs(
+        &self,
+        function: &FunctionRef,
+        tail: usize,
+        follow: bool,
+    ) -> Result<LogStream, ProviderError> {
+        Ok(self.runtime(function)?.logs.stream(tail, follow))
+    }
+}

@@ -1,0 +1,239 @@
+//! The process provider against real child processes and real sockets.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use sluice_core::{
+    FunctionDeployment, FunctionRef, FunctionSpec, Provider, ProviderError, Timestamp,
+};
+use sluice_provider::{ProcessConfig, ProcessProvider, WORKDIR_ANNOTATION};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn spec(name: &str, command: &str, env: &[(&str, &str)], replicas: u32) -> FunctionSpec {
+    let functions_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../functions");
+    let functions_dir = functions_dir.canonicalize().unwrap();
+    FunctionSpec {
+        function: FunctionRef::parse(name, None).unwrap(),
+        deployment: FunctionDeployment {
+            service: name.into(),
+            image: "local".into(),
+            env_process: Some(command.into()),
+            env_vars: env
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            annotations: Some(BTreeMap::from([(
+                WORKDIR_ANNOTATION.to_owned(),
+                functions_dir.display().to_string(),
+            )])),
+            ..Default::default()
+        },
+        replicas,
+        created_at: Timestamp::now(),
+    }
+}
+
+fn provider() -> ProcessProvider {
+    ProcessProvider::new(ProcessConfig {
+        stop_grace: Duration::from_secs(2),
+        restart_backoff_min: Duration::from_millis(50),
+        restart_backoff_max: Duration::from_millis(400),
+        ..Default::default()
+    })
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn classic_function_hashes_stdin_and_sees_http_env() {
+    let p = provider();
+    let http = reqwest::Client::new();
+    let sha = spec("sha", "sha512sum", &[], 1);
+    p.apply(&sha).await.unwrap();
+    let base = p.endpoint(&sha.function, WAIT).await.unwrap();
+    let resp = http
+        .post(format!("{base}/"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let expected = std::process::Command::new("sh")
+        .args(["-c", "printf hello | sha512sum"])
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(resp.bytes().await.unwrap(), expected);
+
+    let env = spec("env", "env", &[("greeting", "hi")], 1);
+    p.apply(&env).await.unwrap();
+    let base = p.endpoint(&env.function, WAIT).await.unwrap();
+    let resp = http
+        .put(format!("{base}/a/b?x=1"))
+        .header("X-Custom", "yes")
+        .header("Content-Type", "text/csv")
+        .body("abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/csv");
+    let out = resp.text().await.unwrap();
+    for line in [
+        "Http_Method=PUT",
+        "Http_Path=/a/b",
+        "Http_Query=x=1",
+        "Http_X_Custom=yes",
+        "Http_Content_Type=text/csv",
+        "Http_ContentLength=3",
+        "greeting=hi",
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "{line} missing from:\n{out}"
+        );
+    }
+    assert!(
+        !out.contains("SLUICE_"),
+        "Sluice's own environment leaked:\n{out}"
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn classic_failures_and_timeouts() {
+    let p = provider();
+    let http = reqwest::Client::new();
+    let failing = spec("failing", "sh -c 'echo broken >&2; exit 3'", &[], 1);
+    p.apply(&failing).await.unwrap();
+    let base = p.endpoint(&failing.function, WAIT).await.unwrap();
+    let resp = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(resp.status(), 500);
+    let logs: Vec<String> = p
+        .logs(&failing.function, 10, false)
+        .unwrap()
+        .map(|l| l.text)
+        .collect()
+        .await;
+    assert!(
+        logs.iter().any(|l| l == "broken"),
+        "stderr not in logs: {logs:?}"
+    );
+
+    let slow = spec("slow", "sleep 30", &[("exec_timeout", "300ms")], 1);
+    p.apply(&slow).await.unwrap();
+    let base = p.endpoint(&slow.function, WAIT).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let resp = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let missing = spec("missing", "/no/such/binary", &[], 1);
+    p.apply(&missing).await.unwrap();
+    let base = p.endpoint(&missing.function, WAIT).await.unwrap();
+    let resp = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(resp.status(), 500);
+    assert!(resp.text().await.unwrap().contains("/no/such/binary"));
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_mode_serves_after_readiness_scales_and_restarts() {
+    let p = provider();
+    let http = reqwest::Client::new();
+    let echo = spec("echo", "python3 -u echo.py", &[("mode", "http")], 1);
+    p.apply(&echo).await.unwrap();
+    let base = p.endpoint(&echo.function, WAIT).await.unwrap();
+    let resp = http
+        .delete(format!("{base}/x/y?q=2"))
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-echo-method"], "DELETE");
+    assert_eq!(resp.headers()["x-echo-path"], "/x/y");
+    assert_eq!(resp.headers()["x-echo-query"], "q=2");
+    assert_eq!(resp.text().await.unwrap(), "payload");
+
+    p.scale(&echo.function, 3).await.unwrap();
+    eventually("3 ready replicas", || async {
+        p.replicas(&echo.function).unwrap().ready == 3
+    })
+    .await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..6 {
+        seen.insert(p.endpoint(&echo.function, WAIT).await.unwrap());
+    }
+    assert_eq!(seen.len(), 3, "not balanced across replicas: {seen:?}");
+    p.scale(&echo.function, 0).await.unwrap();
+    assert!(matches!(
+        p.endpoint(&echo.function, WAIT).await,
+        Err(ProviderError::ScaledToZero(_))
+    ));
+
+    // A server that dies at once is restarted with backoff, and never reported ready.
+    let crashy = spec(
+        "crashy",
+        "sh -c 'echo boom >&2; exit 3'",
+        &[("mode", "http")],
+        1,
+    );
+    p.apply(&crashy).await.unwrap();
+    eventually("two restarts", || async {
+        let logs: Vec<String> = p
+            .logs(&crashy.function, 100, false)
+            .unwrap()
+            .map(|l| l.text)
+            .collect()
+            .await;
+        logs.iter().filter(|l| *l == "boom").count() >= 3
+    })
+    .await;
+    assert_eq!(p.replicas(&crashy.function).unwrap().ready, 0);
+    assert!(matches!(
+        p.endpoint(&crashy.function, Duration::from_millis(100))
+            .await,
+        Err(ProviderError::NoReadyReplica { .. })
+    ));
+
+    p.remove(&echo.function).await.unwrap();
+    assert!(p.replicas(&echo.function).is_none());
+    assert!(matches!(
+        p.remove(&echo.function).await,
+        Err(ProviderError::NotFound(_))
+    ));
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_deployments_are_refused() {
+    let p = provider();
+    let mut bad = spec("bad", "cat", &[], 1);
+    bad.deployment.env_process = None;
+    let err = p.validate(&bad.deployment).unwrap_err();
+    assert!(err.to_string().contains("envProcess is required"), "{err}");
+    bad.deployment.env_process = Some("cat".into());
+    bad.deployment
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(WORKDIR_ANNOTATION.into(), "/definitely/not/here".into());
+    assert!(p.validate(&bad.deployment).is_err());
+}
