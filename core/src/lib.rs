@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod call;
+pub mod headers;
 pub mod name;
 pub mod seams;
 pub mod time;

@@ -1,0 +1,86 @@
+//! A small client for the gateway's API that turns failures into messages a person can act on.
+
+use anyhow::Context;
+use reqwest::{Method, Response, StatusCode};
+
+/// Where the CLI finds the gateway, in order: `--gateway`, `SLUICE_URL`, `OPENFAAS_URL`, the
+/// stack file's `provider.gateway`, then the default.
+pub fn resolve_gateway(flag: Option<&str>, stack_gateway: Option<&str>) -> String {
+    let from_env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+    flag.map(str::to_owned)
+        .or_else(|| from_env("SLUICE_URL"))
+        .or_else(|| from_env("OPENFAAS_URL"))
+        .or_else(|| stack_gateway.map(str::to_owned))
+        .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: String) -> Self {
+        Self {
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    /// Sends, naming the gateway when it cannot be reached.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Response> {
+        request.send().await.map_err(|e| {
+            if e.is_connect() {
+                anyhow::anyhow!(
+                    "cannot reach the gateway at {}: is `sluice up` running? \
+                     (point at another with --gateway or SLUICE_URL)",
+                    self.base
+                )
+            } else {
+                anyhow::Error::new(e).context(format!("request to {} failed", self.base))
+            }
+        })
+    }
+
+    /// Sends and insists on a success status, turning the gateway's JSON error into the message.
+    pub async fn expect_ok(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Response> {
+        let response = self.send(request).await?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(error_of(response).await)
+    }
+}
+
+/// Why a response failed, from its `{"code", "message"}` body when it has one.
+pub async fn error_of(response: Response) -> anyhow::Error {
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    match serde_json::from_str::<serde_json::Value>(&body) {
+        Ok(v) if v["message"].is_string() => {
+            anyhow::anyhow!("{} ({status})", v["message"].as_str().unwrap_or_default())
+        }
+        _ if body.trim().is_empty() => anyhow::anyhow!("the gateway answered {status}"),
+        _ => anyhow::anyhow!("the gateway answered {status}: {}", body.trim()),
+    }
+}
+
+/// Reads the JSON body of a successful response.
+pub async fn json<T: serde::de::DeserializeOwned>(response: Response) -> anyhow::Result<T> {
+    let status = response.status();
+    response
+        .json()
+        .await
+        .with_context(|| format!("the gateway's {status} answer is not the JSON expected"))
+}
+
+pub fn is_not_found(status: StatusCode) -> bool {
+    status == StatusCode::NOT_FOUND
+}

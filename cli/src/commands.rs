@@ -1,0 +1,473 @@
+//! The client commands: each one request or a few to the gateway, and output a person can read.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use futures_util::StreamExt;
+use reqwest::Method;
+use sluice_core::{CallRecord, FunctionDeployment, FunctionStatus, LogLine};
+
+use crate::GatewayArg;
+use crate::client::{self, Client, resolve_gateway};
+use crate::stack::Stack;
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    s.split_once(':')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?} is not 'Name: value'"))
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Stack file in OpenFaaS's schema; deploys every function in it.
+    #[arg(short = 'f', long = "yaml", conflicts_with_all = ["name", "image", "fprocess"])]
+    pub file: Option<PathBuf>,
+    /// With -f: deploy only these functions.
+    #[arg(long, requires = "file")]
+    pub filter: Vec<String>,
+    /// Function name (without -f).
+    #[arg(long, required_unless_present = "file")]
+    pub name: Option<String>,
+    /// Image, recorded for OpenFaaS parity.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// The command: run per request, or as a server on $PORT with --env mode=http.
+    #[arg(long, required_unless_present = "file")]
+    pub fprocess: Option<String>,
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Environment variable, KEY=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_parser = parse_pair)]
+    pub env: Vec<(String, String)>,
+    /// Label, KEY=VALUE (repeatable), e.g. com.openfaas.scale.min=2.
+    #[arg(long = "label", short = 'l', value_parser = parse_pair)]
+    pub labels: Vec<(String, String)>,
+    /// Annotation, KEY=VALUE (repeatable).
+    #[arg(long = "annotation", value_parser = parse_pair)]
+    pub annotations: Vec<(String, String)>,
+    #[command(flatten)]
+    pub gateway: GatewayArg,
+}
+
+pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    let (deployments, stack_gateway) = match &args.file {
+        Some(path) => {
+            let stack = Stack::load(path)?;
+            let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+            let dir = if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir
+            };
+            for wanted in &args.filter {
+                anyhow::ensure!(
+                    stack.functions.contains_key(wanted),
+                    "{} has no function {wanted}",
+                    path.display()
+                );
+            }
+            let deployments = stack
+                .functions
+                .iter()
+                .filter(|(name, _)| args.filter.is_empty() || args.filter.contains(name))
+                .map(|(name, f)| f.deployment(name, &dir))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            (deployments, stack.provider.and_then(|p| p.gateway))
+        }
+        None => {
+            let current_dir = std::env::current_dir()?.display().to_string();
+            let mut annotations: BTreeMap<String, String> =
+                args.annotations.iter().cloned().collect();
+            annotations
+                .entry(sluice_provider::WORKDIR_ANNOTATION.to_owned())
+                .or_insert(current_dir);
+            let d = FunctionDeployment {
+                service: args.name.clone().unwrap_or_default(),
+                image: args.image.clone().unwrap_or_default(),
+                namespace: args.namespace.clone(),
+                env_process: args.fprocess.clone(),
+                env_vars: args.env.iter().cloned().collect(),
+                labels: Some(args.labels.iter().cloned().collect()),
+                annotations: Some(annotations),
+                ..Default::default()
+            };
+            (vec![d], None)
+        }
+    };
+    let client = Client::new(resolve_gateway(
+        args.gateway.gateway.as_deref(),
+        stack_gateway.as_deref(),
+    ));
+    let mut failed = 0;
+    for d in deployments {
+        match deploy_one(&client, &d).await {
+            Ok(verb) => println!("{verb} {}.", d.service),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{}: {e:#}", d.service);
+            }
+        }
+    }
+    anyhow::ensure!(failed == 0, "{failed} function(s) failed to deploy");
+    Ok(())
+}
+
+/// PUT to update, POST on 404 to create: what faas-cli does.
+async fn deploy_one(client: &Client, d: &FunctionDeployment) -> anyhow::Result<&'static str> {
+    let response = client
+        .send(client.request(Method::PUT, "/system/functions").json(d))
+        .await?;
+    if response.status().is_success() {
+        return Ok("Updated");
+    }
+    if !client::is_not_found(response.status()) {
+        return Err(client::error_of(response).await);
+    }
+    client
+        .expect_ok(client.request(Method::POST, "/system/functions").json(d))
+        .await?;
+    Ok("Deployed")
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub gateway: GatewayArg,
+}
+
+pub async fn list(args: ListArgs) -> anyhow::Result<()> {
+    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None));
+    let mut request = client.request(Method::GET, "/system/functions");
+    if let Some(ns) = &args.namespace {
+        request = request.query(&[("namespace", ns)]);
+    }
+    let functions: Vec<FunctionStatus> = client::json(client.expect_ok(request).await?).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<30} {:>12} {:>10}  {}",
+        "Function", "Invocations", "Replicas", "Command"
+    )?;
+    for f in functions {
+        writeln!(
+            out,
+            "{:<30} {:>12} {:>10}  {}",
+            f.name,
+            f.invocation_count,
+            format!("{}/{}", f.available_replicas, f.replicas),
+            f.env_process.unwrap_or_default()
+        )?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    /// Function name (name or name.namespace).
+    pub name: String,
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub gateway: GatewayArg,
+}
+
+pub async fn describe(args: NameArgs) -> anyhow::Result<()> {
+    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None));
+    let mut request = client.request(Method::GET, &format!("/system/function/{}", args.name));
+    if let Some(ns) = &args.namespace {
+        request = request.query(&[("namespace", ns)]);
+    }
+    let f: FunctionStatus = client::json(client.expect_ok(request).await?).await?;
+    println!("Name:               {}", f.name);
+    println!("Namespace:          {}", f.namespace.unwrap_or_default());
+    println!(
+        "Status:             {}",
+        if f.available_replicas > 0 {
+            "Ready"
+        } else {
+            "Not Ready"
+        }
+    );
+    println!("Replicas:           {}", f.replicas);
+    println!("Available replicas: {}", f.available_replicas);
+    println!("Invocations:        {}", f.invocation_count);
+    println!("Image:              {}", f.image);
+    println!("Command:            {}", f.env_process.unwrap_or_default());
+    println!("URL:                {}/function/{}", client.base, f.name);
+    println!(
+        "Async URL:          {}/async-function/{}",
+        client.base, f.name
+    );
+    for (title, map) in [
+        ("Environment", Some(f.env_vars)),
+        ("Labels", f.labels),
+        ("Annotations", f.annotations),
+    ] {
+        let map = map.unwrap_or_default();
+        if !map.is_empty() {
+            println!("{title}:");
+            for (k, v) in map {
+                println!("  {k}: {v}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn remove(args: NameArgs) -> anyhow::Result<()> {
+    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None));
+    let body = serde_json::json!({ "functionName": args.name, "namespace": args.namespace });
+    client
+        .expect_ok(
+            client
+                .request(Method::DELETE, "/system/functions")
+                .json(&body),
+        )
+        .await?;
+    println!("Removed {}.", args.name);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct InvokeArgs {
+    /// Function name (name or name.namespace).
+    pub name: String,
+    /// Path below the function, e.g. /items/1.
+    #[arg(long, default_value = "")]
+    pub path: String,
+    /// Queue the call and return at once with its id.
+    #[arg(long = "async", short = 'a')]
+    pub is_async: bool,
+    /// With --async: where to POST the result.
+    #[arg(long, requires = "is_async")]
+    pub callback_url: Option<String>,
+    /// Request header, 'Name: value' (repeatable).
+    #[arg(long = "header", short = 'H', value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// HTTP method.
+    #[arg(long, short = 'm', default_value = "POST")]
+    pub method: String,
+    /// Query parameter, KEY=VALUE (repeatable).
+    #[arg(long = "query", short = 'q', value_parser = parse_pair)]
+    pub query: Vec<(String, String)>,
+    #[command(flatten)]
+    pub gateway: GatewayArg,
+}
+
+pub async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
+    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None));
+    let method = Method::from_bytes(args.method.to_uppercase().as_bytes())
+        .map_err(|_| anyhow::anyhow!("--method {:?} is not an HTTP method", args.method))?;
+    let mut body = Vec::new();
+    if std::io::stdin().is_terminal() {
+        eprintln!("Reading from STDIN - hit (Control + D) to stop.");
+    }
+    std::io::stdin()
+        .read_to_end(&mut body)
+        .context("reading the body from stdin")?;
+    let route = if args.is_async {
+        "async-function"
+    } else {
+        "function"
+    };
+    let path = if args.path.is_empty() || args.path.starts_with('/') {
+        args.path.clone()
+    } else {
+        format!("/{}", args.path)
+    };
+    let mut request = client
+        .request(method, &format!("/{route}/{}{path}", args.name))
+        .body(body);
+    if !args.query.is_empty() {
+        request = request.query(&args.query);
+    }
+    if !args
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        request = request.header("content-type", "text/plain");
+    }
+    for (k, v) in &args.headers {
+        request = request.header(k, v);
+    }
+    if let Some(url) = &args.callback_url {
+        request = request.header(sluice_core::headers::CALLBACK_URL, url);
+    }
+    let response = client.send(request).await?;
+    let status = response.status();
+    if args.is_async {
+        if status != reqwest::StatusCode::ACCEPTED {
+            return Err(client::error_of(response).await);
+        }
+        let id = response
+            .headers()
+            .get(sluice_core::headers::CALL_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        println!("Function submitted asynchronously.");
+        println!("Call id: {id}");
+        println!("Follow it with: sluice call {id}");
+        return Ok(());
+    }
+    let platform_error = response
+        .headers()
+        .contains_key(sluice_core::PLATFORM_ERROR_HEADER);
+    if platform_error {
+        return Err(client::error_of(response).await);
+    }
+    let bytes = response
+        .bytes()
+        .await
+        .context("reading the function's response")?;
+    std::io::stdout().write_all(&bytes)?;
+    anyhow::ensure!(status.is_success(), "function answered {status}");
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Function name (name or name.namespace).
+    pub name: String,
+    /// Show only the last N lines.
+    #[arg(long, short = 't')]
+    pub tail: Option<u32>,
+    /// Keep printing new lines as they come.
+    #[arg(long)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub gateway: GatewayArg,
+}
+
+pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None));
+    let mut query = vec![
+        ("name", args.name.clone()),
+        ("follow", args.follow.to_string()),
+    ];
+    if let Some(tail) = args.tail {
+        query.push(("tail", tail.to_string()));
+    }
+    let response = client
+        .expect_ok(client.request(Method::GET, "/system/logs").query(&query))
+        .await?;
+    let mut stream = response.bytes_stream();
+    let mut pending = Vec::new();
+    let mut out = std::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        pending.extend_from_slice(&chunk.context("the log stream broke off")?);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            if let Ok(l) = serde_json::from_slice::<LogLine>(&line) {
+                writeln!(
+                    out,
+                    "{} {} {}",
+                    l.timestamp.to_rfc3339(),
+                    l.instance,
+                    l.text
+                )?;
+                out.flush()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// Function name (name or name.namespace).
+    pub name: String,
+    /// The replica count to set.
+    #[arg(long, short = 'r')]
+    pub replicas: u32,
+    #[command(flatten)]
+    pub gateway: GatewayArg,
+}
+
+pub async fn scale(args: ScaleArgs) -> anyhow::Result<()> {
+    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None));
+    let body = serde_json::json!({ "serviceName": args.name, "replicas": args.replicas });
+    client
+        .expect_ok(
+            client
+                .request(
+                    Method::POST,
+                    &format!("/system/scale-function/{}", args.name),
+                )
+                .json(&body),
+        )
+        .await?;
+    println!("Scaled {} to {} replica(s).", args.name, args.replicas);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// The call id from the 202 (X-Call-Id).
+    pub id: String,
+    /// Print the record as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub gateway: GatewayArg,
+}
+
+pub async fn call(args: CallArgs) -> anyhow::Result<()> {
+    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None));
+    let response = client
+        .expect_ok(client.request(Method::GET, &format!("/system/calls/{}", args.id)))
+        .await?;
+    let record: CallRecord = client::json(response).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+        return Ok(());
+    }
+    println!("Call:      {}", record.id);
+    println!("Function:  {}.{}", record.function, record.namespace);
+    println!("Request:   {} {}", record.method, record.path);
+    println!("State:     {}", record.state.as_str());
+    println!("Attempts:  {}", record.attempts);
+    println!("Submitted: {}", record.submitted_at.to_rfc3339());
+    if let Some(t) = record.started_at {
+        println!("Started:   {}", t.to_rfc3339());
+    }
+    if let Some(t) = record.finished_at {
+        println!("Finished:  {}", t.to_rfc3339());
+    }
+    if let Some(d) = record.duration_seconds {
+        println!("Duration:  {d:.3}s");
+    }
+    if let Some(code) = record.status_code {
+        println!("Status:    {code}");
+    }
+    if let Some(e) = record.error {
+        println!("Error:     {e}");
+    }
+    if let Some(url) = record.callback_url {
+        let outcome = match record.callback {
+            None => "pending".to_owned(),
+            Some(cb) if cb.delivered => format!("delivered ({} tries)", cb.attempts),
+            Some(cb) => format!(
+                "failed after {} tries: {}",
+                cb.attempts,
+                cb.error.unwrap_or_default()
+            ),
+        };
+        println!("Callback:  {url} ({outcome})");
+    }
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! OpenFaaS's `stack.yml`, as `faas-cli deploy -f` reads it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+use sluice_core::{FunctionDeployment, FunctionResources};
+use sluice_provider::WORKDIR_ANNOTATION;
+
+#[derive(Debug, Deserialize)]
+pub struct Stack {
+    #[serde(default)]
+    pub provider: Option<StackProvider>,
+    #[serde(default)]
+    pub functions: BTreeMap<String, StackFunction>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StackProvider {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub gateway: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub struct StackFunction {
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub handler: Option<String>,
+    #[serde(default)]
+    pub fprocess: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub environment: BTreeMap<String, serde_yaml::Value>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, serde_yaml::Value>>,
+    #[serde(default)]
+    pub annotations: Option<BTreeMap<String, serde_yaml::Value>>,
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    #[serde(default)]
+    pub constraints: Vec<String>,
+    #[serde(default)]
+    pub limits: Option<FunctionResources>,
+    #[serde(default)]
+    pub requests: Option<FunctionResources>,
+    #[serde(default)]
+    pub readonly_root_filesystem: bool,
+}
+
+/// YAML scalars (`max_inflight: 10`, `zero: true`) as the strings OpenFaaS's API carries.
+fn scalar(key: &str, v: &serde_yaml::Value) -> anyhow::Result<String> {
+    Ok(match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        serde_yaml::Value::Number(n) => n.to_string(),
+        serde_yaml::Value::Bool(b) => b.to_string(),
+        serde_yaml::Value::Null => String::new(),
+        _ => anyhow::bail!("{key} must be a string, number or boolean"),
+    })
+}
+
+fn strings(map: &BTreeMap<String, serde_yaml::Value>) -> anyhow::Result<BTreeMap<String, String>> {
+    map.iter()
+        .map(|(k, v)| Ok((k.clone(), scalar(k, v)?)))
+        .collect()
+}
+
+impl Stack {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_yaml::from_str(&text)
+            .with_context(|| format!("{} is not a valid stack file", path.display()))
+    }
+}
+
+impl StackFunction {
+    /// The deployment for function `name`; `stack_dir` anchors a relative `handler`.
+    pub fn deployment(&self, name: &str, stack_dir: &Path) -> anyhow::Result<FunctionDeployment> {
+        let ctx = || format!("function {name} in the stack file");
+        let mut annotations = self
+            .annotations
+            .as_ref()
+            .map(strings)
+            .transpose()
+            .with_context(ctx)?;
+        if let Some(handler) = &self.handler {
+            let dir: PathBuf = stack_dir.join(handler);
+            let dir = dir.canonicalize().with_context(|| {
+                format!("handler directory {} of function {name}", dir.display())
+            })?;
+            annotations
+                .get_or_insert_with(BTreeMap::new)
+                .entry(WORKDIR_ANNOTATION.to_owned())
+                .or_insert_with(|| dir.display().to_string());
+        }
+        Ok(FunctionDeployment {
+            service: name.to_owned(),
+            image: self.image.clone().unwrap_or_default(),
+            namespace: self.namespace.clone(),
+            env_process: self.fprocess.clone(),
+            env_vars: strings(&self.environment).with_context(ctx)?,
+            constraints: self.constraints.clone(),
+            secrets: self.secrets.clone(),
+            labels: Some(
+                self.labels
+                    .as_ref()
+                    .map(strings)
+                    .transpose()
+                    .with_context(ctx)?
+                    .unwrap_or_default(),
+            ),
+            annotations: Some(annotations.unwrap_or_default()),
+            limits: self.limits.clone(),
+            requests: self.requests.clone(),
+            read_only_root_filesystem: self.readonly_root_filesystem,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_stack_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions");
+        let stack = Stack::load(&dir.join("stack.yml")).unwrap();
+        assert_eq!(
+            stack.provider.unwrap().gateway.as_deref(),
+            Some("http://127.0.0.1:8080")
+        );
+        let echo = stack.functions["echo"].deployment("echo", &dir).unwrap();
+        assert_eq!(echo.env_vars["mode"], "http");
+        let workdir = echo.annotation(WORKDIR_ANNOTATION).unwrap();
+        assert!(Path::new(workdir).join("echo.py").is_file());
+        let sleep = stack.functions["sleep"].deployment("sleep", &dir).unwrap();
+        assert_eq!(sleep.label("com.openfaas.scale.min"), Some("2"));
+    }
+
+    #[test]
+    fn scalars_become_strings() {
+        let yaml = "functions:\n  f:\n    fprocess: cat\n    environment:\n      max_inflight: 10\n      debug: true\n";
+        let stack: Stack = serde_yaml::from_str(yaml).unwrap();
+        let d = stack.functions["f"]
+            .deployment("f", Path::new("."))
+            .unwrap();
+        assert_eq!(d.env_vars["max_inflight"], "10");
+        assert_eq!(d.env_vars["debug"], "true");
+    }
+}

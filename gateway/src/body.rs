@@ -1,0 +1,38 @@
+//! Reading request bodies with the gateway's limit, and JSON bodies with errors in our format.
+
+use axum::body::{Body, Bytes};
+use axum::http::HeaderMap;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// The whole body, or 413 if it is longer than `limit` (checked on `Content-Length` first).
+pub(crate) async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            ApiError::BadRequest(format!("reading the request body failed: {e}"))
+        }
+    })
+}
+
+/// Parses a JSON body, naming the problem (missing field, wrong type, syntax) on failure.
+pub(crate) fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest(
+            "request body is empty; a JSON object is required".into(),
+        ));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}

@@ -1,0 +1,143 @@
+//! `ApiError`: every error the gateway answers with, as `{"code": ..., "message": ...}`.
+//!
+//! Every such response carries [`PLATFORM_ERROR_HEADER`] with the code, so a client can tell an
+//! error Sluice made from one its function made. 5xx messages never carry internal details; those
+//! go to the log.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sluice_core::{NameError, PLATFORM_ERROR_HEADER, ProviderError, QueueError, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("function {0} is not deployed")]
+    FunctionNotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body is larger than the gateway's limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("function {0} is scaled to zero replicas; scale it up to call it")]
+    ScaledToZero(String),
+    #[error("function {function} has no ready replica after waiting {waited:?}")]
+    NotReady { function: String, waited: Duration },
+    #[error("function {0} did not answer within the gateway's upstream timeout")]
+    UpstreamTimeout(String),
+    #[error("function {0} could not be reached")]
+    Upstream(String),
+    #[error("the call store is unavailable; try again shortly")]
+    StoreUnavailable(String),
+    #[error("the call queue is unavailable; the call was not accepted, try again shortly")]
+    QueueUnavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) | Self::InvalidName(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) | Self::FunctionNotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::ScaledToZero(_)
+            | Self::NotReady { .. }
+            | Self::StoreUnavailable(_)
+            | Self::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable, bounded code for clients, logs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::InvalidName(_) => "invalid_name",
+            Self::NotFound(_) => "not_found",
+            Self::FunctionNotFound(_) => "function_not_found",
+            Self::Conflict(_) => "conflict",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::ScaledToZero(_) => "scaled_to_zero",
+            Self::NotReady { .. } => "no_ready_replica",
+            Self::UpstreamTimeout(_) => "upstream_timeout",
+            Self::Upstream(_) => "upstream_unreachable",
+            Self::StoreUnavailable(_) => "store_unavailable",
+            Self::QueueUnavailable(_) => "queue_unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    fn retry_after(&self) -> Option<u32> {
+        match self {
+            Self::NotReady { .. } | Self::StoreUnavailable(_) | Self::QueueUnavailable(_) => {
+                Some(1)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            Self::StoreUnavailable(detail)
+            | Self::QueueUnavailable(detail)
+            | Self::Internal(detail) => {
+                tracing::error!(code = self.code(), %detail, "request failed");
+            }
+            _ if status.is_server_error() => {
+                tracing::warn!(code = self.code(), error = %self, "request failed")
+            }
+            _ => tracing::debug!(code = self.code(), error = %self, "request refused"),
+        }
+        let body = serde_json::json!({ "code": self.code(), "message": self.to_string() });
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(PLATFORM_ERROR_HEADER, HeaderValue::from_static(self.code()));
+        if let Some(secs) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
+            StoreError::NotFound(what) => Self::NotFound(what),
+            StoreError::Unavailable(detail) => Self::StoreUnavailable(detail),
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        Self::QueueUnavailable(e.to_string())
+    }
+}
+
+impl From<ProviderError> for ApiError {
+    fn from(e: ProviderError) -> Self {
+        match e {
+            ProviderError::NotFound(f) => Self::FunctionNotFound(f),
+            ProviderError::InvalidSpec(msg) => Self::BadRequest(msg),
+            ProviderError::ScaledToZero(f) => Self::ScaledToZero(f),
+            ProviderError::NoReadyReplica { function, waited } => {
+                Self::NotReady { function, waited }
+            }
+            ProviderError::Internal(detail) => Self::Internal(detail),
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The management API: deploy, update, list, describe, remove and scale functions.
+//!
+//! The registry ([`FunctionStore`]) is the record of what should run; the provider runs it. Each
+//! change is written to the registry first, so a restart restores exactly what was acknowledged.
+
+use std::collections::BTreeSet;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use sluice_core::{
+    DEFAULT_NAMESPACE, FunctionDeployment, FunctionRef, FunctionSpec, FunctionStatus,
+    FunctionStore, Provider, Timestamp,
+};
+
+use crate::error::ApiError;
+use crate::{AppState, body};
+
+pub(crate) const SCALE_MIN_LABEL: &str = "com.openfaas.scale.min";
+pub(crate) const SCALE_MAX_LABEL: &str = "com.openfaas.scale.max";
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct NamespaceQuery {
+    namespace: Option<String>,
+}
+
+/// Brings back every function in the registry at start-up. A function the provider can no
+/// longer run (its directory is gone, say) is logged and left in the registry for the operator.
+pub async fn restore(
+    functions: &dyn FunctionStore,
+    provider: &dyn Provider,
+) -> Result<usize, ApiError> {
+    let specs = functions.list().await?;
+    let mut restored = 0;
+    for spec in specs {
+        match provider.apply(&spec).await {
+            Ok(()) => restored += 1,
+            Err(error) => {
+                tracing::error!(function = %spec.function, %error, "could not restore function")
+            }
+        }
+    }
+    Ok(restored)
+}
+
+fn label_u32(d: &FunctionDeployment, key: &str) -> Result<Option<u32>, ApiError> {
+    d.label(key)
+        .map(|v| {
+            v.trim().parse::<u32>().map_err(|_| {
+                ApiError::BadRequest(format!("label {key} must be a whole number, got {v:?}"))
+            })
+        })
+        .transpose()
+}
+
+/// The replica bounds a deployment asks for.
+fn replica_bounds(state: &AppState, d: &FunctionDeployment) -> Result<(u32, u32), ApiError> {
+    let min = label_u32(d, SCALE_MIN_LABEL)?.unwrap_or(1);
+    let max = label_u32(d, SCALE_MAX_LABEL)?.unwrap_or(state.config.default_max_replicas);
+    if min > max {
+        return Err(ApiError::BadRequest(format!(
+            "label {SCALE_MIN_LABEL} ({min}) is above {SCALE_MAX_LABEL} ({max})"
+        )));
+    }
+    Ok((min, max))
+}
+
+/// Checks a deployment body and names the function it is for.
+fn checked(
+    state: &AppState,
+    mut d: FunctionDeployment,
+) -> Result<(FunctionRef, FunctionDeployment), ApiError> {
+    if d.service.is_empty() {
+        return Err(ApiError::BadRequest(
+            "field service (the function's name) is required".into(),
+        ));
+    }
+    let function = FunctionRef::parse(&d.service, d.namespace.as_deref())?;
+    d.service = function.name.clone();
+    d.namespace = Some(function.namespace.clone());
+    state.provider.validate(&d)?;
+    replica_bounds(state, &d)?;
+    Ok((function, d))
+}
+
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let bytes = body::read(&headers, body, state.config.max_body_bytes).await?;
+    let (function, deployment) = checked(&state, body::json(&bytes)?)?;
+    let (min, _) = replica_bounds(&state, &deployment)?;
+    let spec = FunctionSpec {
+        function,
+        deployment,
+        replicas: min,
+        created_at: Timestamp::now(),
+    };
+    state.functions.create(&spec).await.map_err(|e| match e {
+        sluice_core::StoreError::Conflict(_) => ApiError::Conflict(format!(
+            "function {} already exists; update it with PUT /system/functions",
+            spec.function
+        )),
+        other => other.into(),
+    })?;
+    if let Err(e) = state.provider.apply(&spec).await {
+        // Nothing half-deployed: the registry forgets what the provider could not start.
+        let _ = state.functions.delete(&spec.function).await;
+        return Err(e.into());
+    }
+    tracing::info!(function = %spec.function, replicas = spec.replicas, "deployed");
+    Ok(StatusCode::ACCEPTED)
+}
+
+pub(crate) async fn update(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let bytes = body::read(&headers, body, state.config.max_body_bytes).await?;
+    let (function, deployment) = checked(&state, body::json(&bytes)?)?;
+    let Some(existing) = state.functions.get(&function).await? else {
+        return Err(ApiError::FunctionNotFound(function.to_string()));
+    };
+    let (min, max) = replica_bounds(&state, &deployment)?;
+    let spec = FunctionSpec {
+        function,
+        deployment,
+        replicas: existing.replicas.clamp(min, max),
+        created_at: existing.created_at,
+    };
+    state.functions.update(&spec).await?;
+    state.provider.apply(&spec).await?;
+    tracing::info!(function = %spec.function, replicas = spec.replicas, "updated");
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeleteRequest {
+    function_name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Query(q): Query<NamespaceQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let bytes = body::read(&headers, body, state.config.max_body_bytes).await?;
+    let req: DeleteRequest = body::json(&bytes)?;
+    let ns = req.namespace.as_deref().or(q.namespace.as_deref());
+    let function = FunctionRef::parse(&req.function_name, ns)?;
+    if !state.functions.delete(&function).await? {
+        return Err(ApiError::FunctionNotFound(function.to_string()));
+    }
+    match state.provider.remove(&function).await {
+        Ok(()) | Err(sluice_core::ProviderError::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(%function, "removed");
+    Ok(StatusCode::ACCEPTED)
+}
+
+fn status_of(state: &AppState, spec: FunctionSpec) -> FunctionStatus {
+    let replicas = state.provider.replicas(&spec.function).unwrap_or_default();
+    let invocations = state.invocation_count(&spec.function);
+    let d = spec.deployment;
+    FunctionStatus {
+        name: spec.function.name,
+        image: d.image,
+        namespace: Some(spec.function.namespace),
+        env_process: d.env_process,
+        env_vars: d.env_vars,
+        constraints: d.constraints,
+        secrets: d.secrets,
+        labels: d.labels,
+        annotations: d.annotations,
+        limits: d.limits,
+        requests: d.requests,
+        read_only_root_filesystem: d.read_only_root_filesystem,
+        invocation_count: invocations as f64,
+        replicas: u64::from(replicas.desired),
+        available_replicas: u64::from(replicas.ready),
+        created_at: Some(spec.created_at),
+    }
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<NamespaceQuery>,
+) -> Result<Json<Vec<FunctionStatus>>, ApiError> {
+    let namespace = q
+        .namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or(DEFAULT_NAMESPACE);
+    sluice_core::name::validate_label("namespace", namespace)?;
+    let specs = state.functions.list().await?;
+    Ok(Json(
+        specs
+            .into_iter()
+            .filter(|s| s.function.namespace == namespace)
+            .map(|s| status_of(&state, s))
+            .collect(),
+    ))
+}
+
+pub(crate) async fn describe(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<NamespaceQuery>,
+) -> Result<Json<FunctionStatus>, ApiError> {
+    let function = FunctionRef::parse(&name, q.namespace.as_deref())?;
+    let spec = state
+        .functions
+        .get(&function)
+        .await?
+        .ok_or_else(|| ApiError::FunctionNotFound(function.to_string()))?;
+    Ok(Json(status_of(&state, spec)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ScaleRequest {
+    replicas: i64,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+pub(crate) async fn scale(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<NamespaceQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let bytes = body::read(&headers, body, state.config.max_body_bytes).await?;
+    let req: ScaleRequest = body::json(&bytes)?;
+    let function = FunctionRef::parse(&name, req.namespace.as_deref().or(q.namespace.as_deref()))?;
+    let spec = state
+        .functions
+        .get(&function)
+        .await?
+        .ok_or_else(|| ApiError::FunctionNotFound(function.to_string()))?;
+    let (_, max) = replica_bounds(&state, &spec.deployment)?;
+    let replicas = u32::try_from(req.replicas)
+        .ok()
+        .filter(|n| *n <= max)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "replicas must be between 0 and {max} (the function's {SCALE_MAX_LABEL}), got {}",
+                req.replicas
+            ))
+        })?;
+    if !state.functions.set_replicas(&function, replicas).await? {
+        return Err(ApiError::FunctionNotFound(function.to_string()));
+    }
+    state.provider.scale(&function, replicas).await?;
+    tracing::info!(%function, replicas, "scaled");
+    Ok(StatusCode::ACCEPTED)
+}
+
+pub(crate) async fn namespaces(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    let mut names: BTreeSet<String> = state
+        .functions
+        .list()
+        .await?
+        .into_iter()
+        .map(|s| s.function.namespace)
+        .collect();
+    names.insert(DEFAULT_NAMESPACE.to_owned());
+    Ok(Json(names.into_iter().collect()))
+}
+
+pub(crate) async fn info() -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "provider": {
+            "provider": "sluice",
+            "orchestration": "process",
+            "version": { "release": env!("CARGO_PKG_VERSION"), "sha": "" },
+        },
+        "version": { "release": env!("CARGO_PKG_VERSION"), "sha": "", "commit_message": "" },
+        "arch": std::env::consts::ARCH,
+    }))
+}

@@ -1,0 +1,187 @@
+//! Invocation: `/function/<name>[/path]` proxies to a ready replica; `/async-function/<name>[/path]`
+//! stores the call durably and answers `202`.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+use futures_util::TryStreamExt;
+use sluice_core::headers::{self, is_hop_by_hop};
+use sluice_core::{CallId, CallMeta, CallRecord, FunctionRef, QueuedCall, Timestamp};
+
+use crate::error::ApiError;
+use crate::{AppState, body};
+
+/// Splits `/function/echo.dev/a/b` (after the route prefix) into the function and the path below it.
+fn target(uri: &axum::http::Uri, prefix: &str) -> Result<(FunctionRef, String), ApiError> {
+    let rest = uri.path().strip_prefix(prefix).unwrap_or_default();
+    let (name, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    Ok((FunctionRef::parse(name, None)?, path.to_owned()))
+}
+
+fn ensure_deployed(state: &AppState, function: &FunctionRef) -> Result<(), ApiError> {
+    match state.provider.replicas(function) {
+        Some(_) => Ok(()),
+        None => Err(ApiError::FunctionNotFound(function.to_string())),
+    }
+}
+
+/// Request headers that go on to the function: everything but hop-by-hop headers.
+fn forwardable(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+    headers.iter().filter(|(k, _)| !is_hop_by_hop(k.as_str()))
+}
+
+pub(crate) async fn sync(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let (function, path) = target(&parts.uri, "/function/")?;
+    ensure_deployed(&state, &function)?;
+    let bytes = body::read(&parts.headers, body, state.config.max_body_bytes).await?;
+    let base = state
+        .provider
+        .endpoint(&function, state.config.readiness_wait)
+        .await?;
+    let url = match parts.uri.query() {
+        Some(q) => format!("{base}{path}?{q}"),
+        None => format!("{base}{path}"),
+    };
+    let mut upstream = state
+        .http
+        .request(parts.method.clone(), url)
+        .timeout(state.config.upstream_timeout)
+        .body(bytes);
+    for (k, v) in forwardable(&parts.headers) {
+        upstream = upstream.header(k, v);
+    }
+    let response = upstream.send().await.map_err(|e| {
+        if e.is_timeout() {
+            ApiError::UpstreamTimeout(function.to_string())
+        } else {
+            tracing::warn!(%function, error = %e, "replica unreachable");
+            ApiError::Upstream(function.to_string())
+        }
+    })?;
+    state.count_invocation(&function);
+    let mut out = Response::builder().status(response.status());
+    for (k, v) in response
+        .headers()
+        .iter()
+        .filter(|(k, _)| !is_hop_by_hop(k.as_str()))
+    {
+        out = out.header(k, v);
+    }
+    let stream = response.bytes_stream().map_err(std::io::Error::other);
+    out.body(Body::from_stream(stream))
+        .map_err(|e| ApiError::Internal(format!("building the proxied response: {e}")))
+}
+
+fn callback_url(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(raw) = headers.get(headers::CALLBACK_URL) else {
+        return Ok(None);
+    };
+    let bad = |why: &str| ApiError::BadRequest(format!("X-Callback-Url {why}"));
+    let raw = raw.to_str().map_err(|_| bad("is not valid ASCII"))?;
+    let url = reqwest::Url::parse(raw).map_err(|e| bad(&format!("{raw:?} is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(bad(&format!(
+            "{raw:?} must be an absolute http:// or https:// URL"
+        )));
+    }
+    Ok(Some(url.to_string()))
+}
+
+fn call_id(headers: &HeaderMap) -> Result<CallId, ApiError> {
+    match headers.get(headers::CALL_ID) {
+        None => Ok(CallId::from_trusted(uuid::Uuid::new_v4().to_string())),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| CallId::parse(s).ok())
+            .ok_or_else(|| ApiError::BadRequest(sluice_core::call::InvalidCallId.to_string())),
+    }
+}
+
+/// Headers to replay against the function when the call runs.
+fn replayable(headers: &HeaderMap) -> Result<Vec<(String, String)>, ApiError> {
+    forwardable(headers)
+        .filter(|(k, _)| k.as_str() != headers::CALLBACK_URL && k.as_str() != headers::CALL_ID)
+        .map(|(k, v)| {
+            let value = std::str::from_utf8(v.as_bytes()).map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "header {k} is not valid UTF-8; it cannot be queued"
+                ))
+            })?;
+            Ok((k.as_str().to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+pub(crate) async fn submit(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let (function, path) = target(&parts.uri, "/async-function/")?;
+    ensure_deployed(&state, &function)?;
+    let callback_url = callback_url(&parts.headers)?;
+    let id = call_id(&parts.headers)?;
+    let headers = replayable(&parts.headers)?;
+    let body = body::read(&parts.headers, body, state.config.max_body_bytes).await?;
+    let meta = CallMeta {
+        id,
+        function,
+        method: parts.method.to_string(),
+        path,
+        query: parts.uri.query().map(str::to_owned),
+        headers,
+        callback_url,
+        submitted_at: Timestamp::now(),
+    };
+    let record = CallRecord::queued(&meta);
+    if state.calls.create(&record).await? {
+        let call = QueuedCall { meta, body };
+        if let Err(e) = state.queue.enqueue(&call).await {
+            let failed = sluice_core::CallOutcome {
+                state: sluice_core::CallState::Failed,
+                status_code: None,
+                error: Some("not accepted: the queue was unavailable".into()),
+                finished_at: Timestamp::now(),
+                duration_ms: 0,
+            };
+            if let Err(store) = state.calls.finish(&call.meta.id, &failed).await {
+                tracing::error!(call = %call.meta.id, error = %store, "could not mark an unqueued call failed");
+            }
+            return Err(e.into());
+        }
+        tracing::debug!(call = %call.meta.id, function = %call.meta.function, "queued");
+        return accepted(&call.meta.id, call.meta.submitted_at);
+    }
+    // The same call id again: accepted once, so answer as before without queueing it twice.
+    let existing = state
+        .calls
+        .get(&meta.id)
+        .await?
+        .ok_or_else(|| ApiError::Internal(format!("call {} vanished", meta.id)))?;
+    if existing.function != meta.function.name || existing.namespace != meta.function.namespace {
+        return Err(ApiError::Conflict(format!(
+            "call id {} is already used by a call to {}",
+            meta.id, existing.function
+        )));
+    }
+    accepted(&meta.id, existing.submitted_at)
+}
+
+fn accepted(id: &CallId, submitted_at: Timestamp) -> Result<Response, ApiError> {
+    Response::builder()
+        .status(StatusCode::ACCEPTED)
+        .header(headers::CALL_ID, id.as_str())
+        .header(headers::START_TIME, submitted_at.as_nanos().to_string())
+        .header("location", format!("/system/calls/{id}"))
+        .body(Body::empty())
+        .map_err(|e| ApiError::Internal(format!("building the 202: {e}")))
+}

@@ -1,0 +1,241 @@
+//! `sluice-queue-worker`: turns queued async calls into invocations and callbacks.
+//!
+//! For each delivery: mark the call running, keep its lease alive while the function runs,
+//! invoke the function through the gateway's `/function/` route (so the worker needs nothing but
+//! HTTP and the queue), record the outcome, POST it to the call's `X-Callback-Url`, and only then
+//! ack. A crash anywhere before the ack means the call is delivered again: at least once, never lost.
+
+mod callback;
+mod invoke;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::{
+    CallOutcome, CallQueue, CallRecord, CallState, CallStore, Delivery, QueueError, StoreError,
+    Timestamp,
+};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Queue worker settings; plain data.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Base URL of a gateway, e.g. `http://127.0.0.1:8080`; calls are invoked at its `/function/`.
+    pub gateway_url: String,
+    /// Calls worked on at once.
+    pub concurrency: usize,
+    /// How long one invocation may take.
+    pub invoke_timeout: Duration,
+    /// Largest function response kept for the callback.
+    pub max_response_bytes: usize,
+    /// How long one callback POST may take, and how many tries it gets.
+    pub callback_timeout: Duration,
+    pub callback_attempts: u32,
+    /// First wait between callback tries (doubles each time).
+    pub callback_backoff: Duration,
+    /// At shutdown, how long in-flight calls may take to finish before they are released.
+    pub shutdown_grace: Duration,
+}
+
+impl WorkerConfig {
+    pub fn new(gateway_url: impl Into<String>) -> Self {
+        Self {
+            gateway_url: gateway_url.into(),
+            concurrency: 32,
+            invoke_timeout: Duration::from_secs(300),
+            max_response_bytes: 16 * 1024 * 1024,
+            callback_timeout: Duration::from_secs(30),
+            callback_attempts: 5,
+            callback_backoff: Duration::from_millis(500),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Wait before retrying after the queue or store failed.
+const BACKEND_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+struct Worker {
+    calls: Arc<dyn CallStore>,
+    config: Arc<WorkerConfig>,
+    http: reqwest::Client,
+    /// Cancelled when the shutdown grace is over: in-flight calls give their leases back.
+    abandon: CancellationToken,
+    /// How often a running call's lease is renewed: a third of the queue's lease.
+    heartbeat_every: Duration,
+}
+
+/// Works the queue until `shutdown`; then stops taking calls, lets in-flight ones finish within
+/// the grace period and releases the rest for redelivery.
+pub async fn run(
+    queue: Arc<dyn CallQueue>,
+    calls: Arc<dyn CallStore>,
+    config: WorkerConfig,
+    shutdown: CancellationToken,
+) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a reqwest client with static settings builds");
+    let worker = Worker {
+        calls,
+        config: Arc::new(config),
+        http,
+        abandon: CancellationToken::new(),
+        heartbeat_every: (queue.lease_duration() / 3).max(Duration::from_millis(50)),
+    };
+    let slots = Arc::new(Semaphore::new(worker.config.concurrency.max(1)));
+    let tracker = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let next = tokio::select! {
+            () = shutdown.cancelled() => break,
+            n = queue.next(Duration::from_secs(5)) => n,
+        };
+        match next {
+            Ok(Some(delivery)) => {
+                let worker = worker.clone();
+                tracker.spawn(async move {
+                    worker.handle(delivery).await;
+                    drop(permit);
+                });
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, "queue unavailable; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(BACKEND_RETRY) => {}
+                }
+            }
+        }
+    }
+    tracker.close();
+    if tokio::time::timeout(worker.config.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            in_flight = tracker.len(),
+            "grace period over; releasing in-flight calls"
+        );
+        worker.abandon.cancel();
+        tracker.wait().await;
+    }
+}
+
+impl Worker {
+    async fn handle(&self, delivery: Delivery) {
+        let Delivery {
+            call,
+            delivery_count,
+            lease,
+        } = delivery;
+        let id = call.meta.id.clone();
+        let attempt = match self.start(&call.meta).await {
+            Ok(n) => n,
+            Err(error) => {
+                tracing::warn!(call = %id, %error, "could not record the call as running; releasing it");
+                let _ = lease.release(BACKEND_RETRY).await;
+                return;
+            }
+        };
+        tracing::debug!(call = %id, attempt, delivery_count, "invoking");
+
+        // In-progress acks while the call runs, so a long call is not redelivered elsewhere.
+        let lost = CancellationToken::new();
+        let heartbeat = async {
+            loop {
+                tokio::time::sleep(self.heartbeat_every).await;
+                match lease.keep_alive().await {
+                    Ok(()) => {}
+                    Err(QueueError::LeaseLost) => {
+                        lost.cancel();
+                        return;
+                    }
+                    Err(error) => tracing::warn!(call = %id, %error, "in-progress ack failed"),
+                }
+            }
+        };
+        let work = async {
+            let result = invoke::invoke(&self.http, &self.config, &call).await;
+            let outcome = result.outcome();
+            if let Err(error) = self.calls.finish(&id, &outcome).await {
+                return Err(error);
+            }
+            if let Some(url) = call.meta.callback_url.as_deref() {
+                let delivered =
+                    callback::deliver(&self.http, &self.config, &call, &result, url).await;
+                if let Err(error) = self.calls.record_callback(&id, &delivered).await {
+                    tracing::warn!(call = %id, %error, "could not record the callback outcome");
+                }
+            }
+            Ok(outcome.state)
+        };
+        let finished = tokio::select! {
+            r = work => Some(r),
+            () = heartbeat => None,
+            () = lost.cancelled() => None,
+            () = self.abandon.cancelled() => None,
+        };
+        match finished {
+            Some(Ok(state)) => {
+                tracing::info!(call = %id, state = state.as_str(), attempt, "call finished");
+                if let Err(error) = lease.ack().await {
+                    tracing::warn!(call = %id, %error, "ack failed; the call may run again");
+                }
+            }
+            Some(Err(error)) => {
+                tracing::warn!(call = %id, %error, "could not record the outcome; the call will run again");
+                let _ = lease.release(BACKEND_RETRY).await;
+            }
+            None if lost.is_cancelled() => {
+                tracing::warn!(call = %id, "lease lost while running; another worker has the call");
+            }
+            None => {
+                tracing::info!(call = %id, "released at shutdown; it will run again");
+                let _ = lease.release(Duration::ZERO).await;
+            }
+        }
+    }
+
+    /// Marks the call running, re-creating its record if the store lost it.
+    async fn start(&self, meta: &sluice_core::CallMeta) -> Result<u32, StoreError> {
+        match self.calls.start_attempt(&meta.id, Timestamp::now()).await {
+            Err(StoreError::NotFound(_)) => {
+                self.calls.create(&CallRecord::queued(meta)).await?;
+                self.calls.start_attempt(&meta.id, Timestamp::now()).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// Whether a status code counts as success for the call's record.
+fn succeeded(status: u16) -> bool {
+    (200..400).contains(&status)
+}
+
+impl invoke::Invocation {
+    fn outcome(&self) -> CallOutcome {
+        let (state, error) = match (&self.response, &self.error) {
+            (Some(r), _) if succeeded(r.status) => (CallState::Succeeded, None),
+            (Some(r), _) => (CallState::Failed, Some(r.describe_failure())),
+            (None, Some(e)) => (CallState::Failed, Some(e.clone())),
+            (None, None) => (CallState::Failed, Some("no response".into())),
+        };
+        CallOutcome {
+            state,
+            status_code: self.response.as_ref().map(|r| r.status),
+            error,
+            finished_at: self.finished_at,
+            duration_ms: u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
