@@ -158,8 +158,8 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<30} {:>12} {:>10}  {}",
-        "Function", "Invocations", "Replicas", "Command"
+        "{:<30} {:>12} {:>10}  Command",
+        "Function", "Invocations", "Replicas"
     )?;
     for f in functions {
         writeln!(

@@ -6,6 +6,7 @@ pub mod commands;
 pub mod stack;
 pub mod up;
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -118,6 +119,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn run_up(args: UpArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     let config = args.config()?;
+    let data_dir = config.data_dir.clone();
+    let prepared = up::Prepared::new(config).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
@@ -129,13 +132,18 @@ async fn run_up(args: UpArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    // The first line is for scripts and tests: where to reach us.
-    println!("sluice listening on http://{addr}");
-    println!("data in {}", config.data_dir.display());
-    println!(
+    // The first line is for scripts and tests: where to reach us. Whoever reads it may close
+    // the pipe afterwards; that must not stop Sluice, so write errors are ignored.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "sluice listening on http://{addr}");
+    let _ = writeln!(out, "data in {}", data_dir.display());
+    let _ = writeln!(
+        out,
         "deploy the sample functions with: sluice deploy -f functions/stack.yml --gateway http://{addr}"
     );
-    up::serve(listener, config, shutdown).await
+    let _ = out.flush();
+    drop(out);
+    prepared.serve(listener, shutdown).await
 }
 
 async fn stop_on_signal(shutdown: tokio_util::sync::CancellationToken) {

@@ -1,5 +1,7 @@
 //! The `sluice` binary: parse the command line, set up logging, run the command.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 
 #[tokio::main]
@@ -11,6 +13,7 @@ async fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match sluice_cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

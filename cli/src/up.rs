@@ -64,62 +64,90 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<DataDirLock> {
     }
 }
 
-/// Runs gateway, queue worker and provider on `listener` until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
+/// A data dir that is locked for this process, with its database open and migrated: everything
+/// that can fail on bad configuration or a busy data dir, done before any port is bound.
+#[derive(Debug)]
+pub struct Prepared {
     config: UpConfig,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let _lock = lock_data_dir(&config.data_dir)?;
-    let db_path = config.data_dir.join("sluice.db");
-    let pool = open_sqlite(&db_path)
-        .await
-        .with_context(|| format!("cannot open the database {}", db_path.display()))?;
-    let store = SqliteStore::new(pool.clone());
-    let queue = SqliteQueue::new(pool, config.lease);
-    let released = queue.release_all_leases().await?;
-    let pending = queue.len().await?;
-    let provider = ProcessProvider::new(config.process.clone());
-    let restored = sluice_gateway::restore(&store, &provider)
-        .await
-        .map_err(|e| anyhow::anyhow!("restoring functions: {e}"))?;
-    tracing::info!(restored, pending, released, "state restored");
+    _lock: DataDirLock,
+    store: SqliteStore,
+    queue: SqliteQueue,
+}
 
-    let addr = listener.local_addr()?;
-    let gateway_url = format!("http://127.0.0.1:{}", addr.port());
-    let gateway_shutdown = CancellationToken::new();
-    let state = AppState::new(
-        Arc::new(provider.clone()),
-        Arc::new(store.clone()),
-        Arc::new(store.clone()),
-        Arc::new(queue.clone()),
-        config.gateway.clone(),
-        gateway_shutdown.clone(),
-    );
-    let gateway = tokio::spawn(sluice_gateway::serve(listener, state));
-
-    let mut worker_config = WorkerConfig::new(gateway_url);
-    worker_config.concurrency = config.worker_concurrency;
-    worker_config.invoke_timeout = config.gateway.upstream_timeout + Duration::from_secs(5);
-    worker_config.max_response_bytes = config.gateway.max_body_bytes;
-    worker_config.shutdown_grace = config.shutdown_grace;
-    let worker = tokio::spawn(sluice_queue_worker::run(
-        Arc::new(queue),
-        Arc::new(store),
-        worker_config,
-        shutdown.clone(),
-    ));
-
-    shutdown.cancelled().await;
-    tracing::info!("shutting down: finishing in-flight calls");
-    // The worker drains first (it needs the gateway and the replicas to finish its calls).
-    worker.await.context("queue worker panicked")?;
-    gateway_shutdown.cancel();
-    match tokio::time::timeout(config.shutdown_grace, gateway).await {
-        Ok(joined) => joined.context("gateway panicked")??,
-        Err(_) => tracing::warn!("in-flight requests outlived the grace period"),
+impl Prepared {
+    pub async fn new(config: UpConfig) -> anyhow::Result<Self> {
+        let lock = lock_data_dir(&config.data_dir)?;
+        let db_path = config.data_dir.join("sluice.db");
+        let pool = open_sqlite(&db_path)
+            .await
+            .with_context(|| format!("cannot open the database {}", db_path.display()))?;
+        let store = SqliteStore::new(pool.clone());
+        let queue = SqliteQueue::new(pool, config.lease);
+        Ok(Self {
+            config,
+            _lock: lock,
+            store,
+            queue,
+        })
     }
-    provider.shutdown().await;
-    tracing::info!("stopped");
-    Ok(())
+
+    /// Runs gateway, queue worker and provider on `listener` until `shutdown`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let Self {
+            config,
+            _lock,
+            store,
+            queue,
+        } = self;
+        // This process holds the data dir, so no live worker holds any lease: give them all back.
+        let released = queue.release_all_leases().await?;
+        let pending = queue.pending().await?;
+        let provider = ProcessProvider::new(config.process.clone());
+        let restored = sluice_gateway::restore(&store, &provider)
+            .await
+            .map_err(|e| anyhow::anyhow!("restoring functions: {e}"))?;
+        tracing::info!(restored, pending, released, "state restored");
+
+        let addr = listener.local_addr()?;
+        let gateway_url = format!("http://127.0.0.1:{}", addr.port());
+        let gateway_shutdown = CancellationToken::new();
+        let state = AppState::new(
+            Arc::new(provider.clone()),
+            Arc::new(store.clone()),
+            Arc::new(store.clone()),
+            Arc::new(queue.clone()),
+            config.gateway.clone(),
+            gateway_shutdown.clone(),
+        );
+        let gateway = tokio::spawn(sluice_gateway::serve(listener, state));
+
+        let mut worker_config = WorkerConfig::new(gateway_url);
+        worker_config.concurrency = config.worker_concurrency;
+        worker_config.invoke_timeout = config.gateway.upstream_timeout + Duration::from_secs(5);
+        worker_config.max_response_bytes = config.gateway.max_body_bytes;
+        worker_config.shutdown_grace = config.shutdown_grace;
+        let worker = tokio::spawn(sluice_queue_worker::run(
+            Arc::new(queue),
+            Arc::new(store),
+            worker_config,
+            shutdown.clone(),
+        ));
+
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: finishing in-flight calls");
+        // The worker drains first (it needs the gateway and the replicas to finish its calls).
+        worker.await.context("queue worker panicked")?;
+        gateway_shutdown.cancel();
+        match tokio::time::timeout(config.shutdown_grace, gateway).await {
+            Ok(joined) => joined.context("gateway panicked")??,
+            Err(_) => tracing::warn!("in-flight requests outlived the grace period"),
+        }
+        provider.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
 }

@@ -353,11 +353,13 @@ async fn probe_http(addr: SocketAddr, path: &str) -> bool {
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: sluice-probe\r\nConnection: close\r\n\r\n"
         );
         stream.write_all(req.as_bytes()).await.ok()?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await.ok()?;
-        // "HTTP/1.1 200"
-        let code: u16 = std::str::from_utf8(&head[9..12]).ok()?.parse().ok()?;
-        Some(head.starts_with(b"HTTP/") && code < 500)
+        // Read the whole (small) answer: closing with unread data would reset the connection
+        // under the function's feet.
+        let mut answer = Vec::new();
+        stream.take(64 * 1024).read_to_end(&mut answer).await.ok()?;
+        // "HTTP/1.1 200 OK"
+        let code: u16 = std::str::from_utf8(answer.get(9..12)?).ok()?.parse().ok()?;
+        Some(answer.starts_with(b"HTTP/") && code < 500)
     };
     matches!(
         tokio::time::timeout(Duration::from_secs(1), attempt).await,

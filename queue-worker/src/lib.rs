@@ -166,9 +166,7 @@ impl Worker {
         let work = async {
             let result = invoke::invoke(&self.http, &self.config, &call).await;
             let outcome = result.outcome();
-            if let Err(error) = self.calls.finish(&id, &outcome).await {
-                return Err(error);
-            }
+            self.calls.finish(&id, &outcome).await?;
             if let Some(url) = call.meta.callback_url.as_deref() {
                 let delivered =
                     callback::deliver(&self.http, &self.config, &call, &result, url).await;
@@ -176,7 +174,7 @@ impl Worker {
                     tracing::warn!(call = %id, %error, "could not record the callback outcome");
                 }
             }
-            Ok(outcome.state)
+            Ok::<_, StoreError>(outcome.state)
         };
         let finished = tokio::select! {
             r = work => Some(r),

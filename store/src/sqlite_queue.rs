@@ -75,7 +75,7 @@ impl SqliteQueue {
     }
 
     /// Calls on the queue, leased or not.
-    pub async fn len(&self) -> Result<u64, QueueError> {
+    pub async fn pending(&self) -> Result<u64, QueueError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queue")
             .fetch_one(&self.inner.pool)
             .await

@@ -143,7 +143,7 @@ async fn queue_delivers_in_order_and_ack_removes() {
     );
     d1.lease.ack().await.unwrap();
     d2.lease.ack().await.unwrap();
-    assert_eq!(q.len().await.unwrap(), 0);
+    assert_eq!(q.pending().await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -202,7 +202,7 @@ async fn release_with_delay_and_after_restart() {
     let d = q.next(Duration::ZERO).await.unwrap().unwrap();
     assert_eq!(d.call.meta.id.as_str(), "b");
     assert_eq!(d.call.body.as_ref(), b"y");
-    assert_eq!(q.len().await.unwrap(), 2);
+    assert_eq!(q.pending().await.unwrap(), 2);
 }
 
 trait WithTime {

@@ -1,0 +1,224 @@
+//! Acceptance 2: functions deployed through OpenFaaS's JSON API answer on `/function/<name>`
+//! with the right bodies, status codes and headers, for every method, path and query.
+
+use serde_json::Value;
+
+use crate::harness::{Sluice, deploy, eventually, sample};
+
+#[tokio::test]
+async fn openfaas_api_deploys_and_proxies_classic_and_http_functions() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = reqwest::Client::new();
+
+    // A classic function exactly as an OpenFaaS user would deploy it: image + envProcess.
+    let r = http
+        .post(format!("{url}/system/functions"))
+        .body(r#"{"service":"sha","image":"functions/alpine:latest","envProcess":"sha512sum","labels":{},"annotations":{}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    deploy(&http, url, &sample("echo", "python3 -u echo.py", true, &[])).await;
+    deploy(&http, url, &sample("fail", "python3 -u fail.py", true, &[])).await;
+
+    let hashed = http
+        .post(format!("{url}/function/sha"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hashed.status(), 200);
+    assert_eq!(
+        hashed.text().await.unwrap(),
+        "9b71d224bd62f3785d96d46ad3ea3d73319bfbc2890caadae2dff72519673ca72323c3d99ba5c11d7c7acc6e14b8c5da0c4663475c2e5c3adef46f73bcdec043  -\n"
+    );
+    let same = http
+        .post(format!("{url}/function/sha.openfaas-fn"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert!(same.text().await.unwrap().starts_with("9b71d224"));
+
+    for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = http
+            .request(
+                m,
+                format!("{url}/function/echo.openfaas-fn/items/42?color=blue&x=%20y"),
+            )
+            .header("X-Custom", "custom-value")
+            .header("Content-Type", "application/json")
+            .body(format!("{{\"method\":\"{method}\"}}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{method}");
+        assert_eq!(r.headers()["x-echo-method"], method);
+        assert_eq!(r.headers()["x-echo-path"], "/items/42");
+        assert_eq!(r.headers()["x-echo-query"], "color=blue&x=%20y");
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let seen: Value =
+            serde_json::from_str(r.headers()["x-echo-headers"].to_str().unwrap()).unwrap();
+        assert_eq!(seen["x-custom"], "custom-value");
+        assert_eq!(
+            r.text().await.unwrap(),
+            format!("{{\"method\":\"{method}\"}}")
+        );
+    }
+    let root = http
+        .get(format!("{url}/function/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(root.headers()["x-echo-path"], "/");
+
+    for status in [201u16, 404, 418, 500, 503] {
+        let r = http
+            .get(format!("{url}/function/fail?status={status}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status);
+        assert!(
+            !r.headers().contains_key("x-sluice-error"),
+            "function's own error marked as Sluice's"
+        );
+        assert_eq!(
+            r.text().await.unwrap(),
+            format!("failing with {status} as asked\n")
+        );
+    }
+
+    // Management API in OpenFaaS's shapes.
+    let list: Vec<Value> = http
+        .get(format!("{url}/system/functions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = list.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["echo", "fail", "sha"]);
+    let sha: Value = http
+        .get(format!("{url}/system/function/sha"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sha["envProcess"], "sha512sum");
+    assert_eq!(sha["image"], "functions/alpine:latest");
+    assert_eq!(sha["namespace"], "openfaas-fn");
+    assert_eq!(sha["invocationCount"], 2.0);
+    assert_eq!(sha["replicas"], 1);
+
+    let r = http
+        .post(format!("{url}/system/scale-function/echo"))
+        .json(&serde_json::json!({"serviceName": "echo", "replicas": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    eventually("3 echo replicas ready", || async {
+        let f: Value = http
+            .get(format!("{url}/system/function/echo"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (f["availableReplicas"] == 3 && f["replicas"] == 3).then_some(())
+    })
+    .await;
+
+    // Update in place with PUT; the new command is what runs.
+    let mut changed = sample("sha", "sha256sum", false, &[]);
+    changed["image"] = "functions/alpine:next".into();
+    let r = http
+        .put(format!("{url}/system/functions"))
+        .json(&changed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let hashed = http
+        .post(format!("{url}/function/sha"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert!(hashed.text().await.unwrap().starts_with("2cf24dba5fb0a30e"));
+
+    // Logs: a classic function's stderr, as NDJSON in OpenFaaS's shape.
+    deploy(
+        &http,
+        url,
+        &sample("noisy", "sh -c 'echo to-the-log >&2; cat'", false, &[]),
+    )
+    .await;
+    http.post(format!("{url}/function/noisy"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    let logs = http
+        .get(format!("{url}/system/logs?name=noisy&tail=10"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logs.headers()["content-type"], "application/x-ndjson");
+    let text = logs.text().await.unwrap();
+    let line: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(line["name"], "noisy");
+    assert_eq!(line["namespace"], "openfaas-fn");
+    assert_eq!(line["text"], "to-the-log");
+    assert!(line["instance"].as_str().unwrap().starts_with("noisy-"));
+    assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
+
+    let ns: Vec<String> = http
+        .get(format!("{url}/system/namespaces"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ns, ["openfaas-fn"]);
+    let info: Value = http
+        .get(format!("{url}/system/info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["provider"]["provider"], "sluice");
+    assert_eq!(
+        http.get(format!("{url}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let r = http
+        .delete(format!("{url}/system/functions"))
+        .json(&serde_json::json!({"functionName": "noisy"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = http
+        .post(format!("{url}/function/noisy"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}

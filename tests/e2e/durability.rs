@@ -1,0 +1,169 @@
+//! Acceptance 4: a SIGKILL of `sluice up` loses nothing. Every accepted call reaches a terminal
+//! state and calls back at least once after a restart on the same data dir, and every function
+//! comes back with its replica count.
+
+use std::collections::HashSet;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::harness::{Receiver, Sluice, deploy, eventually, sample};
+
+const CALLS: usize = 200;
+
+#[tokio::test]
+async fn calls_and_functions_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut sluice = Sluice::start(&data, &["--worker-concurrency", "8"]);
+    let url = sluice.url.clone();
+    let http = reqwest::Client::new();
+    let receiver = Receiver::start().await;
+    deploy(
+        &http,
+        &url,
+        &sample(
+            "sleep",
+            "python3 -u sleep.py",
+            true,
+            &[("com.openfaas.scale.min", "2")],
+        ),
+    )
+    .await;
+
+    let ids: Vec<String> = futures_util::stream::iter(0..CALLS)
+        .map(|_| {
+            let (http, url, cb) = (http.clone(), url.clone(), receiver.url.clone());
+            async move {
+                let r = http
+                    .post(format!("{url}/async-function/sleep?seconds=0.2"))
+                    .header("X-Callback-Url", cb)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 202);
+                r.headers()["x-call-id"].to_str().unwrap().to_owned()
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+
+    // Kill it while most calls are still queued or running.
+    eventually("the first callbacks", || async {
+        (receiver.count() >= 5).then_some(())
+    })
+    .await;
+    sluice.kill();
+    let before = receiver.count();
+    assert!(
+        before < CALLS,
+        "all calls finished before the kill; the test proves nothing"
+    );
+
+    let sluice = Sluice::start(&data, &["--worker-concurrency", "8"]);
+    let url = sluice.url.clone();
+    eventually("every call to call back", || async {
+        let delivered: HashSet<String> = receiver
+            .received()
+            .iter()
+            .map(|c| c.header("x-call-id").to_owned())
+            .collect();
+        ids.iter().all(|id| delivered.contains(id)).then_some(())
+    })
+    .await;
+    for id in &ids {
+        let record: Value = http
+            .get(format!("{url}/system/calls/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(record["state"], "succeeded", "{record}");
+    }
+    for cb in receiver.received() {
+        assert_eq!(cb.header("x-function-status"), "200");
+        assert_eq!(cb.body, "slept 0.2s\n");
+    }
+    let f: Value = http
+        .get(format!("{url}/system/function/sleep"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(f["replicas"], 2, "replica count not restored: {f}");
+    eprintln!(
+        "{before} of {CALLS} callbacks before the kill; {} after the restart",
+        receiver.count()
+    );
+}
+
+#[tokio::test]
+async fn graceful_stop_and_restart_keeps_functions_and_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let sluice = Sluice::start(&data, &[]);
+    let url = sluice.url.clone();
+    let http = reqwest::Client::new();
+    deploy(
+        &http,
+        &url,
+        &sample("echo", "python3 -u echo.py", true, &[]),
+    )
+    .await;
+    let r = http
+        .post(format!("{url}/system/scale-function/echo"))
+        .json(&serde_json::json!({"serviceName": "echo", "replicas": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(
+        sluice.stop().success(),
+        "sluice up did not exit cleanly on SIGTERM"
+    );
+
+    let sluice = Sluice::start(&data, &[]);
+    let url = &sluice.url;
+    let r = http
+        .post(format!("{url}/function/echo"))
+        .body("back")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "back");
+    eventually("2 ready replicas", || async {
+        let f: Value = http
+            .get(format!("{url}/system/function/echo"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (f["availableReplicas"] == 2).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_second_sluice_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _first = Sluice::start(&data, &[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("another sluice is using the data dir"),
+        "{stderr}"
+    );
+}

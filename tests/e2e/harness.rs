@@ -1,0 +1,188 @@
+//! What the end-to-end tests share: the real `sluice` binary on a free port, a callback receiver,
+//! and polling with a deadline (never a bare sleep).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use serde_json::{Value, json};
+
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The directory holding the sample functions.
+pub fn functions_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../functions")
+        .canonicalize()
+        .expect("functions/ exists")
+}
+
+/// A running `sluice up`, killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Sluice {
+    pub url: String,
+    child: Child,
+}
+
+impl Sluice {
+    /// Starts `sluice up` on a free port with its data in `data_dir`; returns once it listens.
+    pub fn start(data_dir: &Path, extra_args: &[&str]) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra_args)
+            .env("SLUICE_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("sluice starts");
+        // The first line says where it listens: it is printed after the port is bound.
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        stdout.read_line(&mut first).unwrap();
+        // Keep reading what else it prints, so its stdout never fills or breaks.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let url = first
+            .trim()
+            .strip_prefix("sluice listening on ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {first:?}; see {}",
+                    data_dir.with_extension("log").display()
+                )
+            })
+            .to_owned();
+        Self { url, child }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` until it yields a value, panicking with `what` after [`PATIENCE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A deployment body for a sample function, as OpenFaaS's API takes it.
+pub fn sample(name: &str, command: &str, http_mode: bool, labels: &[(&str, &str)]) -> Value {
+    let mut env = BTreeMap::new();
+    if http_mode {
+        env.insert("mode", "http");
+    }
+    json!({
+        "service": name,
+        "image": format!("sluice/{name}:latest"),
+        "envProcess": command,
+        "envVars": env,
+        "labels": labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+        "annotations": { "com.sluice.workdir": functions_dir().display().to_string() },
+    })
+}
+
+pub async fn deploy(http: &reqwest::Client, url: &str, body: &Value) {
+    let r = http
+        .post(format!("{url}/system/functions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        202,
+        "deploy failed: {}",
+        r.text().await.unwrap()
+    );
+}
+
+/// One callback as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Callback {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Callback {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// An HTTP server on a free port that records every callback POSTed to it.
+#[derive(Debug, Clone)]
+pub struct Receiver {
+    pub url: String,
+    seen: Arc<Mutex<Vec<Callback>>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let seen: Arc<Mutex<Vec<Callback>>> = Arc::default();
+        let app =
+            axum::Router::new()
+                .fallback(
+                    |State(seen): State<Arc<Mutex<Vec<Callback>>>>,
+                     headers: HeaderMap,
+                     body: Bytes| async move {
+                        seen.lock().unwrap().push(Callback { headers, body });
+                        "thanks"
+                    },
+                )
+                .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/callback", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, seen }
+    }
+
+    pub fn received(&self) -> Vec<Callback> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
