@@ -141,3 +141,51 @@ impl From<ProviderError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn render(e: ApiError) -> (StatusCode, Option<String>, Option<String>, String) {
+        let r = e.into_response();
+        let header = |name: &str| {
+            r.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        let (marker, retry) = (header(PLATFORM_ERROR_HEADER), header("retry-after"));
+        let status = r.status();
+        let body = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+        (
+            status,
+            marker,
+            retry,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn errors_render_as_json_with_the_platform_marker() {
+        let (status, marker, retry, body) = render(ApiError::FunctionNotFound("echo".into())).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(marker.as_deref(), Some("function_not_found"));
+        assert_eq!(retry, None);
+        assert_eq!(
+            body,
+            r#"{"code":"function_not_found","message":"function echo is not deployed"}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn server_errors_do_not_leak_internals() {
+        let (status, _, retry, body) = render(ApiError::StoreUnavailable(
+            "disk I/O error at /var/lib/x".into(),
+        ))
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry.as_deref(), Some("1"));
+        assert!(!body.contains("/var/lib"), "{body}");
+        let (_, _, _, body) = render(ApiError::Internal("secret detail".into())).await;
+        assert_eq!(body, r#"{"code":"internal","message":"internal error"}"#);
+    }
+}

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::harness::{Sluice, deploy, eventually, sample};
+use crate::harness::{Sluice, deploy, eventually, get_json, sample, scale, try_get_json};
 
 #[tokio::test]
 async fn openfaas_api_deploys_and_proxies_classic_and_http_functions() {
@@ -93,46 +93,19 @@ async fn openfaas_api_deploys_and_proxies_classic_and_http_functions() {
     }
 
     // Management API in OpenFaaS's shapes.
-    let list: Vec<Value> = http
-        .get(format!("{url}/system/functions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Vec<Value> = get_json(&http, format!("{url}/system/functions")).await;
     let names: Vec<&str> = list.iter().map(|f| f["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["echo", "fail", "sha"]);
-    let sha: Value = http
-        .get(format!("{url}/system/function/sha"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sha: Value = get_json(&http, format!("{url}/system/function/sha")).await;
     assert_eq!(sha["envProcess"], "sha512sum");
     assert_eq!(sha["image"], "functions/alpine:latest");
     assert_eq!(sha["namespace"], "openfaas-fn");
     assert_eq!(sha["invocationCount"], 2.0);
     assert_eq!(sha["replicas"], 1);
 
-    let r = http
-        .post(format!("{url}/system/scale-function/echo"))
-        .json(&serde_json::json!({"serviceName": "echo", "replicas": 3}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    scale(&http, url, "echo", 3).await;
     eventually("3 echo replicas ready", || async {
-        let f: Value = http
-            .get(format!("{url}/system/function/echo"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let f: Value = try_get_json(&http, format!("{url}/system/function/echo")).await?;
         (f["availableReplicas"] == 3 && f["replicas"] == 3).then_some(())
     })
     .await;
@@ -181,23 +154,9 @@ async fn openfaas_api_deploys_and_proxies_classic_and_http_functions() {
     assert!(line["instance"].as_str().unwrap().starts_with("noisy-"));
     assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
 
-    let ns: Vec<String> = http
-        .get(format!("{url}/system/namespaces"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ns: Vec<String> = get_json(&http, format!("{url}/system/namespaces")).await;
     assert_eq!(ns, ["openfaas-fn"]);
-    let info: Value = http
-        .get(format!("{url}/system/info"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = get_json(&http, format!("{url}/system/info")).await;
     assert_eq!(info["provider"]["provider"], "sluice");
     assert_eq!(
         http.get(format!("{url}/healthz"))

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use crate::harness::{Receiver, Sluice, deploy, eventually, sample};
+use crate::harness::{Receiver, Sluice, deploy, eventually, get_json, sample, scale, try_get_json};
 
 const CALLS: usize = 500;
 
@@ -77,14 +77,7 @@ async fn five_hundred_async_calls_each_get_their_callback() {
     assert_eq!(seen.len(), CALLS);
 
     for id in expected.keys() {
-        let record: Value = http
-            .get(format!("{url}/system/calls/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let record: Value = get_json(&http, format!("{url}/system/calls/{id}")).await;
         assert_eq!(record["state"], "succeeded", "{record}");
         assert_eq!(record["statusCode"], 200);
         assert_eq!(record["attempts"], 1);
@@ -149,38 +142,17 @@ async fn async_keeps_method_and_call_id_and_reports_failures() {
     assert_eq!(doomed.header("x-function-status"), "503");
     assert_eq!(doomed.header("x-function-name"), "fail");
 
-    let failed: Value = http
-        .get(format!("{url}/system/calls/doomed-1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let failed: Value = get_json(&http, format!("{url}/system/calls/doomed-1")).await;
     assert_eq!(failed["state"], "failed");
     assert_eq!(failed["statusCode"], 503);
     assert_eq!(failed["error"], "function answered 503");
     eventually("the quiet call to finish", || async {
-        let r: Value = http
-            .get(format!("{url}/system/calls/{quiet}"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let r: Value = try_get_json(&http, format!("{url}/system/calls/{quiet}")).await?;
         (r["state"] == "succeeded").then_some(())
     })
     .await;
     // The duplicate submission was not run a second time.
-    let order: Value = http
-        .get(format!("{url}/system/calls/order-17"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let order: Value = get_json(&http, format!("{url}/system/calls/order-17")).await;
     assert_eq!(order["attempts"], 1);
     assert_eq!(
         receiver
@@ -200,12 +172,7 @@ async fn a_function_that_cannot_be_reached_is_recorded_as_failed() {
     let http = reqwest::Client::new();
     let receiver = Receiver::start().await;
     deploy(&http, url, &sample("echo", "python3 -u echo.py", true, &[])).await;
-    let scale = |n: u32| {
-        http.post(format!("{url}/system/scale-function/echo"))
-            .json(&serde_json::json!({"serviceName": "echo", "replicas": n}))
-            .send()
-    };
-    assert_eq!(scale(0).await.unwrap().status(), 202);
+    scale(&http, url, "echo", 0).await;
     let r = http
         .post(format!("{url}/async-function/echo"))
         .header("X-Callback-Url", &receiver.url)
@@ -221,14 +188,7 @@ async fn a_function_that_cannot_be_reached_is_recorded_as_failed() {
     let cb = &receiver.received()[0];
     assert_eq!(cb.header("x-function-status"), "503");
     assert_eq!(cb.header("x-sluice-error"), "scaled_to_zero");
-    let record: Value = http
-        .get(format!("{url}/system/calls/nobody-home"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let record: Value = get_json(&http, format!("{url}/system/calls/nobody-home")).await;
     assert_eq!(record["state"], "failed");
     assert!(
         record["error"].as_str().unwrap().contains("scaled_to_zero"),

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Sluice, deploy, sample};
+use crate::harness::{Sluice, deploy, get_json, sample};
 
 /// Sends a request and checks it was refused with `status` and the error `code`, in our format.
 async fn refused(request: reqwest::RequestBuilder, status: u16, code: &str) -> String {
@@ -230,14 +230,7 @@ async fn bad_input_gets_json_errors_and_loses_nothing() {
     .await;
 
     // Everything that was there still is, and still works.
-    let list: Vec<Value> = http
-        .get(format!("{url}/system/functions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Vec<Value> = get_json(&http, format!("{url}/system/functions")).await;
     assert_eq!(list.len(), 1);
     let r = http
         .post(format!("{url}/function/echo"))

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use crate::harness::{Receiver, Sluice, deploy, eventually, sample};
+use crate::harness::{Receiver, Sluice, deploy, eventually, get_json, sample, scale, try_get_json};
 
 const CALLS: usize = 200;
 
@@ -73,28 +73,14 @@ async fn calls_and_functions_survive_sigkill() {
     })
     .await;
     for id in &ids {
-        let record: Value = http
-            .get(format!("{url}/system/calls/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let record: Value = get_json(&http, format!("{url}/system/calls/{id}")).await;
         assert_eq!(record["state"], "succeeded", "{record}");
     }
     for cb in receiver.received() {
         assert_eq!(cb.header("x-function-status"), "200");
         assert_eq!(cb.body, "slept 0.2s\n");
     }
-    let f: Value = http
-        .get(format!("{url}/system/function/sleep"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let f: Value = get_json(&http, format!("{url}/system/function/sleep")).await;
     assert_eq!(f["replicas"], 2, "replica count not restored: {f}");
     eprintln!(
         "{before} of {CALLS} callbacks before the kill; {} after the restart",
@@ -115,13 +101,7 @@ async fn graceful_stop_and_restart_keeps_functions_and_scale() {
         &sample("echo", "python3 -u echo.py", true, &[]),
     )
     .await;
-    let r = http
-        .post(format!("{url}/system/scale-function/echo"))
-        .json(&serde_json::json!({"serviceName": "echo", "replicas": 2}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    scale(&http, &url, "echo", 2).await;
     assert!(
         sluice.stop().success(),
         "sluice up did not exit cleanly on SIGTERM"
@@ -137,14 +117,7 @@ async fn graceful_stop_and_restart_keeps_functions_and_scale() {
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "back");
     eventually("2 ready replicas", || async {
-        let f: Value = http
-            .get(format!("{url}/system/function/echo"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let f: Value = try_get_json(&http, format!("{url}/system/function/echo")).await?;
         (f["availableReplicas"] == 2).then_some(())
     })
     .await;

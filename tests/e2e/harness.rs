@@ -186,3 +186,27 @@ impl Receiver {
         self.seen.lock().unwrap().len()
     }
 }
+
+/// GETs `url` and parses the JSON answer, whatever its status.
+pub async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: String) -> T {
+    try_get_json(http, url).await.expect("a JSON answer")
+}
+
+/// GETs `url` and parses the JSON answer; `None` if either fails (for polling).
+pub async fn try_get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: String,
+) -> Option<T> {
+    http.get(url).send().await.ok()?.json().await.ok()
+}
+
+/// Asks the gateway to scale `function` to `replicas`, insisting it accepts.
+pub async fn scale(http: &reqwest::Client, url: &str, function: &str, replicas: u32) {
+    let r = http
+        .post(format!("{url}/system/scale-function/{function}"))
+        .json(&json!({"serviceName": function, "replicas": replicas}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "scale failed: {}", r.text().await.unwrap());
+}
