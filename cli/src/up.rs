@@ -112,8 +112,17 @@ impl Prepared {
             .map_err(|e| anyhow::anyhow!("restoring functions: {e}"))?;
         tracing::info!(restored, pending, released, "state restored");
 
-        let addr = listener.local_addr()?;
-        let gateway_url = format!("http://127.0.0.1:{}", addr.port());
+        // The worker reaches the gateway on the address it listens on (loopback if it listens
+        // on all addresses).
+        let mut addr = listener.local_addr()?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        let gateway_url = format!("http://{addr}");
         let gateway_shutdown = CancellationToken::new();
         let state = AppState::new(
             Arc::new(provider.clone()),

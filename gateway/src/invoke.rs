@@ -142,38 +142,27 @@ pub(crate) async fn submit(
         callback_url,
         submitted_at: Timestamp::now(),
     };
-    let record = CallRecord::queued(&meta);
-    if state.calls.create(&record).await? {
-        let call = QueuedCall { meta, body };
-        if let Err(e) = state.queue.enqueue(&call).await {
-            let failed = sluice_core::CallOutcome {
-                state: sluice_core::CallState::Failed,
-                status_code: None,
-                error: Some("not accepted: the queue was unavailable".into()),
-                finished_at: Timestamp::now(),
-                duration_ms: 0,
-            };
-            if let Err(store) = state.calls.finish(&call.meta.id, &failed).await {
-                tracing::error!(call = %call.meta.id, error = %store, "could not mark an unqueued call failed");
-            }
-            return Err(e.into());
+    // The same call id again: it was accepted once, so answer as before and do not queue it twice.
+    if let Some(existing) = state.calls.get(&meta.id).await? {
+        if existing.function != meta.function.name || existing.namespace != meta.function.namespace
+        {
+            return Err(ApiError::Conflict(format!(
+                "call id {} is already used by a call to {}",
+                meta.id, existing.function
+            )));
         }
-        tracing::debug!(call = %call.meta.id, function = %call.meta.function, "queued");
-        return accepted(&call.meta.id, call.meta.submitted_at);
+        return accepted(&meta.id, existing.submitted_at);
     }
-    // The same call id again: accepted once, so answer as before without queueing it twice.
-    let existing = state
-        .calls
-        .get(&meta.id)
-        .await?
-        .ok_or_else(|| ApiError::Internal(format!("call {} vanished", meta.id)))?;
-    if existing.function != meta.function.name || existing.namespace != meta.function.namespace {
-        return Err(ApiError::Conflict(format!(
-            "call id {} is already used by a call to {}",
-            meta.id, existing.function
-        )));
+    // Queue first: once the queue has the call it will run, whatever happens next. The record is
+    // written after; should that fail, the worker writes it when it takes the call.
+    let record = CallRecord::queued(&meta);
+    let call = QueuedCall { meta, body };
+    state.queue.enqueue(&call).await?;
+    if let Err(error) = state.calls.create(&record).await {
+        tracing::warn!(call = %record.id, %error, "call queued but its record not yet written");
     }
-    accepted(&meta.id, existing.submitted_at)
+    tracing::debug!(call = %record.id, function = %call.meta.function, "queued");
+    accepted(&record.id, record.submitted_at)
 }
 
 fn accepted(id: &CallId, submitted_at: Timestamp) -> Result<Response, ApiError> {

@@ -16,4 +16,6 @@ mod sys;
 mod watchdog;
 
 pub use process::{ProcessConfig, ProcessProvider};
-pub use spec::{Mode, READINESS_PATH_ANNOTATION, RunSpec, WORKDIR_ANNOTATION};
+pub use spec::{
+    DEFAULT_MAX_INFLIGHT, Mode, READINESS_PATH_ANNOTATION, RunSpec, WORKDIR_ANNOTATION,
+};

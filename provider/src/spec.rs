@@ -16,6 +16,10 @@ pub const READINESS_PATH_ANNOTATION: &str = "com.sluice.readiness-path";
 
 const DEFAULT_READINESS_PATH: &str = "/_/health";
 
+/// Classic mode's cap on concurrent runs per replica when `max_inflight` is not set, so a burst
+/// cannot fork without bound.
+pub const DEFAULT_MAX_INFLIGHT: usize = 100;
+
 /// How a function's replicas serve requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -34,7 +38,7 @@ pub struct RunSpec {
     pub workdir: Option<PathBuf>,
     /// Classic mode: how long one run of the command may take (`exec_timeout`).
     pub exec_timeout: Duration,
-    /// Classic mode: how many runs at once per replica (`max_inflight`; 0 = no limit of its own).
+    /// Classic mode: how many runs at once per replica (`max_inflight`; 0 = no limit).
     pub max_inflight: usize,
     pub readiness_path: String,
 }
@@ -108,7 +112,7 @@ impl RunSpec {
             })?,
         };
         let max_inflight = match d.env_vars.get("max_inflight") {
-            None => 0,
+            None => DEFAULT_MAX_INFLIGHT,
             Some(v) => v.parse().map_err(|_| {
                 invalid(format!("envVars.max_inflight {v:?} is not a whole number"))
             })?,

@@ -13,6 +13,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use sluice_core::PLATFORM_ERROR_HEADER;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -76,14 +77,23 @@ fn text(status: StatusCode, body: String) -> Response {
     (status, body).into_response()
 }
 
+/// A response the watchdog makes itself (not the function's output), marked as the platform's.
+fn platform(status: StatusCode, code: &'static str, body: String) -> Response {
+    let mut r = text(status, body);
+    r.headers_mut()
+        .insert(PLATFORM_ERROR_HEADER, HeaderValue::from_static(code));
+    r
+}
+
 async fn handle(State(wd): State<Watchdog>, req: Request) -> Response {
     let _permit = match &wd.inflight {
         None => None,
         Some(sem) => match sem.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
-                return text(
+                return platform(
                     StatusCode::TOO_MANY_REQUESTS,
+                    "concurrency_limit",
                     "Concurrent request limit exceeded.\n".into(),
                 );
             }
@@ -130,11 +140,17 @@ async fn handle(State(wd): State<Watchdog>, req: Request) -> Response {
             }
             r
         }
-        Err(RunError::Timeout(t)) => text(
+        Err(RunError::Timeout(t)) => platform(
             StatusCode::GATEWAY_TIMEOUT,
+            "exec_timeout",
             format!("function exceeded its exec_timeout of {t:?}\n"),
         ),
         Err(RunError::Failed(msg)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{msg}\n")),
+        Err(RunError::Spawn(msg)) => platform(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "spawn_failed",
+            format!("{msg}\n"),
+        ),
     };
     if let Ok(v) = HeaderValue::from_str(&format!("{seconds:.6}")) {
         response.headers_mut().insert("x-duration-seconds", v);
@@ -143,7 +159,11 @@ async fn handle(State(wd): State<Watchdog>, req: Request) -> Response {
 }
 
 enum RunError {
+    /// Ran past `exec_timeout` and was killed.
     Timeout(Duration),
+    /// The command could not be started.
+    Spawn(String),
+    /// The command failed (non-zero exit, unreadable output).
     Failed(String),
 }
 
@@ -157,7 +177,7 @@ async fn run(
     cmd.stdin(std::process::Stdio::piped());
     let mut child = sys::spawn(cmd, &spec.argv[0], spec.workdir.as_deref()).map_err(|msg| {
         wd.logs.push(&wd.instance, msg.clone());
-        RunError::Failed(msg)
+        RunError::Spawn(msg)
     })?;
     let stdin = child.stdin.take();
     let stdout = child.stdout.take();

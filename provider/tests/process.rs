@@ -125,6 +125,10 @@ async fn classic_failures_and_timeouts() {
     let base = p.endpoint(&failing.function, WAIT).await.unwrap();
     let resp = http.get(format!("{base}/")).send().await.unwrap();
     assert_eq!(resp.status(), 500);
+    assert!(
+        !resp.headers().contains_key("x-sluice-error"),
+        "the function's own failure was marked as the platform's"
+    );
     let logs: Vec<String> = p
         .logs(&failing.function, 10, false)
         .unwrap()
@@ -142,13 +146,33 @@ async fn classic_failures_and_timeouts() {
     let started = tokio::time::Instant::now();
     let resp = http.get(format!("{base}/")).send().await.unwrap();
     assert_eq!(resp.status(), 504);
+    assert_eq!(resp.headers()["x-sluice-error"], "exec_timeout");
     assert!(started.elapsed() < Duration::from_secs(10));
+
+    // One run at a time: a second concurrent request is refused, not forked.
+    let marks = tempfile::tempdir().unwrap();
+    let started_mark = marks.path().join("started");
+    let single = spec(
+        "single",
+        &format!("sh -c 'touch {}; sleep 1'", started_mark.display()),
+        &[("max_inflight", "1")],
+        1,
+    );
+    p.apply(&single).await.unwrap();
+    let base = p.endpoint(&single.function, WAIT).await.unwrap();
+    let first = tokio::spawn(http.get(format!("{base}/")).send());
+    eventually("the first run to start", || async { started_mark.exists() }).await;
+    let second = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(second.status(), 429);
+    assert_eq!(second.headers()["x-sluice-error"], "concurrency_limit");
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
 
     let missing = spec("missing", "/no/such/binary", &[], 1);
     p.apply(&missing).await.unwrap();
     let base = p.endpoint(&missing.function, WAIT).await.unwrap();
     let resp = http.get(format!("{base}/")).send().await.unwrap();
     assert_eq!(resp.status(), 500);
+    assert_eq!(resp.headers()["x-sluice-error"], "spawn_failed");
     assert!(resp.text().await.unwrap().contains("/no/such/binary"));
     p.shutdown().await;
 }

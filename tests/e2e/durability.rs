@@ -140,3 +140,53 @@ async fn a_second_sluice_on_the_same_data_dir_is_refused() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_call_still_running_at_shutdown_is_released_and_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = ["--shutdown-grace", "300ms"];
+    let sluice = Sluice::start(&data, &args);
+    let url = sluice.url.clone();
+    let http = reqwest::Client::new();
+    let receiver = Receiver::start().await;
+    deploy(
+        &http,
+        &url,
+        &sample("sleep", "python3 -u sleep.py", true, &[]),
+    )
+    .await;
+    let r = http
+        .post(format!("{url}/async-function/sleep?seconds=3"))
+        .header("X-Callback-Url", &receiver.url)
+        .header("X-Call-Id", "long-one")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    eventually("the call to be running", || async {
+        let r: Value = try_get_json(&http, format!("{url}/system/calls/long-one")).await?;
+        (r["state"] == "running").then_some(())
+    })
+    .await;
+    assert!(
+        sluice.stop().success(),
+        "sluice up did not exit cleanly on SIGTERM"
+    );
+    assert_eq!(
+        receiver.count(),
+        0,
+        "the call finished; the test proves nothing"
+    );
+
+    let sluice = Sluice::start(&data, &args);
+    let url = &sluice.url;
+    eventually("the callback", || async {
+        (receiver.count() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(receiver.received()[0].header("x-function-status"), "200");
+    let record: Value = get_json(&http, format!("{url}/system/calls/long-one")).await;
+    assert_eq!(record["state"], "succeeded");
+    assert_eq!(record["attempts"], 2, "{record}");
+}
