@@ -15,8 +15,8 @@ pub use api::{FunctionDeployment, FunctionResources, FunctionStatus};
 pub use call::{CallId, CallMeta, CallOutcome, CallRecord, CallState, CallbackOutcome, QueuedCall};
 pub use name::{DEFAULT_NAMESPACE, FunctionRef, NameError};
 pub use seams::{
-    CallQueue, CallStore, Delivery, FunctionSpec, FunctionStore, Lease, LogLine, LogStream,
-    Provider, ProviderError, QueueError, Replicas, StoreError,
+    CallQueue, CallStore, Delivery, Endpoint, FunctionSpec, FunctionStore, Lease, LogLine,
+    LogStream, Provider, ProviderError, QueueError, Replicas, StoreError,
 };
 pub use time::Timestamp;
 

@@ -37,6 +37,33 @@ pub struct Replicas {
     pub ready: u32,
 }
 
+/// A ready replica picked for one request. While it is held, the request counts as in flight on
+/// that replica, so a replica being scaled away or replaced is drained, not killed under it.
+/// Hold it until the response has been read to its end.
+pub struct Endpoint {
+    /// Base URL of the replica, `http://host:port`.
+    pub url: String,
+    _in_flight: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl Endpoint {
+    /// `guard` is dropped when the request is over.
+    pub fn new(url: String, guard: impl std::any::Any + Send + Sync) -> Self {
+        Self {
+            url,
+            _in_flight: Box::new(guard),
+        }
+    }
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One line a replica wrote, in the NDJSON shape of OpenFaaS's `/system/logs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {
@@ -81,13 +108,13 @@ pub trait Provider: Send + Sync + Debug {
     /// Desired and ready replicas, or `None` for a function this provider does not run.
     fn replicas(&self, function: &FunctionRef) -> Option<Replicas>;
 
-    /// The base URL (`http://host:port`) of a ready replica, chosen round-robin. Waits up to
-    /// `wait` for one to become ready when replicas are starting.
+    /// A ready replica, chosen round-robin, counted as busy until the [`Endpoint`] is dropped.
+    /// Waits up to `wait` for one to become ready when replicas are starting.
     async fn endpoint(
         &self,
         function: &FunctionRef,
         wait: Duration,
-    ) -> Result<String, ProviderError>;
+    ) -> Result<Endpoint, ProviderError>;
 
     /// The last `tail` lines the function's replicas wrote, then (with `follow`) new ones as they
     /// come, until the function is removed or the stream is dropped.

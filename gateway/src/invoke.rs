@@ -42,10 +42,11 @@ pub(crate) async fn sync(
     let (function, path) = target(&parts.uri, "/function/")?;
     ensure_deployed(&state, &function)?;
     let bytes = body::read(&parts.headers, body, state.config.max_body_bytes).await?;
-    let base = state
+    let endpoint = state
         .provider
         .endpoint(&function, state.config.readiness_wait)
         .await?;
+    let base = &endpoint.url;
     let url = match parts.uri.query() {
         Some(q) => format!("{base}{path}?{q}"),
         None => format!("{base}{path}"),
@@ -75,7 +76,12 @@ pub(crate) async fn sync(
     {
         out = out.header(k, v);
     }
-    let stream = response.bytes_stream().map_err(std::io::Error::other);
+    // The endpoint travels with the body: the replica counts the request as in flight until the
+    // response has been streamed to its end (or the client went away).
+    let stream = response.bytes_stream().map_err(move |e| {
+        let _ = &endpoint;
+        std::io::Error::other(e)
+    });
     out.body(Body::from_stream(stream))
         .map_err(|e| ApiError::Internal(format!("building the proxied response: {e}")))
 }

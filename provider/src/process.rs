@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sluice_core::{
-    FunctionDeployment, FunctionRef, FunctionSpec, LogStream, Provider, ProviderError, Replicas,
+    Endpoint, FunctionDeployment, FunctionRef, FunctionSpec, LogStream, Provider, ProviderError,
+    Replicas,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +25,9 @@ pub struct ProcessConfig {
     pub log_lines: usize,
     /// How long a stopping replica may take to finish before it is killed.
     pub stop_grace: Duration,
+    /// How long a replica taken out of rotation (scale-down, redeploy, removal) may keep
+    /// serving its in-flight requests before it is stopped.
+    pub drain_timeout: Duration,
     /// First and longest wait before a crashed HTTP replica is restarted.
     pub restart_backoff_min: Duration,
     pub restart_backoff_max: Duration,
@@ -35,6 +39,7 @@ impl Default for ProcessConfig {
             default_exec_timeout: Duration::from_secs(300),
             log_lines: 2000,
             stop_grace: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(300),
             restart_backoff_min: Duration::from_millis(200),
             restart_backoff_max: Duration::from_secs(30),
         }
@@ -87,6 +92,7 @@ impl ProcessProvider {
     fn runtime_config(&self) -> RuntimeConfig {
         RuntimeConfig {
             stop_grace: self.inner.config.stop_grace,
+            drain_timeout: self.inner.config.drain_timeout,
             restart_backoff_min: self.inner.config.restart_backoff_min,
             restart_backoff_max: self.inner.config.restart_backoff_max,
         }
@@ -154,10 +160,10 @@ impl Provider for ProcessProvider {
         &self,
         function: &FunctionRef,
         wait: Duration,
-    ) -> Result<String, ProviderError> {
+    ) -> Result<Endpoint, ProviderError> {
         let rt = self.runtime(function)?;
         match rt.endpoint(wait).await {
-            Ok(addr) => Ok(format!("http://{addr}")),
+            Ok((addr, guard)) => Ok(Endpoint::new(format!("http://{addr}"), guard)),
             Err(EndpointError::ScaledToZero) => {
                 Err(ProviderError::ScaledToZero(function.to_string()))
             }

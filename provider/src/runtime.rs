@@ -1,7 +1,7 @@
 //! One function's replicas on this machine: starting, probing, restarting and stopping them.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use sluice_core::{FunctionRef, Replicas};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Child;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,15 +21,37 @@ use crate::{sys, watchdog};
 #[derive(Debug, Clone)]
 pub(crate) struct RuntimeConfig {
     pub(crate) stop_grace: Duration,
+    pub(crate) drain_timeout: Duration,
     pub(crate) restart_backoff_min: Duration,
     pub(crate) restart_backoff_max: Duration,
 }
 
-/// A replica as the runtime tracks it.
+/// Requests in flight on one replica, so it can be drained before it is stopped.
+#[derive(Debug, Default)]
+struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// Held for the length of one request on a replica (see [`sluice_core::Endpoint`]).
 #[derive(Debug)]
+pub(crate) struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// A replica as the runtime tracks it.
+#[derive(Debug, Clone)]
 struct Replica {
+    id: u64,
     cancel: CancellationToken,
     ready: Arc<Mutex<Option<SocketAddr>>>,
+    in_flight: Arc<InFlight>,
 }
 
 /// The live state of one deployed function.
@@ -37,12 +59,17 @@ struct Replica {
 pub(crate) struct FunctionRuntime {
     function: FunctionRef,
     spec: Mutex<Arc<RunSpec>>,
+    /// Replicas in rotation. Ones being replaced stay here until their successors are ready.
     replicas: Mutex<Vec<Replica>>,
-    /// Bumped whenever a replica becomes ready or stops being ready, or the count changes.
+    /// Bumped whenever a replica becomes ready or stops being ready, or the set changes.
     changes: watch::Sender<u64>,
     next: AtomicUsize,
+    next_id: AtomicU64,
     pub(crate) logs: Arc<LogBuffer>,
-    cancel: CancellationToken,
+    /// Cancelled when the provider shuts down: every replica stops at once.
+    root: CancellationToken,
+    /// Cancelled when the function is removed.
+    removed: CancellationToken,
     tracker: TaskTracker,
     config: RuntimeConfig,
 }
@@ -56,7 +83,7 @@ impl FunctionRuntime {
         function: FunctionRef,
         spec: RunSpec,
         logs: Arc<LogBuffer>,
-        cancel: CancellationToken,
+        root: CancellationToken,
         tracker: TaskTracker,
         config: RuntimeConfig,
     ) -> Arc<Self> {
@@ -66,8 +93,10 @@ impl FunctionRuntime {
             replicas: Mutex::new(Vec::new()),
             changes: watch::channel(0).0,
             next: AtomicUsize::new(0),
+            next_id: AtomicU64::new(0),
             logs,
-            cancel,
+            root,
+            removed: CancellationToken::new(),
             tracker,
             config,
         })
@@ -86,59 +115,140 @@ impl FunctionRuntime {
         }
     }
 
-    /// Sets the replica count: starts new replicas or stops the newest extra ones.
+    /// Sets the replica count: starts new replicas, or takes the extra ones out of rotation and
+    /// stops them once their in-flight requests are done.
     pub(crate) fn scale(self: &Arc<Self>, count: u32) {
         let spec = lock(&self.spec).clone();
-        let mut replicas = lock(&self.replicas);
         let count = count as usize;
-        while replicas.len() < count {
-            replicas.push(self.start_replica(spec.clone()));
-        }
-        for extra in replicas.drain(count..) {
-            extra.cancel.cancel();
-        }
-        drop(replicas);
+        let extra: Vec<Replica> = {
+            let mut replicas = lock(&self.replicas);
+            while replicas.len() < count {
+                replicas.push(self.start_replica(spec.clone()));
+            }
+            let keep = count.min(replicas.len());
+            replicas.drain(keep..).collect()
+        };
         self.bump();
+        for r in extra {
+            self.retire(r);
+        }
     }
 
-    /// Replaces the function's configuration: new replicas are started, then the old ones stop.
+    /// Replaces the function's configuration. New replicas start beside the old ones; the old
+    /// ones leave rotation once every new one is ready, and stop once drained.
     pub(crate) fn replace(self: &Arc<Self>, spec: RunSpec, count: u32) {
         let spec = Arc::new(spec);
         *lock(&self.spec) = spec.clone();
         let fresh: Vec<Replica> = (0..count)
             .map(|_| self.start_replica(spec.clone()))
             .collect();
-        let old = std::mem::replace(&mut *lock(&self.replicas), fresh);
-        for r in old {
-            r.cancel.cancel();
+        let fresh_ids: Vec<u64> = fresh.iter().map(|r| r.id).collect();
+        let old_ids: Vec<u64> = {
+            let mut replicas = lock(&self.replicas);
+            let old = replicas.iter().map(|r| r.id).collect();
+            // New first: a later scale-down trims from the end, so it takes old ones first.
+            let mut next = fresh;
+            next.extend(replicas.drain(..));
+            *replicas = next;
+            old
+        };
+        self.bump();
+        let rt = self.clone();
+        self.tracker.spawn(async move {
+            let mut changes = rt.changes.subscribe();
+            loop {
+                // Done waiting when every new replica is ready, or one of them has been taken
+                // out (a later change superseded this one).
+                let settled = {
+                    let replicas = lock(&rt.replicas);
+                    fresh_ids.iter().all(|id| {
+                        replicas
+                            .iter()
+                            .find(|r| r.id == *id)
+                            .is_none_or(|r| lock(&r.ready).is_some())
+                    })
+                };
+                if settled || rt.root.is_cancelled() || rt.removed.is_cancelled() {
+                    break;
+                }
+                changes.borrow_and_update();
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { break },
+                    () = rt.root.cancelled() => break,
+                }
+            }
+            let retiring: Vec<Replica> = {
+                let mut replicas = lock(&rt.replicas);
+                let (old, keep): (Vec<Replica>, Vec<Replica>) =
+                    replicas.drain(..).partition(|r| old_ids.contains(&r.id));
+                *replicas = keep;
+                old
+            };
+            rt.bump();
+            for r in retiring {
+                rt.retire(r);
+            }
+        });
+    }
+
+    /// Takes every replica out of rotation and stops each once drained.
+    pub(crate) fn stop(self: &Arc<Self>) {
+        self.removed.cancel();
+        let all: Vec<Replica> = lock(&self.replicas).drain(..).collect();
+        self.bump();
+        for r in all {
+            self.retire(r);
         }
-        self.bump();
     }
 
-    /// Stops every replica; their tasks finish in the provider's tracker.
-    pub(crate) fn stop(&self) {
-        self.cancel.cancel();
-        lock(&self.replicas).clear();
-        self.bump();
+    /// Stops a replica that is already out of rotation, once its in-flight requests are done
+    /// (at most the drain timeout; at once if the provider is shutting down).
+    fn retire(&self, replica: Replica) {
+        let (drain, root) = (self.config.drain_timeout, self.root.clone());
+        self.tracker.spawn(async move {
+            let idle = async {
+                loop {
+                    let notified = replica.in_flight.idle.notified();
+                    if replica.in_flight.count.load(Ordering::Acquire) == 0 {
+                        return;
+                    }
+                    notified.await;
+                }
+            };
+            tokio::select! {
+                () = idle => {}
+                _ = tokio::time::sleep(drain) => {}
+                () = root.cancelled() => {}
+            }
+            replica.cancel.cancel();
+        });
     }
 
-    /// A ready replica's address, round-robin, waiting up to `wait` while replicas start.
-    pub(crate) async fn endpoint(&self, wait: Duration) -> Result<SocketAddr, EndpointError> {
+    /// A ready replica, round-robin, waiting up to `wait` while replicas start. The guard counts
+    /// the request as in flight on that replica.
+    pub(crate) async fn endpoint(
+        &self,
+        wait: Duration,
+    ) -> Result<(SocketAddr, InFlightGuard), EndpointError> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut changes = self.changes.subscribe();
         loop {
             changes.borrow_and_update();
             let (desired, ready) = {
                 let replicas = lock(&self.replicas);
-                let ready: Vec<SocketAddr> =
-                    replicas.iter().filter_map(|r| *lock(&r.ready)).collect();
+                let ready: Vec<(SocketAddr, Arc<InFlight>)> = replicas
+                    .iter()
+                    .filter_map(|r| lock(&r.ready).map(|a| (a, r.in_flight.clone())))
+                    .collect();
                 (replicas.len(), ready)
             };
             if !ready.is_empty() {
                 let i = self.next.fetch_add(1, Ordering::Relaxed) % ready.len();
-                return Ok(ready[i]);
+                let (addr, in_flight) = ready[i].clone();
+                in_flight.count.fetch_add(1, Ordering::AcqRel);
+                return Ok((addr, InFlightGuard(in_flight)));
             }
-            if desired == 0 || self.cancel.is_cancelled() {
+            if desired == 0 || self.removed.is_cancelled() {
                 return Err(EndpointError::ScaledToZero);
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {
@@ -149,8 +259,9 @@ impl FunctionRuntime {
     }
 
     fn start_replica(self: &Arc<Self>, spec: Arc<RunSpec>) -> Replica {
-        let cancel = self.cancel.child_token();
+        let cancel = self.root.child_token();
         let ready = Arc::new(Mutex::new(None));
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let id = format!(
             "{}-{}",
             self.function.name,
@@ -164,7 +275,12 @@ impl FunctionRuntime {
                 Mode::Http => rt.supervise_http(id, spec, task_ready, task_cancel).await,
             }
         });
-        Replica { cancel, ready }
+        Replica {
+            id: n,
+            cancel,
+            ready,
+            in_flight: Arc::default(),
+        }
     }
 
     fn set_ready(&self, slot: &Mutex<Option<SocketAddr>>, addr: Option<SocketAddr>) {

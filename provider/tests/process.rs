@@ -66,7 +66,7 @@ async fn classic_function_hashes_stdin_and_sees_http_env() {
     let http = reqwest::Client::new();
     let sha = spec("sha", "sha512sum", &[], 1);
     p.apply(&sha).await.unwrap();
-    let base = p.endpoint(&sha.function, WAIT).await.unwrap();
+    let base = p.endpoint(&sha.function, WAIT).await.unwrap().url;
     let resp = http
         .post(format!("{base}/"))
         .body("hello")
@@ -83,7 +83,7 @@ async fn classic_function_hashes_stdin_and_sees_http_env() {
 
     let env = spec("env", "env", &[("greeting", "hi")], 1);
     p.apply(&env).await.unwrap();
-    let base = p.endpoint(&env.function, WAIT).await.unwrap();
+    let base = p.endpoint(&env.function, WAIT).await.unwrap().url;
     let resp = http
         .put(format!("{base}/a/b?x=1"))
         .header("X-Custom", "yes")
@@ -122,7 +122,7 @@ async fn classic_failures_and_timeouts() {
     let http = reqwest::Client::new();
     let failing = spec("failing", "sh -c 'echo broken >&2; exit 3'", &[], 1);
     p.apply(&failing).await.unwrap();
-    let base = p.endpoint(&failing.function, WAIT).await.unwrap();
+    let base = p.endpoint(&failing.function, WAIT).await.unwrap().url;
     let resp = http.get(format!("{base}/")).send().await.unwrap();
     assert_eq!(resp.status(), 500);
     assert!(
@@ -142,7 +142,7 @@ async fn classic_failures_and_timeouts() {
 
     let slow = spec("slow", "sleep 30", &[("exec_timeout", "300ms")], 1);
     p.apply(&slow).await.unwrap();
-    let base = p.endpoint(&slow.function, WAIT).await.unwrap();
+    let base = p.endpoint(&slow.function, WAIT).await.unwrap().url;
     let started = tokio::time::Instant::now();
     let resp = http.get(format!("{base}/")).send().await.unwrap();
     assert_eq!(resp.status(), 504);
@@ -159,7 +159,7 @@ async fn classic_failures_and_timeouts() {
         1,
     );
     p.apply(&single).await.unwrap();
-    let base = p.endpoint(&single.function, WAIT).await.unwrap();
+    let base = p.endpoint(&single.function, WAIT).await.unwrap().url;
     let first = tokio::spawn(http.get(format!("{base}/")).send());
     eventually("the first run to start", || async { started_mark.exists() }).await;
     let second = http.get(format!("{base}/")).send().await.unwrap();
@@ -169,7 +169,7 @@ async fn classic_failures_and_timeouts() {
 
     let missing = spec("missing", "/no/such/binary", &[], 1);
     p.apply(&missing).await.unwrap();
-    let base = p.endpoint(&missing.function, WAIT).await.unwrap();
+    let base = p.endpoint(&missing.function, WAIT).await.unwrap().url;
     let resp = http.get(format!("{base}/")).send().await.unwrap();
     assert_eq!(resp.status(), 500);
     assert_eq!(resp.headers()["x-sluice-error"], "spawn_failed");
@@ -183,7 +183,7 @@ async fn http_mode_serves_after_readiness_scales_and_restarts() {
     let http = reqwest::Client::new();
     let echo = spec("echo", "python3 -u echo.py", &[("mode", "http")], 1);
     p.apply(&echo).await.unwrap();
-    let base = p.endpoint(&echo.function, WAIT).await.unwrap();
+    let base = p.endpoint(&echo.function, WAIT).await.unwrap().url;
     let resp = http
         .delete(format!("{base}/x/y?q=2"))
         .body("payload")
@@ -203,7 +203,7 @@ async fn http_mode_serves_after_readiness_scales_and_restarts() {
     .await;
     let mut seen = std::collections::HashSet::new();
     for _ in 0..6 {
-        seen.insert(p.endpoint(&echo.function, WAIT).await.unwrap());
+        seen.insert(p.endpoint(&echo.function, WAIT).await.unwrap().url);
     }
     assert_eq!(seen.len(), 3, "not balanced across replicas: {seen:?}");
     p.scale(&echo.function, 0).await.unwrap();
@@ -260,4 +260,70 @@ async fn invalid_deployments_are_refused() {
         .unwrap()
         .insert(WORKDIR_ANNOTATION.into(), "/definitely/not/here".into());
     assert!(p.validate(&bad.deployment).is_err());
+}
+
+#[tokio::test]
+async fn replicas_leaving_rotation_finish_their_requests_first() {
+    let p = provider();
+    let http = reqwest::Client::new();
+    let echo = spec("echo", "python3 -u echo.py", &[("mode", "http")], 1);
+    p.apply(&echo).await.unwrap();
+    let busy = p.endpoint(&echo.function, WAIT).await.unwrap();
+    let alive = |url: String| {
+        let http = http.clone();
+        async move { http.get(format!("{url}/_/health")).send().await.is_ok() }
+    };
+
+    // Scaled to zero while a request is in flight: out of rotation at once, stopped only after.
+    p.scale(&echo.function, 0).await.unwrap();
+    assert!(matches!(
+        p.endpoint(&echo.function, Duration::ZERO).await,
+        Err(ProviderError::ScaledToZero(_))
+    ));
+    assert!(alive(busy.url.clone()).await, "a busy replica was stopped");
+    let old = busy.url.clone();
+    drop(busy);
+    eventually("the drained replica to stop", || {
+        let old = old.clone();
+        let alive = &alive;
+        async move { !alive(old).await }
+    })
+    .await;
+
+    // A redeploy starts the new replica first; the old one serves until drained.
+    p.scale(&echo.function, 1).await.unwrap();
+    let busy = p.endpoint(&echo.function, WAIT).await.unwrap();
+    let mut changed = echo.clone();
+    changed
+        .deployment
+        .env_vars
+        .insert("version".into(), "2".into());
+    p.apply(&changed).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let fresh = loop {
+        let e = p.endpoint(&echo.function, WAIT).await.unwrap();
+        if e.url != busy.url {
+            break e;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no new replica");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(alive(fresh.url.clone()).await);
+    assert!(
+        alive(busy.url.clone()).await,
+        "the old replica was stopped under a request"
+    );
+    eventually("old replica out of rotation", || async {
+        p.replicas(&echo.function).unwrap().desired == 1
+    })
+    .await;
+    let old = busy.url.clone();
+    drop(busy);
+    eventually("the old replica to stop", || {
+        let old = old.clone();
+        let alive = &alive;
+        async move { !alive(old).await }
+    })
+    .await;
+    p.shutdown().await;
 }

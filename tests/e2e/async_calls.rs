@@ -195,3 +195,54 @@ async fn a_function_that_cannot_be_reached_is_recorded_as_failed() {
         "{record}"
     );
 }
+
+#[tokio::test]
+async fn redeploying_or_scaling_down_does_not_cut_running_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = reqwest::Client::new();
+    let receiver = Receiver::start().await;
+    let mut sleep = sample("sleep", "python3 -u sleep.py", true, &[]);
+    deploy(&http, url, &sleep).await;
+    scale(&http, url, "sleep", 2).await;
+    for id in ["during-redeploy", "during-scale-down"] {
+        let r = http
+            .post(format!("{url}/async-function/sleep?seconds=2"))
+            .header("X-Callback-Url", &receiver.url)
+            .header("X-Call-Id", id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    for id in ["during-redeploy", "during-scale-down"] {
+        eventually("the call to run", || async {
+            let r: Value = try_get_json(&http, format!("{url}/system/calls/{id}")).await?;
+            (r["state"] == "running").then_some(())
+        })
+        .await;
+    }
+    sleep["envVars"]["version"] = "2".into();
+    let r = http
+        .put(format!("{url}/system/functions"))
+        .json(&sleep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    scale(&http, url, "sleep", 1).await;
+    eventually("both callbacks", || async {
+        (receiver.count() == 2).then_some(())
+    })
+    .await;
+    for cb in receiver.received() {
+        assert_eq!(
+            cb.header("x-function-status"),
+            "200",
+            "{}",
+            cb.header("x-call-id")
+        );
+        assert_eq!(cb.body, "slept 2s\n");
+    }
+}
