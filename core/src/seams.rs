@@ -158,6 +158,8 @@ pub trait CallStore: Send + Sync + Debug {
     /// Records a newly accepted call; `false` (and no change) if a call with that id exists.
     async fn create(&self, record: &CallRecord) -> Result<bool, StoreError>;
     async fn get(&self, id: &CallId) -> Result<Option<CallRecord>, StoreError>;
+    /// Deletes a call's record: only for a call whose submission failed (it was never queued).
+    async fn forget(&self, id: &CallId) -> Result<bool, StoreError>;
     /// Marks the call running and counts an attempt; returns the attempt number (1-based).
     async fn start_attempt(&self, id: &CallId, at: Timestamp) -> Result<u32, StoreError>;
     /// Records how the invocation ended.
@@ -203,7 +205,8 @@ pub trait Lease: Send + Sync + Debug {
 #[async_trait]
 pub trait CallQueue: Send + Sync + Debug {
     /// Stores the call durably; when this returns `Ok` the call will be delivered at least once.
-    async fn enqueue(&self, call: &QueuedCall) -> Result<(), QueueError>;
+    /// `Ok(false)` means a call with this id is already on the queue and nothing was stored.
+    async fn enqueue(&self, call: &QueuedCall) -> Result<bool, QueueError>;
     /// The next call that is due, waiting up to `max_wait` for one.
     async fn next(&self, max_wait: Duration) -> Result<Option<Delivery>, QueueError>;
     /// How long a lease lasts without [`Lease::keep_alive`].

@@ -148,27 +148,48 @@ pub(crate) async fn submit(
         callback_url,
         submitted_at: Timestamp::now(),
     };
-    // The same call id again: it was accepted once, so answer as before and do not queue it twice.
-    if let Some(existing) = state.calls.get(&meta.id).await? {
-        if existing.function != meta.function.name || existing.namespace != meta.function.namespace
-        {
+    // The record is the arbiter of call ids: exactly one submission creates it. Only that one
+    // queues the call; any other with the same id is answered from the record.
+    let record = CallRecord::queued(&meta);
+    if !state.calls.create(&record).await? {
+        let existing =
+            state.calls.get(&meta.id).await?.ok_or_else(|| {
+                ApiError::Conflict(format!("call id {} is being submitted", meta.id))
+            })?;
+        return resubmitted(&meta, &existing);
+    }
+    let call = QueuedCall { meta, body };
+    match state.queue.enqueue(&call).await {
+        Ok(true) => {}
+        Ok(false) => {
+            // The queue already holds a call with this id whose record was lost: leave it be.
             return Err(ApiError::Conflict(format!(
-                "call id {} is already used by a call to {}",
-                meta.id, existing.function
+                "call id {} is already queued",
+                call.meta.id
             )));
         }
-        return accepted(&meta.id, existing.submitted_at);
-    }
-    // Queue first: once the queue has the call it will run, whatever happens next. The record is
-    // written after; should that fail, the worker writes it when it takes the call.
-    let record = CallRecord::queued(&meta);
-    let call = QueuedCall { meta, body };
-    state.queue.enqueue(&call).await?;
-    if let Err(error) = state.calls.create(&record).await {
-        tracing::warn!(call = %record.id, %error, "call queued but its record not yet written");
+        Err(e) => {
+            // Not queued, so not accepted: forget the record so the client can resubmit the id.
+            if let Err(store) = state.calls.forget(&call.meta.id).await {
+                tracing::error!(call = %call.meta.id, error = %store, "could not forget an unqueued call");
+            }
+            return Err(e.into());
+        }
     }
     tracing::debug!(call = %record.id, function = %call.meta.function, "queued");
     accepted(&record.id, record.submitted_at)
+}
+
+/// The answer to a call id that was accepted before: the same `202` if it is the same
+/// function, a conflict if the id is taken by a call to another.
+fn resubmitted(meta: &CallMeta, existing: &CallRecord) -> Result<Response, ApiError> {
+    if existing.function != meta.function.name || existing.namespace != meta.function.namespace {
+        return Err(ApiError::Conflict(format!(
+            "call id {} is already used by a call to {}",
+            meta.id, existing.function
+        )));
+    }
+    accepted(&meta.id, existing.submitted_at)
 }
 
 fn accepted(id: &CallId, submitted_at: Timestamp) -> Result<Response, ApiError> {

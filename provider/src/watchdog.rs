@@ -109,20 +109,22 @@ async fn handle(State(wd): State<Watchdog>, req: Request) -> Response {
             );
         }
     };
-    let mut env: Vec<(String, String)> = vec![
-        ("Http_Method".into(), parts.method.to_string()),
-        ("Http_Path".into(), parts.uri.path().to_owned()),
-        ("Http_ContentLength".into(), body.len().to_string()),
-    ];
-    if let Some(q) = parts.uri.query() {
-        env.push(("Http_Query".into(), q.to_owned()));
-    }
+    // Headers first, then the request's own variables, so a header named `Method` or `Path`
+    // cannot forge `Http_Method` or `Http_Path` (the last value set wins, as in OpenFaaS).
+    let mut env: Vec<(String, String)> = Vec::with_capacity(parts.headers.len() + 4);
     for name in parts.headers.keys() {
         if let Some(v) = parts.headers.get(name) {
             let key = format!("Http_{}", canonical_header(name.as_str()).replace('-', "_"));
             env.push((key, String::from_utf8_lossy(v.as_bytes()).into_owned()));
         }
     }
+    env.push(("Http_Method".into(), parts.method.to_string()));
+    env.push(("Http_Path".into(), parts.uri.path().to_owned()));
+    env.push(("Http_ContentLength".into(), body.len().to_string()));
+    env.push((
+        "Http_Query".into(),
+        parts.uri.query().unwrap_or_default().to_owned(),
+    ));
     let started = tokio::time::Instant::now();
     let outcome = run(&wd, &env, body).await;
     let seconds = started.elapsed().as_secs_f64();

@@ -87,6 +87,9 @@ async fn classic_function_hashes_stdin_and_sees_http_env() {
     let resp = http
         .put(format!("{base}/a/b?x=1"))
         .header("X-Custom", "yes")
+        .header("Method", "DELETE")
+        .header("Path", "/forged")
+        .header("Query", "forged=1")
         .header("Content-Type", "text/csv")
         .body("abc")
         .send()

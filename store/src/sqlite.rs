@@ -232,6 +232,15 @@ impl CallStore for SqliteStore {
             .transpose()
     }
 
+    async fn forget(&self, id: &CallId) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM calls WHERE id = ?")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn start_attempt(&self, id: &CallId, at: Timestamp) -> Result<u32, StoreError> {
         let row = sqlx::query(
             "UPDATE calls SET state = 'running', attempts = attempts + 1, started_at = ?, \

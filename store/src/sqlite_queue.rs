@@ -131,9 +131,9 @@ impl SqliteQueue {
 
 #[async_trait]
 impl CallQueue for SqliteQueue {
-    async fn enqueue(&self, call: &QueuedCall) -> Result<(), QueueError> {
+    async fn enqueue(&self, call: &QueuedCall) -> Result<bool, QueueError> {
         let meta = serde_json::to_string(&call.meta).map_err(unavailable)?;
-        sqlx::query(
+        let done = sqlx::query(
             "INSERT INTO queue (call_id, meta, body, available_at) VALUES (?, ?, ?, ?) \
              ON CONFLICT (call_id) DO NOTHING",
         )
@@ -145,7 +145,7 @@ impl CallQueue for SqliteQueue {
         .await
         .map_err(unavailable)?;
         self.inner.ready.notify_one();
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     async fn next(&self, max_wait: Duration) -> Result<Option<Delivery>, QueueError> {

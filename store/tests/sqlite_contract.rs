@@ -115,6 +115,20 @@ async fn call_records_move_through_their_states() {
     assert_eq!(got.status_code, Some(201));
     assert_eq!(got.duration_seconds, Some(1.5));
     assert_eq!(got.callback, Some(cb));
+    let other = call("c2", b"");
+    assert!(
+        CallStore::create(&store, &CallRecord::queued(&other.meta))
+            .await
+            .unwrap()
+    );
+    assert!(store.forget(&other.meta.id).await.unwrap());
+    assert!(!store.forget(&other.meta.id).await.unwrap());
+    assert!(
+        CallStore::get(&store, &other.meta.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
     let missing = CallId::parse("nope").unwrap();
     assert!(matches!(
         store.start_attempt(&missing, Timestamp::now()).await,
@@ -126,9 +140,12 @@ async fn call_records_move_through_their_states() {
 async fn queue_delivers_in_order_and_ack_removes() {
     let (_dir, pool) = db().await;
     let q = SqliteQueue::new(pool, Duration::from_secs(30));
-    q.enqueue(&call("a", b"first")).await.unwrap();
-    q.enqueue(&call("b", b"second")).await.unwrap();
-    q.enqueue(&call("a", b"dup")).await.unwrap(); // same id: kept once
+    assert!(q.enqueue(&call("a", b"first")).await.unwrap());
+    assert!(q.enqueue(&call("b", b"second")).await.unwrap());
+    assert!(
+        !q.enqueue(&call("a", b"dup")).await.unwrap(),
+        "same id queued twice"
+    );
     let d1 = q.next(Duration::ZERO).await.unwrap().unwrap();
     assert_eq!(
         d1.call,

@@ -246,3 +246,44 @@ async fn redeploying_or_scaling_down_does_not_cut_running_calls() {
         assert_eq!(cb.body, "slept 2s\n");
     }
 }
+
+#[tokio::test]
+async fn one_call_id_is_never_accepted_for_two_functions() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = reqwest::Client::new();
+    let receiver = Receiver::start().await;
+    deploy(&http, url, &sample("echo", "python3 -u echo.py", true, &[])).await;
+    deploy(&http, url, &sample("fail", "python3 -u fail.py", true, &[])).await;
+    let submit = |function: &'static str, id: String| {
+        http.post(format!("{url}/async-function/{function}?status=200"))
+            .header("X-Callback-Url", &receiver.url)
+            .header("X-Call-Id", id)
+            .send()
+    };
+    let mut accepted = HashMap::new();
+    for i in 0..50 {
+        let id = format!("contested-{i}");
+        let (a, b) = tokio::join!(submit("echo", id.clone()), submit("fail", id.clone()));
+        let (a, b) = (a.unwrap().status().as_u16(), b.unwrap().status().as_u16());
+        match (a, b) {
+            (202, 409) => accepted.insert(id, "echo"),
+            (409, 202) => accepted.insert(id, "fail"),
+            other => panic!("{id}: answers {other:?}; exactly one may be accepted"),
+        };
+    }
+    eventually("every accepted call to call back", || async {
+        (receiver.count() >= accepted.len()).then_some(())
+    })
+    .await;
+    for cb in receiver.received() {
+        let id = cb.header("x-call-id");
+        assert_eq!(
+            cb.header("x-function-name"),
+            accepted[id],
+            "{id} ran the other function"
+        );
+    }
+    assert_eq!(receiver.count(), accepted.len());
+}
