@@ -72,6 +72,12 @@ pub struct UpArgs {
     /// Async calls worked on at once.
     #[arg(long, env = "SLUICE_WORKER_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_concurrency: u16,
+    /// Hard ceiling on any function's replicas (com.openfaas.scale.max cannot exceed it).
+    #[arg(long, env = "SLUICE_MAX_REPLICAS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_replicas: u32,
+    /// Function requests (sync calls and async submissions) handled at once; more get a 503.
+    #[arg(long, env = "SLUICE_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
     /// How long a queued call stays leased to a worker without a heartbeat before redelivery.
     #[arg(long, env = "SLUICE_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub lease: Duration,
@@ -92,6 +98,11 @@ impl UpArgs {
         let mut config = up::UpConfig::new(self.data_dir.clone());
         config.gateway.max_body_bytes = self.max_body_bytes;
         config.gateway.upstream_timeout = self.function_timeout;
+        config.gateway.max_replicas_limit = self.max_replicas;
+        config.gateway.default_max_replicas =
+            config.gateway.default_max_replicas.min(self.max_replicas);
+        config.gateway.max_in_flight = self.max_in_flight as usize;
+        config.process.drain_timeout = self.function_timeout;
         config.process.default_exec_timeout = self.function_timeout;
         config.worker_concurrency = usize::from(self.worker_concurrency);
         config.lease = self.lease;

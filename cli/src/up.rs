@@ -136,7 +136,10 @@ impl Prepared {
 
         let mut worker_config = WorkerConfig::new(gateway_url);
         worker_config.concurrency = config.worker_concurrency;
-        worker_config.invoke_timeout = config.gateway.upstream_timeout + Duration::from_secs(5);
+        // The gateway may wait for a ready replica, then for the function: the worker waits for both.
+        worker_config.invoke_timeout = config.gateway.readiness_wait
+            + config.gateway.upstream_timeout
+            + Duration::from_secs(5);
         worker_config.max_response_bytes = config.gateway.max_body_bytes;
         worker_config.shutdown_grace = config.shutdown_grace;
         let worker = tokio::spawn(sluice_queue_worker::run(

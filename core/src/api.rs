@@ -7,6 +7,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::time::Timestamp;
 
+/// Reads `null` as the field's default, as Go clients (faas-cli) may send it for maps and lists.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
 /// CPU and memory, as strings in Kubernetes notation. Recorded, not enforced by the process provider.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionResources {
@@ -21,17 +30,29 @@ pub struct FunctionResources {
 #[serde(rename_all = "camelCase")]
 pub struct FunctionDeployment {
     pub service: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub image: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_process: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub env_vars: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub constraints: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub secrets: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
@@ -50,17 +71,29 @@ pub struct FunctionDeployment {
 #[serde(rename_all = "camelCase")]
 pub struct FunctionStatus {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub image: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_process: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub env_vars: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub constraints: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub secrets: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
@@ -103,6 +136,13 @@ mod tests {
         assert_eq!(d.service, "y");
         assert_eq!(d.env_process.as_deref(), Some("cat"));
         assert_eq!(d.labels, Some(BTreeMap::new()));
+    }
+
+    #[test]
+    fn nulls_read_as_empty() {
+        let body = r#"{"service":"y","image":null,"envVars":null,"secrets":null,"constraints":null,"labels":null}"#;
+        let d: FunctionDeployment = serde_json::from_str(body).unwrap();
+        assert!(d.env_vars.is_empty() && d.secrets.is_empty() && d.labels.is_none());
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub enum ApiError {
     InvalidName(#[from] NameError),
     #[error("{0} not found")]
     NotFound(String),
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("the gateway is at its limit of {0} requests in flight; try again shortly")]
+    Overloaded(usize),
     #[error("function {0} is not deployed")]
     FunctionNotFound(String),
     #[error("{0}")]
@@ -47,8 +51,10 @@ impl ApiError {
             Self::BadRequest(_) | Self::InvalidName(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) | Self::FunctionNotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ScaledToZero(_)
+            | Self::Overloaded(_)
             | Self::NotReady { .. }
             | Self::StoreUnavailable(_)
             | Self::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -66,6 +72,8 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::FunctionNotFound(_) => "function_not_found",
             Self::Conflict(_) => "conflict",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::Overloaded(_) => "overloaded",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::ScaledToZero(_) => "scaled_to_zero",
             Self::NotReady { .. } => "no_ready_replica",
@@ -79,9 +87,10 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<u32> {
         match self {
-            Self::NotReady { .. } | Self::StoreUnavailable(_) | Self::QueueUnavailable(_) => {
-                Some(1)
-            }
+            Self::NotReady { .. }
+            | Self::Overloaded(_)
+            | Self::StoreUnavailable(_)
+            | Self::QueueUnavailable(_) => Some(1),
             _ => None,
         }
     }
@@ -111,6 +120,28 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(r: axum::extract::rejection::QueryRejection) -> Self {
+        Self::BadRequest(format!("invalid query string: {}", r.body_text()))
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(r: axum::extract::rejection::PathRejection) -> Self {
+        Self::BadRequest(format!("invalid path: {}", r.body_text()))
+    }
+}
+
+/// `axum::extract::Query` whose rejection is an [`ApiError`].
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub(crate) struct ApiQuery<T>(pub(crate) T);
+
+/// `axum::extract::Path` whose rejection is an [`ApiError`].
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub(crate) struct ApiPath<T>(pub(crate) T);
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {

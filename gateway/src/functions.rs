@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use sluice_core::{
@@ -15,7 +15,7 @@ use sluice_core::{
     FunctionStore, Provider, Timestamp,
 };
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiPath, ApiQuery};
 use crate::{AppState, body};
 
 pub(crate) const SCALE_MIN_LABEL: &str = "com.openfaas.scale.min";
@@ -58,7 +58,14 @@ fn label_u32(d: &FunctionDeployment, key: &str) -> Result<Option<u32>, ApiError>
 /// The replica bounds a deployment asks for.
 fn replica_bounds(state: &AppState, d: &FunctionDeployment) -> Result<(u32, u32), ApiError> {
     let min = label_u32(d, SCALE_MIN_LABEL)?.unwrap_or(1);
-    let max = label_u32(d, SCALE_MAX_LABEL)?.unwrap_or(state.config.default_max_replicas);
+    let limit = state.config.max_replicas_limit;
+    let max =
+        label_u32(d, SCALE_MAX_LABEL)?.unwrap_or(state.config.default_max_replicas.min(limit));
+    if max > limit {
+        return Err(ApiError::BadRequest(format!(
+            "label {SCALE_MAX_LABEL} ({max}) is above this gateway's limit of {limit} replicas"
+        )));
+    }
     if min > max {
         return Err(ApiError::BadRequest(format!(
             "label {SCALE_MIN_LABEL} ({min}) is above {SCALE_MAX_LABEL} ({max})"
@@ -93,6 +100,7 @@ pub(crate) async fn create(
     let bytes = body::read(&headers, body, state.config.max_body_bytes).await?;
     let (function, deployment) = checked(&state, body::json(&bytes)?)?;
     let (min, _) = replica_bounds(&state, &deployment)?;
+    let _serial = state.lock_function(&function).await;
     let spec = FunctionSpec {
         function,
         deployment,
@@ -122,6 +130,7 @@ pub(crate) async fn update(
 ) -> Result<StatusCode, ApiError> {
     let bytes = body::read(&headers, body, state.config.max_body_bytes).await?;
     let (function, deployment) = checked(&state, body::json(&bytes)?)?;
+    let _serial = state.lock_function(&function).await;
     let Some(existing) = state.functions.get(&function).await? else {
         return Err(ApiError::FunctionNotFound(function.to_string()));
     };
@@ -148,7 +157,7 @@ struct DeleteRequest {
 
 pub(crate) async fn delete(
     State(state): State<AppState>,
-    Query(q): Query<NamespaceQuery>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
@@ -156,6 +165,7 @@ pub(crate) async fn delete(
     let req: DeleteRequest = body::json(&bytes)?;
     let ns = req.namespace.as_deref().or(q.namespace.as_deref());
     let function = FunctionRef::parse(&req.function_name, ns)?;
+    let _serial = state.lock_function(&function).await;
     if !state.functions.delete(&function).await? {
         return Err(ApiError::FunctionNotFound(function.to_string()));
     }
@@ -193,7 +203,7 @@ fn status_of(state: &AppState, spec: FunctionSpec) -> FunctionStatus {
 
 pub(crate) async fn list(
     State(state): State<AppState>,
-    Query(q): Query<NamespaceQuery>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
 ) -> Result<Json<Vec<FunctionStatus>>, ApiError> {
     let namespace = q
         .namespace
@@ -213,8 +223,8 @@ pub(crate) async fn list(
 
 pub(crate) async fn describe(
     State(state): State<AppState>,
-    Path(name): Path<String>,
-    Query(q): Query<NamespaceQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
 ) -> Result<Json<FunctionStatus>, ApiError> {
     let function = FunctionRef::parse(&name, q.namespace.as_deref())?;
     let spec = state
@@ -235,14 +245,15 @@ struct ScaleRequest {
 
 pub(crate) async fn scale(
     State(state): State<AppState>,
-    Path(name): Path<String>,
-    Query(q): Query<NamespaceQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     let bytes = body::read(&headers, body, state.config.max_body_bytes).await?;
     let req: ScaleRequest = body::json(&bytes)?;
     let function = FunctionRef::parse(&name, req.namespace.as_deref().or(q.namespace.as_deref()))?;
+    let _serial = state.lock_function(&function).await;
     let spec = state
         .functions
         .get(&function)

@@ -38,6 +38,7 @@ pub(crate) async fn sync(
     State(state): State<AppState>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let admitted = state.admit()?;
     let (parts, body) = req.into_parts();
     let (function, path) = target(&parts.uri, "/function/")?;
     ensure_deployed(&state, &function)?;
@@ -79,7 +80,7 @@ pub(crate) async fn sync(
     // The endpoint travels with the body: the replica counts the request as in flight until the
     // response has been streamed to its end (or the client went away).
     let stream = response.bytes_stream().map_err(move |e| {
-        let _ = &endpoint;
+        let _ = (&endpoint, &admitted);
         std::io::Error::other(e)
     });
     out.body(Body::from_stream(stream))
@@ -131,6 +132,7 @@ pub(crate) async fn submit(
     State(state): State<AppState>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let _admitted = state.admit()?;
     let (parts, body) = req.into_parts();
     let (function, path) = target(&parts.uri, "/async-function/")?;
     ensure_deployed(&state, &function)?;

@@ -39,6 +39,10 @@ pub struct GatewayConfig {
     pub readiness_wait: Duration,
     /// Replica ceiling when a function sets no `com.openfaas.scale.max`.
     pub default_max_replicas: u32,
+    /// Hard ceiling on any function's replicas, whatever its labels say.
+    pub max_replicas_limit: u32,
+    /// Function requests (sync and async submissions) handled at once; more get a 503.
+    pub max_in_flight: usize,
 }
 
 impl Default for GatewayConfig {
@@ -48,6 +52,8 @@ impl Default for GatewayConfig {
             upstream_timeout: Duration::from_secs(300),
             readiness_wait: Duration::from_secs(30),
             default_max_replicas: 20,
+            max_replicas_limit: 64,
+            max_in_flight: 1024,
         }
     }
 }
@@ -62,8 +68,15 @@ pub struct AppState {
     pub config: Arc<GatewayConfig>,
     http: reqwest::Client,
     invocations: Arc<Mutex<HashMap<FunctionRef, u64>>>,
+    /// Serialises management changes to one function (registry write + provider apply), striped
+    /// so the number of locks is fixed.
+    function_locks: Arc<[tokio::sync::Mutex<()>]>,
+    in_flight: Arc<tokio::sync::Semaphore>,
     shutdown: CancellationToken,
 }
+
+/// How many locks management changes are striped over.
+const FUNCTION_LOCK_STRIPES: usize = 64;
 
 impl AppState {
     pub fn new(
@@ -84,11 +97,32 @@ impl AppState {
             functions,
             calls,
             queue,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
             config: Arc::new(config),
             http,
             invocations: Arc::default(),
+            function_locks: (0..FUNCTION_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             shutdown,
         }
+    }
+
+    /// Held while a management change to `function` runs, so changes to one function apply in
+    /// the order they were made.
+    async fn lock_function(&self, function: &FunctionRef) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(function);
+        let stripe = usize::try_from(hash % FUNCTION_LOCK_STRIPES as u64).unwrap_or(0);
+        self.function_locks[stripe].lock().await
+    }
+
+    /// A slot for one function request, or 503 when the gateway is at its limit.
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::Overloaded(self.config.max_in_flight))
     }
 
     fn count_invocation(&self, function: &FunctionRef) {
@@ -124,6 +158,14 @@ pub fn router(state: AppState) -> Router {
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::NotFound(format!("route {}", uri.path()))
         })
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                ApiError::MethodNotAllowed {
+                    method: method.to_string(),
+                    path: uri.path().to_owned(),
+                }
+            },
+        )
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -1,7 +1,7 @@
 //! `GET /system/logs`: replica output as NDJSON, in OpenFaaS's shape.
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -9,7 +9,7 @@ use serde::Deserialize;
 use sluice_core::{FunctionRef, Timestamp};
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiQuery};
 
 /// Lines sent when the client gives no `tail`: everything the provider kept.
 const ALL: usize = usize::MAX;
@@ -25,7 +25,7 @@ pub(crate) struct LogQuery {
 
 pub(crate) async fn logs(
     State(state): State<AppState>,
-    Query(q): Query<LogQuery>,
+    ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {
     let name = q.name.filter(|n| !n.is_empty()).ok_or_else(|| {
         ApiError::BadRequest("query parameter name (the function) is required".into())

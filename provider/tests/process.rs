@@ -157,7 +157,7 @@ async fn classic_failures_and_timeouts() {
     let started_mark = marks.path().join("started");
     let single = spec(
         "single",
-        &format!("sh -c 'touch {}; sleep 1'", started_mark.display()),
+        &format!("sh -c 'touch {}; sleep 3'", started_mark.display()),
         &[("max_inflight", "1")],
         1,
     );

@@ -183,12 +183,13 @@ async fn expired_lease_redelivers_and_stale_holder_is_told() {
 #[tokio::test]
 async fn keep_alive_holds_the_call() {
     let (_dir, pool) = db().await;
-    let q = SqliteQueue::new(pool, Duration::from_millis(300));
+    let q = SqliteQueue::new(pool, Duration::from_secs(1));
     q.enqueue(&call("a", b"x")).await.unwrap();
     let d = q.next(Duration::ZERO).await.unwrap().unwrap();
+    // Six renewals 250 ms apart outlast the lease one and a half times.
     for _ in 0..6 {
         d.lease.keep_alive().await.unwrap();
-        assert!(q.next(Duration::from_millis(100)).await.unwrap().is_none());
+        assert!(q.next(Duration::from_millis(250)).await.unwrap().is_none());
     }
     d.lease.ack().await.unwrap();
 }

@@ -163,6 +163,39 @@ async fn bad_input_gets_json_errors_and_loses_nothing() {
     .await;
     refused(http.get(format!("{url}/system/logs")), 400, "bad_request").await;
     refused(
+        http.get(format!("{url}/system/logs?name=echo&follow=yes")),
+        400,
+        "bad_request",
+    )
+    .await;
+    refused(
+        http.get(format!("{url}/system/logs?name=echo&tail=many")),
+        400,
+        "bad_request",
+    )
+    .await;
+    refused(
+        http.patch(format!("{url}/system/functions")),
+        405,
+        "method_not_allowed",
+    )
+    .await;
+    refused(
+        http.delete(format!("{url}/system/info")),
+        405,
+        "method_not_allowed",
+    )
+    .await;
+    let m = refused(
+        post_fn(
+            r#"{"service":"big","envProcess":"cat","labels":{"com.openfaas.scale.max":"100000"}}"#,
+        ),
+        400,
+        "bad_request",
+    )
+    .await;
+    assert!(m.contains("limit"), "{m}");
+    refused(
         http.get(format!("{url}/system/logs?name=echo&since=yesterday")),
         400,
         "bad_request",
@@ -239,4 +272,48 @@ async fn bad_input_gets_json_errors_and_loses_nothing() {
         .await
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "still here");
+}
+
+#[tokio::test]
+async fn requests_beyond_the_in_flight_limit_get_503_not_a_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &["--max-in-flight", "1"]);
+    let url = &sluice.url;
+    let http = reqwest::Client::new();
+    deploy(
+        &http,
+        url,
+        &sample("sleep", "python3 -u sleep.py", true, &[]),
+    )
+    .await;
+    // Warm: the first request may wait for the replica to start.
+    http.get(format!("{url}/function/sleep?seconds=0"))
+        .send()
+        .await
+        .unwrap();
+    // Five at once against a limit of one: one runs, the others are turned away at once.
+    let calls = (0..5).map(|_| http.get(format!("{url}/function/sleep?seconds=1")).send());
+    let answers = futures_util::future::join_all(calls).await;
+    let mut ok = 0;
+    for answer in answers {
+        let r = answer.unwrap();
+        match r.status().as_u16() {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(r.headers()["x-sluice-error"], "overloaded");
+                assert_eq!(r.headers()["retry-after"], "1");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    // Management calls are not counted against the limit.
+    assert_eq!(
+        http.get(format!("{url}/system/functions"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }

@@ -103,12 +103,13 @@ async fn quickstart_with_the_cli() {
     assert!(call.contains("State:     succeeded"), "{call}");
     assert!(call.contains("delivered"), "{call}");
 
-    let list = ok(sluice(gw, &["list"], ""));
-    assert!(
+    eventually("sleep's two replicas listed as ready", || async {
+        let list = ok(sluice(gw, &["list"], ""));
         list.lines()
-            .any(|l| l.starts_with("sleep") && l.contains("2/2")),
-        "{list}"
-    );
+            .any(|l| l.starts_with("sleep") && l.contains("2/2"))
+            .then_some(())
+    })
+    .await;
     let described = ok(sluice(gw, &["describe", "echo"], ""));
     assert!(described.contains("mode: http"), "{described}");
     ok(sluice(gw, &["scale", "echo", "--replicas", "2"], ""));
