@@ -106,7 +106,18 @@ impl Prepared {
         // This process holds the data dir, so no live worker holds any lease: give them all back.
         let released = queue.release_all_leases().await?;
         let pending = queue.pending().await?;
-        let provider = ProcessProvider::new(config.process.clone());
+        let mut process = config.process.clone();
+        process.run_dir = Some(config.data_dir.join("run"));
+        let provider = ProcessProvider::new(process);
+        let reaped = provider
+            .reap_leftovers()
+            .context("preparing the run dir for function processes")?;
+        if reaped > 0 {
+            tracing::warn!(
+                reaped,
+                "stopped function processes a previous run left behind"
+            );
+        }
         let restored = sluice_gateway::restore(&store, &provider)
             .await
             .map_err(|e| anyhow::anyhow!("restoring functions: {e}"))?;

@@ -19,6 +19,9 @@ use crate::spec::RunSpec;
 /// Settings of the process provider.
 #[derive(Debug, Clone)]
 pub struct ProcessConfig {
+    /// Where running children's process groups are recorded, so that groups a killed Sluice
+    /// left behind can be stopped on the next start ([`ProcessProvider::reap_leftovers`]).
+    pub run_dir: Option<std::path::PathBuf>,
     /// Classic mode's `exec_timeout` when a function sets none.
     pub default_exec_timeout: Duration,
     /// Lines of output kept per function for `/system/logs`.
@@ -36,6 +39,7 @@ pub struct ProcessConfig {
 impl Default for ProcessConfig {
     fn default() -> Self {
         Self {
+            run_dir: None,
             default_exec_timeout: Duration::from_secs(300),
             log_lines: 2000,
             stop_grace: Duration::from_secs(10),
@@ -72,6 +76,16 @@ impl ProcessProvider {
         }
     }
 
+    /// Kills the process groups that a previous, killed, Sluice left running, and prepares the
+    /// run dir. Call it before any function starts, while no other Sluice uses the run dir.
+    pub fn reap_leftovers(&self) -> std::io::Result<usize> {
+        let Some(dir) = &self.inner.config.run_dir else {
+            return Ok(0);
+        };
+        std::fs::create_dir_all(dir)?;
+        Ok(crate::sys::reap_leftovers(dir))
+    }
+
     /// Stops every replica and waits for them (each gets the stop grace, then is killed).
     pub async fn shutdown(&self) {
         self.inner.cancel.cancel();
@@ -91,6 +105,7 @@ impl ProcessProvider {
 
     fn runtime_config(&self) -> RuntimeConfig {
         RuntimeConfig {
+            run_dir: self.inner.config.run_dir.clone(),
             stop_grace: self.inner.config.stop_grace,
             drain_timeout: self.inner.config.drain_timeout,
             restart_backoff_min: self.inner.config.restart_backoff_min,

@@ -20,6 +20,7 @@ use crate::{sys, watchdog};
 /// Tunables shared by every function's runtime.
 #[derive(Debug, Clone)]
 pub(crate) struct RuntimeConfig {
+    pub(crate) run_dir: Option<std::path::PathBuf>,
     pub(crate) stop_grace: Duration,
     pub(crate) drain_timeout: Duration,
     pub(crate) restart_backoff_min: Duration,
@@ -306,7 +307,14 @@ impl FunctionRuntime {
         let addr = listener.local_addr().ok();
         self.set_ready(&ready, addr);
         tracing::info!(function = %self.function, replica = %id, ?addr, "classic replica ready");
-        let serving = watchdog::serve(listener, spec, self.logs.clone(), id, cancel.clone());
+        let serving = watchdog::serve(
+            listener,
+            spec,
+            self.logs.clone(),
+            id,
+            self.config.run_dir.clone(),
+            cancel.clone(),
+        );
         tokio::pin!(serving);
         tokio::select! {
             () = &mut serving => {}
@@ -365,6 +373,7 @@ impl FunctionRuntime {
             Ok(c) => c,
             Err(msg) => return Exit::Ended(msg),
         };
+        let _record = sys::record(self.config.run_dir.as_deref(), &child);
         self.capture_output(id, &mut child);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let probe = async {

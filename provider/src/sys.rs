@@ -3,7 +3,7 @@
 
 #![allow(unsafe_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use tokio::process::{Child, Command};
@@ -68,4 +68,85 @@ pub(crate) fn signal_group(child: &Child, signal: libc::c_int) {
             libc::kill(-pid, signal);
         }
     }
+}
+
+/// The record of a running child's process group in the run dir, removed when dropped. If Sluice
+/// dies without dropping it, [`reap_leftovers`] finds it on the next start.
+#[derive(Debug)]
+pub(crate) struct RunRecord(PathBuf);
+
+impl Drop for RunRecord {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+/// A process's start time (clock ticks since boot), which tells it from a later one that got
+/// the same pid.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22; the command name (field 2) is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Records `child`'s process group under `run_dir`.
+pub(crate) fn record(run_dir: Option<&Path>, child: &Child) -> Option<RunRecord> {
+    let dir = run_dir?;
+    let pid = child.id()?;
+    let line = format!("{} {}\n", boot_id()?, start_time(pid)?);
+    let path = dir.join(pid.to_string());
+    match std::fs::write(&path, line) {
+        Ok(()) => Some(RunRecord(path)),
+        Err(error) => {
+            tracing::warn!(%error, dir = %dir.display(), "cannot record a child process group");
+            None
+        }
+    }
+}
+
+/// Kills the process groups that a previous Sluice left behind (it was killed before it could
+/// stop its children's children) and clears their records. Returns how many groups were killed.
+///
+/// A group is killed only if its record is from this boot and its leader is either gone (it was
+/// ours: the leader dies with Sluice) or still the very process that was recorded.
+pub(crate) fn reap_leftovers(run_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return 0;
+    };
+    let boot = boot_id();
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let pgid = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u32>().ok());
+        let record = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut fields = record.split_whitespace();
+        let (rec_boot, rec_start) = (
+            fields.next(),
+            fields.next().and_then(|s| s.parse::<u64>().ok()),
+        );
+        if let (Some(pgid), Some(rec_boot), Some(rec_start)) = (pgid, rec_boot, rec_start) {
+            let ours = boot.as_deref() == Some(rec_boot)
+                && start_time(pgid).is_none_or(|now| now == rec_start);
+            if ours {
+                if let Ok(pgid) = libc::pid_t::try_from(pgid) {
+                    // SAFETY: kill(2) on a process group; no memory effects.
+                    if unsafe { libc::kill(-pgid, libc::SIGKILL) } == 0 {
+                        killed += 1;
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    killed
 }

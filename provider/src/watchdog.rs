@@ -32,6 +32,7 @@ struct Watchdog {
     logs: Arc<LogBuffer>,
     instance: Arc<str>,
     inflight: Option<Arc<Semaphore>>,
+    run_dir: Option<Arc<std::path::Path>>,
 }
 
 /// Serves one classic replica on `listener` until `cancel`, then finishes in-flight runs.
@@ -40,6 +41,7 @@ pub(crate) async fn serve(
     spec: Arc<RunSpec>,
     logs: Arc<LogBuffer>,
     instance: String,
+    run_dir: Option<std::path::PathBuf>,
     cancel: CancellationToken,
 ) {
     let inflight = (spec.max_inflight > 0).then(|| Arc::new(Semaphore::new(spec.max_inflight)));
@@ -48,6 +50,7 @@ pub(crate) async fn serve(
         logs,
         instance: instance.into(),
         inflight,
+        run_dir: run_dir.map(Into::into),
     };
     let app = axum::Router::new().fallback(handle).with_state(state);
     if let Err(e) = axum::serve(listener, app)
@@ -181,6 +184,7 @@ async fn run(
         wd.logs.push(&wd.instance, msg.clone());
         RunError::Spawn(msg)
     })?;
+    let _record = sys::record(wd.run_dir.as_deref(), &child);
     let stdin = child.stdin.take();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();

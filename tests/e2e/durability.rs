@@ -190,3 +190,58 @@ async fn a_call_still_running_at_shutdown_is_released_and_runs_again() {
     assert_eq!(record["state"], "succeeded");
     assert_eq!(record["attempts"], 2, "{record}");
 }
+
+/// The pids of processes whose command line contains `token`.
+fn pids_with(token: &str) -> Vec<String> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", token])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn processes_a_killed_sluice_left_behind_are_stopped_on_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut sluice = Sluice::start(&data, &[]);
+    let url = sluice.url.clone();
+    let http = reqwest::Client::new();
+    // The replica's own child: it outlives a SIGKILL of Sluice (only direct children die with it).
+    let token = format!("leftover-{}", std::process::id());
+    let command = format!(
+        "sh -c \"python3 -c 'import time; time.sleep(600)' {token} & exec python3 -u echo.py\""
+    );
+    deploy(&http, &url, &sample("echo", &command, true, &[])).await;
+    let r = http
+        .post(format!("{url}/function/echo"))
+        .body("up")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    sluice.kill();
+    let left = pids_with(&token);
+    assert!(
+        !left.is_empty(),
+        "nothing was left behind; the test proves nothing"
+    );
+
+    // The next start stops them (and starts the function afresh, with a child of its own).
+    let sluice = Sluice::start(&data, &[]);
+    eventually("the leftovers to be stopped", || async {
+        let now = pids_with(&token);
+        left.iter().all(|pid| !now.contains(pid)).then_some(())
+    })
+    .await;
+    // A graceful stop takes the whole process group down with it.
+    assert!(sluice.stop().success());
+    eventually("no process left", || async {
+        pids_with(&token).is_empty().then_some(())
+    })
+    .await;
+}
