@@ -137,12 +137,10 @@ pub(crate) fn reap_leftovers(run_dir: &Path) -> usize {
         if let (Some(pgid), Some(rec_boot), Some(rec_start)) = (pgid, rec_boot, rec_start) {
             let ours = boot.as_deref() == Some(rec_boot)
                 && start_time(pgid).is_none_or(|now| now == rec_start);
-            if ours {
-                if let Ok(pgid) = libc::pid_t::try_from(pgid) {
-                    // SAFETY: kill(2) on a process group; no memory effects.
-                    if unsafe { libc::kill(-pgid, libc::SIGKILL) } == 0 {
-                        killed += 1;
-                    }
+            if ours && let Ok(pgid) = libc::pid_t::try_from(pgid) {
+                // SAFETY: kill(2) on a process group; no memory effects.
+                if unsafe { libc::kill(-pgid, libc::SIGKILL) } == 0 {
+                    killed += 1;
                 }
             }
         }
