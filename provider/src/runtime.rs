@@ -400,6 +400,13 @@ impl FunctionRuntime {
         };
         tokio::select! {
             () = probe => {
+                // Another process may have taken the port between our check and the child's
+                // bind; then the probe reached it, not our replica. Start over on a new port.
+                let ours = child.id().is_some_and(|pgid| sys::listens_in_group(port, pgid));
+                if !ours {
+                    self.terminate(&mut child).await;
+                    return Exit::Ended(format!("found port {port} taken by another process"));
+                }
                 self.set_ready(ready, Some(addr));
                 tracing::info!(function = %self.function, replica = %id, %addr, "http replica ready");
             }

@@ -148,3 +148,78 @@ pub(crate) fn reap_leftovers(run_dir: &Path) -> usize {
     }
     killed
 }
+
+/// Inodes of the sockets listening on `port` (IPv4 and IPv6), from `/proc/net/tcp*`.
+fn listening_inodes(port: u16) -> Vec<String> {
+    const LISTEN: &str = "0A";
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let local_port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if *state == LISTEN && local_port == Some(port) {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    inodes
+}
+
+/// The process group a process belongs to (field 5 of `/proc/<pid>/stat`).
+fn process_group(pid: &str) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
+/// Whether the socket listening on `port` belongs to a process in group `pgid`: the check that
+/// a readiness probe reached the replica we started, not another process that took its port.
+pub(crate) fn listens_in_group(port: u16, pgid: u32) -> bool {
+    let inodes = listening_inodes(port);
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| process_group(pid) == Some(pgid))
+        .any(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.flatten().any(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+                })
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_who_listens_on_a_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let own_group = process_group("self").unwrap();
+        assert!(listens_in_group(port, own_group));
+        assert!(!listens_in_group(port, own_group + 1));
+        drop(listener);
+        assert!(!listens_in_group(port, own_group));
+    }
+}
