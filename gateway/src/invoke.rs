@@ -29,9 +29,18 @@ fn ensure_deployed(state: &AppState, function: &FunctionRef) -> Result<(), ApiEr
     }
 }
 
-/// Request headers that go on to the function: everything but hop-by-hop headers.
+/// Request headers that go on to the function: everything but hop-by-hop headers, with the
+/// client's `Host` passed on as `X-Forwarded-Host` (as OpenFaaS's gateway does).
 fn forwardable(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-    headers.iter().filter(|(k, _)| !is_hop_by_hop(k.as_str()))
+    static FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    let host = (!headers.contains_key(&FORWARDED_HOST))
+        .then(|| headers.get(axum::http::header::HOST))
+        .flatten()
+        .map(|v| (&FORWARDED_HOST, v));
+    headers
+        .iter()
+        .filter(|(k, _)| !is_hop_by_hop(k.as_str()))
+        .chain(host)
 }
 
 pub(crate) async fn sync(

@@ -23,8 +23,8 @@ use crate::logs::{LogBuffer, pump_lines};
 use crate::spec::RunSpec;
 use crate::sys;
 
-/// Largest request body or stdout a classic run takes; the gateway's own limit is lower.
-const MAX_IO_BYTES: usize = 64 * 1024 * 1024;
+/// Largest request body or stdout one classic run takes (the gateway's default body limit).
+const MAX_IO_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 struct Watchdog {

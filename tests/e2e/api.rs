@@ -63,6 +63,7 @@ async fn openfaas_api_deploys_and_proxies_classic_and_http_functions() {
         let seen: Value =
             serde_json::from_str(r.headers()["x-echo-headers"].to_str().unwrap()).unwrap();
         assert_eq!(seen["x-custom"], "custom-value");
+        assert_eq!(seen["x-forwarded-host"], url.trim_start_matches("http://"));
         assert_eq!(
             r.text().await.unwrap(),
             format!("{{\"method\":\"{method}\"}}")
