@@ -1,16 +1,14 @@
-//! The SQLite function registry and call store.
+//! The SQLite function registry and call store (the SQL itself is shared, in `sql.rs`).
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use sluice_core::{
-    CallId, CallOutcome, CallRecord, CallState, CallStore, CallbackOutcome, FunctionDeployment,
-    FunctionRef, FunctionSpec, FunctionStore, StoreError, Timestamp,
-};
+use sluice_core::StoreError;
+use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+
+use crate::sql::unavailable;
 
 /// Opens (creating if needed) the database at `path` and brings its schema up to date.
 ///
@@ -30,19 +28,11 @@ pub async fn open_sqlite(path: &Path) -> Result<SqlitePool, StoreError> {
         .connect_with(options)
         .await
         .map_err(unavailable)?;
-    sqlx::migrate!("./migrations")
+    sqlx::migrate!("./migrations/sqlite")
         .run(&pool)
         .await
         .map_err(|e| StoreError::Unavailable(format!("migrating {}: {e}", path.display())))?;
     Ok(pool)
-}
-
-pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 /// Function registry and call records in SQLite.
@@ -57,240 +47,4 @@ impl SqliteStore {
     }
 }
 
-fn spec_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<FunctionSpec, StoreError> {
-    let namespace: String = row.get("namespace");
-    let name: String = row.get("name");
-    let deployment: String = row.get("deployment");
-    let deployment: FunctionDeployment = serde_json::from_str(&deployment)
-        .map_err(|e| unavailable(format!("stored deployment of {name} is unreadable: {e}")))?;
-    Ok(FunctionSpec {
-        function: FunctionRef { name, namespace },
-        deployment,
-        replicas: u32::try_from(row.get::<i64, _>("replicas")).unwrap_or(0),
-        created_at: Timestamp::from_millis(row.get("created_at")),
-    })
-}
-
-#[async_trait]
-impl FunctionStore for SqliteStore {
-    async fn create(&self, spec: &FunctionSpec) -> Result<(), StoreError> {
-        let deployment = serde_json::to_string(&spec.deployment).map_err(unavailable)?;
-        sqlx::query(
-            "INSERT INTO functions (namespace, name, deployment, replicas, created_at) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(&spec.function.namespace)
-        .bind(&spec.function.name)
-        .bind(deployment)
-        .bind(i64::from(spec.replicas))
-        .bind(spec.created_at.as_millis())
-        .execute(&self.pool)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict(format!("function {}", spec.function))
-            } else {
-                unavailable(e)
-            }
-        })?;
-        Ok(())
-    }
-
-    async fn update(&self, spec: &FunctionSpec) -> Result<(), StoreError> {
-        let deployment = serde_json::to_string(&spec.deployment).map_err(unavailable)?;
-        let done = sqlx::query(
-            "UPDATE functions SET deployment = ?, replicas = ? WHERE namespace = ? AND name = ?",
-        )
-        .bind(deployment)
-        .bind(i64::from(spec.replicas))
-        .bind(&spec.function.namespace)
-        .bind(&spec.function.name)
-        .execute(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("function {}", spec.function)));
-        }
-        Ok(())
-    }
-
-    async fn get(&self, function: &FunctionRef) -> Result<Option<FunctionSpec>, StoreError> {
-        sqlx::query("SELECT * FROM functions WHERE namespace = ? AND name = ?")
-            .bind(&function.namespace)
-            .bind(&function.name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?
-            .as_ref()
-            .map(spec_from_row)
-            .transpose()
-    }
-
-    async fn list(&self) -> Result<Vec<FunctionSpec>, StoreError> {
-        sqlx::query("SELECT * FROM functions ORDER BY namespace, name")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?
-            .iter()
-            .map(spec_from_row)
-            .collect()
-    }
-
-    async fn delete(&self, function: &FunctionRef) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM functions WHERE namespace = ? AND name = ?")
-            .bind(&function.namespace)
-            .bind(&function.name)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn set_replicas(
-        &self,
-        function: &FunctionRef,
-        replicas: u32,
-    ) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("UPDATE functions SET replicas = ? WHERE namespace = ? AND name = ?")
-                .bind(i64::from(replicas))
-                .bind(&function.namespace)
-                .bind(&function.name)
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-        Ok(done.rows_affected() > 0)
-    }
-}
-
-fn opt_ts(row: &sqlx::sqlite::SqliteRow, col: &str) -> Option<Timestamp> {
-    row.get::<Option<i64>, _>(col).map(Timestamp::from_millis)
-}
-
-fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<CallRecord, StoreError> {
-    let state: String = row.get("state");
-    let state = CallState::parse(&state)
-        .ok_or_else(|| unavailable(format!("stored call has unknown state {state:?}")))?;
-    let callback = row
-        .get::<Option<String>, _>("callback")
-        .map(|json| serde_json::from_str::<CallbackOutcome>(&json))
-        .transpose()
-        .map_err(unavailable)?;
-    Ok(CallRecord {
-        id: CallId::from_trusted(row.get("id")),
-        function: row.get("function"),
-        namespace: row.get("namespace"),
-        method: row.get("method"),
-        path: row.get("path"),
-        callback_url: row.get("callback_url"),
-        state,
-        attempts: u32::try_from(row.get::<i64, _>("attempts")).unwrap_or(0),
-        submitted_at: Timestamp::from_millis(row.get("submitted_at")),
-        started_at: opt_ts(row, "started_at"),
-        finished_at: opt_ts(row, "finished_at"),
-        duration_seconds: row
-            .get::<Option<i64>, _>("duration_ms")
-            .map(|ms| ms as f64 / 1000.0),
-        status_code: row
-            .get::<Option<i64>, _>("status_code")
-            .and_then(|c| u16::try_from(c).ok()),
-        error: row.get("error"),
-        callback,
-    })
-}
-
-#[async_trait]
-impl CallStore for SqliteStore {
-    async fn create(&self, record: &CallRecord) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO calls (id, namespace, function, method, path, callback_url, state, \
-             attempts, submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(record.id.as_str())
-        .bind(&record.namespace)
-        .bind(&record.function)
-        .bind(&record.method)
-        .bind(&record.path)
-        .bind(&record.callback_url)
-        .bind(record.state.as_str())
-        .bind(i64::from(record.attempts))
-        .bind(record.submitted_at.as_millis())
-        .execute(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn get(&self, id: &CallId) -> Result<Option<CallRecord>, StoreError> {
-        sqlx::query("SELECT * FROM calls WHERE id = ?")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?
-            .as_ref()
-            .map(record_from_row)
-            .transpose()
-    }
-
-    async fn forget(&self, id: &CallId) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM calls WHERE id = ?")
-            .bind(id.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn start_attempt(&self, id: &CallId, at: Timestamp) -> Result<u32, StoreError> {
-        let row = sqlx::query(
-            "UPDATE calls SET state = 'running', attempts = attempts + 1, started_at = ?, \
-             finished_at = NULL, duration_ms = NULL, status_code = NULL, error = NULL \
-             WHERE id = ? RETURNING attempts",
-        )
-        .bind(at.as_millis())
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(unavailable)?
-        .ok_or_else(|| StoreError::NotFound(format!("call {id}")))?;
-        Ok(u32::try_from(row.get::<i64, _>("attempts")).unwrap_or(u32::MAX))
-    }
-
-    async fn finish(&self, id: &CallId, outcome: &CallOutcome) -> Result<(), StoreError> {
-        let done = sqlx::query(
-            "UPDATE calls SET state = ?, status_code = ?, error = ?, finished_at = ?, \
-             duration_ms = ? WHERE id = ?",
-        )
-        .bind(outcome.state.as_str())
-        .bind(outcome.status_code.map(i64::from))
-        .bind(&outcome.error)
-        .bind(outcome.finished_at.as_millis())
-        .bind(i64::try_from(outcome.duration_ms).unwrap_or(i64::MAX))
-        .bind(id.as_str())
-        .execute(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("call {id}")));
-        }
-        Ok(())
-    }
-
-    async fn record_callback(
-        &self,
-        id: &CallId,
-        outcome: &CallbackOutcome,
-    ) -> Result<(), StoreError> {
-        let json = serde_json::to_string(outcome).map_err(unavailable)?;
-        let done = sqlx::query("UPDATE calls SET callback = ? WHERE id = ?")
-            .bind(json)
-            .bind(id.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("call {id}")));
-        }
-        Ok(())
-    }
-}
+crate::sql::sql_store!(SqliteStore, sqlx::sqlite::SqliteRow);

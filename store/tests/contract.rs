@@ -1,4 +1,7 @@
-//! Contract tests for the SQLite store and queue, on a real database file in a temp dir.
+//! Contract tests for the stores and the embedded queue, against real databases: SQLite in a
+//! temp dir, and a fresh database per test on the machine's Postgres.
+
+mod pg;
 
 use std::time::Duration;
 
@@ -8,12 +11,36 @@ use sluice_core::{
     FunctionDeployment, FunctionRef, FunctionSpec, FunctionStore, QueueError, QueuedCall,
     StoreError, Timestamp,
 };
-use sluice_store::{SqliteQueue, SqliteStore, open_sqlite};
+use sluice_store::{PgStore, SqliteQueue, SqliteStore, open_sqlite};
 
 async fn db() -> (tempfile::TempDir, sqlx::SqlitePool) {
     let dir = tempfile::tempdir().unwrap();
     let pool = open_sqlite(&dir.path().join("sluice.db")).await.unwrap();
     (dir, pool)
+}
+
+#[tokio::test]
+async fn sqlite_functions_contract() {
+    let (_dir, pool) = db().await;
+    functions_contract(&SqliteStore::new(pool)).await;
+}
+
+#[tokio::test]
+async fn postgres_functions_contract() {
+    let db = pg::FreshDatabase::create().await;
+    functions_contract(&PgStore::new(db.pool.clone())).await;
+}
+
+#[tokio::test]
+async fn sqlite_calls_contract() {
+    let (_dir, pool) = db().await;
+    calls_contract(&SqliteStore::new(pool)).await;
+}
+
+#[tokio::test]
+async fn postgres_calls_contract() {
+    let db = pg::FreshDatabase::create().await;
+    calls_contract(&PgStore::new(db.pool.clone())).await;
 }
 
 fn call(id: &str, body: &'static [u8]) -> QueuedCall {
@@ -32,10 +59,8 @@ fn call(id: &str, body: &'static [u8]) -> QueuedCall {
     }
 }
 
-#[tokio::test]
-async fn functions_create_update_list_delete() {
-    let (_dir, pool) = db().await;
-    let store = SqliteStore::new(pool);
+/// The registry contract, for every `FunctionStore`.
+async fn functions_contract<S: FunctionStore + CallStore>(store: &S) {
     let f = FunctionRef::parse("echo", None).unwrap();
     let spec = FunctionSpec {
         function: f.clone(),
@@ -47,16 +72,16 @@ async fn functions_create_update_list_delete() {
         replicas: 1,
         created_at: Timestamp::now(),
     };
-    FunctionStore::create(&store, &spec).await.unwrap();
+    FunctionStore::create(store, &spec).await.unwrap();
     assert!(matches!(
-        FunctionStore::create(&store, &spec).await,
+        FunctionStore::create(store, &spec).await,
         Err(StoreError::Conflict(_))
     ));
     let mut changed = spec.clone();
     changed.deployment.env_process = Some("sha512sum".into());
     store.update(&changed).await.unwrap();
     assert!(store.set_replicas(&f, 3).await.unwrap());
-    let got = FunctionStore::get(&store, &f).await.unwrap().unwrap();
+    let got = FunctionStore::get(store, &f).await.unwrap().unwrap();
     assert_eq!(got.deployment.env_process.as_deref(), Some("sha512sum"));
     assert_eq!(got.replicas, 3);
     assert_eq!(store.list().await.unwrap().len(), 1);
@@ -68,15 +93,13 @@ async fn functions_create_update_list_delete() {
     ));
 }
 
-#[tokio::test]
-async fn call_records_move_through_their_states() {
-    let (_dir, pool) = db().await;
-    let store = SqliteStore::new(pool);
+/// The call store contract, for every `CallStore`.
+async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
     let c = call("c1", b"");
     let rec = CallRecord::queued(&c.meta);
-    assert!(CallStore::create(&store, &rec).await.unwrap());
+    assert!(CallStore::create(store, &rec).await.unwrap());
     assert!(
-        !CallStore::create(&store, &rec).await.unwrap(),
+        !CallStore::create(store, &rec).await.unwrap(),
         "duplicate id created twice"
     );
     assert_eq!(
@@ -109,7 +132,7 @@ async fn call_records_move_through_their_states() {
         at: Timestamp::now(),
     };
     store.record_callback(&c.meta.id, &cb).await.unwrap();
-    let got = CallStore::get(&store, &c.meta.id).await.unwrap().unwrap();
+    let got = CallStore::get(store, &c.meta.id).await.unwrap().unwrap();
     assert_eq!(got.state, CallState::Succeeded);
     assert_eq!(got.attempts, 2);
     assert_eq!(got.status_code, Some(201));
@@ -117,14 +140,14 @@ async fn call_records_move_through_their_states() {
     assert_eq!(got.callback, Some(cb));
     let other = call("c2", b"");
     assert!(
-        CallStore::create(&store, &CallRecord::queued(&other.meta))
+        CallStore::create(store, &CallRecord::queued(&other.meta))
             .await
             .unwrap()
     );
     assert!(store.forget(&other.meta.id).await.unwrap());
     assert!(!store.forget(&other.meta.id).await.unwrap());
     assert!(
-        CallStore::get(&store, &other.meta.id)
+        CallStore::get(store, &other.meta.id)
             .await
             .unwrap()
             .is_none()

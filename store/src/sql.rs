@@ -1,0 +1,272 @@
+//! The function registry and call store over SQL, written once for SQLite and Postgres.
+//!
+//! The two differ only in their pool and row types: the SQL is the same (numbered `$n`
+//! parameters, `ON CONFLICT`, `RETURNING`), so one macro implements the traits for both and they
+//! cannot drift apart.
+
+/// Implements `FunctionStore` and `CallStore` for `$store` (a struct with a `pool` field) whose
+/// rows are `$row`.
+macro_rules! sql_store {
+    ($store:ty, $row:ty) => {
+        mod sql_impl {
+            use super::*;
+
+            use async_trait::async_trait;
+            use sluice_core::{
+                CallId, CallOutcome, CallRecord, CallState, CallStore, CallbackOutcome,
+                FunctionDeployment, FunctionRef, FunctionSpec, FunctionStore, StoreError, Timestamp,
+            };
+            use sqlx::Row;
+
+            use $crate::sql::{is_unique_violation, unavailable};
+
+        fn spec_from_row(row: &$row) -> Result<FunctionSpec, StoreError> {
+            let namespace: String = row.get("namespace");
+            let name: String = row.get("name");
+            let deployment: String = row.get("deployment");
+            let deployment: FunctionDeployment = serde_json::from_str(&deployment)
+                .map_err(|e| unavailable(format!("stored deployment of {name} is unreadable: {e}")))?;
+            Ok(FunctionSpec {
+                function: FunctionRef { name, namespace },
+                deployment,
+                replicas: u32::try_from(row.get::<i64, _>("replicas")).unwrap_or(0),
+                created_at: Timestamp::from_millis(row.get("created_at")),
+            })
+        }
+
+        #[async_trait]
+        impl FunctionStore for $store {
+            async fn create(&self, spec: &FunctionSpec) -> Result<(), StoreError> {
+                let deployment = serde_json::to_string(&spec.deployment).map_err(unavailable)?;
+                sqlx::query(
+                    "INSERT INTO functions (namespace, name, deployment, replicas, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&spec.function.namespace)
+                .bind(&spec.function.name)
+                .bind(deployment)
+                .bind(i64::from(spec.replicas))
+                .bind(spec.created_at.as_millis())
+                .execute(&self.pool)
+                .await
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        StoreError::Conflict(format!("function {}", spec.function))
+                    } else {
+                        unavailable(e)
+                    }
+                })?;
+                Ok(())
+            }
+
+            async fn update(&self, spec: &FunctionSpec) -> Result<(), StoreError> {
+                let deployment = serde_json::to_string(&spec.deployment).map_err(unavailable)?;
+                let done = sqlx::query(
+                    "UPDATE functions SET deployment = $1, replicas = $2 WHERE namespace = $3 AND name = $4",
+                )
+                .bind(deployment)
+                .bind(i64::from(spec.replicas))
+                .bind(&spec.function.namespace)
+                .bind(&spec.function.name)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("function {}", spec.function)));
+                }
+                Ok(())
+            }
+
+            async fn get(&self, function: &FunctionRef) -> Result<Option<FunctionSpec>, StoreError> {
+                sqlx::query("SELECT * FROM functions WHERE namespace = $1 AND name = $2")
+                    .bind(&function.namespace)
+                    .bind(&function.name)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(unavailable)?
+                    .as_ref()
+                    .map(spec_from_row)
+                    .transpose()
+            }
+
+            async fn list(&self) -> Result<Vec<FunctionSpec>, StoreError> {
+                sqlx::query("SELECT * FROM functions ORDER BY namespace, name")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(unavailable)?
+                    .iter()
+                    .map(spec_from_row)
+                    .collect()
+            }
+
+            async fn delete(&self, function: &FunctionRef) -> Result<bool, StoreError> {
+                let done = sqlx::query("DELETE FROM functions WHERE namespace = $1 AND name = $2")
+                    .bind(&function.namespace)
+                    .bind(&function.name)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn set_replicas(
+                &self,
+                function: &FunctionRef,
+                replicas: u32,
+            ) -> Result<bool, StoreError> {
+                let done =
+                    sqlx::query("UPDATE functions SET replicas = $1 WHERE namespace = $2 AND name = $3")
+                        .bind(i64::from(replicas))
+                        .bind(&function.namespace)
+                        .bind(&function.name)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(unavailable)?;
+                Ok(done.rows_affected() > 0)
+            }
+        }
+
+        fn opt_ts(row: &$row, col: &str) -> Option<Timestamp> {
+            row.get::<Option<i64>, _>(col).map(Timestamp::from_millis)
+        }
+
+        fn record_from_row(row: &$row) -> Result<CallRecord, StoreError> {
+            let state: String = row.get("state");
+            let state = CallState::parse(&state)
+                .ok_or_else(|| unavailable(format!("stored call has unknown state {state:?}")))?;
+            let callback = row
+                .get::<Option<String>, _>("callback")
+                .map(|json| serde_json::from_str::<CallbackOutcome>(&json))
+                .transpose()
+                .map_err(unavailable)?;
+            Ok(CallRecord {
+                id: CallId::from_trusted(row.get("id")),
+                function: row.get("function"),
+                namespace: row.get("namespace"),
+                method: row.get("method"),
+                path: row.get("path"),
+                callback_url: row.get("callback_url"),
+                state,
+                attempts: u32::try_from(row.get::<i64, _>("attempts")).unwrap_or(0),
+                submitted_at: Timestamp::from_millis(row.get("submitted_at")),
+                started_at: opt_ts(row, "started_at"),
+                finished_at: opt_ts(row, "finished_at"),
+                duration_seconds: row
+                    .get::<Option<i64>, _>("duration_ms")
+                    .map(|ms| ms as f64 / 1000.0),
+                status_code: row
+                    .get::<Option<i64>, _>("status_code")
+                    .and_then(|c| u16::try_from(c).ok()),
+                error: row.get("error"),
+                callback,
+            })
+        }
+
+        #[async_trait]
+        impl CallStore for $store {
+            async fn create(&self, record: &CallRecord) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "INSERT INTO calls (id, namespace, function, method, path, callback_url, state, \
+                     attempts, submitted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(record.id.as_str())
+                .bind(&record.namespace)
+                .bind(&record.function)
+                .bind(&record.method)
+                .bind(&record.path)
+                .bind(&record.callback_url)
+                .bind(record.state.as_str())
+                .bind(i64::from(record.attempts))
+                .bind(record.submitted_at.as_millis())
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn get(&self, id: &CallId) -> Result<Option<CallRecord>, StoreError> {
+                sqlx::query("SELECT * FROM calls WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(unavailable)?
+                    .as_ref()
+                    .map(record_from_row)
+                    .transpose()
+            }
+
+            async fn forget(&self, id: &CallId) -> Result<bool, StoreError> {
+                let done = sqlx::query("DELETE FROM calls WHERE id = $1")
+                    .bind(id.as_str())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn start_attempt(&self, id: &CallId, at: Timestamp) -> Result<u32, StoreError> {
+                let row = sqlx::query(
+                    "UPDATE calls SET state = 'running', attempts = attempts + 1, started_at = $1, \
+                     finished_at = NULL, duration_ms = NULL, status_code = NULL, error = NULL \
+                     WHERE id = $2 RETURNING attempts",
+                )
+                .bind(at.as_millis())
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?
+                .ok_or_else(|| StoreError::NotFound(format!("call {id}")))?;
+                Ok(u32::try_from(row.get::<i64, _>("attempts")).unwrap_or(u32::MAX))
+            }
+
+            async fn finish(&self, id: &CallId, outcome: &CallOutcome) -> Result<(), StoreError> {
+                let done = sqlx::query(
+                    "UPDATE calls SET state = $1, status_code = $2, error = $3, finished_at = $4, \
+                     duration_ms = $5 WHERE id = $6",
+                )
+                .bind(outcome.state.as_str())
+                .bind(outcome.status_code.map(i64::from))
+                .bind(&outcome.error)
+                .bind(outcome.finished_at.as_millis())
+                .bind(i64::try_from(outcome.duration_ms).unwrap_or(i64::MAX))
+                .bind(id.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("call {id}")));
+                }
+                Ok(())
+            }
+
+            async fn record_callback(
+                &self,
+                id: &CallId,
+                outcome: &CallbackOutcome,
+            ) -> Result<(), StoreError> {
+                let json = serde_json::to_string(outcome).map_err(unavailable)?;
+                let done = sqlx::query("UPDATE calls SET callback = $1 WHERE id = $2")
+                    .bind(json)
+                    .bind(id.as_str())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("call {id}")));
+                }
+                Ok(())
+            }
+        }
+        }
+    };
+}
+
+pub(crate) use sql_store;
+
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> sluice_core::StoreError {
+    sluice_core::StoreError::Unavailable(e.to_string())
+}
+
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
