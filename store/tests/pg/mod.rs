@@ -11,13 +11,13 @@ fn admin_url() -> String {
 
 /// A database made for one test and dropped when the test is over.
 #[derive(Debug)]
-pub struct FreshDatabase {
-    pub pool: PgPool,
+pub(crate) struct FreshDatabase {
+    pub(crate) pool: PgPool,
     name: String,
 }
 
 impl FreshDatabase {
-    pub async fn create() -> Self {
+    pub(crate) async fn create() -> Self {
         let admin = admin_url();
         let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
             panic!(
