@@ -118,9 +118,10 @@ impl Prepared {
                 "stopped function processes a previous run left behind"
             );
         }
-        let restored = sluice_gateway::restore(&store, &provider)
-            .await
-            .map_err(|e| anyhow::anyhow!("restoring functions: {e}"))?;
+        let restored =
+            sluice_gateway::restore(&store, &provider, config.gateway.max_replicas_limit)
+                .await
+                .map_err(|e| anyhow::anyhow!("restoring functions: {e}"))?;
         tracing::info!(restored, pending, released, "state restored");
 
         // The worker reaches the gateway on the address it listens on (loopback if it listens
@@ -135,12 +136,15 @@ impl Prepared {
         }
         let gateway_url = format!("http://{addr}");
         let gateway_shutdown = CancellationToken::new();
+        let internal_token = uuid::Uuid::new_v4().simple().to_string();
+        let mut gateway_config = config.gateway.clone();
+        gateway_config.internal_token = Some(internal_token.clone());
         let state = AppState::new(
             Arc::new(provider.clone()),
             Arc::new(store.clone()),
             Arc::new(store.clone()),
             Arc::new(queue.clone()),
-            config.gateway.clone(),
+            gateway_config,
             gateway_shutdown.clone(),
         );
         let gateway = tokio::spawn(sluice_gateway::serve(listener, state));
@@ -153,6 +157,7 @@ impl Prepared {
             + Duration::from_secs(5);
         worker_config.max_response_bytes = config.gateway.max_body_bytes;
         worker_config.shutdown_grace = config.shutdown_grace;
+        worker_config.internal_token = Some(internal_token);
         let worker = tokio::spawn(sluice_queue_worker::run(
             Arc::new(queue),
             Arc::new(store),

@@ -11,6 +11,10 @@ pub const FUNCTION_NAME: &str = "x-function-name";
 pub const FUNCTION_STATUS: &str = "x-function-status";
 pub const DURATION_SECONDS: &str = "x-duration-seconds";
 
+/// Marks a request from Sluice's own queue worker (its value is a secret shared in-process), so
+/// the gateway does not count it against the client in-flight limit. Never forwarded.
+pub const INTERNAL: &str = "x-sluice-internal";
+
 /// Connection-level headers (RFC 9110 §7.6.1) plus the ones a proxy recomputes (`host`,
 /// `content-length`): never forwarded from one hop to the next.
 const HOP_BY_HOP: &[&str] = &[

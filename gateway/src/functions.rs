@@ -26,15 +26,18 @@ pub(crate) struct NamespaceQuery {
     namespace: Option<String>,
 }
 
-/// Brings back every function in the registry at start-up. A function the provider can no
-/// longer run (its directory is gone, say) is logged and left in the registry for the operator.
+/// Brings back every function in the registry at start-up, with at most `max_replicas` each.
+/// A function the provider can no longer run (its directory is gone, say) is logged and left in
+/// the registry for the operator.
 pub async fn restore(
     functions: &dyn FunctionStore,
     provider: &dyn Provider,
+    max_replicas: u32,
 ) -> Result<usize, ApiError> {
     let specs = functions.list().await?;
     let mut restored = 0;
-    for spec in specs {
+    for mut spec in specs {
+        spec.replicas = spec.replicas.min(max_replicas);
         match provider.apply(&spec).await {
             Ok(()) => restored += 1,
             Err(error) => {
@@ -56,22 +59,33 @@ fn label_u32(d: &FunctionDeployment, key: &str) -> Result<Option<u32>, ApiError>
 }
 
 /// The replica bounds a deployment asks for.
+/// The replica bounds a deployment asks for, held to this gateway's limit. A function deployed
+/// under a higher limit is still scaled, within the current one.
 fn replica_bounds(state: &AppState, d: &FunctionDeployment) -> Result<(u32, u32), ApiError> {
-    let min = label_u32(d, SCALE_MIN_LABEL)?.unwrap_or(1);
     let limit = state.config.max_replicas_limit;
-    let max =
-        label_u32(d, SCALE_MAX_LABEL)?.unwrap_or(state.config.default_max_replicas.min(limit));
-    if max > limit {
-        return Err(ApiError::BadRequest(format!(
-            "label {SCALE_MAX_LABEL} ({max}) is above this gateway's limit of {limit} replicas"
-        )));
-    }
+    let min = label_u32(d, SCALE_MIN_LABEL)?.unwrap_or(1).min(limit);
+    let max = label_u32(d, SCALE_MAX_LABEL)?
+        .unwrap_or(state.config.default_max_replicas)
+        .min(limit);
     if min > max {
         return Err(ApiError::BadRequest(format!(
             "label {SCALE_MIN_LABEL} ({min}) is above {SCALE_MAX_LABEL} ({max})"
         )));
     }
     Ok((min, max))
+}
+
+/// At deploy time, labels asking for more replicas than this gateway allows are refused.
+fn check_replica_labels(state: &AppState, d: &FunctionDeployment) -> Result<(), ApiError> {
+    let limit = state.config.max_replicas_limit;
+    for key in [SCALE_MIN_LABEL, SCALE_MAX_LABEL] {
+        if let Some(n) = label_u32(d, key)?.filter(|n| *n > limit) {
+            return Err(ApiError::BadRequest(format!(
+                "label {key} ({n}) is above this gateway's limit of {limit} replicas"
+            )));
+        }
+    }
+    replica_bounds(state, d).map(drop)
 }
 
 /// Checks a deployment body and names the function it is for.
@@ -88,7 +102,7 @@ fn checked(
     d.service = function.name.clone();
     d.namespace = Some(function.namespace.clone());
     state.provider.validate(&d)?;
-    replica_bounds(state, &d)?;
+    check_replica_labels(state, &d)?;
     Ok((function, d))
 }
 

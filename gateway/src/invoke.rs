@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use futures_util::TryStreamExt;
 use sluice_core::headers::{self, is_hop_by_hop};
-use sluice_core::{CallId, CallMeta, CallRecord, FunctionRef, QueuedCall, Timestamp};
+use sluice_core::{CallId, CallMeta, CallRecord, CallState, FunctionRef, QueuedCall, Timestamp};
 
 use crate::error::ApiError;
 use crate::{AppState, body};
@@ -39,7 +39,7 @@ fn forwardable(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &Heade
         .map(|v| (&FORWARDED_HOST, v));
     headers
         .iter()
-        .filter(|(k, _)| !is_hop_by_hop(k.as_str()))
+        .filter(|(k, _)| !is_hop_by_hop(k.as_str()) && k.as_str() != headers::INTERNAL)
         .chain(host)
 }
 
@@ -47,8 +47,8 @@ pub(crate) async fn sync(
     State(state): State<AppState>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let admitted = state.admit()?;
     let (parts, body) = req.into_parts();
+    let admitted = state.admit(&parts.headers)?;
     let (function, path) = target(&parts.uri, "/function/")?;
     ensure_deployed(&state, &function)?;
     let bytes = body::read(&parts.headers, body, state.config.max_body_bytes).await?;
@@ -141,8 +141,8 @@ pub(crate) async fn submit(
     State(state): State<AppState>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let _admitted = state.admit()?;
     let (parts, body) = req.into_parts();
+    let _admitted = state.admit(&parts.headers)?;
     let (function, path) = target(&parts.uri, "/async-function/")?;
     ensure_deployed(&state, &function)?;
     let callback_url = callback_url(&parts.headers)?;
@@ -162,18 +162,24 @@ pub(crate) async fn submit(
     // The record is the arbiter of call ids: exactly one submission creates it. Only that one
     // queues the call; any other with the same id is answered from the record.
     let record = CallRecord::queued(&meta);
-    if !state.calls.create(&record).await? {
-        let existing =
-            state.calls.get(&meta.id).await?.ok_or_else(|| {
-                ApiError::Conflict(format!("call id {} is being submitted", meta.id))
-            })?;
-        return resubmitted(&meta, &existing);
-    }
     let call = QueuedCall { meta, body };
+    if !state.calls.create(&record).await? {
+        let existing = state.calls.get(&call.meta.id).await?.ok_or_else(|| {
+            ApiError::Conflict(format!("call id {} is being submitted", call.meta.id))
+        })?;
+        check_same_function(&call.meta, &existing)?;
+        if existing.state == CallState::Queued {
+            // Its first submission may have died between record and queue, or may still be
+            // on its way: queue it (again; the queue keeps one per id) before promising it.
+            state.queue.enqueue(&call).await?;
+        }
+        return accepted(&call.meta.id, existing.submitted_at);
+    }
     match state.queue.enqueue(&call).await {
         Ok(true) => {}
         Ok(false) => {
             // The queue already holds a call with this id whose record was lost: leave it be.
+            forget(&state, &call.meta.id).await;
             return Err(ApiError::Conflict(format!(
                 "call id {} is already queued",
                 call.meta.id
@@ -181,9 +187,7 @@ pub(crate) async fn submit(
         }
         Err(e) => {
             // Not queued, so not accepted: forget the record so the client can resubmit the id.
-            if let Err(store) = state.calls.forget(&call.meta.id).await {
-                tracing::error!(call = %call.meta.id, error = %store, "could not forget an unqueued call");
-            }
+            forget(&state, &call.meta.id).await;
             return Err(e.into());
         }
     }
@@ -191,16 +195,21 @@ pub(crate) async fn submit(
     accepted(&record.id, record.submitted_at)
 }
 
-/// The answer to a call id that was accepted before: the same `202` if it is the same
-/// function, a conflict if the id is taken by a call to another.
-fn resubmitted(meta: &CallMeta, existing: &CallRecord) -> Result<Response, ApiError> {
+async fn forget(state: &AppState, id: &CallId) {
+    if let Err(error) = state.calls.forget(id).await {
+        tracing::error!(call = %id, %error, "could not forget an unqueued call");
+    }
+}
+
+/// A call id already belongs to a call; it may only be resubmitted for the same function.
+fn check_same_function(meta: &CallMeta, existing: &CallRecord) -> Result<(), ApiError> {
     if existing.function != meta.function.name || existing.namespace != meta.function.namespace {
         return Err(ApiError::Conflict(format!(
             "call id {} is already used by a call to {}",
             meta.id, existing.function
         )));
     }
-    accepted(&meta.id, existing.submitted_at)
+    Ok(())
 }
 
 fn accepted(id: &CallId, submitted_at: Timestamp) -> Result<Response, ApiError> {

@@ -43,6 +43,9 @@ pub struct GatewayConfig {
     pub max_replicas_limit: u32,
     /// Function requests (sync and async submissions) handled at once; more get a 503.
     pub max_in_flight: usize,
+    /// Requests carrying this value in `X-Sluice-Internal` (the queue worker's) are not counted
+    /// against `max_in_flight`: the worker bounds its own concurrency.
+    pub internal_token: Option<String>,
 }
 
 impl Default for GatewayConfig {
@@ -54,6 +57,7 @@ impl Default for GatewayConfig {
             default_max_replicas: 20,
             max_replicas_limit: 64,
             max_in_flight: 1024,
+            internal_token: None,
         }
     }
 }
@@ -117,11 +121,24 @@ impl AppState {
         self.function_locks[stripe].lock().await
     }
 
-    /// A slot for one function request, or 503 when the gateway is at its limit.
-    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    /// A slot for one function request, or 503 when the gateway is at its limit. The queue
+    /// worker's own requests need none.
+    fn admit(
+        &self,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
+        let internal = self.config.internal_token.as_deref().is_some_and(|token| {
+            headers
+                .get(sluice_core::headers::INTERNAL)
+                .is_some_and(|v| v.as_bytes() == token.as_bytes())
+        });
+        if internal {
+            return Ok(None);
+        }
         self.in_flight
             .clone()
             .try_acquire_owned()
+            .map(Some)
             .map_err(|_| ApiError::Overloaded(self.config.max_in_flight))
     }
 

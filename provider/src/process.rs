@@ -19,8 +19,8 @@ use crate::spec::RunSpec;
 /// Settings of the process provider.
 #[derive(Debug, Clone)]
 pub struct ProcessConfig {
-    /// Where running children's process groups are recorded, so that groups a killed Sluice
-    /// left behind can be stopped on the next start ([`ProcessProvider::reap_leftovers`]).
+    /// Where each run of the provider records its id, so that processes a killed Sluice left
+    /// behind can be found and stopped on the next start ([`ProcessProvider::reap_leftovers`]).
     pub run_dir: Option<std::path::PathBuf>,
     /// Classic mode's `exec_timeout` when a function sets none.
     pub default_exec_timeout: Duration,
@@ -59,6 +59,8 @@ pub struct ProcessProvider {
 #[derive(Debug)]
 struct Inner {
     config: ProcessConfig,
+    /// Carried in the environment of every process this provider starts.
+    run_id: std::sync::Arc<str>,
     functions: Mutex<HashMap<FunctionRef, Arc<FunctionRuntime>>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -69,6 +71,7 @@ impl ProcessProvider {
         Self {
             inner: Arc::new(Inner {
                 config,
+                run_id: uuid::Uuid::new_v4().simple().to_string().into(),
                 functions: Mutex::new(HashMap::new()),
                 cancel: CancellationToken::new(),
                 tracker: TaskTracker::new(),
@@ -79,11 +82,10 @@ impl ProcessProvider {
     /// Kills the process groups that a previous, killed, Sluice left running, and prepares the
     /// run dir. Call it before any function starts, while no other Sluice uses the run dir.
     pub fn reap_leftovers(&self) -> std::io::Result<usize> {
-        let Some(dir) = &self.inner.config.run_dir else {
-            return Ok(0);
-        };
-        std::fs::create_dir_all(dir)?;
-        Ok(crate::sys::reap_leftovers(dir))
+        match &self.inner.config.run_dir {
+            Some(dir) => crate::sys::reap_leftovers(dir, &self.inner.run_id),
+            None => Ok(0),
+        }
     }
 
     /// Stops every replica and waits for them (each gets the stop grace, then is killed).
@@ -91,6 +93,10 @@ impl ProcessProvider {
         self.inner.cancel.cancel();
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
+        if let Some(dir) = &self.inner.config.run_dir {
+            // Everything stopped: nothing of this run is left to find.
+            let _ = std::fs::remove_file(dir.join(&*self.inner.run_id));
+        }
     }
 
     fn runtime(&self, function: &FunctionRef) -> Result<Arc<FunctionRuntime>, ProviderError> {
@@ -105,7 +111,7 @@ impl ProcessProvider {
 
     fn runtime_config(&self) -> RuntimeConfig {
         RuntimeConfig {
-            run_dir: self.inner.config.run_dir.clone(),
+            run_id: self.inner.run_id.clone(),
             stop_grace: self.inner.config.stop_grace,
             drain_timeout: self.inner.config.drain_timeout,
             restart_backoff_min: self.inner.config.restart_backoff_min,

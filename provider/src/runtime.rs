@@ -1,7 +1,7 @@
 //! One function's replicas on this machine: starting, probing, restarting and stopping them.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +20,8 @@ use crate::{sys, watchdog};
 /// Tunables shared by every function's runtime.
 #[derive(Debug, Clone)]
 pub(crate) struct RuntimeConfig {
-    pub(crate) run_dir: Option<std::path::PathBuf>,
+    /// This provider's run id, carried by every function process (see `sys::RUN_MARKER`).
+    pub(crate) run_id: Arc<str>,
     pub(crate) stop_grace: Duration,
     pub(crate) drain_timeout: Duration,
     pub(crate) restart_backoff_min: Duration,
@@ -49,10 +50,18 @@ impl Drop for InFlightGuard {
 /// A replica as the runtime tracks it.
 #[derive(Debug, Clone)]
 struct Replica {
-    id: u64,
     cancel: CancellationToken,
     ready: Arc<Mutex<Option<SocketAddr>>>,
     in_flight: Arc<InFlight>,
+}
+
+/// Replicas in rotation.
+#[derive(Debug, Default)]
+struct Rotation {
+    /// The function's replicas at its current configuration: what counts and what scales.
+    current: Vec<Replica>,
+    /// Replicas of an earlier configuration, still serving until every current one is ready.
+    outgoing: Vec<Replica>,
 }
 
 /// The live state of one deployed function.
@@ -60,12 +69,12 @@ struct Replica {
 pub(crate) struct FunctionRuntime {
     function: FunctionRef,
     spec: Mutex<Arc<RunSpec>>,
-    /// Replicas in rotation. Ones being replaced stay here until their successors are ready.
-    replicas: Mutex<Vec<Replica>>,
+    /// The function's replicas. Under one lock with the outgoing ones, so a request never picks a
+    /// replica that is being stopped.
+    replicas: Mutex<Rotation>,
     /// Bumped whenever a replica becomes ready or stops being ready, or the set changes.
     changes: watch::Sender<u64>,
     next: AtomicUsize,
-    next_id: AtomicU64,
     pub(crate) logs: Arc<LogBuffer>,
     /// Cancelled when the provider shuts down: every replica stops at once.
     root: CancellationToken,
@@ -91,10 +100,9 @@ impl FunctionRuntime {
         Arc::new(Self {
             function,
             spec: Mutex::new(Arc::new(spec)),
-            replicas: Mutex::new(Vec::new()),
+            replicas: Mutex::new(Rotation::default()),
             changes: watch::channel(0).0,
             next: AtomicUsize::new(0),
-            next_id: AtomicU64::new(0),
             logs,
             root,
             removed: CancellationToken::new(),
@@ -108,10 +116,14 @@ impl FunctionRuntime {
     }
 
     pub(crate) fn counts(&self) -> Replicas {
-        let replicas = lock(&self.replicas);
-        let ready = replicas.iter().filter(|r| lock(&r.ready).is_some()).count();
+        let rotation = lock(&self.replicas);
+        let ready = rotation
+            .current
+            .iter()
+            .filter(|r| lock(&r.ready).is_some())
+            .count();
         Replicas {
-            desired: u32::try_from(replicas.len()).unwrap_or(u32::MAX),
+            desired: u32::try_from(rotation.current.len()).unwrap_or(u32::MAX),
             ready: u32::try_from(ready).unwrap_or(u32::MAX),
         }
     }
@@ -122,12 +134,13 @@ impl FunctionRuntime {
         let spec = lock(&self.spec).clone();
         let count = count as usize;
         let extra: Vec<Replica> = {
-            let mut replicas = lock(&self.replicas);
-            while replicas.len() < count {
-                replicas.push(self.start_replica(spec.clone()));
+            let mut rotation = lock(&self.replicas);
+            while rotation.current.len() < count {
+                let replica = self.start_replica(spec.clone());
+                rotation.current.push(replica);
             }
-            let keep = count.min(replicas.len());
-            replicas.drain(keep..).collect()
+            let keep = count.min(rotation.current.len());
+            rotation.current.drain(keep..).collect()
         };
         self.bump();
         for r in extra {
@@ -140,54 +153,46 @@ impl FunctionRuntime {
     pub(crate) fn replace(self: &Arc<Self>, spec: RunSpec, count: u32) {
         let spec = Arc::new(spec);
         *lock(&self.spec) = spec.clone();
-        let fresh: Vec<Replica> = (0..count)
-            .map(|_| self.start_replica(spec.clone()))
-            .collect();
-        let fresh_ids: Vec<u64> = fresh.iter().map(|r| r.id).collect();
-        let old_ids: Vec<u64> = {
-            let mut replicas = lock(&self.replicas);
-            let old = replicas.iter().map(|r| r.id).collect();
-            // New first: a later scale-down trims from the end, so it takes old ones first.
-            let mut next = fresh;
-            next.extend(replicas.drain(..));
-            *replicas = next;
-            old
-        };
+        {
+            let mut rotation = lock(&self.replicas);
+            let fresh: Vec<Replica> = (0..count)
+                .map(|_| self.start_replica(spec.clone()))
+                .collect();
+            let old = std::mem::replace(&mut rotation.current, fresh);
+            rotation.outgoing.extend(old);
+        }
         self.bump();
+        self.retire_outgoing_when_ready();
+    }
+
+    /// Once every current replica is ready (or there are none), retires the outgoing ones.
+    fn retire_outgoing_when_ready(self: &Arc<Self>) {
         let rt = self.clone();
         self.tracker.spawn(async move {
             let mut changes = rt.changes.subscribe();
             loop {
-                // Done waiting when every new replica is ready, or one of them has been taken
-                // out (a later change superseded this one).
-                let settled = {
-                    let replicas = lock(&rt.replicas);
-                    fresh_ids.iter().all(|id| {
-                        replicas
-                            .iter()
-                            .find(|r| r.id == *id)
-                            .is_none_or(|r| lock(&r.ready).is_some())
-                    })
-                };
-                if settled || rt.root.is_cancelled() || rt.removed.is_cancelled() {
-                    break;
-                }
+                // Mark the state seen before looking at it, so a change after the look wakes us.
                 changes.borrow_and_update();
-                tokio::select! {
-                    r = changes.changed() => if r.is_err() { break },
-                    () = rt.root.cancelled() => break,
+                let retiring: Option<Vec<Replica>> = {
+                    let mut rotation = lock(&rt.replicas);
+                    let settled = rotation.current.iter().all(|r| lock(&r.ready).is_some());
+                    (settled || rt.removed.is_cancelled())
+                        .then(|| rotation.outgoing.drain(..).collect())
+                };
+                if let Some(retiring) = retiring {
+                    if !retiring.is_empty() {
+                        rt.bump();
+                    }
+                    for r in retiring {
+                        rt.retire(r);
+                    }
+                    return;
                 }
-            }
-            let retiring: Vec<Replica> = {
-                let mut replicas = lock(&rt.replicas);
-                let (old, keep): (Vec<Replica>, Vec<Replica>) =
-                    replicas.drain(..).partition(|r| old_ids.contains(&r.id));
-                *replicas = keep;
-                old
-            };
-            rt.bump();
-            for r in retiring {
-                rt.retire(r);
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    () = rt.root.cancelled() => return,
+                    () = rt.removed.cancelled() => {}
+                }
             }
         });
     }
@@ -195,7 +200,12 @@ impl FunctionRuntime {
     /// Takes every replica out of rotation and stops each once drained.
     pub(crate) fn stop(self: &Arc<Self>) {
         self.removed.cancel();
-        let all: Vec<Replica> = lock(&self.replicas).drain(..).collect();
+        let all: Vec<Replica> = {
+            let mut rotation = lock(&self.replicas);
+            let mut all: Vec<Replica> = rotation.current.drain(..).collect();
+            all.append(&mut rotation.outgoing);
+            all
+        };
         self.bump();
         for r in all {
             self.retire(r);
@@ -235,20 +245,24 @@ impl FunctionRuntime {
         let mut changes = self.changes.subscribe();
         loop {
             changes.borrow_and_update();
-            let (desired, ready) = {
-                let replicas = lock(&self.replicas);
-                let ready: Vec<(SocketAddr, Arc<InFlight>)> = replicas
+            let desired = {
+                let rotation = lock(&self.replicas);
+                let ready: Vec<&Replica> = rotation
+                    .current
                     .iter()
-                    .filter_map(|r| lock(&r.ready).map(|a| (a, r.in_flight.clone())))
+                    .chain(&rotation.outgoing)
+                    .filter(|r| lock(&r.ready).is_some())
                     .collect();
-                (replicas.len(), ready)
+                if !ready.is_empty() {
+                    let r = ready[self.next.fetch_add(1, Ordering::Relaxed) % ready.len()];
+                    let addr = lock(&r.ready).expect("filtered on ready");
+                    // Counted under the rotation lock: a replica cannot leave rotation (and be
+                    // found idle) between being picked and being counted.
+                    r.in_flight.count.fetch_add(1, Ordering::AcqRel);
+                    return Ok((addr, InFlightGuard(r.in_flight.clone())));
+                }
+                rotation.current.len()
             };
-            if !ready.is_empty() {
-                let i = self.next.fetch_add(1, Ordering::Relaxed) % ready.len();
-                let (addr, in_flight) = ready[i].clone();
-                in_flight.count.fetch_add(1, Ordering::AcqRel);
-                return Ok((addr, InFlightGuard(in_flight)));
-            }
             if desired == 0 || self.removed.is_cancelled() {
                 return Err(EndpointError::ScaledToZero);
             }
@@ -262,7 +276,6 @@ impl FunctionRuntime {
     fn start_replica(self: &Arc<Self>, spec: Arc<RunSpec>) -> Replica {
         let cancel = self.root.child_token();
         let ready = Arc::new(Mutex::new(None));
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let id = format!(
             "{}-{}",
             self.function.name,
@@ -277,7 +290,6 @@ impl FunctionRuntime {
             }
         });
         Replica {
-            id: n,
             cancel,
             ready,
             in_flight: Arc::default(),
@@ -312,7 +324,7 @@ impl FunctionRuntime {
             spec,
             self.logs.clone(),
             id,
-            self.config.run_dir.clone(),
+            self.config.run_id.clone(),
             cancel.clone(),
         );
         tokio::pin!(serving);
@@ -367,13 +379,17 @@ impl FunctionRuntime {
             Ok(p) => p,
             Err(e) => return Exit::Ended(format!("found no free port: {e}")),
         };
-        let env = [("PORT".to_owned(), port.to_string())];
+        let replica_marker = format!("{}={id}", sys::REPLICA_MARKER);
+        let env = [
+            ("PORT".to_owned(), port.to_string()),
+            (sys::RUN_MARKER.to_owned(), self.config.run_id.to_string()),
+            (sys::REPLICA_MARKER.to_owned(), id.to_owned()),
+        ];
         let cmd = sys::command(spec, &env);
         let mut child = match sys::spawn(cmd, &spec.argv[0], spec.workdir.as_deref()) {
             Ok(c) => c,
             Err(msg) => return Exit::Ended(msg),
         };
-        let _record = sys::record(self.config.run_dir.as_deref(), &child);
         self.capture_output(id, &mut child);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let probe = async {
@@ -402,10 +418,16 @@ impl FunctionRuntime {
             () = probe => {
                 // Another process may have taken the port between our check and the child's
                 // bind; then the probe reached it, not our replica. Start over on a new port.
-                let ours = child.id().is_some_and(|pgid| sys::listens_in_group(port, pgid));
-                if !ours {
-                    self.terminate(&mut child).await;
-                    return Exit::Ended(format!("found port {port} taken by another process"));
+                match sys::listens_marked(port, &replica_marker) {
+                    Some(true) => {}
+                    Some(false) => {
+                        self.terminate(&mut child).await;
+                        return Exit::Ended(format!("found port {port} taken by another process"));
+                    }
+                    None => tracing::warn!(
+                        function = %self.function, replica = %id, port,
+                        "cannot tell who listens on the replica's port (no permission); trusting the probe"
+                    ),
                 }
                 self.set_ready(ready, Some(addr));
                 tracing::info!(function = %self.function, replica = %id, %addr, "http replica ready");

@@ -3,7 +3,7 @@
 
 #![allow(unsafe_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
 use tokio::process::{Child, Command};
@@ -70,83 +70,54 @@ pub(crate) fn signal_group(child: &Child, signal: libc::c_int) {
     }
 }
 
-/// The record of a running child's process group in the run dir, removed when dropped. If Sluice
-/// dies without dropping it, [`reap_leftovers`] finds it on the next start.
-#[derive(Debug)]
-pub(crate) struct RunRecord(PathBuf);
+/// Environment variable every function process carries: the id of the Sluice run that started
+/// it. A process that outlived a killed Sluice is found by it on the next start. (Lower case, so
+/// it never collides with a function's own configuration.)
+pub(crate) const RUN_MARKER: &str = "sluice_run";
+/// Environment variable naming the replica a long-running process belongs to.
+pub(crate) const REPLICA_MARKER: &str = "sluice_replica";
 
-impl Drop for RunRecord {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_owned())
-}
-
-/// A process's start time (clock ticks since boot), which tells it from a later one that got
-/// the same pid.
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22; the command name (field 2) is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Records `child`'s process group under `run_dir`.
-pub(crate) fn record(run_dir: Option<&Path>, child: &Child) -> Option<RunRecord> {
-    let dir = run_dir?;
-    let pid = child.id()?;
-    let line = format!("{} {}\n", boot_id()?, start_time(pid)?);
-    let path = dir.join(pid.to_string());
-    match std::fs::write(&path, line) {
-        Ok(()) => Some(RunRecord(path)),
-        Err(error) => {
-            tracing::warn!(%error, dir = %dir.display(), "cannot record a child process group");
-            None
-        }
-    }
-}
-
-/// Kills the process groups that a previous Sluice left behind (it was killed before it could
-/// stop its children's children) and clears their records. Returns how many groups were killed.
-///
-/// A group is killed only if its record is from this boot and its leader is either gone (it was
-/// ours: the leader dies with Sluice) or still the very process that was recorded.
-pub(crate) fn reap_leftovers(run_dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(run_dir) else {
-        return 0;
+/// Pids of the processes whose environment holds exactly `entry` (`NAME=value`).
+fn processes_with_env(entry: &str) -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
     };
-    let boot = boot_id();
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == entry.as_bytes()))
+        })
+        .collect()
+}
+
+/// Kills the processes that earlier, killed, Sluice runs left behind: each run recorded its id
+/// as a file in `run_dir`, and each of its processes carries that id in its environment. Then
+/// records `own_run`. Returns how many processes were killed.
+pub(crate) fn reap_leftovers(run_dir: &Path, own_run: &str) -> std::io::Result<usize> {
+    std::fs::create_dir_all(run_dir)?;
     let mut killed = 0;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let pgid = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.parse::<u32>().ok());
-        let record = std::fs::read_to_string(&path).unwrap_or_default();
-        let mut fields = record.split_whitespace();
-        let (rec_boot, rec_start) = (
-            fields.next(),
-            fields.next().and_then(|s| s.parse::<u64>().ok()),
-        );
-        if let (Some(pgid), Some(rec_boot), Some(rec_start)) = (pgid, rec_boot, rec_start) {
-            let ours = boot.as_deref() == Some(rec_boot)
-                && start_time(pgid).is_none_or(|now| now == rec_start);
-            if ours && let Ok(pgid) = libc::pid_t::try_from(pgid) {
-                // SAFETY: kill(2) on a process group; no memory effects.
-                if unsafe { libc::kill(-pgid, libc::SIGKILL) } == 0 {
+    for entry in std::fs::read_dir(run_dir)?.flatten() {
+        let Some(run) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if run == own_run || run.is_empty() || !run.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        for pid in processes_with_env(&format!("{RUN_MARKER}={run}")) {
+            if let Ok(pid) = libc::pid_t::try_from(pid) {
+                // SAFETY: kill(2) on one process; no memory effects. The process carries the
+                // marker of a run of ours, so it is one of our functions' processes.
+                if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
                     killed += 1;
                 }
             }
         }
-        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(entry.path());
     }
-    killed
+    std::fs::write(run_dir.join(own_run), b"")?;
+    Ok(killed)
 }
 
 /// Inodes of the sockets listening on `port` (IPv4 and IPv6), from `/proc/net/tcp*`.
@@ -173,39 +144,30 @@ fn listening_inodes(port: u16) -> Vec<String> {
     inodes
 }
 
-/// The process group a process belongs to (field 5 of `/proc/<pid>/stat`).
-fn process_group(pid: &str) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..]
-        .split_whitespace()
-        .nth(2)?
-        .parse()
-        .ok()
-}
-
-/// Whether the socket listening on `port` belongs to a process in group `pgid`: the check that
-/// a readiness probe reached the replica we started, not another process that took its port.
-pub(crate) fn listens_in_group(port: u16, pgid: u32) -> bool {
+/// Whether the socket listening on `port` belongs to a process carrying `marker` (`NAME=value`)
+/// in its environment: the check that a readiness probe reached the replica we started, not
+/// another process that took its port. `None` when it cannot be told (no permission to look).
+pub(crate) fn listens_marked(port: u16, marker: &str) -> Option<bool> {
     let inodes = listening_inodes(port);
     if inodes.is_empty() {
-        return false;
+        return Some(false);
     }
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    procs
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
-        .filter(|pid| process_group(pid) == Some(pgid))
-        .any(|pid| {
-            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
-                fds.flatten().any(|fd| {
+    let mut unknown = false;
+    for pid in processes_with_env(marker) {
+        match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            Ok(fds) => {
+                let owns = fds.flatten().any(|fd| {
                     std::fs::read_link(fd.path())
-                        .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
-                })
-            })
-        })
+                        .is_ok_and(|t| inodes.iter().any(|i| t.as_os_str() == i.as_str()))
+                });
+                if owns {
+                    return Some(true);
+                }
+            }
+            Err(_) => unknown = true,
+        }
+    }
+    if unknown { None } else { Some(false) }
 }
 
 #[cfg(test)]
@@ -216,10 +178,11 @@ mod tests {
     fn finds_who_listens_on_a_port() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let own_group = process_group("self").unwrap();
-        assert!(listens_in_group(port, own_group));
-        assert!(!listens_in_group(port, own_group + 1));
+        // This test process carries PATH; no process carries a made-up marker.
+        let path = format!("PATH={}", std::env::var("PATH").unwrap());
+        assert_eq!(listens_marked(port, &path), Some(true));
+        assert_eq!(listens_marked(port, "sluice_replica=nobody"), Some(false));
         drop(listener);
-        assert!(!listens_in_group(port, own_group));
+        assert_eq!(listens_marked(port, &path), Some(false));
     }
 }

@@ -32,7 +32,7 @@ struct Watchdog {
     logs: Arc<LogBuffer>,
     instance: Arc<str>,
     inflight: Option<Arc<Semaphore>>,
-    run_dir: Option<Arc<std::path::Path>>,
+    run_id: Arc<str>,
 }
 
 /// Serves one classic replica on `listener` until `cancel`, then finishes in-flight runs.
@@ -41,7 +41,7 @@ pub(crate) async fn serve(
     spec: Arc<RunSpec>,
     logs: Arc<LogBuffer>,
     instance: String,
-    run_dir: Option<std::path::PathBuf>,
+    run_id: Arc<str>,
     cancel: CancellationToken,
 ) {
     let inflight = (spec.max_inflight > 0).then(|| Arc::new(Semaphore::new(spec.max_inflight)));
@@ -50,7 +50,7 @@ pub(crate) async fn serve(
         logs,
         instance: instance.into(),
         inflight,
-        run_dir: run_dir.map(Into::into),
+        run_id,
     };
     let app = axum::Router::new().fallback(handle).with_state(state);
     if let Err(e) = axum::serve(listener, app)
@@ -128,6 +128,7 @@ async fn handle(State(wd): State<Watchdog>, req: Request) -> Response {
         "Http_Query".into(),
         parts.uri.query().unwrap_or_default().to_owned(),
     ));
+    env.push((sys::RUN_MARKER.into(), wd.run_id.to_string()));
     let started = tokio::time::Instant::now();
     let outcome = run(&wd, &env, body).await;
     let seconds = started.elapsed().as_secs_f64();
@@ -184,7 +185,6 @@ async fn run(
         wd.logs.push(&wd.instance, msg.clone());
         RunError::Spawn(msg)
     })?;
-    let _record = sys::record(wd.run_dir.as_deref(), &child);
     let stdin = child.stdin.take();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();

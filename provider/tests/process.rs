@@ -330,3 +330,34 @@ async fn replicas_leaving_rotation_finish_their_requests_first() {
     .await;
     p.shutdown().await;
 }
+
+#[tokio::test]
+async fn scaling_during_a_redeploy_counts_only_the_new_replicas() {
+    let p = provider();
+    let echo = spec("echo", "python3 -u echo.py", &[("mode", "http")], 2);
+    p.apply(&echo).await.unwrap();
+    eventually("2 ready", || async {
+        p.replicas(&echo.function).unwrap().ready == 2
+    })
+    .await;
+    let mut changed = echo.clone();
+    changed
+        .deployment
+        .env_vars
+        .insert("version".into(), "2".into());
+    p.apply(&changed).await.unwrap();
+    p.scale(&echo.function, 3).await.unwrap();
+    assert_eq!(p.replicas(&echo.function).unwrap().desired, 3);
+    eventually("3 new replicas ready, old ones gone", || async {
+        if p.replicas(&echo.function).unwrap().ready != 3 {
+            return false;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..12 {
+            seen.insert(p.endpoint(&echo.function, WAIT).await.unwrap().url);
+        }
+        seen.len() == 3
+    })
+    .await;
+    p.shutdown().await;
+}

@@ -95,6 +95,9 @@ async fn send(
         .timeout(config.invoke_timeout)
         .header(headers::CALL_ID, meta.id.as_str())
         .body(call.body.clone());
+    if let Some(token) = &config.internal_token {
+        request = request.header(headers::INTERNAL, token);
+    }
     for (k, v) in &meta.headers {
         if let (Ok(k), Ok(v)) = (
             HeaderName::try_from(k.as_str()),

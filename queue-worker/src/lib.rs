@@ -37,6 +37,9 @@ pub struct WorkerConfig {
     pub callback_backoff: Duration,
     /// At shutdown, how long in-flight calls may take to finish before they are released.
     pub shutdown_grace: Duration,
+    /// Sent as `X-Sluice-Internal`, so the gateway does not count the worker's requests against
+    /// its client in-flight limit (the worker bounds its own with `concurrency`).
+    pub internal_token: Option<String>,
 }
 
 impl WorkerConfig {
@@ -50,6 +53,7 @@ impl WorkerConfig {
             callback_attempts: 5,
             callback_backoff: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(10),
+            internal_token: None,
         }
     }
 }

@@ -307,6 +307,25 @@ async fn requests_beyond_the_in_flight_limit_get_503_not_a_queue() {
         }
     }
     assert_eq!(ok, 1);
+
+    // An accepted async call is not turned away by the limit: the worker's own requests are
+    // not counted, even while a client's request holds the only slot.
+    let r = http
+        .post(format!("{url}/async-function/sleep?seconds=0.1"))
+        .header("X-Call-Id", "under-load")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let hog = http
+        .get(format!("{url}/function/sleep?seconds=2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hog.status(), 200);
+    let record: Value =
+        crate::harness::get_json(&http, format!("{url}/system/calls/under-load")).await;
+    assert_eq!(record["state"], "succeeded", "{record}");
     // Management calls are not counted against the limit.
     assert_eq!(
         http.get(format!("{url}/system/functions"))
