@@ -160,6 +160,7 @@ impl Prepared {
         worker_config.internal_token = Some(internal_token);
         let worker = tokio::spawn(sluice_queue_worker::run(
             Arc::new(queue),
+            Arc::new(store.clone()),
             Arc::new(store),
             worker_config,
             shutdown.clone(),

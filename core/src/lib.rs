@@ -8,12 +8,14 @@ pub mod api;
 pub mod call;
 pub mod headers;
 pub mod name;
+pub mod retry;
 pub mod seams;
 pub mod time;
 
 pub use api::{FunctionDeployment, FunctionResources, FunctionStatus};
 pub use call::{CallId, CallMeta, CallOutcome, CallRecord, CallState, CallbackOutcome, QueuedCall};
 pub use name::{DEFAULT_NAMESPACE, FunctionRef, NameError};
+pub use retry::RetryPolicy;
 pub use seams::{
     CallQueue, CallStore, Delivery, Endpoint, FunctionSpec, FunctionStore, Lease, LogLine,
     LogStream, Provider, ProviderError, QueueError, Replicas, StoreError,

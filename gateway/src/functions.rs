@@ -103,6 +103,8 @@ fn checked(
     d.namespace = Some(function.namespace.clone());
     state.provider.validate(&d)?;
     check_replica_labels(state, &d)?;
+    sluice_core::RetryPolicy::from_annotations(d.annotations.as_ref())
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok((function, d))
 }
 

@@ -47,35 +47,6 @@ fn invalid(msg: String) -> ProviderError {
     ProviderError::InvalidSpec(msg)
 }
 
-/// Parses a Go-style duration as the watchdogs take it (`10s`, `1m30s`, `500ms`) or bare seconds.
-pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let split = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
-        let (num, tail) = rest.split_at(split);
-        let value: f64 = num.parse().ok()?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(tail.len());
-        let (unit, next) = tail.split_at(unit_len);
-        let scale = match unit {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        total += Duration::try_from_secs_f64(value * scale).ok()?;
-        rest = next;
-    }
-    (!s.is_empty()).then_some(total)
-}
-
 impl RunSpec {
     /// Checks a deployment and turns it into a [`RunSpec`], or says exactly what is wrong.
     pub fn from_deployment(
@@ -105,11 +76,13 @@ impl RunSpec {
         };
         let exec_timeout = match d.env_vars.get("exec_timeout") {
             None => default_exec_timeout,
-            Some(v) => parse_duration(v).filter(|d| !d.is_zero()).ok_or_else(|| {
-                invalid(format!(
-                    "envVars.exec_timeout {v:?} is not a duration such as \"30s\" or \"2m\""
-                ))
-            })?,
+            Some(v) => sluice_core::retry::parse_go_duration(v)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "envVars.exec_timeout {v:?} is not a duration such as \"30s\" or \"2m\""
+                    ))
+                })?,
         };
         let max_inflight = match d.env_vars.get("max_inflight") {
             None => DEFAULT_MAX_INFLIGHT,
@@ -164,18 +137,6 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn durations_parse_like_go() {
-        assert_eq!(parse_duration("10"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("ten"), None);
-        assert_eq!(parse_duration("10x"), None);
-        assert_eq!(parse_duration(""), None);
     }
 
     #[test]

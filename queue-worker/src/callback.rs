@@ -10,6 +10,10 @@ use sluice_core::{CallbackOutcome, PLATFORM_ERROR_HEADER, QueuedCall, Timestamp}
 use crate::WorkerConfig;
 use crate::invoke::Invocation;
 
+/// On a call that needed retries: how many were made, and how many were allowed.
+const RETRY: &str = "x-retry";
+const RETRY_MAX: &str = "x-retry-max";
+
 /// Status reported to the callback when the function could not be reached at all.
 const UNREACHABLE_STATUS: u16 = 502;
 
@@ -19,6 +23,7 @@ pub(crate) async fn deliver(
     call: &QueuedCall,
     invocation: &Invocation,
     url: &str,
+    retries: Option<(u32, u32)>,
 ) -> CallbackOutcome {
     let meta = &call.meta;
     let mut wait = config.callback_backoff;
@@ -53,7 +58,11 @@ pub(crate) async fn deliver(
                 meta.submitted_at.as_nanos().to_string(),
             ),
         ];
-        for (name, value) in ours {
+        let retry_headers = retries
+            .map(|(made, max)| [(RETRY, made.to_string()), (RETRY_MAX, max.to_string())])
+            .into_iter()
+            .flatten();
+        for (name, value) in ours.into_iter().chain(retry_headers) {
             if let Ok(value) = HeaderValue::try_from(value) {
                 head.insert(name, value);
             }

@@ -39,6 +39,19 @@ impl FunctionResponse {
     }
 }
 
+impl Invocation {
+    /// The function's `Retry-After`, in seconds (the HTTP-date form is not honoured).
+    pub(crate) fn retry_after(&self) -> Option<std::time::Duration> {
+        let value = self
+            .response
+            .as_ref()?
+            .headers
+            .get(reqwest::header::RETRY_AFTER)?;
+        let secs: u64 = value.to_str().ok()?.trim().parse().ok()?;
+        Some(std::time::Duration::from_secs(secs))
+    }
+}
+
 /// One run of a call.
 #[derive(Debug)]
 pub(crate) struct Invocation {

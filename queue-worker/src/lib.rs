@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::{
-    CallOutcome, CallQueue, CallRecord, CallState, CallStore, Delivery, QueueError, StoreError,
-    Timestamp,
+    CallOutcome, CallQueue, CallRecord, CallState, CallStore, Delivery, FunctionStore, QueueError,
+    RetryPolicy, StoreError, Timestamp,
 };
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +64,7 @@ const BACKEND_RETRY: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 struct Worker {
     calls: Arc<dyn CallStore>,
+    functions: Arc<dyn FunctionStore>,
     config: Arc<WorkerConfig>,
     http: reqwest::Client,
     /// Cancelled when the shutdown grace is over: in-flight calls give their leases back.
@@ -77,6 +78,7 @@ struct Worker {
 pub async fn run(
     queue: Arc<dyn CallQueue>,
     calls: Arc<dyn CallStore>,
+    functions: Arc<dyn FunctionStore>,
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) {
@@ -86,6 +88,7 @@ pub async fn run(
         .expect("a reqwest client with static settings builds");
     let worker = Worker {
         calls,
+        functions,
         config: Arc::new(config),
         http,
         abandon: CancellationToken::new(),
@@ -134,6 +137,14 @@ pub async fn run(
     }
 }
 
+/// What became of one delivery.
+enum Step {
+    /// A final outcome was recorded (and the callback attempted): ack.
+    Done(CallState),
+    /// The attempt failed and will be retried after the delay: release.
+    Retry(Duration),
+}
+
 impl Worker {
     async fn handle(&self, delivery: Delivery) {
         let Delivery {
@@ -168,17 +179,38 @@ impl Worker {
             }
         };
         let work = async {
+            let policy = self.policy(&call.meta.function).await;
             let result = invoke::invoke(&self.http, &self.config, &call).await;
-            let outcome = result.outcome();
+            let mut outcome = result.outcome();
+            let status = outcome.status_code;
+            if outcome.state == CallState::Failed {
+                let reason = outcome.error.clone().unwrap_or_default();
+                if policy.retries(status) && attempt < policy.attempts {
+                    let retry_after = result.retry_after();
+                    let delay = policy.backoff(attempt, retry_after, rand::random::<f64>());
+                    outcome.state = CallState::Queued;
+                    outcome.error = Some(format!(
+                        "attempt {attempt} of {} failed: {reason}; retrying in {:.1}s",
+                        policy.attempts,
+                        delay.as_secs_f64()
+                    ));
+                    self.calls.finish(&id, &outcome).await?;
+                    return Ok(Step::Retry(delay));
+                }
+                if attempt > 1 {
+                    outcome.error = Some(format!("gave up after {attempt} attempts: {reason}"));
+                }
+            }
             self.calls.finish(&id, &outcome).await?;
             if let Some(url) = call.meta.callback_url.as_deref() {
+                let retries = (attempt > 1).then(|| (attempt - 1, policy.attempts - 1));
                 let delivered =
-                    callback::deliver(&self.http, &self.config, &call, &result, url).await;
+                    callback::deliver(&self.http, &self.config, &call, &result, url, retries).await;
                 if let Err(error) = self.calls.record_callback(&id, &delivered).await {
                     tracing::warn!(call = %id, %error, "could not record the callback outcome");
                 }
             }
-            Ok::<_, StoreError>(outcome.state)
+            Ok::<_, StoreError>(Step::Done(outcome.state))
         };
         let finished = tokio::select! {
             r = work => Some(r),
@@ -187,10 +219,16 @@ impl Worker {
             () = self.abandon.cancelled() => None,
         };
         match finished {
-            Some(Ok(state)) => {
+            Some(Ok(Step::Done(state))) => {
                 tracing::info!(call = %id, state = state.as_str(), attempt, "call finished");
                 if let Err(error) = lease.ack().await {
                     tracing::warn!(call = %id, %error, "ack failed; the call may run again");
+                }
+            }
+            Some(Ok(Step::Retry(delay))) => {
+                tracing::info!(call = %id, attempt, ?delay, "attempt failed; will retry");
+                if let Err(error) = lease.release(delay).await {
+                    tracing::warn!(call = %id, %error, "could not schedule the retry; the lease will run out instead");
                 }
             }
             Some(Err(error)) => {
@@ -203,6 +241,19 @@ impl Worker {
             None => {
                 tracing::info!(call = %id, "released at shutdown; it will run again");
                 let _ = lease.release(Duration::ZERO).await;
+            }
+        }
+    }
+
+    /// The function's retry policy; the default if it cannot be read (the function may be gone).
+    async fn policy(&self, function: &sluice_core::FunctionRef) -> RetryPolicy {
+        match self.functions.get(function).await {
+            Ok(Some(spec)) => RetryPolicy::from_annotations(spec.deployment.annotations.as_ref())
+                .unwrap_or_default(),
+            Ok(None) => RetryPolicy::default(),
+            Err(error) => {
+                tracing::warn!(%function, %error, "cannot read the retry policy; using the default");
+                RetryPolicy::default()
             }
         }
     }

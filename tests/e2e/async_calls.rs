@@ -109,7 +109,7 @@ async fn async_keeps_method_and_call_id_and_reports_failures() {
         assert_eq!(r.headers()["x-call-id"], "order-17");
     }
     let r = http
-        .post(format!("{url}/async-function/fail?status=503"))
+        .post(format!("{url}/async-function/fail?status=400"))
         .header("X-Callback-Url", &receiver.url)
         .header("X-Call-Id", "doomed-1")
         .send()
@@ -139,13 +139,14 @@ async fn async_keeps_method_and_call_id_and_reports_failures() {
     assert_eq!(order.header("x-echo-query"), "y=1");
     assert_eq!(order.body, "kept");
     let doomed = &by_id["doomed-1"];
-    assert_eq!(doomed.header("x-function-status"), "503");
+    assert_eq!(doomed.header("x-function-status"), "400");
     assert_eq!(doomed.header("x-function-name"), "fail");
 
     let failed: Value = get_json(&http, format!("{url}/system/calls/doomed-1")).await;
     assert_eq!(failed["state"], "failed");
-    assert_eq!(failed["statusCode"], 503);
-    assert_eq!(failed["error"], "function answered 503");
+    assert_eq!(failed["statusCode"], 400);
+    assert_eq!(failed["error"], "function answered 400");
+    assert_eq!(failed["attempts"], 1, "a 400 is not retried");
     eventually("the quiet call to finish", || async {
         let r: Value = try_get_json(&http, format!("{url}/system/calls/{quiet}")).await?;
         (r["state"] == "succeeded").then_some(())
@@ -171,7 +172,10 @@ async fn a_function_that_cannot_be_reached_is_recorded_as_failed() {
     let url = &sluice.url;
     let http = reqwest::Client::new();
     let receiver = Receiver::start().await;
-    deploy(&http, url, &sample("echo", "python3 -u echo.py", true, &[])).await;
+    let mut echo = sample("echo", "python3 -u echo.py", true, &[]);
+    echo["annotations"]["com.openfaas.retry.attempts"] = "2".into();
+    echo["annotations"]["com.openfaas.retry.min_wait"] = "50ms".into();
+    deploy(&http, url, &echo).await;
     scale(&http, url, "echo", 0).await;
     let r = http
         .post(format!("{url}/async-function/echo"))
@@ -190,6 +194,7 @@ async fn a_function_that_cannot_be_reached_is_recorded_as_failed() {
     assert_eq!(cb.header("x-sluice-error"), "scaled_to_zero");
     let record: Value = get_json(&http, format!("{url}/system/calls/nobody-home")).await;
     assert_eq!(record["state"], "failed");
+    assert_eq!(record["attempts"], 2);
     assert!(
         record["error"].as_str().unwrap().contains("scaled_to_zero"),
         "{record}"
@@ -286,4 +291,114 @@ async fn one_call_id_is_never_accepted_for_two_functions() {
         );
     }
     assert_eq!(receiver.count(), accepted.len());
+}
+
+#[tokio::test]
+async fn failed_attempts_are_retried_with_backoff_then_given_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = reqwest::Client::new();
+    let receiver = Receiver::start().await;
+    let mut flaky = sample("flaky", "python3 -u flaky.py", true, &[]);
+    for (k, v) in [
+        ("attempts", "4"),
+        ("min_wait", "100ms"),
+        ("max_wait", "400ms"),
+    ] {
+        flaky["annotations"][format!("com.openfaas.retry.{k}")] = v.into();
+    }
+    deploy(&http, url, &flaky).await;
+    let submit = |id: &'static str, query: &'static str| {
+        http.post(format!("{url}/async-function/flaky?{query}"))
+            .header("X-Callback-Url", &receiver.url)
+            .header("X-Call-Id", id)
+            .send()
+    };
+    // 503 twice (once with Retry-After), then 200: one callback, with the 200.
+    assert_eq!(
+        submit("recovers", "key=a&fail=2&retry_after=1")
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    // Always 500: given up after 4 attempts, one callback with the last 500.
+    assert_eq!(
+        submit("hopeless", "key=b&fail=99&status=500")
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    // 404 is not a retried code: one attempt.
+    assert_eq!(
+        submit("not-retried", "key=c&fail=99&status=404")
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+
+    eventually("three callbacks", || async {
+        (receiver.count() >= 3).then_some(())
+    })
+    .await;
+    let by_id: HashMap<String, _> = receiver
+        .received()
+        .into_iter()
+        .map(|cb| (cb.header("x-call-id").to_owned(), cb))
+        .collect();
+    assert_eq!(by_id.len(), 3, "a call called back more than once");
+    let recovers = &by_id["recovers"];
+    assert_eq!(recovers.header("x-function-status"), "200");
+    assert_eq!(recovers.body, "call 3 for 'a' succeeds\n");
+    assert_eq!(
+        (recovers.header("x-retry"), recovers.header("x-retry-max")),
+        ("2", "3")
+    );
+    let hopeless = &by_id["hopeless"];
+    assert_eq!(hopeless.header("x-function-status"), "500");
+    assert_eq!(
+        (hopeless.header("x-retry"), hopeless.header("x-retry-max")),
+        ("3", "3")
+    );
+    let not_retried = &by_id["not-retried"];
+    assert_eq!(not_retried.header("x-function-status"), "404");
+    assert_eq!(not_retried.header("x-retry"), "");
+
+    let record = |id: &'static str| get_json::<Value>(&http, format!("{url}/system/calls/{id}"));
+    let r = record("recovers").await;
+    assert_eq!(
+        (r["state"].as_str(), r["attempts"].as_u64()),
+        (Some("succeeded"), Some(3))
+    );
+    let r = record("hopeless").await;
+    assert_eq!(
+        (r["state"].as_str(), r["attempts"].as_u64()),
+        (Some("failed"), Some(4))
+    );
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("gave up after 4 attempts"),
+        "{r}"
+    );
+    let r = record("not-retried").await;
+    assert_eq!(
+        (r["state"].as_str(), r["attempts"].as_u64()),
+        (Some("failed"), Some(1))
+    );
+
+    // Bad retry annotations are refused at deploy.
+    let mut bad = sample("badretry", "cat", false, &[]);
+    bad["annotations"]["com.openfaas.retry.attempts"] = "lots".into();
+    let r = http
+        .post(format!("{url}/system/functions"))
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
 }
