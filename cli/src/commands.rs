@@ -471,3 +471,70 @@ pub async fn call(args: CallArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, Args)]
+pub struct CallsArgs {
+    /// Only calls to this function (name or name.namespace).
+    #[arg(long)]
+    pub function: Option<String>,
+    /// Only calls in this state: queued, running, succeeded or failed.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// How many to show (at most 1000).
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// Continue from a previous page (the cursor it printed).
+    #[arg(long)]
+    pub cursor: Option<String>,
+    #[command(flatten)]
+    pub gateway: GatewayArg,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CallPage {
+    calls: Vec<CallRecord>,
+    next_cursor: Option<String>,
+}
+
+pub async fn calls(args: CallsArgs) -> anyhow::Result<()> {
+    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None));
+    let mut query = vec![("limit", args.limit.to_string())];
+    for (key, value) in [
+        ("function", &args.function),
+        ("status", &args.status),
+        ("cursor", &args.cursor),
+    ] {
+        if let Some(v) = value {
+            query.push((key, v.clone()));
+        }
+    }
+    let request = client.request(Method::GET, "/system/calls").query(&query);
+    let page: CallPage = client::json(client.expect_ok(request).await?).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<38} {:<20} {:<10} {:>8} {:>6}  Submitted",
+        "Call", "Function", "State", "Attempts", "Status"
+    )?;
+    for c in &page.calls {
+        let status = c
+            .status_code
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{:<38} {:<20} {:<10} {:>8} {:>6}  {}",
+            c.id.as_str(),
+            c.function,
+            c.state.as_str(),
+            c.attempts,
+            status,
+            c.submitted_at.to_rfc3339()
+        )?;
+    }
+    if let Some(cursor) = page.next_cursor {
+        writeln!(out, "more: sluice calls --cursor {cursor}")?;
+    }
+    Ok(())
+}

@@ -53,6 +53,8 @@ pub enum Command {
     Scale(commands::ScaleArgs),
     /// Show what became of an async call.
     Call(commands::CallArgs),
+    /// List async calls, newest first.
+    Calls(commands::CallsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -124,6 +126,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs(args) => commands::logs(args).await,
         Command::Scale(args) => commands::scale(args).await,
         Command::Call(args) => commands::call(args).await,
+        Command::Calls(args) => commands::calls(args).await,
     }
 }
 

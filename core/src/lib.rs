@@ -17,8 +17,8 @@ pub use call::{CallId, CallMeta, CallOutcome, CallRecord, CallState, CallbackOut
 pub use name::{DEFAULT_NAMESPACE, FunctionRef, NameError};
 pub use retry::RetryPolicy;
 pub use seams::{
-    CallQueue, CallStore, Delivery, Endpoint, FunctionSpec, FunctionStore, Lease, LogLine,
-    LogStream, Provider, ProviderError, QueueError, Replicas, StoreError,
+    CallFilter, CallQueue, CallStore, Delivery, Endpoint, FunctionSpec, FunctionStore, Lease,
+    LogLine, LogStream, Provider, ProviderError, QueueError, Replicas, StoreError,
 };
 pub use time::Timestamp;
 

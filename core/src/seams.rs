@@ -152,9 +152,21 @@ pub trait FunctionStore: Send + Sync + Debug {
     -> Result<bool, StoreError>;
 }
 
+/// Which calls [`CallStore::list_calls`] returns: newest first, at most `limit`, older than `before`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallFilter {
+    pub function: Option<FunctionRef>,
+    pub state: Option<crate::call::CallState>,
+    pub limit: u32,
+    /// Continue after this call (a page's last): its submission time and id.
+    pub before: Option<(Timestamp, CallId)>,
+}
+
 /// Records of async calls.
 #[async_trait]
 pub trait CallStore: Send + Sync + Debug {
+    /// Calls matching `filter`, newest first.
+    async fn list_calls(&self, filter: &CallFilter) -> Result<Vec<CallRecord>, StoreError>;
     /// Records a newly accepted call; `false` (and no change) if a call with that id exists.
     async fn create(&self, record: &CallRecord) -> Result<bool, StoreError>;
     async fn get(&self, id: &CallId) -> Result<Option<CallRecord>, StoreError>;

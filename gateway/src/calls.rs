@@ -1,11 +1,16 @@
-//! The calls API: what became of an async call.
+//! The calls API: what became of async calls, one or many.
 
 use axum::Json;
 use axum::extract::State;
-use sluice_core::{CallId, CallRecord};
+use serde::{Deserialize, Serialize};
+use sluice_core::{CallFilter, CallId, CallRecord, CallState, FunctionRef, Timestamp};
 
 use crate::AppState;
-use crate::error::{ApiError, ApiPath};
+use crate::error::{ApiError, ApiPath, ApiQuery};
+
+/// Calls per page when the client asks for none, and the most it may ask for.
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 1000;
 
 pub(crate) async fn get(
     State(state): State<AppState>,
@@ -18,4 +23,80 @@ pub(crate) async fn get(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("call {id}")))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListQuery {
+    function: Option<String>,
+    namespace: Option<String>,
+    status: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CallPage {
+    calls: Vec<CallRecord>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+/// A cursor is the last call of a page: `<submitted ms>_<call id>`.
+fn parse_cursor(cursor: &str) -> Option<(Timestamp, CallId)> {
+    let (millis, id) = cursor.split_once('_')?;
+    Some((
+        Timestamp::from_millis(millis.parse().ok()?),
+        CallId::parse(id).ok()?,
+    ))
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<CallPage>, ApiError> {
+    let function = q
+        .function
+        .filter(|f| !f.is_empty())
+        .map(|f| FunctionRef::parse(&f, q.namespace.as_deref()))
+        .transpose()?;
+    let status = q
+        .status
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            CallState::parse(&s).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "status {s:?} is not one of queued, running, succeeded, failed"
+                ))
+            })
+        })
+        .transpose()?;
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_LIMIT}, got {limit}"
+        )));
+    }
+    let before = q
+        .cursor
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            parse_cursor(&c).ok_or_else(|| {
+                ApiError::BadRequest(format!("cursor {c:?} is not one this API gave out"))
+            })
+        })
+        .transpose()?;
+    let filter = CallFilter {
+        function,
+        state: status,
+        limit,
+        before,
+    };
+    let calls = state.calls.list_calls(&filter).await?;
+    let next_cursor = (calls.len() == limit as usize)
+        .then(|| calls.last())
+        .flatten()
+        .map(|c| format!("{}_{}", c.submitted_at.as_millis(), c.id));
+    Ok(Json(CallPage { calls, next_cursor }))
 }

@@ -169,6 +169,7 @@ pub fn router(state: AppState) -> Router {
         .route("/system/scale-function/{name}", post(functions::scale))
         .route("/system/namespaces", get(functions::namespaces))
         .route("/system/logs", get(logs::logs))
+        .route("/system/calls", get(calls::list))
         .route("/system/calls/{id}", get(calls::get))
         .route("/function/{*target}", any(invoke::sync))
         .route("/async-function/{*target}", any(invoke::submit))

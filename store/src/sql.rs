@@ -13,7 +13,7 @@ macro_rules! sql_store {
 
             use async_trait::async_trait;
             use sluice_core::{
-                CallId, CallOutcome, CallRecord, CallState, CallStore, CallbackOutcome,
+                CallFilter, CallId, CallOutcome, CallRecord, CallState, CallStore, CallbackOutcome,
                 FunctionDeployment, FunctionRef, FunctionSpec, FunctionStore, StoreError, Timestamp,
             };
             use sqlx::Row;
@@ -182,6 +182,32 @@ macro_rules! sql_store {
                 .await
                 .map_err(unavailable)?;
                 Ok(done.rows_affected() == 1)
+            }
+
+            async fn list_calls(&self, filter: &CallFilter) -> Result<Vec<CallRecord>, StoreError> {
+                let (before_at, before_id) = match &filter.before {
+                    Some((at, id)) => (Some(at.as_millis()), Some(id.as_str().to_owned())),
+                    None => (None, None),
+                };
+                sqlx::query(
+                    "SELECT * FROM calls \
+                     WHERE ($1 IS NULL OR namespace = $1) AND ($2 IS NULL OR function = $2) \
+                     AND ($3 IS NULL OR state = $3) \
+                     AND ($4 IS NULL OR submitted_at < $4 OR (submitted_at = $4 AND id < $5)) \
+                     ORDER BY submitted_at DESC, id DESC LIMIT $6",
+                )
+                .bind(filter.function.as_ref().map(|f| f.namespace.clone()))
+                .bind(filter.function.as_ref().map(|f| f.name.clone()))
+                .bind(filter.state.map(CallState::as_str))
+                .bind(before_at)
+                .bind(before_id)
+                .bind(i64::from(filter.limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?
+                .iter()
+                .map(record_from_row)
+                .collect()
             }
 
             async fn get(&self, id: &CallId) -> Result<Option<CallRecord>, StoreError> {

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_core::{
-    CallId, CallMeta, CallOutcome, CallQueue, CallRecord, CallState, CallStore, CallbackOutcome,
-    FunctionDeployment, FunctionRef, FunctionSpec, FunctionStore, QueueError, QueuedCall,
-    StoreError, Timestamp,
+    CallFilter, CallId, CallMeta, CallOutcome, CallQueue, CallRecord, CallState, CallStore,
+    CallbackOutcome, FunctionDeployment, FunctionRef, FunctionSpec, FunctionStore, QueueError,
+    QueuedCall, StoreError, Timestamp,
 };
 use sluice_store::{PgStore, SqliteQueue, SqliteStore, open_sqlite};
 
@@ -152,6 +152,56 @@ async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
             .unwrap()
             .is_none()
     );
+    // Listing: newest first, filtered, paged by (submitted_at, id).
+    for i in 0..6 {
+        let mut c = call(&format!("l{i}"), b"");
+        c.meta.submitted_at = Timestamp::from_millis(1_000 + i / 2); // pairs share a time
+        if i % 3 == 0 {
+            c.meta.function = FunctionRef::parse("other", None).unwrap();
+        }
+        assert!(
+            CallStore::create(store, &CallRecord::queued(&c.meta))
+                .await
+                .unwrap()
+        );
+    }
+    store
+        .finish(&CallId::parse("l4").unwrap(), &outcome)
+        .await
+        .unwrap();
+    let ids = |calls: Vec<CallRecord>| {
+        calls
+            .into_iter()
+            .map(|c| c.id.to_string())
+            .collect::<Vec<_>>()
+    };
+    let echo = FunctionRef::parse("echo", None).unwrap();
+    let mut filter = CallFilter {
+        function: Some(echo.clone()),
+        limit: 3,
+        ..Default::default()
+    };
+    let page = store.list_calls(&filter).await.unwrap();
+    assert_eq!(ids(page.clone()), ["c1", "l5", "l4"]);
+    let last = page.last().unwrap();
+    filter.before = Some((last.submitted_at, last.id.clone()));
+    // l4 and l5 share a submission time: the id breaks the tie, so the page after l4 is exact.
+    assert_eq!(ids(store.list_calls(&filter).await.unwrap()), ["l2", "l1"]);
+    let succeeded = CallFilter {
+        state: Some(CallState::Succeeded),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.list_calls(&succeeded).await.unwrap()),
+        ["c1", "l4"]
+    );
+    let other = CallFilter {
+        function: Some(FunctionRef::parse("other", None).unwrap()),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(ids(store.list_calls(&other).await.unwrap()), ["l3", "l0"]);
     let missing = CallId::parse("nope").unwrap();
     assert!(matches!(
         store.start_attempt(&missing, Timestamp::now()).await,

@@ -76,6 +76,31 @@ async fn five_hundred_async_calls_each_get_their_callback() {
     }
     assert_eq!(seen.len(), CALLS);
 
+    // The calls API pages through all of them, newest first.
+    let mut listed = HashSet::new();
+    let mut cursor = String::new();
+    let mut pages = 0;
+    loop {
+        let page: Value = get_json(
+            &http,
+            format!("{url}/system/calls?function=echo&status=succeeded&limit=200&cursor={cursor}"),
+        )
+        .await;
+        pages += 1;
+        for c in page["calls"].as_array().unwrap() {
+            assert!(
+                listed.insert(c["id"].as_str().unwrap().to_owned()),
+                "listed twice: {c}"
+            );
+        }
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(listed, expected.keys().cloned().collect::<HashSet<_>>());
+
     for id in expected.keys() {
         let record: Value = get_json(&http, format!("{url}/system/calls/{id}")).await;
         assert_eq!(record["state"], "succeeded", "{record}");

@@ -99,6 +99,13 @@ async fn quickstart_with_the_cli() {
     })
     .await;
     assert_eq!(receiver.received()[0].header("x-call-id"), id);
+    let listed = ok(sluice(gw, &["calls", "--function", "sleep"], ""));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("succeeded")),
+        "{listed}"
+    );
     let call = ok(sluice(gw, &["call", &id], ""));
     assert!(call.contains("State:     succeeded"), "{call}");
     assert!(call.contains("delivered"), "{call}");
