@@ -81,6 +81,8 @@ pub enum CallState {
     Running,
     Succeeded,
     Failed,
+    /// Cancelled by a client while still queued; it will not run.
+    Cancelled,
 }
 
 impl CallState {
@@ -90,6 +92,7 @@ impl CallState {
             Self::Running => "running",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
         }
     }
 
@@ -99,12 +102,13 @@ impl CallState {
             "running" => Self::Running,
             "succeeded" => Self::Succeeded,
             "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
             _ => return None,
         })
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed)
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
     }
 }
 

@@ -172,8 +172,12 @@ pub trait CallStore: Send + Sync + Debug {
     async fn get(&self, id: &CallId) -> Result<Option<CallRecord>, StoreError>;
     /// Deletes a call's record: only for a call whose submission failed (it was never queued).
     async fn forget(&self, id: &CallId) -> Result<bool, StoreError>;
-    /// Marks the call running and counts an attempt; returns the attempt number (1-based).
-    async fn start_attempt(&self, id: &CallId, at: Timestamp) -> Result<u32, StoreError>;
+    /// Marks the call running and counts an attempt; returns the attempt number (1-based), or
+    /// `None` if the call was cancelled (it must not run).
+    async fn start_attempt(&self, id: &CallId, at: Timestamp) -> Result<Option<u32>, StoreError>;
+    /// Cancels a call that is still queued. Returns the record as it now is, `None` if there is
+    /// no such call; a call past `queued` is returned unchanged.
+    async fn cancel(&self, id: &CallId, at: Timestamp) -> Result<Option<CallRecord>, StoreError>;
     /// Records how the invocation ended.
     async fn finish(&self, id: &CallId, outcome: &CallOutcome) -> Result<(), StoreError>;
     /// Records how the callback went.

@@ -25,6 +25,26 @@ pub(crate) async fn get(
         .ok_or_else(|| ApiError::NotFound(format!("call {id}")))
 }
 
+/// `DELETE /system/calls/<id>`: cancels a call that is still queued.
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<CallRecord>, ApiError> {
+    let id = CallId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let record = state
+        .calls
+        .cancel(&id, Timestamp::now())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("call {id}")))?;
+    match record.state {
+        CallState::Cancelled => Ok(Json(record)),
+        other => Err(ApiError::Conflict(format!(
+            "call {id} is {}; only a queued call can be cancelled",
+            other.as_str()
+        ))),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct ListQuery {
     function: Option<String>,
@@ -67,7 +87,7 @@ pub(crate) async fn list(
         .map(|s| {
             CallState::parse(&s).ok_or_else(|| {
                 ApiError::BadRequest(format!(
-                    "status {s:?} is not one of queued, running, succeeded, failed"
+                    "status {s:?} is not one of queued, running, succeeded, failed, cancelled"
                 ))
             })
         })

@@ -170,7 +170,7 @@ pub fn router(state: AppState) -> Router {
         .route("/system/namespaces", get(functions::namespaces))
         .route("/system/logs", get(logs::logs))
         .route("/system/calls", get(calls::list))
-        .route("/system/calls/{id}", get(calls::get))
+        .route("/system/calls/{id}", get(calls::get).delete(calls::cancel))
         .route("/function/{*target}", any(invoke::sync))
         .route("/async-function/{*target}", any(invoke::submit))
         .fallback(|uri: axum::http::Uri| async move {

@@ -154,7 +154,14 @@ impl Worker {
         } = delivery;
         let id = call.meta.id.clone();
         let attempt = match self.start(&call.meta).await {
-            Ok(n) => n,
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                tracing::info!(call = %id, "cancelled; not run");
+                if let Err(error) = lease.ack().await {
+                    tracing::warn!(call = %id, %error, "ack of a cancelled call failed");
+                }
+                return;
+            }
             Err(error) => {
                 tracing::warn!(call = %id, %error, "could not record the call as running; releasing it");
                 let _ = lease.release(BACKEND_RETRY).await;
@@ -258,8 +265,9 @@ impl Worker {
         }
     }
 
-    /// Marks the call running, re-creating its record if the store lost it.
-    async fn start(&self, meta: &sluice_core::CallMeta) -> Result<u32, StoreError> {
+    /// Marks the call running, re-creating its record if the store lost it; `None` if the call
+    /// was cancelled.
+    async fn start(&self, meta: &sluice_core::CallMeta) -> Result<Option<u32>, StoreError> {
         match self.calls.start_attempt(&meta.id, Timestamp::now()).await {
             Err(StoreError::NotFound(_)) => {
                 self.calls.create(&CallRecord::queued(meta)).await?;

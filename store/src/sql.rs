@@ -230,19 +230,47 @@ macro_rules! sql_store {
                 Ok(done.rows_affected() > 0)
             }
 
-            async fn start_attempt(&self, id: &CallId, at: Timestamp) -> Result<u32, StoreError> {
+            async fn start_attempt(
+                &self,
+                id: &CallId,
+                at: Timestamp,
+            ) -> Result<Option<u32>, StoreError> {
                 let row = sqlx::query(
                     "UPDATE calls SET state = 'running', attempts = attempts + 1, started_at = $1, \
                      finished_at = NULL, duration_ms = NULL, status_code = NULL, error = NULL \
-                     WHERE id = $2 RETURNING attempts",
+                     WHERE id = $2 AND state <> 'cancelled' RETURNING attempts",
                 )
                 .bind(at.as_millis())
                 .bind(id.as_str())
                 .fetch_optional(&self.pool)
                 .await
-                .map_err(unavailable)?
-                .ok_or_else(|| StoreError::NotFound(format!("call {id}")))?;
-                Ok(u32::try_from(row.get::<i64, _>("attempts")).unwrap_or(u32::MAX))
+                .map_err(unavailable)?;
+                match row {
+                    Some(row) => Ok(Some(
+                        u32::try_from(row.get::<i64, _>("attempts")).unwrap_or(u32::MAX),
+                    )),
+                    None => match CallStore::get(self, id).await? {
+                        Some(_) => Ok(None),
+                        None => Err(StoreError::NotFound(format!("call {id}"))),
+                    },
+                }
+            }
+
+            async fn cancel(
+                &self,
+                id: &CallId,
+                at: Timestamp,
+            ) -> Result<Option<CallRecord>, StoreError> {
+                sqlx::query(
+                    "UPDATE calls SET state = 'cancelled', finished_at = $1 \
+                     WHERE id = $2 AND state = 'queued'",
+                )
+                .bind(at.as_millis())
+                .bind(id.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                CallStore::get(self, id).await
             }
 
             async fn finish(&self, id: &CallId, outcome: &CallOutcome) -> Result<(), StoreError> {

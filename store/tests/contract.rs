@@ -107,14 +107,14 @@ async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
             .start_attempt(&c.meta.id, Timestamp::now())
             .await
             .unwrap(),
-        1
+        Some(1)
     );
     assert_eq!(
         store
             .start_attempt(&c.meta.id, Timestamp::now())
             .await
             .unwrap(),
-        2
+        Some(2)
     );
     let outcome = CallOutcome {
         state: CallState::Succeeded,
@@ -152,6 +152,45 @@ async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
             .unwrap()
             .is_none()
     );
+    // Cancelling: only a queued call; a cancelled one never starts.
+    let doomed = call("cancel-me", b"");
+    assert!(
+        CallStore::create(store, &CallRecord::queued(&doomed.meta))
+            .await
+            .unwrap()
+    );
+    let cancelled = store
+        .cancel(&doomed.meta.id, Timestamp::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cancelled.state, CallState::Cancelled);
+    assert_eq!(
+        store
+            .start_attempt(&doomed.meta.id, Timestamp::now())
+            .await
+            .unwrap(),
+        None
+    );
+    let done = store
+        .cancel(&c.meta.id, Timestamp::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        done.state,
+        CallState::Succeeded,
+        "a finished call was cancelled"
+    );
+    assert!(
+        store
+            .cancel(&CallId::parse("nope").unwrap(), Timestamp::now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.forget(&doomed.meta.id).await.unwrap());
+
     // Listing: newest first, filtered, paged by (submitted_at, id).
     for i in 0..6 {
         let mut c = call(&format!("l{i}"), b"");

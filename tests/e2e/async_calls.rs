@@ -427,3 +427,86 @@ async fn failed_attempts_are_retried_with_backoff_then_given_up() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+#[tokio::test]
+async fn a_queued_call_can_be_cancelled_and_never_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    // One call at a time, so the second waits in the queue behind the first.
+    let sluice = Sluice::start(&dir.path().join("data"), &["--worker-concurrency", "1"]);
+    let url = &sluice.url;
+    let http = reqwest::Client::new();
+    let receiver = Receiver::start().await;
+    deploy(
+        &http,
+        url,
+        &sample("sleep", "python3 -u sleep.py", true, &[]),
+    )
+    .await;
+    for id in ["first", "second"] {
+        let r = http
+            .post(format!("{url}/async-function/sleep?seconds=1"))
+            .header("X-Callback-Url", &receiver.url)
+            .header("X-Call-Id", id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    eventually("the first call to run", || async {
+        let r: Value = try_get_json(&http, format!("{url}/system/calls/first")).await?;
+        (r["state"] == "running").then_some(())
+    })
+    .await;
+    let r = http
+        .delete(format!("{url}/system/calls/first"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "a running call was cancelled");
+    for _ in 0..2 {
+        let r = http
+            .delete(format!("{url}/system/calls/second"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let record: Value = r.json().await.unwrap();
+        assert_eq!(record["state"], "cancelled");
+    }
+    let r = http
+        .delete(format!("{url}/system/calls/unknown"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    eventually("the first call's callback", || async {
+        (receiver.count() == 1).then_some(())
+    })
+    .await;
+    // The worker takes the cancelled call next and drops it: wait until the queue is empty by
+    // sending a third call and seeing it through.
+    let r = http
+        .post(format!("{url}/async-function/sleep?seconds=0"))
+        .header("X-Callback-Url", &receiver.url)
+        .header("X-Call-Id", "third")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    eventually("the third call's callback", || async {
+        (receiver.count() == 2).then_some(())
+    })
+    .await;
+    let ids: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|c| c.header("x-call-id").to_owned())
+        .collect();
+    assert_eq!(ids, ["first", "third"]);
+    let second: Value = get_json(&http, format!("{url}/system/calls/second")).await;
+    assert_eq!(
+        (second["state"].as_str(), second["attempts"].as_u64()),
+        (Some("cancelled"), Some(0))
+    );
+}
