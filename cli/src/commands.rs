@@ -420,14 +420,32 @@ pub struct CallArgs {
     /// The call id from the 202 (X-Call-Id).
     pub id: String,
     /// Print the record as JSON.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "result")]
     pub json: bool,
+    /// Print the function's kept response body instead of the record.
+    #[arg(long)]
+    pub result: bool,
     #[command(flatten)]
     pub gateway: GatewayArg,
 }
 
 pub async fn call(args: CallArgs) -> anyhow::Result<()> {
     let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None));
+    if args.result {
+        let path = format!("/system/calls/{}/result", args.id);
+        let response = client.send(client.request(Method::GET, &path)).await?;
+        if response
+            .headers()
+            .contains_key(sluice_core::PLATFORM_ERROR_HEADER)
+        {
+            return Err(client::error_of(response).await);
+        }
+        let status = response.status();
+        let bytes = response.bytes().await.context("reading the kept result")?;
+        std::io::stdout().write_all(&bytes)?;
+        anyhow::ensure!(status.is_success(), "the function had answered {status}");
+        return Ok(());
+    }
     let response = client
         .expect_ok(client.request(Method::GET, &format!("/system/calls/{}", args.id)))
         .await?;

@@ -83,6 +83,12 @@ pub struct UpArgs {
     /// How long a queued call stays leased to a worker without a heartbeat before redelivery.
     #[arg(long, env = "SLUICE_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub lease: Duration,
+    /// Largest function response kept for GET /system/calls/<id>/result, in bytes.
+    #[arg(long, env = "SLUICE_RESULT_MAX_BYTES", default_value_t = 1024 * 1024)]
+    pub result_max_bytes: usize,
+    /// How long kept results are kept (e.g. 24h).
+    #[arg(long, env = "SLUICE_RESULT_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub result_retention: Duration,
     /// How long in-flight work may take to finish when Sluice stops.
     #[arg(long, env = "SLUICE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -109,6 +115,8 @@ impl UpArgs {
         config.worker_concurrency = usize::from(self.worker_concurrency);
         config.lease = self.lease;
         config.shutdown_grace = self.shutdown_grace;
+        config.result_max_bytes = self.result_max_bytes;
+        config.result_retention = self.result_retention;
         config.process.stop_grace = self.shutdown_grace;
         Ok(config)
     }

@@ -28,6 +28,9 @@ pub struct UpConfig {
     pub lease: Duration,
     /// How long in-flight work may take to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Largest function response kept per call, and for how long.
+    pub result_max_bytes: usize,
+    pub result_retention: Duration,
 }
 
 impl UpConfig {
@@ -39,6 +42,8 @@ impl UpConfig {
             worker_concurrency: 32,
             lease: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            result_max_bytes: 1024 * 1024,
+            result_retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -158,6 +163,8 @@ impl Prepared {
         worker_config.max_response_bytes = config.gateway.max_body_bytes;
         worker_config.shutdown_grace = config.shutdown_grace;
         worker_config.internal_token = Some(internal_token);
+        worker_config.result_max_bytes = config.result_max_bytes;
+        worker_config.result_retention = config.result_retention;
         let worker = tokio::spawn(sluice_queue_worker::run(
             Arc::new(queue),
             Arc::new(store.clone()),

@@ -136,6 +136,15 @@ pub struct CallbackOutcome {
     pub at: Timestamp,
 }
 
+/// The function's response to a finished call, as kept for `GET /system/calls/<id>/result`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallResult {
+    pub status_code: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub stored_at: Timestamp,
+}
+
 /// The body of `GET /system/calls/<id>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

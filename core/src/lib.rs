@@ -13,7 +13,9 @@ pub mod seams;
 pub mod time;
 
 pub use api::{FunctionDeployment, FunctionResources, FunctionStatus};
-pub use call::{CallId, CallMeta, CallOutcome, CallRecord, CallState, CallbackOutcome, QueuedCall};
+pub use call::{
+    CallId, CallMeta, CallOutcome, CallRecord, CallResult, CallState, CallbackOutcome, QueuedCall,
+};
 pub use name::{DEFAULT_NAMESPACE, FunctionRef, NameError};
 pub use retry::RetryPolicy;
 pub use seams::{

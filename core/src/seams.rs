@@ -17,7 +17,7 @@ use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 
 use crate::api::FunctionDeployment;
-use crate::call::{CallId, CallOutcome, CallRecord, CallbackOutcome, QueuedCall};
+use crate::call::{CallId, CallOutcome, CallRecord, CallResult, CallbackOutcome, QueuedCall};
 use crate::name::FunctionRef;
 use crate::time::Timestamp;
 
@@ -180,6 +180,12 @@ pub trait CallStore: Send + Sync + Debug {
     async fn cancel(&self, id: &CallId, at: Timestamp) -> Result<Option<CallRecord>, StoreError>;
     /// Records how the invocation ended.
     async fn finish(&self, id: &CallId, outcome: &CallOutcome) -> Result<(), StoreError>;
+    /// Keeps the function's response to a finished call (replacing any kept before).
+    async fn store_result(&self, id: &CallId, result: &CallResult) -> Result<(), StoreError>;
+    /// The kept response, if there is one.
+    async fn result(&self, id: &CallId) -> Result<Option<CallResult>, StoreError>;
+    /// Drops responses kept since before `before`; returns how many.
+    async fn purge_results(&self, before: Timestamp) -> Result<u64, StoreError>;
     /// Records how the callback went.
     async fn record_callback(
         &self,

@@ -25,6 +25,32 @@ pub(crate) async fn get(
         .ok_or_else(|| ApiError::NotFound(format!("call {id}")))
 }
 
+/// `GET /system/calls/<id>/result`: the function's response to a finished call, as it gave it.
+pub(crate) async fn result(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<axum::response::Response, ApiError> {
+    let id = CallId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let Some(result) = state.calls.result(&id).await? else {
+        return Err(match state.calls.get(&id).await? {
+            None => ApiError::NotFound(format!("call {id}")),
+            Some(call) => ApiError::NotFound(format!(
+                "result of call {id} (it is {}; results are kept for finished calls, up to a \
+                 size and for a time)",
+                call.state.as_str()
+            )),
+        });
+    };
+    let mut response = axum::response::Response::builder().status(result.status_code);
+    for (k, v) in &result.headers {
+        response = response.header(k, v);
+    }
+    response
+        .header(sluice_core::headers::CALL_ID, id.as_str())
+        .body(axum::body::Body::from(result.body))
+        .map_err(|e| ApiError::Internal(format!("replaying a kept result: {e}")))
+}
+
 /// `DELETE /system/calls/<id>`: cancels a call that is still queued.
 pub(crate) async fn cancel(
     State(state): State<AppState>,

@@ -171,6 +171,7 @@ pub fn router(state: AppState) -> Router {
         .route("/system/logs", get(logs::logs))
         .route("/system/calls", get(calls::list))
         .route("/system/calls/{id}", get(calls::get).delete(calls::cancel))
+        .route("/system/calls/{id}/result", get(calls::result))
         .route("/function/{*target}", any(invoke::sync))
         .route("/async-function/{*target}", any(invoke::submit))
         .fallback(|uri: axum::http::Uri| async move {

@@ -37,6 +37,9 @@ pub struct WorkerConfig {
     pub callback_backoff: Duration,
     /// At shutdown, how long in-flight calls may take to finish before they are released.
     pub shutdown_grace: Duration,
+    /// Largest function response kept for `GET /system/calls/<id>/result`, and for how long.
+    pub result_max_bytes: usize,
+    pub result_retention: Duration,
     /// Sent as `X-Sluice-Internal`, so the gateway does not count the worker's requests against
     /// its client in-flight limit (the worker bounds its own with `concurrency`).
     pub internal_token: Option<String>,
@@ -53,6 +56,8 @@ impl WorkerConfig {
             callback_attempts: 5,
             callback_backoff: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(10),
+            result_max_bytes: 1024 * 1024,
+            result_retention: Duration::from_secs(24 * 3600),
             internal_token: None,
         }
     }
@@ -96,6 +101,7 @@ pub async fn run(
     };
     let slots = Arc::new(Semaphore::new(worker.config.concurrency.max(1)));
     let tracker = TaskTracker::new();
+    tracker.spawn(purge_results(worker.clone(), shutdown.clone()));
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -209,6 +215,7 @@ impl Worker {
                 }
             }
             self.calls.finish(&id, &outcome).await?;
+            self.keep_result(&id, &result).await;
             if let Some(url) = call.meta.callback_url.as_deref() {
                 let retries = (attempt > 1).then(|| (attempt - 1, policy.attempts - 1));
                 let delivered =
@@ -252,6 +259,29 @@ impl Worker {
         }
     }
 
+    /// Keeps the function's response for `GET /system/calls/<id>/result`, if it is small enough.
+    async fn keep_result(&self, id: &sluice_core::CallId, invocation: &invoke::Invocation) {
+        let Some(response) = &invocation.response else {
+            return;
+        };
+        if response.body.len() > self.config.result_max_bytes {
+            return;
+        }
+        let result = sluice_core::CallResult {
+            status_code: response.status,
+            headers: response
+                .headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                .collect(),
+            body: response.body.clone(),
+            stored_at: Timestamp::now(),
+        };
+        if let Err(error) = self.calls.store_result(id, &result).await {
+            tracing::warn!(call = %id, %error, "could not keep the call's result");
+        }
+    }
+
     /// The function's retry policy; the default if it cannot be read (the function may be gone).
     async fn policy(&self, function: &sluice_core::FunctionRef) -> RetryPolicy {
         match self.functions.get(function).await {
@@ -274,6 +304,27 @@ impl Worker {
                 self.calls.start_attempt(&meta.id, Timestamp::now()).await
             }
             other => other,
+        }
+    }
+}
+
+/// How often kept results past their retention are dropped.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// Drops kept results past their retention, now and then, until shutdown.
+async fn purge_results(worker: Worker, shutdown: CancellationToken) {
+    loop {
+        let before = Timestamp::from_system_time(
+            std::time::SystemTime::now() - worker.config.result_retention,
+        );
+        match worker.calls.purge_results(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "dropped kept results past their retention"),
+            Err(error) => tracing::warn!(%error, "could not drop old results"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(PURGE_EVERY) => {}
         }
     }
 }

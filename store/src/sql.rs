@@ -13,7 +13,7 @@ macro_rules! sql_store {
 
             use async_trait::async_trait;
             use sluice_core::{
-                CallFilter, CallId, CallOutcome, CallRecord, CallState, CallStore, CallbackOutcome,
+                CallFilter, CallId, CallOutcome, CallRecord, CallResult, CallState, CallStore, CallbackOutcome,
                 FunctionDeployment, FunctionRef, FunctionSpec, FunctionStore, StoreError, Timestamp,
             };
             use sqlx::Row;
@@ -291,6 +291,52 @@ macro_rules! sql_store {
                     return Err(StoreError::NotFound(format!("call {id}")));
                 }
                 Ok(())
+            }
+
+            async fn store_result(&self, id: &CallId, result: &CallResult) -> Result<(), StoreError> {
+                let headers = serde_json::to_string(&result.headers).map_err(unavailable)?;
+                sqlx::query(
+                    "INSERT INTO call_results (id, status_code, headers, body, stored_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET \
+                     status_code = EXCLUDED.status_code, headers = EXCLUDED.headers, \
+                     body = EXCLUDED.body, stored_at = EXCLUDED.stored_at",
+                )
+                .bind(id.as_str())
+                .bind(i64::from(result.status_code))
+                .bind(headers)
+                .bind(result.body.as_ref())
+                .bind(result.stored_at.as_millis())
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok(())
+            }
+
+            async fn result(&self, id: &CallId) -> Result<Option<CallResult>, StoreError> {
+                let Some(row) = sqlx::query("SELECT * FROM call_results WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(unavailable)?
+                else {
+                    return Ok(None);
+                };
+                let headers: String = row.get("headers");
+                Ok(Some(CallResult {
+                    status_code: u16::try_from(row.get::<i64, _>("status_code")).unwrap_or(500),
+                    headers: serde_json::from_str(&headers).map_err(unavailable)?,
+                    body: row.get::<Vec<u8>, _>("body").into(),
+                    stored_at: Timestamp::from_millis(row.get("stored_at")),
+                }))
+            }
+
+            async fn purge_results(&self, before: Timestamp) -> Result<u64, StoreError> {
+                let done = sqlx::query("DELETE FROM call_results WHERE stored_at < $1")
+                    .bind(before.as_millis())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(done.rows_affected())
             }
 
             async fn record_callback(

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_core::{
-    CallFilter, CallId, CallMeta, CallOutcome, CallQueue, CallRecord, CallState, CallStore,
-    CallbackOutcome, FunctionDeployment, FunctionRef, FunctionSpec, FunctionStore, QueueError,
-    QueuedCall, StoreError, Timestamp,
+    CallFilter, CallId, CallMeta, CallOutcome, CallQueue, CallRecord, CallResult, CallState,
+    CallStore, CallbackOutcome, FunctionDeployment, FunctionRef, FunctionSpec, FunctionStore,
+    QueueError, QueuedCall, StoreError, Timestamp,
 };
 use sluice_store::{PgStore, SqliteQueue, SqliteStore, open_sqlite};
 
@@ -152,6 +152,41 @@ async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
             .unwrap()
             .is_none()
     );
+    // Results: kept, replaced, purged by age.
+    assert_eq!(store.result(&c.meta.id).await.unwrap(), None);
+    let mut kept = CallResult {
+        status_code: 201,
+        headers: vec![("content-type".into(), "application/octet-stream".into())],
+        body: Bytes::from_static(&[0, 159, 146, 150, 255]),
+        stored_at: Timestamp::from_millis(5_000),
+    };
+    store.store_result(&c.meta.id, &kept).await.unwrap();
+    assert_eq!(
+        store.result(&c.meta.id).await.unwrap().as_ref(),
+        Some(&kept)
+    );
+    kept.status_code = 202;
+    store.store_result(&c.meta.id, &kept).await.unwrap();
+    assert_eq!(
+        store.result(&c.meta.id).await.unwrap().unwrap().status_code,
+        202
+    );
+    assert_eq!(
+        store
+            .purge_results(Timestamp::from_millis(5_000))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .purge_results(Timestamp::from_millis(5_001))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.result(&c.meta.id).await.unwrap(), None);
+
     // Cancelling: only a queued call; a cancelled one never starts.
     let doomed = call("cancel-me", b"");
     assert!(

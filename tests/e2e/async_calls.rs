@@ -177,6 +177,29 @@ async fn async_keeps_method_and_call_id_and_reports_failures() {
         (r["state"] == "succeeded").then_some(())
     })
     .await;
+    // The function's response is kept and replayed as it was given.
+    let kept = http
+        .get(format!("{url}/system/calls/order-17/result"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), 200);
+    assert_eq!(kept.headers()["x-echo-method"], "PUT");
+    assert_eq!(kept.headers()["x-call-id"], "order-17");
+    assert_eq!(kept.text().await.unwrap(), "kept");
+    let kept = http
+        .get(format!("{url}/system/calls/doomed-1/result"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), 400);
+    assert_eq!(kept.text().await.unwrap(), "failing with 400 as asked\n");
+    let none = http
+        .get(format!("{url}/system/calls/nothing-here/result"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 404);
     // The duplicate submission was not run a second time.
     let order: Value = get_json(&http, format!("{url}/system/calls/order-17")).await;
     assert_eq!(order["attempts"], 1);

@@ -106,6 +106,10 @@ async fn quickstart_with_the_cli() {
             .any(|l| l.starts_with(&id) && l.contains("succeeded")),
         "{listed}"
     );
+    assert_eq!(
+        ok(sluice(gw, &["call", &id, "--result"], "")),
+        "slept 0.1s\n"
+    );
     let call = ok(sluice(gw, &["call", &id], ""));
     assert!(call.contains("State:     succeeded"), "{call}");
     assert!(call.contains("delivered"), "{call}");
