@@ -184,8 +184,14 @@ pub trait CallStore: Send + Sync + Debug {
     async fn store_result(&self, id: &CallId, result: &CallResult) -> Result<(), StoreError>;
     /// The kept response, if there is one.
     async fn result(&self, id: &CallId) -> Result<Option<CallResult>, StoreError>;
-    /// Drops responses kept since before `before`; returns how many.
+    /// Drops responses and requests kept since before `before`; returns how many.
     async fn purge_results(&self, before: Timestamp) -> Result<u64, StoreError>;
+    /// Keeps the request of a call that failed for good, so it can be re-driven.
+    async fn keep_request(&self, call: &QueuedCall, at: Timestamp) -> Result<(), StoreError>;
+    /// Makes a failed call queued again for a re-drive (attempts start again from zero) and
+    /// hands back its kept request. `None` (and no change) unless the call is `failed` with its
+    /// request kept.
+    async fn requeue_failed(&self, id: &CallId) -> Result<Option<QueuedCall>, StoreError>;
     /// Records how the callback went.
     async fn record_callback(
         &self,

@@ -51,6 +51,42 @@ pub(crate) async fn result(
         .map_err(|e| ApiError::Internal(format!("replaying a kept result: {e}")))
 }
 
+/// `POST /system/calls/<id>/retry`: re-drives a failed call (after its function was fixed, say).
+/// It is queued again with its original request, and its attempts start from zero.
+pub(crate) async fn retry(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<axum::response::Response, ApiError> {
+    let id = CallId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let Some(call) = state.calls.requeue_failed(&id).await? else {
+        return Err(match state.calls.get(&id).await? {
+            None => ApiError::NotFound(format!("call {id}")),
+            Some(c) if c.state != CallState::Failed => ApiError::Conflict(format!(
+                "call {id} is {}; only a failed call can be re-driven",
+                c.state.as_str()
+            )),
+            Some(_) => ApiError::Conflict(format!(
+                "call {id} failed, but its request is no longer kept (it outlived the retention)"
+            )),
+        });
+    };
+    if let Err(e) = state.queue.enqueue(&call).await {
+        let outcome = sluice_core::CallOutcome {
+            state: CallState::Failed,
+            status_code: None,
+            error: Some("re-drive failed: the queue was unavailable; re-drive it again".into()),
+            finished_at: Timestamp::now(),
+            duration_ms: 0,
+        };
+        // Put things back as they were, so the call can be re-driven again.
+        let _ = state.calls.keep_request(&call, Timestamp::now()).await;
+        let _ = state.calls.finish(&id, &outcome).await;
+        return Err(e.into());
+    }
+    tracing::info!(call = %id, "re-driven");
+    crate::invoke::accepted(&id, call.meta.submitted_at)
+}
+
 /// `DELETE /system/calls/<id>`: cancels a call that is still queued.
 pub(crate) async fn cancel(
     State(state): State<AppState>,

@@ -212,7 +212,7 @@ fn check_same_function(meta: &CallMeta, existing: &CallRecord) -> Result<(), Api
     Ok(())
 }
 
-fn accepted(id: &CallId, submitted_at: Timestamp) -> Result<Response, ApiError> {
+pub(crate) fn accepted(id: &CallId, submitted_at: Timestamp) -> Result<Response, ApiError> {
     Response::builder()
         .status(StatusCode::ACCEPTED)
         .header(headers::CALL_ID, id.as_str())

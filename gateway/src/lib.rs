@@ -172,6 +172,7 @@ pub fn router(state: AppState) -> Router {
         .route("/system/calls", get(calls::list))
         .route("/system/calls/{id}", get(calls::get).delete(calls::cancel))
         .route("/system/calls/{id}/result", get(calls::result))
+        .route("/system/calls/{id}/retry", post(calls::retry))
         .route("/function/{*target}", any(invoke::sync))
         .route("/async-function/{*target}", any(invoke::submit))
         .fallback(|uri: axum::http::Uri| async move {

@@ -214,6 +214,10 @@ impl Worker {
                     outcome.error = Some(format!("gave up after {attempt} attempts: {reason}"));
                 }
             }
+            if outcome.state == CallState::Failed {
+                // Kept first, so a failed call can always be re-driven.
+                self.calls.keep_request(&call, Timestamp::now()).await?;
+            }
             self.calls.finish(&id, &outcome).await?;
             self.keep_result(&id, &result).await;
             if let Some(url) = call.meta.callback_url.as_deref() {

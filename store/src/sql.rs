@@ -14,7 +14,8 @@ macro_rules! sql_store {
             use async_trait::async_trait;
             use sluice_core::{
                 CallFilter, CallId, CallOutcome, CallRecord, CallResult, CallState, CallStore, CallbackOutcome,
-                FunctionDeployment, FunctionRef, FunctionSpec, FunctionStore, StoreError, Timestamp,
+                FunctionDeployment, FunctionRef, FunctionSpec, FunctionStore, QueuedCall, StoreError,
+                Timestamp,
             };
             use sqlx::Row;
 
@@ -331,12 +332,69 @@ macro_rules! sql_store {
             }
 
             async fn purge_results(&self, before: Timestamp) -> Result<u64, StoreError> {
-                let done = sqlx::query("DELETE FROM call_results WHERE stored_at < $1")
-                    .bind(before.as_millis())
-                    .execute(&self.pool)
+                let mut purged = 0;
+                for table in ["call_results", "call_requests"] {
+                    let done = sqlx::query(&format!("DELETE FROM {table} WHERE stored_at < $1"))
+                        .bind(before.as_millis())
+                        .execute(&self.pool)
+                        .await
+                        .map_err(unavailable)?;
+                    purged += done.rows_affected();
+                }
+                Ok(purged)
+            }
+
+            async fn keep_request(&self, call: &QueuedCall, at: Timestamp) -> Result<(), StoreError> {
+                let meta = serde_json::to_string(&call.meta).map_err(unavailable)?;
+                sqlx::query(
+                    "INSERT INTO call_requests (id, meta, body, stored_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (id) DO UPDATE SET meta = EXCLUDED.meta, body = EXCLUDED.body, \
+                     stored_at = EXCLUDED.stored_at",
+                )
+                .bind(call.meta.id.as_str())
+                .bind(meta)
+                .bind(call.body.as_ref())
+                .bind(at.as_millis())
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok(())
+            }
+
+            async fn requeue_failed(&self, id: &CallId) -> Result<Option<QueuedCall>, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(unavailable)?;
+                let Some(row) = sqlx::query("SELECT meta, body FROM call_requests WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(unavailable)?
+                else {
+                    return Ok(None);
+                };
+                let requeued = sqlx::query(
+                    "UPDATE calls SET state = 'queued', attempts = 0, started_at = NULL, \
+                     finished_at = NULL, duration_ms = NULL, status_code = NULL, error = NULL, \
+                     callback = NULL WHERE id = $1 AND state = 'failed'",
+                )
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                if requeued.rows_affected() == 0 {
+                    return Ok(None);
+                }
+                sqlx::query("DELETE FROM call_requests WHERE id = $1")
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
-                Ok(done.rows_affected())
+                let meta: String = row.get("meta");
+                let call = QueuedCall {
+                    meta: serde_json::from_str(&meta).map_err(unavailable)?,
+                    body: row.get::<Vec<u8>, _>("body").into(),
+                };
+                tx.commit().await.map_err(unavailable)?;
+                Ok(Some(call))
             }
 
             async fn record_callback(

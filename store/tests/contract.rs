@@ -187,6 +187,57 @@ async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
     );
     assert_eq!(store.result(&c.meta.id).await.unwrap(), None);
 
+    // Re-driving: only a failed call whose request was kept; attempts start again.
+    let failing = call("redrive-me", b"payload");
+    assert!(
+        CallStore::create(store, &CallRecord::queued(&failing.meta))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.requeue_failed(&failing.meta.id).await.unwrap(), None);
+    store
+        .start_attempt(&failing.meta.id, Timestamp::now())
+        .await
+        .unwrap();
+    let gave_up = CallOutcome {
+        state: CallState::Failed,
+        status_code: Some(500),
+        error: Some("gave up".into()),
+        finished_at: Timestamp::now(),
+        duration_ms: 3,
+    };
+    store.finish(&failing.meta.id, &gave_up).await.unwrap();
+    assert_eq!(
+        store.requeue_failed(&failing.meta.id).await.unwrap(),
+        None,
+        "nothing kept yet"
+    );
+    store
+        .keep_request(&failing, Timestamp::now())
+        .await
+        .unwrap();
+    let back = store
+        .requeue_failed(&failing.meta.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.body, failing.body);
+    assert_eq!(back.meta.id, failing.meta.id);
+    let record = CallStore::get(store, &failing.meta.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (record.state, record.attempts, record.error),
+        (CallState::Queued, 0, None)
+    );
+    assert_eq!(
+        store.requeue_failed(&failing.meta.id).await.unwrap(),
+        None,
+        "re-driven twice"
+    );
+    assert!(store.forget(&failing.meta.id).await.unwrap());
+
     // Cancelling: only a queued call; a cancelled one never starts.
     let doomed = call("cancel-me", b"");
     assert!(

@@ -387,9 +387,17 @@ async fn failed_attempts_are_retried_with_backoff_then_given_up() {
             .status(),
         202
     );
+    // Fails all 4 attempts, then works once re-driven ("after a fix").
+    assert_eq!(
+        submit("fixed-later", "key=d&fail=4")
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
 
-    eventually("three callbacks", || async {
-        (receiver.count() >= 3).then_some(())
+    eventually("four callbacks", || async {
+        (receiver.count() >= 4).then_some(())
     })
     .await;
     let by_id: HashMap<String, _> = receiver
@@ -397,7 +405,19 @@ async fn failed_attempts_are_retried_with_backoff_then_given_up() {
         .into_iter()
         .map(|cb| (cb.header("x-call-id").to_owned(), cb))
         .collect();
-    assert_eq!(by_id.len(), 3, "a call called back more than once");
+    let all: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|c| {
+            format!(
+                "{}={}",
+                c.header("x-call-id"),
+                c.header("x-function-status")
+            )
+        })
+        .collect();
+    assert_eq!(by_id.len(), 4, "a call called back more than once: {all:?}");
+    assert_eq!(by_id["fixed-later"].header("x-function-status"), "503");
     let recovers = &by_id["recovers"];
     assert_eq!(recovers.header("x-function-status"), "200");
     assert_eq!(recovers.body, "call 3 for 'a' succeeds\n");
@@ -437,6 +457,29 @@ async fn failed_attempts_are_retried_with_backoff_then_given_up() {
     assert_eq!(
         (r["state"].as_str(), r["attempts"].as_u64()),
         (Some("failed"), Some(1))
+    );
+
+    // Re-driving: the failed call runs again from its kept request and calls back again.
+    let retry = |id: &'static str| http.post(format!("{url}/system/calls/{id}/retry")).send();
+    assert_eq!(retry("fixed-later").await.unwrap().status(), 202);
+    assert_eq!(
+        retry("recovers").await.unwrap().status(),
+        409,
+        "a succeeded call re-driven"
+    );
+    assert_eq!(retry("never-was").await.unwrap().status(), 404);
+    eventually("the re-driven call's callback", || async {
+        (receiver.count() >= 5).then_some(())
+    })
+    .await;
+    let last = receiver.received().pop().unwrap();
+    assert_eq!(last.header("x-call-id"), "fixed-later");
+    assert_eq!(last.header("x-function-status"), "200");
+    assert_eq!(last.body, "call 5 for 'd' succeeds\n");
+    let r = record("fixed-later").await;
+    assert_eq!(
+        (r["state"].as_str(), r["attempts"].as_u64()),
+        (Some("succeeded"), Some(1))
     );
 
     // Bad retry annotations are refused at deploy.
