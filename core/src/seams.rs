@@ -182,6 +182,8 @@ pub trait CallStore: Send + Sync + Debug {
     async fn finish(&self, id: &CallId, outcome: &CallOutcome) -> Result<(), StoreError>;
     /// Keeps the function's response to a finished call (replacing any kept before).
     async fn store_result(&self, id: &CallId, result: &CallResult) -> Result<(), StoreError>;
+    /// Drops a kept response.
+    async fn forget_result(&self, id: &CallId) -> Result<(), StoreError>;
     /// The kept response, if there is one.
     async fn result(&self, id: &CallId) -> Result<Option<CallResult>, StoreError>;
     /// Drops responses and requests kept since before `before`; returns how many.

@@ -1,11 +1,15 @@
-//! Delivering an async call's result to its `X-Callback-Url`, with bounded retries.
+//! Delivering an async call's result to its `X-Callback-Url`: one try per delivery of the call.
 //!
 //! The callback is what OpenFaaS's queue worker sends: the function's body and headers, plus
 //! `X-Call-Id`, `X-Function-Name`, `X-Function-Status`, `X-Duration-Seconds` and `X-Start-Time`.
+//! A try that fails is not retried here: the worker gives the call back to the queue with a
+//! delay, and the next delivery tries the callback again (without running the function again),
+//! so waiting for a receiver holds no worker slot and survives a restart.
 
+use bytes::Bytes;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use sluice_core::headers;
-use sluice_core::{CallbackOutcome, PLATFORM_ERROR_HEADER, QueuedCall, Timestamp};
+use sluice_core::{CallMeta, CallResult, PLATFORM_ERROR_HEADER};
 
 use crate::WorkerConfig;
 use crate::invoke::Invocation;
@@ -17,83 +21,121 @@ const RETRY_MAX: &str = "x-retry-max";
 /// Status reported to the callback when the function could not be reached at all.
 const UNREACHABLE_STATUS: u16 = 502;
 
-pub(crate) async fn deliver(
+/// What a callback carries.
+#[derive(Debug, Clone)]
+pub(crate) struct Payload {
+    pub(crate) status: u16,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) duration_seconds: f64,
+    /// Retries made and allowed, when there were retries.
+    pub(crate) retries: Option<(u32, u32)>,
+}
+
+fn unreachable(error: &str) -> (u16, HeaderMap, Bytes) {
+    let body = serde_json::json!({ "code": "upstream_unreachable", "message": error });
+    let mut head = HeaderMap::new();
+    head.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    head.insert(
+        PLATFORM_ERROR_HEADER,
+        HeaderValue::from_static("upstream_unreachable"),
+    );
+    (UNREACHABLE_STATUS, head, body.to_string().into())
+}
+
+impl Payload {
+    /// From an invocation that just finished.
+    pub(crate) fn from_invocation(invocation: &Invocation, retries: Option<(u32, u32)>) -> Self {
+        let (status, headers, body) = match &invocation.response {
+            Some(r) => (r.status, r.headers.clone(), r.body.clone()),
+            None => unreachable(invocation.error.as_deref().unwrap_or("no response")),
+        };
+        Self {
+            status,
+            headers,
+            body,
+            duration_seconds: invocation.duration.as_secs_f64(),
+            retries,
+        }
+    }
+
+    /// From what was kept of a call that finished earlier: its response, or (when it had none)
+    /// the error it was recorded with.
+    pub(crate) fn from_kept(
+        result: Option<CallResult>,
+        error: Option<&str>,
+        duration_seconds: f64,
+        retries: Option<(u32, u32)>,
+    ) -> Self {
+        let (status, headers, body) = match result {
+            Some(r) => {
+                let mut head = HeaderMap::new();
+                for (k, v) in &r.headers {
+                    if let (Ok(k), Ok(v)) = (
+                        reqwest::header::HeaderName::try_from(k.as_str()),
+                        HeaderValue::try_from(v.as_str()),
+                    ) {
+                        head.append(k, v);
+                    }
+                }
+                (r.status_code, head, r.body)
+            }
+            None => unreachable(error.unwrap_or("no response")),
+        };
+        Self {
+            status,
+            headers,
+            body,
+            duration_seconds,
+            retries,
+        }
+    }
+}
+
+/// One try. `Ok(status)` when the receiver took it (2xx), `Err((status, reason))` when not.
+pub(crate) async fn send(
     http: &reqwest::Client,
     config: &WorkerConfig,
-    call: &QueuedCall,
-    invocation: &Invocation,
+    meta: &CallMeta,
+    payload: &Payload,
     url: &str,
-    retries: Option<(u32, u32)>,
-) -> CallbackOutcome {
-    let meta = &call.meta;
-    let mut wait = config.callback_backoff;
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let (status, mut head, body) = match &invocation.response {
-            Some(r) => (r.status, r.headers.clone(), r.body.clone()),
-            None => {
-                let error = invocation.error.as_deref().unwrap_or("no response");
-                let body = serde_json::json!({ "code": "upstream_unreachable", "message": error });
-                let mut head = HeaderMap::new();
-                head.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                head.insert(
-                    PLATFORM_ERROR_HEADER,
-                    HeaderValue::from_static("upstream_unreachable"),
-                );
-                (UNREACHABLE_STATUS, head, body.to_string().into())
-            }
-        };
-        // Ours replace any the function set with the same names.
-        let ours = [
-            (headers::CALL_ID, meta.id.to_string()),
-            (headers::FUNCTION_NAME, meta.function.name.clone()),
-            (headers::FUNCTION_STATUS, status.to_string()),
-            (
-                headers::DURATION_SECONDS,
-                format!("{:.6}", invocation.duration.as_secs_f64()),
-            ),
-            (
-                headers::START_TIME,
-                meta.submitted_at.as_nanos().to_string(),
-            ),
-        ];
-        let retry_headers = retries
-            .map(|(made, max)| [(RETRY, made.to_string()), (RETRY_MAX, max.to_string())])
-            .into_iter()
-            .flatten();
-        for (name, value) in ours.into_iter().chain(retry_headers) {
-            if let Ok(value) = HeaderValue::try_from(value) {
-                head.insert(name, value);
-            }
+) -> Result<u16, (Option<u16>, String)> {
+    let mut head = payload.headers.clone();
+    // Ours replace any the function set with the same names.
+    let ours = [
+        (headers::CALL_ID, meta.id.to_string()),
+        (headers::FUNCTION_NAME, meta.function.name.clone()),
+        (headers::FUNCTION_STATUS, payload.status.to_string()),
+        (
+            headers::DURATION_SECONDS,
+            format!("{:.6}", payload.duration_seconds),
+        ),
+        (
+            headers::START_TIME,
+            meta.submitted_at.as_nanos().to_string(),
+        ),
+    ];
+    let retry_headers = payload
+        .retries
+        .map(|(made, max)| [(RETRY, made.to_string()), (RETRY_MAX, max.to_string())])
+        .into_iter()
+        .flatten();
+    for (name, value) in ours.into_iter().chain(retry_headers) {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            head.insert(name, value);
         }
-        let request = http
-            .post(url)
-            .timeout(config.callback_timeout)
-            .headers(head)
-            .body(body);
-        let (delivered, status_code, error) = match request.send().await {
-            Ok(r) if r.status().is_success() => (true, Some(r.status().as_u16()), None),
-            Ok(r) => (
-                false,
-                Some(r.status().as_u16()),
-                Some(format!("receiver answered {}", r.status())),
-            ),
-            Err(e) => (false, None, Some(format!("receiver unreachable: {e}"))),
-        };
-        if delivered || attempts >= config.callback_attempts.max(1) {
-            if let Some(error) = &error {
-                tracing::warn!(call = %meta.id, %error, attempts, "callback not delivered");
-            }
-            return CallbackOutcome {
-                delivered,
-                status_code,
-                error,
-                attempts,
-                at: Timestamp::now(),
-            };
-        }
-        tokio::time::sleep(wait).await;
-        wait = wait.saturating_mul(2);
+    }
+    let request = http
+        .post(url)
+        .timeout(config.callback_timeout)
+        .headers(head)
+        .body(payload.body.clone());
+    match request.send().await {
+        Ok(r) if r.status().is_success() => Ok(r.status().as_u16()),
+        Ok(r) => Err((
+            Some(r.status().as_u16()),
+            format!("receiver answered {}", r.status()),
+        )),
+        Err(e) => Err((None, format!("receiver unreachable: {e}"))),
     }
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::{
-    CallOutcome, CallQueue, CallRecord, CallState, CallStore, Delivery, FunctionStore, QueueError,
-    RetryPolicy, StoreError, Timestamp,
+    CallOutcome, CallQueue, CallRecord, CallState, CallStore, CallbackOutcome, Delivery,
+    FunctionStore, QueueError, QueuedCall, RetryPolicy, StoreError, Timestamp,
 };
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -30,10 +30,11 @@ pub struct WorkerConfig {
     pub invoke_timeout: Duration,
     /// Largest function response kept for the callback.
     pub max_response_bytes: usize,
-    /// How long one callback POST may take, and how many tries it gets.
+    /// How long one callback POST may take, and how many tries it gets in all.
     pub callback_timeout: Duration,
     pub callback_attempts: u32,
-    /// First wait between callback tries (doubles each time).
+    /// First wait between callback tries (doubles each time, up to a minute). The call waits
+    /// on the queue in between, holding no worker.
     pub callback_backoff: Duration,
     /// At shutdown, how long in-flight calls may take to finish before they are released.
     pub shutdown_grace: Duration,
@@ -53,8 +54,8 @@ impl WorkerConfig {
             invoke_timeout: Duration::from_secs(300),
             max_response_bytes: 16 * 1024 * 1024,
             callback_timeout: Duration::from_secs(30),
-            callback_attempts: 5,
-            callback_backoff: Duration::from_millis(500),
+            callback_attempts: 10,
+            callback_backoff: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             result_max_bytes: 1024 * 1024,
             result_retention: Duration::from_secs(24 * 3600),
@@ -159,22 +160,37 @@ impl Worker {
             lease,
         } = delivery;
         let id = call.meta.id.clone();
-        let attempt = match self.start(&call.meta).await {
-            Ok(Some(n)) => n,
-            Ok(None) => {
-                tracing::info!(call = %id, "cancelled; not run");
-                if let Err(error) = lease.ack().await {
-                    tracing::warn!(call = %id, %error, "ack of a cancelled call failed");
-                }
-                return;
+        // A call that already finished is back only because its callback is still owed (or a
+        // crash came between the callback and the ack): it is not run again.
+        let earlier = match self.calls.get(&id).await {
+            Ok(record) => {
+                record.filter(|r| matches!(r.state, CallState::Succeeded | CallState::Failed))
             }
             Err(error) => {
-                tracing::warn!(call = %id, %error, "could not record the call as running; releasing it");
+                tracing::warn!(call = %id, %error, "cannot read the call's record; releasing it");
                 let _ = lease.release(BACKEND_RETRY).await;
                 return;
             }
         };
-        tracing::debug!(call = %id, attempt, delivery_count, "invoking");
+        let attempt = match &earlier {
+            Some(record) => record.attempts,
+            None => match self.start(&call.meta).await {
+                Ok(Some(n)) => n,
+                Ok(None) => {
+                    tracing::info!(call = %id, "cancelled; not run");
+                    if let Err(error) = lease.ack().await {
+                        tracing::warn!(call = %id, %error, "ack of a cancelled call failed");
+                    }
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(call = %id, %error, "could not record the call as running; releasing it");
+                    let _ = lease.release(BACKEND_RETRY).await;
+                    return;
+                }
+            },
+        };
+        tracing::debug!(call = %id, attempt, delivery_count, "delivered");
 
         // In-progress acks while the call runs, so a long call is not redelivered elsewhere.
         let lost = CancellationToken::new();
@@ -192,43 +208,10 @@ impl Worker {
             }
         };
         let work = async {
-            let policy = self.policy(&call.meta.function).await;
-            let result = invoke::invoke(&self.http, &self.config, &call).await;
-            let mut outcome = result.outcome();
-            let status = outcome.status_code;
-            if outcome.state == CallState::Failed {
-                let reason = outcome.error.clone().unwrap_or_default();
-                if policy.retries(status) && attempt < policy.attempts {
-                    let retry_after = result.retry_after();
-                    let delay = policy.backoff(attempt, retry_after, rand::random::<f64>());
-                    outcome.state = CallState::Queued;
-                    outcome.error = Some(format!(
-                        "attempt {attempt} of {} failed: {reason}; retrying in {:.1}s",
-                        policy.attempts,
-                        delay.as_secs_f64()
-                    ));
-                    self.calls.finish(&id, &outcome).await?;
-                    return Ok(Step::Retry(delay));
-                }
-                if attempt > 1 {
-                    outcome.error = Some(format!("gave up after {attempt} attempts: {reason}"));
-                }
+            match &earlier {
+                Some(record) => self.owe_callback(&call, record).await,
+                None => self.run_call(&call, attempt).await,
             }
-            if outcome.state == CallState::Failed {
-                // Kept first, so a failed call can always be re-driven.
-                self.calls.keep_request(&call, Timestamp::now()).await?;
-            }
-            self.calls.finish(&id, &outcome).await?;
-            self.keep_result(&id, &result).await;
-            if let Some(url) = call.meta.callback_url.as_deref() {
-                let retries = (attempt > 1).then(|| (attempt - 1, policy.attempts - 1));
-                let delivered =
-                    callback::deliver(&self.http, &self.config, &call, &result, url, retries).await;
-                if let Err(error) = self.calls.record_callback(&id, &delivered).await {
-                    tracing::warn!(call = %id, %error, "could not record the callback outcome");
-                }
-            }
-            Ok::<_, StoreError>(Step::Done(outcome.state))
         };
         let finished = tokio::select! {
             r = work => Some(r),
@@ -240,17 +223,17 @@ impl Worker {
             Some(Ok(Step::Done(state))) => {
                 tracing::info!(call = %id, state = state.as_str(), attempt, "call finished");
                 if let Err(error) = lease.ack().await {
-                    tracing::warn!(call = %id, %error, "ack failed; the call may run again");
+                    tracing::warn!(call = %id, %error, "ack failed; the call may be delivered again");
                 }
             }
             Some(Ok(Step::Retry(delay))) => {
-                tracing::info!(call = %id, attempt, ?delay, "attempt failed; will retry");
+                tracing::info!(call = %id, attempt, ?delay, "not done yet; back on the queue");
                 if let Err(error) = lease.release(delay).await {
                     tracing::warn!(call = %id, %error, "could not schedule the retry; the lease will run out instead");
                 }
             }
             Some(Err(error)) => {
-                tracing::warn!(call = %id, %error, "could not record the outcome; the call will run again");
+                tracing::warn!(call = %id, %error, "could not record the outcome; the call will be delivered again");
                 let _ = lease.release(BACKEND_RETRY).await;
             }
             None if lost.is_cancelled() => {
@@ -263,13 +246,131 @@ impl Worker {
         }
     }
 
-    /// Keeps the function's response for `GET /system/calls/<id>/result`, if it is small enough.
-    async fn keep_result(&self, id: &sluice_core::CallId, invocation: &invoke::Invocation) {
-        let Some(response) = &invocation.response else {
-            return;
+    /// Runs one attempt of the call and records what came of it.
+    async fn run_call(&self, call: &QueuedCall, attempt: u32) -> Result<Step, StoreError> {
+        let id = &call.meta.id;
+        let policy = self.policy(&call.meta.function).await;
+        let result = invoke::invoke(&self.http, &self.config, call).await;
+        let mut outcome = result.outcome();
+        let status = outcome.status_code;
+        if outcome.state == CallState::Failed {
+            let reason = outcome.error.clone().unwrap_or_default();
+            if policy.retries(status) && attempt < policy.attempts {
+                let retry_after = result.retry_after();
+                let delay = policy.backoff(attempt, retry_after, rand::random::<f64>());
+                outcome.state = CallState::Queued;
+                outcome.error = Some(format!(
+                    "attempt {attempt} of {} failed: {reason}; retrying in {:.1}s",
+                    policy.attempts,
+                    delay.as_secs_f64()
+                ));
+                self.calls.finish(id, &outcome).await?;
+                return Ok(Step::Retry(delay));
+            }
+            if attempt > 1 {
+                outcome.error = Some(format!("gave up after {attempt} attempts: {reason}"));
+            }
+            // Kept first, so a failed call can always be re-driven.
+            self.calls.keep_request(call, Timestamp::now()).await?;
+        }
+        let owes_callback = call.meta.callback_url.is_some();
+        self.keep_result(id, &result, owes_callback).await?;
+        self.calls.finish(id, &outcome).await?;
+        let Some(url) = call.meta.callback_url.as_deref() else {
+            return Ok(Step::Done(outcome.state));
         };
-        if response.body.len() > self.config.result_max_bytes {
-            return;
+        let payload = callback::Payload::from_invocation(&result, retried(attempt, &policy));
+        self.callback(call, &payload, url, 0, outcome.state).await
+    }
+
+    /// Tries again the callback of a call that finished on an earlier delivery.
+    async fn owe_callback(
+        &self,
+        call: &QueuedCall,
+        record: &CallRecord,
+    ) -> Result<Step, StoreError> {
+        let (Some(url), false) = (
+            call.meta.callback_url.as_deref(),
+            record.callback.as_ref().is_some_and(|c| c.delivered),
+        ) else {
+            return Ok(Step::Done(record.state));
+        };
+        let tried = record.callback.as_ref().map_or(0, |c| c.attempts);
+        if tried >= self.config.callback_attempts {
+            return Ok(Step::Done(record.state));
+        }
+        let policy = self.policy(&call.meta.function).await;
+        let payload = callback::Payload::from_kept(
+            self.calls.result(&call.meta.id).await?,
+            record.error.as_deref(),
+            record.duration_seconds.unwrap_or_default(),
+            retried(record.attempts, &policy),
+        );
+        self.callback(call, &payload, url, tried, record.state)
+            .await
+    }
+
+    /// One try of the callback; records it, and asks for another delivery if it failed and
+    /// tries are left.
+    async fn callback(
+        &self,
+        call: &QueuedCall,
+        payload: &callback::Payload,
+        url: &str,
+        tried: u32,
+        state: CallState,
+    ) -> Result<Step, StoreError> {
+        let id = &call.meta.id;
+        let attempts = tried + 1;
+        let sent = callback::send(&self.http, &self.config, &call.meta, payload, url).await;
+        let outcome = CallbackOutcome {
+            delivered: sent.is_ok(),
+            status_code: match &sent {
+                Ok(code) => Some(*code),
+                Err((code, _)) => *code,
+            },
+            error: sent.as_ref().err().map(|(_, e)| e.clone()),
+            attempts,
+            at: Timestamp::now(),
+        };
+        self.calls.record_callback(id, &outcome).await?;
+        match sent {
+            Ok(_) => {
+                if payload.body.len() > self.config.result_max_bytes {
+                    // Kept only to call back: no longer needed.
+                    self.calls.forget_result(id).await?;
+                }
+                Ok(Step::Done(state))
+            }
+            Err((_, error)) if attempts < self.config.callback_attempts => {
+                let delay = self
+                    .config
+                    .callback_backoff
+                    .saturating_mul(1 << (attempts - 1).min(16))
+                    .min(CALLBACK_BACKOFF_MAX);
+                tracing::warn!(call = %id, %error, attempts, ?delay, "callback failed; will try again");
+                Ok(Step::Retry(delay))
+            }
+            Err((_, error)) => {
+                tracing::warn!(call = %id, %error, attempts, "callback failed; giving up");
+                Ok(Step::Done(state))
+            }
+        }
+    }
+
+    /// Keeps the function's response: for `GET /system/calls/<id>/result` if it is small
+    /// enough, and whatever its size while a callback may still need it.
+    async fn keep_result(
+        &self,
+        id: &sluice_core::CallId,
+        invocation: &invoke::Invocation,
+        owes_callback: bool,
+    ) -> Result<(), StoreError> {
+        let Some(response) = &invocation.response else {
+            return Ok(());
+        };
+        if response.body.len() > self.config.result_max_bytes && !owes_callback {
+            return Ok(());
         }
         let result = sluice_core::CallResult {
             status_code: response.status,
@@ -281,9 +382,7 @@ impl Worker {
             body: response.body.clone(),
             stored_at: Timestamp::now(),
         };
-        if let Err(error) = self.calls.store_result(id, &result).await {
-            tracing::warn!(call = %id, %error, "could not keep the call's result");
-        }
+        self.calls.store_result(id, &result).await
     }
 
     /// The function's retry policy; the default if it cannot be read (the function may be gone).
@@ -310,6 +409,14 @@ impl Worker {
             other => other,
         }
     }
+}
+
+/// Longest wait between two tries of a callback.
+const CALLBACK_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// Retries made and allowed, for the callback's `X-Retry` headers, when there were retries.
+fn retried(attempt: u32, policy: &RetryPolicy) -> Option<(u32, u32)> {
+    (attempt > 1).then(|| (attempt - 1, policy.attempts.saturating_sub(1)))
 }
 
 /// How often kept results past their retention are dropped.

@@ -313,6 +313,15 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn forget_result(&self, id: &CallId) -> Result<(), StoreError> {
+                sqlx::query("DELETE FROM call_results WHERE id = $1")
+                    .bind(id.as_str())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(())
+            }
+
             async fn result(&self, id: &CallId) -> Result<Option<CallResult>, StoreError> {
                 let Some(row) = sqlx::query("SELECT * FROM call_results WHERE id = $1")
                     .bind(id.as_str())

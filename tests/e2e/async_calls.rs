@@ -102,7 +102,12 @@ async fn five_hundred_async_calls_each_get_their_callback() {
     assert_eq!(listed, expected.keys().cloned().collect::<HashSet<_>>());
 
     for id in expected.keys() {
-        let record: Value = get_json(&http, format!("{url}/system/calls/{id}")).await;
+        // The callback's outcome is recorded just after the receiver answers.
+        let record: Value = eventually("the callback to be recorded", || async {
+            let r: Value = try_get_json(&http, format!("{url}/system/calls/{id}")).await?;
+            (r["callback"]["delivered"] == true).then_some(r)
+        })
+        .await;
         assert_eq!(record["state"], "succeeded", "{record}");
         assert_eq!(record["statusCode"], 200);
         assert_eq!(record["attempts"], 1);
@@ -575,4 +580,65 @@ async fn a_queued_call_can_be_cancelled_and_never_runs() {
         (second["state"].as_str(), second["attempts"].as_u64()),
         (Some("cancelled"), Some(0))
     );
+}
+
+#[tokio::test]
+async fn callbacks_wait_for_a_receiver_that_is_down_without_running_the_function_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut sluice = Sluice::start(&data, &[]);
+    let url = &sluice.url.clone();
+    let http = reqwest::Client::new();
+    let receiver = Receiver::start().await;
+    deploy(
+        &http,
+        url,
+        &sample("flaky", "python3 -u flaky.py", true, &[]),
+    )
+    .await;
+    receiver.refuse();
+    for i in 0..3 {
+        let r = http
+            .post(format!("{url}/async-function/flaky?key=k{i}"))
+            .header("X-Callback-Url", &receiver.url)
+            .header("X-Call-Id", format!("patient-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    // Every call has run and been refused its callback at least once.
+    eventually("the callbacks to be refused", || async {
+        for i in 0..3 {
+            let r: Value = try_get_json(&http, format!("{url}/system/calls/patient-{i}")).await?;
+            (r["callback"]["delivered"] == false && r["callback"]["attempts"].as_u64()? >= 1)
+                .then_some(())?;
+        }
+        Some(())
+    })
+    .await;
+    // Sluice dies with the callbacks still owed; the next start owes them still, and does not
+    // run the functions again for them (attempts stay at 1).
+    sluice.kill();
+    let sluice = Sluice::start(&data, &[]);
+    let url = &sluice.url;
+    assert!(receiver.accept() >= 3);
+    eventually("every callback", || async {
+        (receiver.count() == 3).then_some(())
+    })
+    .await;
+    for cb in receiver.received() {
+        let key = cb.header("x-call-id").replace("patient-", "k");
+        assert_eq!(cb.body, format!("call 1 for '{key}' succeeds\n"));
+    }
+    for i in 0..3 {
+        // The record is written just after the receiver answers.
+        let r: Value = eventually("the callback to be recorded", || async {
+            let r: Value = try_get_json(&http, format!("{url}/system/calls/patient-{i}")).await?;
+            (r["callback"]["delivered"] == true).then_some(r)
+        })
+        .await;
+        assert_eq!(r["attempts"], 1, "the function ran again: {r}");
+        assert!(r["callback"]["attempts"].as_u64().unwrap() >= 2, "{r}");
+    }
 }

@@ -110,9 +110,13 @@ async fn quickstart_with_the_cli() {
         ok(sluice(gw, &["call", &id, "--result"], "")),
         "slept 0.1s\n"
     );
-    let call = ok(sluice(gw, &["call", &id], ""));
+    // The callback's outcome is recorded just after the receiver answers.
+    let call = eventually("the callback to be recorded", || async {
+        let call = ok(sluice(gw, &["call", &id], ""));
+        call.contains("delivered").then_some(call)
+    })
+    .await;
     assert!(call.contains("State:     succeeded"), "{call}");
-    assert!(call.contains("delivered"), "{call}");
 
     eventually("sleep's two replicas listed as ready", || async {
         let list = ok(sluice(gw, &["list"], ""));

@@ -151,31 +151,60 @@ impl Callback {
     }
 }
 
-/// An HTTP server on a free port that records every callback POSTed to it.
+/// An HTTP server on a free port that records every callback POSTed to it (and can be told to
+/// refuse them for a while, as a receiver that is down).
 #[derive(Debug, Clone)]
 pub struct Receiver {
     pub url: String,
     seen: Arc<Mutex<Vec<Callback>>>,
+    refusing: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[derive(Debug, Clone)]
+struct ReceiverState {
+    seen: Arc<Mutex<Vec<Callback>>>,
+    refusing: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Receiver {
     pub async fn start() -> Self {
-        let seen: Arc<Mutex<Vec<Callback>>> = Arc::default();
-        let app =
-            axum::Router::new()
-                .fallback(
-                    |State(seen): State<Arc<Mutex<Vec<Callback>>>>,
-                     headers: HeaderMap,
-                     body: Bytes| async move {
-                        seen.lock().unwrap().push(Callback { headers, body });
-                        "thanks"
-                    },
-                )
-                .with_state(seen.clone());
+        use std::sync::atomic::Ordering;
+        let state = ReceiverState {
+            seen: Arc::default(),
+            refusing: Arc::default(),
+        };
+        let app = axum::Router::new()
+            .fallback(
+                |State(state): State<ReceiverState>, headers: HeaderMap, body: Bytes| async move {
+                    if state.refusing.load(Ordering::SeqCst) > 0 {
+                        state.refusing.fetch_add(1, Ordering::SeqCst);
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    state.seen.lock().unwrap().push(Callback { headers, body });
+                    axum::http::StatusCode::OK
+                },
+            )
+            .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/callback", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { url, seen }
+        Self {
+            url,
+            seen: state.seen,
+            refusing: state.refusing,
+        }
+    }
+
+    /// Answers 503 to every callback until [`Receiver::accept`].
+    pub fn refuse(&self) {
+        self.refusing.store(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Takes callbacks again; returns how many it refused meanwhile.
+    pub fn accept(&self) -> usize {
+        self.refusing
+            .swap(0, std::sync::atomic::Ordering::SeqCst)
+            .saturating_sub(1)
     }
 
     pub fn received(&self) -> Vec<Callback> {
