@@ -6,7 +6,9 @@ use std::collections::{HashMap, HashSet};
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use crate::harness::{Receiver, Sluice, deploy, eventually, get_json, sample, scale, try_get_json};
+use crate::harness::{
+    Receiver, Sluice, deploy, eventually, get_json, sample, scale, submit_async, try_get_json,
+};
 
 const CALLS: usize = 500;
 
@@ -138,13 +140,13 @@ async fn async_keeps_method_and_call_id_and_reports_failures() {
         assert_eq!(r.status(), 202);
         assert_eq!(r.headers()["x-call-id"], "order-17");
     }
-    let r = http
-        .post(format!("{url}/async-function/fail?status=400"))
-        .header("X-Callback-Url", &receiver.url)
-        .header("X-Call-Id", "doomed-1")
-        .send()
-        .await
-        .unwrap();
+    let r = submit_async(
+        &http,
+        format!("{url}/async-function/fail?status=400"),
+        &receiver,
+        "doomed-1",
+    )
+    .await;
     assert_eq!(r.status(), 202);
     // No callback URL: still runs, still recorded.
     let r = http
@@ -230,13 +232,13 @@ async fn a_function_that_cannot_be_reached_is_recorded_as_failed() {
     echo["annotations"]["com.openfaas.retry.min_wait"] = "50ms".into();
     deploy(&http, url, &echo).await;
     scale(&http, url, "echo", 0).await;
-    let r = http
-        .post(format!("{url}/async-function/echo"))
-        .header("X-Callback-Url", &receiver.url)
-        .header("X-Call-Id", "nobody-home")
-        .send()
-        .await
-        .unwrap();
+    let r = submit_async(
+        &http,
+        format!("{url}/async-function/echo"),
+        &receiver,
+        "nobody-home",
+    )
+    .await;
     assert_eq!(r.status(), 202);
     eventually("the callback", || async {
         (receiver.count() == 1).then_some(())
@@ -265,13 +267,13 @@ async fn redeploying_or_scaling_down_does_not_cut_running_calls() {
     deploy(&http, url, &sleep).await;
     scale(&http, url, "sleep", 2).await;
     for id in ["during-redeploy", "during-scale-down"] {
-        let r = http
-            .post(format!("{url}/async-function/sleep?seconds=2"))
-            .header("X-Callback-Url", &receiver.url)
-            .header("X-Call-Id", id)
-            .send()
-            .await
-            .unwrap();
+        let r = submit_async(
+            &http,
+            format!("{url}/async-function/sleep?seconds=2"),
+            &receiver,
+            id,
+        )
+        .await;
         assert_eq!(r.status(), 202);
     }
     for id in ["during-redeploy", "during-scale-down"] {
@@ -514,13 +516,13 @@ async fn a_queued_call_can_be_cancelled_and_never_runs() {
     )
     .await;
     for id in ["first", "second"] {
-        let r = http
-            .post(format!("{url}/async-function/sleep?seconds=1"))
-            .header("X-Callback-Url", &receiver.url)
-            .header("X-Call-Id", id)
-            .send()
-            .await
-            .unwrap();
+        let r = submit_async(
+            &http,
+            format!("{url}/async-function/sleep?seconds=1"),
+            &receiver,
+            id,
+        )
+        .await;
         assert_eq!(r.status(), 202);
     }
     eventually("the first call to run", || async {
@@ -557,13 +559,13 @@ async fn a_queued_call_can_be_cancelled_and_never_runs() {
     .await;
     // The worker takes the cancelled call next and drops it: wait until the queue is empty by
     // sending a third call and seeing it through.
-    let r = http
-        .post(format!("{url}/async-function/sleep?seconds=0"))
-        .header("X-Callback-Url", &receiver.url)
-        .header("X-Call-Id", "third")
-        .send()
-        .await
-        .unwrap();
+    let r = submit_async(
+        &http,
+        format!("{url}/async-function/sleep?seconds=0"),
+        &receiver,
+        "third",
+    )
+    .await;
     assert_eq!(r.status(), 202);
     eventually("the third call's callback", || async {
         (receiver.count() == 2).then_some(())

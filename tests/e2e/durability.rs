@@ -7,7 +7,9 @@ use std::collections::HashSet;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use crate::harness::{Receiver, Sluice, deploy, eventually, get_json, sample, scale, try_get_json};
+use crate::harness::{
+    Receiver, Sluice, deploy, eventually, get_json, sample, scale, submit_async, try_get_json,
+};
 
 const CALLS: usize = 200;
 
@@ -156,13 +158,13 @@ async fn a_call_still_running_at_shutdown_is_released_and_runs_again() {
         &sample("sleep", "python3 -u sleep.py", true, &[]),
     )
     .await;
-    let r = http
-        .post(format!("{url}/async-function/sleep?seconds=3"))
-        .header("X-Callback-Url", &receiver.url)
-        .header("X-Call-Id", "long-one")
-        .send()
-        .await
-        .unwrap();
+    let r = submit_async(
+        &http,
+        format!("{url}/async-function/sleep?seconds=3"),
+        &receiver,
+        "long-one",
+    )
+    .await;
     assert_eq!(r.status(), 202);
     eventually("the call to be running", || async {
         let r: Value = try_get_json(&http, format!("{url}/system/calls/long-one")).await?;

@@ -239,3 +239,19 @@ pub async fn scale(http: &reqwest::Client, url: &str, function: &str, replicas: 
         .unwrap();
     assert_eq!(r.status(), 202, "scale failed: {}", r.text().await.unwrap());
 }
+
+/// Submits an async call (POST to `target`, an `/async-function/...` URL) with the client's own
+/// call id and `receiver` as its callback.
+pub async fn submit_async(
+    http: &reqwest::Client,
+    target: String,
+    receiver: &Receiver,
+    call_id: impl AsRef<str>,
+) -> reqwest::Response {
+    http.post(target)
+        .header("X-Callback-Url", &receiver.url)
+        .header("X-Call-Id", call_id.as_ref())
+        .send()
+        .await
+        .unwrap()
+}
