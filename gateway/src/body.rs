@@ -26,8 +26,17 @@ pub(crate) async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Resul
     })
 }
 
+/// Reads the whole body within `limit` and parses it as JSON (see [`json`]).
+pub(crate) async fn read_json<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
+    json(&read(headers, body, limit).await?)
+}
+
 /// Parses a JSON body, naming the problem (missing field, wrong type, syntax) on failure.
-pub(crate) fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::BadRequest(
             "request body is empty; a JSON object is required".into(),

@@ -79,8 +79,13 @@ pub(crate) async fn retry(
             duration_ms: 0,
         };
         // Put things back as they were, so the call can be re-driven again.
-        let _ = state.calls.keep_request(&call, Timestamp::now()).await;
-        let _ = state.calls.finish(&id, &outcome).await;
+        let restored = async {
+            state.calls.keep_request(&call, Timestamp::now()).await?;
+            state.calls.finish(&id, &outcome).await
+        };
+        if let Err(error) = restored.await {
+            tracing::error!(call = %id, %error, "re-drive failed and the call could not be put back as failed");
+        }
         return Err(e.into());
     }
     tracing::info!(call = %id, "re-driven");

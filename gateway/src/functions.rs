@@ -113,8 +113,8 @@ pub(crate) async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let bytes = body::read(&headers, body, state.config.max_body_bytes).await?;
-    let (function, deployment) = checked(&state, body::json(&bytes)?)?;
+    let body = body::read_json(&headers, body, state.config.max_body_bytes).await?;
+    let (function, deployment) = checked(&state, body)?;
     let (min, _) = replica_bounds(&state, &deployment)?;
     let _serial = state.lock_function(&function).await;
     let spec = FunctionSpec {
@@ -144,8 +144,8 @@ pub(crate) async fn update(
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let bytes = body::read(&headers, body, state.config.max_body_bytes).await?;
-    let (function, deployment) = checked(&state, body::json(&bytes)?)?;
+    let body = body::read_json(&headers, body, state.config.max_body_bytes).await?;
+    let (function, deployment) = checked(&state, body)?;
     let _serial = state.lock_function(&function).await;
     let Some(existing) = state.functions.get(&function).await? else {
         return Err(ApiError::FunctionNotFound(function.to_string()));
@@ -177,8 +177,7 @@ pub(crate) async fn delete(
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let bytes = body::read(&headers, body, state.config.max_body_bytes).await?;
-    let req: DeleteRequest = body::json(&bytes)?;
+    let req: DeleteRequest = body::read_json(&headers, body, state.config.max_body_bytes).await?;
     let ns = req.namespace.as_deref().or(q.namespace.as_deref());
     let function = FunctionRef::parse(&req.function_name, ns)?;
     let _serial = state.lock_function(&function).await;
@@ -266,8 +265,7 @@ pub(crate) async fn scale(
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let bytes = body::read(&headers, body, state.config.max_body_bytes).await?;
-    let req: ScaleRequest = body::json(&bytes)?;
+    let req: ScaleRequest = body::read_json(&headers, body, state.config.max_body_bytes).await?;
     let function = FunctionRef::parse(&name, req.namespace.as_deref().or(q.namespace.as_deref()))?;
     let _serial = state.lock_function(&function).await;
     let spec = state
