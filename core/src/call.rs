@@ -64,6 +64,81 @@ pub struct CallMeta {
     pub headers: Vec<(String, String)>,
     pub callback_url: Option<String>,
     pub submitted_at: Timestamp,
+    /// The named queue the call waits on (`com.openfaas.queue`); `None` for the default queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueName>,
+    /// How many times the call was re-driven after failing for good; a re-drive is a new
+    /// message on the queue, not a duplicate of the first.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub redrive: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The annotation that puts a function's async calls on a named queue, as in OpenFaaS.
+pub const QUEUE_ANNOTATION: &str = "com.openfaas.queue";
+
+/// The name of a queue: 1 to 64 letters, digits, `-` or `_`, so it can name a NATS subject and
+/// consumer as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct QueueName(String);
+
+/// Why a queue name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("queue name {0:?} must be 1 to 64 letters, digits, '-' or '_'")]
+pub struct InvalidQueueName(pub String);
+
+impl QueueName {
+    /// The queue calls go to when their function names none.
+    pub const DEFAULT: &'static str = "default";
+
+    pub fn parse(s: &str) -> Result<Self, InvalidQueueName> {
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_');
+        if s.is_empty() || s.len() > 64 || !s.chars().all(ok) {
+            return Err(InvalidQueueName(s.to_owned()));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn default_queue() -> Self {
+        Self(Self::DEFAULT.to_owned())
+    }
+
+    /// The queue a deployment's annotations name, if any.
+    pub fn from_annotations(
+        annotations: Option<&std::collections::BTreeMap<String, String>>,
+    ) -> Result<Option<Self>, InvalidQueueName> {
+        annotations
+            .and_then(|a| a.get(QUEUE_ANNOTATION))
+            .map(|q| Self::parse(q.trim()))
+            .transpose()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for QueueName {
+    type Error = InvalidQueueName;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<QueueName> for String {
+    fn from(q: QueueName) -> Self {
+        q.0
+    }
+}
+
+impl fmt::Display for QueueName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// A call as it sits on the queue.

@@ -14,7 +14,8 @@ pub mod time;
 
 pub use api::{FunctionDeployment, FunctionResources, FunctionStatus};
 pub use call::{
-    CallId, CallMeta, CallOutcome, CallRecord, CallResult, CallState, CallbackOutcome, QueuedCall,
+    CallId, CallMeta, CallOutcome, CallRecord, CallResult, CallState, CallbackOutcome, QueueName,
+    QueuedCall,
 };
 pub use name::{DEFAULT_NAMESPACE, FunctionRef, NameError};
 pub use retry::RetryPolicy;

@@ -206,6 +206,9 @@ pub trait CallStore: Send + Sync + Debug {
 pub enum QueueError {
     #[error("queue unavailable: {0}")]
     Unavailable(String),
+    /// The queue holds as much as it is configured to; nothing was stored.
+    #[error("queue full: {0}")]
+    Full(String),
     #[error("the call's lease was lost (it will be redelivered)")]
     LeaseLost,
 }

@@ -58,7 +58,7 @@ pub(crate) async fn retry(
     ApiPath(id): ApiPath<String>,
 ) -> Result<axum::response::Response, ApiError> {
     let id = CallId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let Some(call) = state.calls.requeue_failed(&id).await? else {
+    let Some(mut call) = state.calls.requeue_failed(&id).await? else {
         return Err(match state.calls.get(&id).await? {
             None => ApiError::NotFound(format!("call {id}")),
             Some(c) if c.state != CallState::Failed => ApiError::Conflict(format!(
@@ -70,6 +70,8 @@ pub(crate) async fn retry(
             )),
         });
     };
+    // A new round: the queue must not take it for a duplicate of the first submission.
+    call.meta.redrive += 1;
     if let Err(e) = state.queue.enqueue(&call).await {
         let outcome = sluice_core::CallOutcome {
             state: CallState::Failed,

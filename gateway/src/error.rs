@@ -41,6 +41,8 @@ pub enum ApiError {
     StoreUnavailable(String),
     #[error("the call queue is unavailable; the call was not accepted, try again shortly")]
     QueueUnavailable(String),
+    #[error("the call queue is full; the call was not accepted, try again later")]
+    QueueFull(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -57,7 +59,8 @@ impl ApiError {
             | Self::Overloaded(_)
             | Self::NotReady { .. }
             | Self::StoreUnavailable(_)
-            | Self::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::QueueUnavailable(_)
+            | Self::QueueFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -81,6 +84,7 @@ impl ApiError {
             Self::Upstream(_) => "upstream_unreachable",
             Self::StoreUnavailable(_) => "store_unavailable",
             Self::QueueUnavailable(_) => "queue_unavailable",
+            Self::QueueFull(_) => "queue_full",
             Self::Internal(_) => "internal",
         }
     }
@@ -91,6 +95,7 @@ impl ApiError {
             | Self::Overloaded(_)
             | Self::StoreUnavailable(_)
             | Self::QueueUnavailable(_) => Some(1),
+            Self::QueueFull(_) => Some(5),
             _ => None,
         }
     }
@@ -102,6 +107,7 @@ impl IntoResponse for ApiError {
         match &self {
             Self::StoreUnavailable(detail)
             | Self::QueueUnavailable(detail)
+            | Self::QueueFull(detail)
             | Self::Internal(detail) => {
                 tracing::error!(code = self.code(), %detail, "request failed");
             }
@@ -155,7 +161,10 @@ impl From<StoreError> for ApiError {
 
 impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> Self {
-        Self::QueueUnavailable(e.to_string())
+        match e {
+            QueueError::Full(detail) => Self::QueueFull(detail),
+            other => Self::QueueUnavailable(other.to_string()),
+        }
     }
 }
 

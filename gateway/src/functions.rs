@@ -58,7 +58,6 @@ fn label_u32(d: &FunctionDeployment, key: &str) -> Result<Option<u32>, ApiError>
         .transpose()
 }
 
-/// The replica bounds a deployment asks for.
 /// The replica bounds a deployment asks for, held to this gateway's limit. A function deployed
 /// under a higher limit is still scaled, within the current one.
 fn replica_bounds(state: &AppState, d: &FunctionDeployment) -> Result<(u32, u32), ApiError> {
@@ -105,6 +104,12 @@ fn checked(
     check_replica_labels(state, &d)?;
     sluice_core::RetryPolicy::from_annotations(d.annotations.as_ref())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    sluice_core::QueueName::from_annotations(d.annotations.as_ref()).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "annotation {}: {e}",
+            sluice_core::call::QUEUE_ANNOTATION
+        ))
+    })?;
     Ok((function, d))
 }
 

@@ -7,7 +7,9 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use futures_util::TryStreamExt;
 use sluice_core::headers::{self, is_hop_by_hop};
-use sluice_core::{CallId, CallMeta, CallRecord, CallState, FunctionRef, QueuedCall, Timestamp};
+use sluice_core::{
+    CallId, CallMeta, CallRecord, CallState, FunctionRef, QueueName, QueuedCall, Timestamp,
+};
 
 use crate::error::ApiError;
 use crate::{AppState, body};
@@ -144,7 +146,15 @@ pub(crate) async fn submit(
     let (parts, body) = req.into_parts();
     let _admitted = state.admit(&parts.headers)?;
     let (function, path) = target(&parts.uri, "/async-function/")?;
-    ensure_deployed(&state, &function)?;
+    // The registry, not this gateway's provider, says what is deployed: another gateway may
+    // have deployed it a moment ago, and the call runs later, wherever a replica is.
+    let spec = state
+        .functions
+        .get(&function)
+        .await?
+        .ok_or_else(|| ApiError::FunctionNotFound(function.to_string()))?;
+    let queue = QueueName::from_annotations(spec.deployment.annotations.as_ref())
+        .map_err(|e| ApiError::Internal(format!("stored deployment of {function}: {e}")))?;
     let callback_url = callback_url(&parts.headers)?;
     let id = call_id(&parts.headers)?;
     let headers = replayable(&parts.headers)?;
@@ -158,6 +168,8 @@ pub(crate) async fn submit(
         headers,
         callback_url,
         submitted_at: Timestamp::now(),
+        queue,
+        redrive: 0,
     };
     // The record is the arbiter of call ids: exactly one submission creates it. Only that one
     // queues the call; any other with the same id is answered from the record.

@@ -1,17 +1,17 @@
 //! Contract tests for the stores and the embedded queue, against real databases: SQLite in a
 //! temp dir, and a fresh database per test on the machine's Postgres.
 
-mod pg;
-
 use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_core::{
-    CallFilter, CallId, CallMeta, CallOutcome, CallQueue, CallRecord, CallResult, CallState,
-    CallStore, CallbackOutcome, FunctionDeployment, FunctionRef, FunctionSpec, FunctionStore,
-    QueueError, QueuedCall, StoreError, Timestamp,
+    CallFilter, CallId, CallOutcome, CallQueue, CallRecord, CallResult, CallState, CallStore,
+    CallbackOutcome, FunctionDeployment, FunctionRef, FunctionSpec, FunctionStore, QueueError,
+    StoreError, Timestamp,
 };
-use sluice_store::{PgStore, SqliteQueue, SqliteStore, open_sqlite};
+use sluice_store::{PgStore, SqliteQueue, SqliteStore, open_postgres, open_sqlite};
+use sluice_testkit::FreshDatabase;
+use sluice_testkit::queue_contract::{self, call};
 
 async fn db() -> (tempfile::TempDir, sqlx::SqlitePool) {
     let dir = tempfile::tempdir().unwrap();
@@ -27,8 +27,8 @@ async fn sqlite_functions_contract() {
 
 #[tokio::test]
 async fn postgres_functions_contract() {
-    let db = pg::FreshDatabase::create().await;
-    functions_contract(&PgStore::new(db.pool.clone())).await;
+    let db = FreshDatabase::create().await;
+    functions_contract(&pg_store(&db).await).await;
 }
 
 #[tokio::test]
@@ -39,27 +39,14 @@ async fn sqlite_calls_contract() {
 
 #[tokio::test]
 async fn postgres_calls_contract() {
-    let db = pg::FreshDatabase::create().await;
-    calls_contract(&PgStore::new(db.pool.clone())).await;
+    let db = FreshDatabase::create().await;
+    calls_contract(&pg_store(&db).await).await;
 }
 
-fn call(id: &str, body: &'static [u8]) -> QueuedCall {
-    QueuedCall {
-        meta: CallMeta {
-            id: CallId::parse(id).unwrap(),
-            function: FunctionRef::parse("echo", None).unwrap(),
-            method: "PUT".into(),
-            path: "/a/b".into(),
-            query: Some("x=1".into()),
-            headers: vec![("content-type".into(), "text/plain".into())],
-            callback_url: Some("http://127.0.0.1:1/cb".into()),
-            submitted_at: Timestamp::now(),
-        },
-        body: Bytes::from_static(body),
-    }
+async fn pg_store(db: &FreshDatabase) -> PgStore {
+    PgStore::new(open_postgres(&db.url, 4).await.unwrap())
 }
 
-/// The registry contract, for every `FunctionStore`.
 async fn functions_contract<S: FunctionStore + CallStore>(store: &S) {
     let f = FunctionRef::parse("echo", None).unwrap();
     let spec = FunctionSpec {
@@ -95,7 +82,7 @@ async fn functions_contract<S: FunctionStore + CallStore>(store: &S) {
 
 /// The call store contract, for every `CallStore`.
 async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
-    let c = call("c1", b"");
+    let c = call("c1", &b""[..]);
     let rec = CallRecord::queued(&c.meta);
     assert!(CallStore::create(store, &rec).await.unwrap());
     assert!(
@@ -138,7 +125,7 @@ async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
     assert_eq!(got.status_code, Some(201));
     assert_eq!(got.duration_seconds, Some(1.5));
     assert_eq!(got.callback, Some(cb));
-    let other = call("c2", b"");
+    let other = call("c2", &b""[..]);
     assert!(
         CallStore::create(store, &CallRecord::queued(&other.meta))
             .await
@@ -188,7 +175,7 @@ async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
     assert_eq!(store.result(&c.meta.id).await.unwrap(), None);
 
     // Re-driving: only a failed call whose request was kept; attempts start again.
-    let failing = call("redrive-me", b"payload");
+    let failing = call("redrive-me", &b"payload"[..]);
     assert!(
         CallStore::create(store, &CallRecord::queued(&failing.meta))
             .await
@@ -239,7 +226,7 @@ async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
     assert!(store.forget(&failing.meta.id).await.unwrap());
 
     // Cancelling: only a queued call; a cancelled one never starts.
-    let doomed = call("cancel-me", b"");
+    let doomed = call("cancel-me", &b""[..]);
     assert!(
         CallStore::create(store, &CallRecord::queued(&doomed.meta))
             .await
@@ -279,7 +266,7 @@ async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
 
     // Listing: newest first, filtered, paged by (submitted_at, id).
     for i in 0..6 {
-        let mut c = call(&format!("l{i}"), b"");
+        let mut c = call(&format!("l{i}"), Bytes::new());
         c.meta.submitted_at = Timestamp::from_millis(1_000 + i / 2); // pairs share a time
         if i % 3 == 0 {
             c.meta.function = FunctionRef::parse("other", None).unwrap();
@@ -334,62 +321,54 @@ async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
     ));
 }
 
+async fn sqlite_queue(lease: Duration) -> (tempfile::TempDir, SqliteQueue) {
+    let (dir, pool) = db().await;
+    (dir, SqliteQueue::new(pool, lease))
+}
+
 #[tokio::test]
-async fn queue_delivers_in_order_and_ack_removes() {
-    let (_dir, pool) = db().await;
-    let q = SqliteQueue::new(pool, Duration::from_secs(30));
-    assert!(q.enqueue(&call("a", b"first")).await.unwrap());
-    assert!(q.enqueue(&call("b", b"second")).await.unwrap());
-    assert!(
-        !q.enqueue(&call("a", b"dup")).await.unwrap(),
-        "same id queued twice"
-    );
-    let d1 = q.next(Duration::ZERO).await.unwrap().unwrap();
-    assert_eq!(
-        d1.call,
-        call("a", b"first").with_time(d1.call.meta.submitted_at)
-    );
-    assert_eq!(d1.delivery_count, 1);
-    let d2 = q.next(Duration::ZERO).await.unwrap().unwrap();
-    assert_eq!(d2.call.meta.id.as_str(), "b");
-    assert!(
-        q.next(Duration::ZERO).await.unwrap().is_none(),
-        "leased calls were handed out again"
-    );
-    d1.lease.ack().await.unwrap();
-    d2.lease.ack().await.unwrap();
+async fn sqlite_queue_delivers_whole_once_and_ack_removes() {
+    let (_dir, q) = sqlite_queue(Duration::from_secs(30)).await;
+    queue_contract::delivers_whole_once_and_ack_removes(&q).await;
     assert_eq!(q.pending().await.unwrap(), 0);
 }
 
 #[tokio::test]
-async fn expired_lease_redelivers_and_stale_holder_is_told() {
-    let (_dir, pool) = db().await;
-    let q = SqliteQueue::new(pool, Duration::from_millis(200));
-    q.enqueue(&call("a", b"x")).await.unwrap();
+async fn sqlite_queue_expired_lease_redelivers() {
+    let (_dir, q) = sqlite_queue(Duration::from_millis(500)).await;
+    queue_contract::expired_lease_redelivers(&q).await;
+}
+
+#[tokio::test]
+async fn sqlite_queue_keep_alive_holds_the_call() {
+    let (_dir, q) = sqlite_queue(Duration::from_secs(1)).await;
+    queue_contract::keep_alive_holds_the_call(&q).await;
+}
+
+#[tokio::test]
+async fn sqlite_queue_release_honours_the_delay() {
+    let (_dir, q) = sqlite_queue(Duration::from_secs(30)).await;
+    queue_contract::release_honours_the_delay(&q).await;
+}
+
+#[tokio::test]
+async fn sqlite_queue_large_bodies_and_redrives() {
+    let (_dir, q) = sqlite_queue(Duration::from_secs(30)).await;
+    queue_contract::large_bodies_and_redrives(&q).await;
+}
+
+#[tokio::test]
+async fn sqlite_stale_lease_holder_is_told() {
+    let (_dir, q) = sqlite_queue(Duration::from_millis(200)).await;
+    q.enqueue(&call("a", &b"x"[..])).await.unwrap();
     let first = q.next(Duration::ZERO).await.unwrap().unwrap();
-    // Nobody keeps the lease alive: it must come back within a bounded time.
     let second = q
         .next(Duration::from_secs(5))
         .await
         .unwrap()
         .expect("not redelivered");
-    assert_eq!(second.delivery_count, 2);
     assert_eq!(first.lease.ack().await, Err(QueueError::LeaseLost));
     second.lease.ack().await.unwrap();
-}
-
-#[tokio::test]
-async fn keep_alive_holds_the_call() {
-    let (_dir, pool) = db().await;
-    let q = SqliteQueue::new(pool, Duration::from_secs(1));
-    q.enqueue(&call("a", b"x")).await.unwrap();
-    let d = q.next(Duration::ZERO).await.unwrap().unwrap();
-    // Six renewals 250 ms apart outlast the lease one and a half times.
-    for _ in 0..6 {
-        d.lease.keep_alive().await.unwrap();
-        assert!(q.next(Duration::from_millis(250)).await.unwrap().is_none());
-    }
-    d.lease.ack().await.unwrap();
 }
 
 #[tokio::test]
@@ -398,7 +377,7 @@ async fn release_with_delay_and_after_restart() {
     let path = dir.path().join("sluice.db");
     {
         let q = SqliteQueue::new(open_sqlite(&path).await.unwrap(), Duration::from_secs(60));
-        q.enqueue(&call("a", b"x")).await.unwrap();
+        q.enqueue(&call("a", &b"x"[..])).await.unwrap();
         let d = q.next(Duration::ZERO).await.unwrap().unwrap();
         d.lease.release(Duration::ZERO).await.unwrap();
         let d = q.next(Duration::ZERO).await.unwrap().unwrap();
@@ -407,7 +386,7 @@ async fn release_with_delay_and_after_restart() {
             q.next(Duration::ZERO).await.unwrap().is_none(),
             "delay not honoured"
         );
-        q.enqueue(&call("b", b"y")).await.unwrap();
+        q.enqueue(&call("b", &b"y"[..])).await.unwrap();
         // Held when the "process" goes away, with a long lease.
         let held = q.next(Duration::ZERO).await.unwrap().unwrap();
         assert_eq!(held.call.meta.id.as_str(), "b");
@@ -419,15 +398,4 @@ async fn release_with_delay_and_after_restart() {
     assert_eq!(d.call.meta.id.as_str(), "b");
     assert_eq!(d.call.body.as_ref(), b"y");
     assert_eq!(q.pending().await.unwrap(), 2);
-}
-
-trait WithTime {
-    fn with_time(self, t: Timestamp) -> Self;
-}
-
-impl WithTime for QueuedCall {
-    fn with_time(mut self, t: Timestamp) -> Self {
-        self.meta.submitted_at = t;
-        self
-    }
 }

@@ -1,7 +1,7 @@
 //! A fresh Postgres database per test, dropped afterwards, on the server that
 //! `SLUICE_TEST_POSTGRES_URL` names (default: the local one, as `.ci/run` provides it).
 
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection};
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -11,13 +11,14 @@ fn admin_url() -> String {
 
 /// A database made for one test and dropped when the test is over.
 #[derive(Debug)]
-pub(crate) struct FreshDatabase {
-    pub(crate) pool: PgPool,
+pub struct FreshDatabase {
+    /// Connection URL of the new database.
+    pub url: String,
     name: String,
 }
 
 impl FreshDatabase {
-    pub(crate) async fn create() -> Self {
+    pub async fn create() -> Self {
         let admin = admin_url();
         let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
             panic!(
@@ -29,14 +30,14 @@ impl FreshDatabase {
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut conn)
             .await
-            .unwrap();
+            .expect("CREATE DATABASE");
         let (base, _) = admin
             .rsplit_once('/')
             .expect("a database URL ends in /<database>");
-        let pool = sluice_store::open_postgres(&format!("{base}/{name}"), 4)
-            .await
-            .unwrap();
-        Self { pool, name }
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+        }
     }
 }
 
@@ -48,7 +49,7 @@ impl Drop for FreshDatabase {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .unwrap();
+                .expect("a current-thread runtime");
             rt.block_on(async {
                 if let Ok(mut conn) = PgConnection::connect(&admin_url()).await {
                     let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");

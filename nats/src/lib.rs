@@ -1,0 +1,431 @@
+//! `sluice-nats`: the production call queue, on NATS JetStream.
+//!
+//! One stream (file storage, work-queue retention) holds every queued call, on the subject
+//! `<prefix>.<queue>` of its named queue. Each named queue has one durable pull consumer, shared
+//! by every worker that serves the queue, so a call goes to one worker at a time.
+//!
+//! - **At most one copy per call id.** A call is published with `Nats-Msg-Id` set to its id, so a
+//!   second publish of the same id inside the stream's duplicate window stores nothing and
+//!   `enqueue` answers `Ok(false)`. The gateway answers `202` only after the publish was acked.
+//! - **Leases are ack waits.** A delivery must be acked within the consumer's `ack_wait` (the
+//!   lease); a worker extends it with in-progress acks while the function runs. A worker that dies
+//!   stops extending it and the call is delivered again once the wait runs out.
+//! - **Large bodies.** A message can carry at most the server's `max_payload` (1 MiB unless
+//!   configured). A call that does not fit puts its body in an object store bucket first and
+//!   carries only the object's name; the object is deleted when the call is acked.
+//!
+//! A message is `u32 big-endian length of the meta JSON | meta JSON | body` (the body absent
+//! when it lives in the object store).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::connection::State;
+use async_nats::jetstream::consumer::pull::Config as ConsumerConfig;
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::object_store::{self, ObjectStore};
+use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self, Context};
+use async_trait::async_trait;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use sluice_core::{CallMeta, CallQueue, Delivery, Lease, QueueError, QueueName, QueuedCall};
+use tokio::io::AsyncReadExt;
+
+/// The header naming the object that holds a call's body when it is too large for a message.
+const BODY_OBJECT_HEADER: &str = "Sluice-Body-Object";
+
+/// Room left in a message for its headers when deciding whether the body fits.
+const HEADER_ROOM: usize = 4 * 1024;
+
+/// Where the queue lives and how it behaves; plain data.
+#[derive(Debug, Clone)]
+pub struct JetStreamConfig {
+    /// NATS server URL(s), comma-separated, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// The stream holding queued calls.
+    pub stream: String,
+    /// Calls are published on `<subject_prefix>.<queue>`.
+    pub subject_prefix: String,
+    /// The object store bucket for bodies too large for one message.
+    pub bodies_bucket: String,
+    /// The named queue this instance takes calls from (it may publish to any).
+    pub queue: QueueName,
+    /// How long a delivery is held without an in-progress ack before it goes to another worker.
+    pub lease: Duration,
+    /// How long a call id is remembered for dropping a second publish of it.
+    pub duplicate_window: Duration,
+    /// The most calls, and bytes of calls, the stream holds; beyond them `enqueue` fails with
+    /// [`QueueError::Full`] rather than dropping anything already queued.
+    pub max_calls: i64,
+    pub max_bytes: i64,
+    /// The most bytes of large bodies kept in the object store.
+    pub max_body_store_bytes: i64,
+    /// The most calls delivered and not yet acked (running, or waiting out a retry delay), per
+    /// named queue.
+    pub max_unacked: i64,
+    /// How long a publish or an ack waits for JetStream to confirm it.
+    pub request_timeout: Duration,
+}
+
+impl JetStreamConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            stream: "SLUICE_CALLS".into(),
+            subject_prefix: "sluice.calls".into(),
+            bodies_bucket: "SLUICE_BODIES".into(),
+            queue: QueueName::default_queue(),
+            lease: Duration::from_secs(30),
+            duplicate_window: Duration::from_secs(10 * 60),
+            max_calls: 1_000_000,
+            max_bytes: 8 * 1024 * 1024 * 1024,
+            max_body_store_bytes: 8 * 1024 * 1024 * 1024,
+            max_unacked: 50_000,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The call queue on JetStream. Cheap to clone.
+#[derive(Clone)]
+pub struct JetStreamQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    js: Context,
+    consumer: PullConsumer,
+    bodies: ObjectStore,
+    config: JetStreamConfig,
+}
+
+impl std::fmt::Debug for JetStreamQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamQueue")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> QueueError {
+    QueueError::Unavailable(format!("{what}: {e}"))
+}
+
+impl JetStreamQueue {
+    /// Connects, and creates (or updates) the stream, the bucket and this queue's consumer.
+    ///
+    /// Fails if NATS cannot be reached; once connected, the client reconnects by itself after
+    /// the server restarts, and operations fail with [`QueueError::Unavailable`] meanwhile.
+    pub async fn connect(config: JetStreamConfig) -> Result<Self, QueueError> {
+        let client = async_nats::ConnectOptions::new()
+            .name("sluice")
+            .connection_timeout(config.request_timeout)
+            .max_reconnects(None)
+            .connect(config.url.as_str())
+            .await
+            .map_err(|e| unavailable(&format!("connecting to NATS at {}", config.url), e))?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(config.request_timeout);
+
+        js.create_or_update_stream(stream::Config {
+            name: config.stream.clone(),
+            description: Some("Sluice async calls".into()),
+            subjects: vec![format!("{}.*", config.subject_prefix)],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            discard: DiscardPolicy::New,
+            max_messages: config.max_calls,
+            max_bytes: config.max_bytes,
+            duplicate_window: config.duplicate_window,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable(&format!("creating stream {}", config.stream), e))?;
+        let stream = js
+            .get_stream(&config.stream)
+            .await
+            .map_err(|e| unavailable(&format!("opening stream {}", config.stream), e))?;
+        let bodies = match js.get_object_store(&config.bodies_bucket).await {
+            Ok(bucket) => bucket,
+            Err(_) => {
+                js.create_object_store(object_store::Config {
+                    bucket: config.bodies_bucket.clone(),
+                    description: Some("Sluice call bodies too large for one message".into()),
+                    max_bytes: config.max_body_store_bytes,
+                    storage: StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| unavailable(&format!("creating bucket {}", config.bodies_bucket), e))?
+            }
+        };
+        let durable = format!("sluice-{}", config.queue);
+        let consumer = stream
+            .create_consumer(ConsumerConfig {
+                durable_name: Some(durable.clone()),
+                description: Some(format!("Sluice workers of queue {}", config.queue)),
+                filter_subject: format!("{}.{}", config.subject_prefix, config.queue),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: config.lease,
+                // Attempts are counted by the worker, against the function's retry policy.
+                max_deliver: -1,
+                max_ack_pending: config.max_unacked,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(&format!("creating consumer {durable}"), e))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                js,
+                consumer,
+                bodies,
+                config,
+            }),
+        })
+    }
+
+    fn subject(&self, queue: Option<&QueueName>) -> String {
+        let queue = queue.map_or(QueueName::DEFAULT, QueueName::as_str);
+        format!("{}.{queue}", self.inner.config.subject_prefix)
+    }
+
+    /// Refuses at once, instead of buffering a publish until NATS is back.
+    fn ensure_connected(&self) -> Result<(), QueueError> {
+        match self.inner.client.connection_state() {
+            State::Connected => Ok(()),
+            state => Err(QueueError::Unavailable(format!(
+                "not connected to NATS ({state:?})"
+            ))),
+        }
+    }
+
+    /// The message id: the call id, and the re-drive round, so a re-drive is not a duplicate.
+    fn message_id(meta: &CallMeta) -> String {
+        match meta.redrive {
+            0 => meta.id.to_string(),
+            n => format!("{}#redrive-{n}", meta.id),
+        }
+    }
+
+    async fn put_body(&self, object: &str, body: &Bytes) -> Result<(), QueueError> {
+        let mut reader = body.as_ref();
+        self.inner
+            .bodies
+            .put(object, &mut reader)
+            .await
+            .map(drop)
+            .map_err(|e| unavailable("storing a large body", e))
+    }
+
+    async fn delete_body(&self, object: &str) {
+        if let Err(error) = self.inner.bodies.delete(object).await {
+            tracing::warn!(object, %error, "could not delete a call body from the object store");
+        }
+    }
+
+    async fn decode(
+        &self,
+        message: &jetstream::Message,
+    ) -> Result<(QueuedCall, Option<String>), String> {
+        let payload = &message.payload;
+        let len = payload
+            .get(..4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or("message shorter than its frame")?;
+        let meta_end = 4usize.checked_add(len).filter(|end| *end <= payload.len());
+        let meta_end = meta_end.ok_or("meta length beyond the message")?;
+        let meta: CallMeta =
+            serde_json::from_slice(&payload[4..meta_end]).map_err(|e| format!("meta: {e}"))?;
+        let object = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(BODY_OBJECT_HEADER))
+            .map(|v| v.as_str().to_owned());
+        let body = match &object {
+            None => payload.slice(meta_end..),
+            Some(object) => {
+                let mut reader = self
+                    .inner
+                    .bodies
+                    .get(object)
+                    .await
+                    .map_err(|e| format!("body object {object}: {e}"))?;
+                let mut body = Vec::new();
+                reader
+                    .read_to_end(&mut body)
+                    .await
+                    .map_err(|e| format!("reading body object {object}: {e}"))?;
+                Bytes::from(body)
+            }
+        };
+        Ok((QueuedCall { meta, body }, object))
+    }
+}
+
+#[async_trait]
+impl CallQueue for JetStreamQueue {
+    async fn enqueue(&self, call: &QueuedCall) -> Result<bool, QueueError> {
+        self.ensure_connected()?;
+        let meta = serde_json::to_vec(&call.meta).map_err(|e| unavailable("encoding", e))?;
+        let meta_len = u32::try_from(meta.len())
+            .map_err(|_| QueueError::Unavailable("call headers too large to queue".into()))?;
+        let msg_id = Self::message_id(&call.meta);
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
+        let max_payload = self.inner.client.server_info().max_payload;
+        let inline = 4 + meta.len() + call.body.len() + HEADER_ROOM <= max_payload;
+        // A fresh name each time, so a duplicate publish never overwrites the body the queued
+        // message refers to.
+        let object = (!inline).then(|| format!("{msg_id}.{}", uuid::Uuid::new_v4().simple()));
+        let mut payload =
+            BytesMut::with_capacity(4 + meta.len() + if inline { call.body.len() } else { 0 });
+        payload.put_u32(meta_len);
+        payload.put_slice(&meta);
+        match &object {
+            None => payload.put_slice(&call.body),
+            Some(object) => {
+                self.put_body(object, &call.body).await?;
+                headers.insert(BODY_OBJECT_HEADER, object.as_str());
+            }
+        }
+        let published = async {
+            self.inner
+                .js
+                .publish_with_headers(
+                    self.subject(call.meta.queue.as_ref()),
+                    headers,
+                    payload.freeze(),
+                )
+                .await?
+                .await
+        }
+        .await;
+        let ack = match published {
+            Ok(ack) => ack,
+            Err(e) => {
+                if let Some(object) = &object {
+                    self.delete_body(object).await;
+                }
+                let text = e.to_string();
+                return Err(match e.kind() {
+                    _ if text.contains("maximum messages") || text.contains("maximum bytes") => {
+                        QueueError::Full(text)
+                    }
+                    PublishErrorKind::MaxPayloadExceeded => {
+                        QueueError::Unavailable(format!("call too large for NATS: {text}"))
+                    }
+                    _ => unavailable("publishing the call", text),
+                });
+            }
+        };
+        if ack.duplicate {
+            if let Some(object) = &object {
+                self.delete_body(object).await;
+            }
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    async fn next(&self, max_wait: Duration) -> Result<Option<Delivery>, QueueError> {
+        self.ensure_connected()?;
+        let mut batch = self
+            .inner
+            .consumer
+            .batch()
+            .max_messages(1)
+            .expires(max_wait.max(Duration::from_millis(100)))
+            .messages()
+            .await
+            .map_err(|e| unavailable("asking for a call", e))?;
+        let Some(message) = batch.next().await else {
+            return Ok(None);
+        };
+        let message = message.map_err(|e| unavailable("receiving a call", e))?;
+        let delivery_count = message
+            .info()
+            .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
+            .unwrap_or(1);
+        match self.decode(&message).await {
+            Ok((call, object)) => Ok(Some(Delivery {
+                call,
+                delivery_count,
+                lease: Box::new(JetStreamLease {
+                    queue: self.clone(),
+                    message,
+                    object,
+                }),
+            })),
+            Err(error) if error.starts_with("body object") => {
+                // Most likely the object store is briefly unavailable: try again later.
+                tracing::warn!(%error, "cannot read a queued call's body; it will come back");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                    .await;
+                Ok(None)
+            }
+            Err(error) => {
+                // A message this version cannot read would come back forever: drop it, loudly.
+                tracing::error!(%error, "unreadable queued call; terminating it");
+                let _ = message.ack_with(AckKind::Term).await;
+                Ok(None)
+            }
+        }
+    }
+
+    fn lease_duration(&self) -> Duration {
+        self.inner.config.lease
+    }
+}
+
+/// A worker's hold on one delivered message.
+struct JetStreamLease {
+    queue: JetStreamQueue,
+    message: jetstream::Message,
+    object: Option<String>,
+}
+
+impl std::fmt::Debug for JetStreamLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamLease")
+            .field("subject", &self.message.subject)
+            .field("object", &self.object)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ack_failed(e: impl std::fmt::Display) -> QueueError {
+    unavailable("acknowledging", e)
+}
+
+#[async_trait]
+impl Lease for JetStreamLease {
+    async fn keep_alive(&self) -> Result<(), QueueError> {
+        self.message
+            .double_ack_with(AckKind::Progress)
+            .await
+            .map_err(ack_failed)
+    }
+
+    async fn ack(self: Box<Self>) -> Result<(), QueueError> {
+        self.message.double_ack().await.map_err(ack_failed)?;
+        if let Some(object) = &self.object {
+            self.queue.delete_body(object).await;
+        }
+        Ok(())
+    }
+
+    async fn release(self: Box<Self>, delay: Duration) -> Result<(), QueueError> {
+        let delay = (!delay.is_zero()).then_some(delay);
+        self.message
+            .double_ack_with(AckKind::Nak(delay))
+            .await
+            .map_err(ack_failed)
+    }
+}

@@ -1,0 +1,122 @@
+//! The queue contract on a real `nats-server -js`, plus what only JetStream has to show: a
+//! server restart loses nothing, named queues are apart, and an outage fails fast.
+
+use std::time::Duration;
+
+use sluice_core::{CallQueue, QueueError, QueueName};
+use sluice_nats::{JetStreamConfig, JetStreamQueue};
+use sluice_testkit::NatsServer;
+use sluice_testkit::queue_contract::{self, call};
+
+async fn queue(nats: &NatsServer, lease: Duration) -> JetStreamQueue {
+    let mut config = JetStreamConfig::new(nats.url());
+    config.lease = lease;
+    JetStreamQueue::connect(config).await.unwrap()
+}
+
+#[tokio::test]
+async fn jetstream_delivers_whole_once_and_ack_removes() {
+    let nats = NatsServer::start();
+    queue_contract::delivers_whole_once_and_ack_removes(
+        &queue(&nats, Duration::from_secs(30)).await,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn jetstream_expired_lease_redelivers() {
+    let nats = NatsServer::start();
+    queue_contract::expired_lease_redelivers(&queue(&nats, Duration::from_millis(500)).await).await;
+}
+
+#[tokio::test]
+async fn jetstream_keep_alive_holds_the_call() {
+    let nats = NatsServer::start();
+    queue_contract::keep_alive_holds_the_call(&queue(&nats, Duration::from_secs(1)).await).await;
+}
+
+#[tokio::test]
+async fn jetstream_release_honours_the_delay() {
+    let nats = NatsServer::start();
+    queue_contract::release_honours_the_delay(&queue(&nats, Duration::from_secs(30)).await).await;
+}
+
+#[tokio::test]
+async fn jetstream_large_bodies_and_redrives() {
+    let nats = NatsServer::start();
+    queue_contract::large_bodies_and_redrives(&queue(&nats, Duration::from_secs(30)).await).await;
+}
+
+#[tokio::test]
+async fn named_queues_are_kept_apart() {
+    let nats = NatsServer::start();
+    let default = queue(&nats, Duration::from_secs(30)).await;
+    let mut config = JetStreamConfig::new(nats.url());
+    config.queue = QueueName::parse("slow").unwrap();
+    let slow = JetStreamQueue::connect(config).await.unwrap();
+    let mut c = call("to-slow", &b"x"[..]);
+    c.meta.queue = Some(QueueName::parse("slow").unwrap());
+    assert!(default.enqueue(&c).await.unwrap());
+    assert!(
+        default
+            .next(Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_none(),
+        "the default queue's consumer took a call for queue slow"
+    );
+    let d = slow.next(Duration::from_secs(10)).await.unwrap().unwrap();
+    assert_eq!(d.call, c);
+    d.lease.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn survives_a_server_restart_and_fails_fast_while_it_is_down() {
+    let mut nats = NatsServer::start();
+    let q = queue(&nats, Duration::from_secs(30)).await;
+    assert!(q.enqueue(&call("before", &b"kept"[..])).await.unwrap());
+    nats.kill();
+    // While the server is gone an enqueue fails (the gateway turns that into a 503); it is
+    // not buffered to be sent later. The client may need a moment to notice the loss.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match q.enqueue(&call("during", &b"lost"[..])).await {
+            Err(QueueError::Unavailable(_)) => break,
+            Ok(_) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "enqueue kept succeeding with NATS down"
+            ),
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    let started = tokio::time::Instant::now();
+    assert!(q.enqueue(&call("during2", &b"lost"[..])).await.is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a refused enqueue waited"
+    );
+    nats.restart();
+    // The client reconnects by itself; the call stored before the crash is still there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let d = loop {
+        match q.next(Duration::from_secs(1)).await {
+            Ok(Some(d)) if d.call.meta.id.as_str() == "before" => break d,
+            Ok(Some(d)) => panic!("unexpected call {}", d.call.meta.id),
+            Ok(None) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the queued call did not come back"
+            ),
+            Err(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the queued call did not come back"
+                );
+                // Refusals are immediate: poll, giving the client's reconnect task a turn.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(d.call.body.as_ref(), b"kept");
+    d.lease.ack().await.unwrap();
+    assert!(q.enqueue(&call("after", &b"y"[..])).await.unwrap());
+}
