@@ -35,6 +35,10 @@ pub struct GatewayArg {
 pub enum Command {
     /// Run Sluice on this machine: gateway, queue worker and local functions in one process.
     Up(UpArgs),
+    /// Run a gateway (with local functions) on Postgres and NATS; run as many as you like.
+    Gateway(GatewayArgs),
+    /// Run a queue worker on Postgres and NATS; run as many as you like.
+    QueueWorker(QueueWorkerArgs),
     /// Deploy functions from a stack file, or one function from flags.
     Deploy(commands::DeployArgs),
     /// List deployed functions.
@@ -57,12 +61,14 @@ pub enum Command {
     Calls(commands::CallsArgs),
 }
 
+/// Gateway flags, shared by `sluice up` and `sluice gateway`.
 #[derive(Debug, Args)]
-pub struct UpArgs {
+pub struct GatewayFlags {
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Where Sluice keeps its database (functions, calls, queue).
+    /// Where Sluice keeps what is local to this machine: function processes, and on the
+    /// embedded default its database (functions, calls, queue).
     #[arg(long, env = "SLUICE_DATA_DIR", default_value = ".sluice")]
     pub data_dir: PathBuf,
     /// Largest request body accepted, in bytes.
@@ -71,15 +77,24 @@ pub struct UpArgs {
     /// How long a function may take to answer (e.g. 300s, 5m).
     #[arg(long, env = "SLUICE_FUNCTION_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub function_timeout: Duration,
-    /// Async calls worked on at once.
-    #[arg(long, env = "SLUICE_WORKER_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
-    pub worker_concurrency: u16,
     /// Hard ceiling on any function's replicas (com.openfaas.scale.max cannot exceed it).
     #[arg(long, env = "SLUICE_MAX_REPLICAS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_replicas: u32,
     /// Function requests (sync calls and async submissions) handled at once; more get a 503.
     #[arg(long, env = "SLUICE_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
+}
+
+/// Queue worker flags, shared by `sluice up` and `sluice queue-worker`.
+#[derive(Debug, Args)]
+pub struct WorkerFlags {
+    /// Async calls worked on at once (per queue).
+    #[arg(long, env = "SLUICE_WORKER_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_concurrency: u16,
+    /// Async calls of any one function worked on at once (per queue), so one slow function
+    /// cannot take every slot [default: three quarters of --worker-concurrency].
+    #[arg(long, env = "SLUICE_FUNCTION_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..))]
+    pub function_concurrency: Option<u16>,
     /// How long a queued call stays leased to a worker without a heartbeat before redelivery.
     #[arg(long, env = "SLUICE_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub lease: Duration,
@@ -89,21 +104,101 @@ pub struct UpArgs {
     /// How long kept results are kept (e.g. 24h).
     #[arg(long, env = "SLUICE_RESULT_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub result_retention: Duration,
+}
+
+/// Where shared state lives: Postgres and NATS JetStream.
+#[derive(Debug, Args)]
+pub struct BackendFlags {
+    /// Postgres URL for functions and calls, e.g. postgres://sluice@db/sluice.
+    #[arg(long, env = "SLUICE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// NATS URL(s) for the call queue (JetStream), e.g. nats://127.0.0.1:4222.
+    #[arg(long, env = "SLUICE_NATS_URL")]
+    pub nats: Option<String>,
+    /// Postgres connections this process opens at most.
+    #[arg(long, env = "SLUICE_DB_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_connections: u32,
+    /// Shared secret between gateways and queue workers: a worker's requests carrying it are
+    /// not counted against the gateway's --max-in-flight.
+    #[arg(long, env = "SLUICE_INTERNAL_TOKEN", hide_env_values = true)]
+    pub internal_token: Option<String>,
+}
+
+impl BackendFlags {
+    fn shared(&self, required: bool) -> anyhow::Result<Option<up::SharedBackends>> {
+        match (&self.database_url, &self.nats) {
+            (Some(database_url), Some(nats)) => Ok(Some(up::SharedBackends {
+                database_url: database_url.clone(),
+                db_connections: self.db_connections,
+                nats: sluice_nats::JetStreamConfig::new(nats.clone()),
+            })),
+            (None, None) if !required => Ok(None),
+            _ => anyhow::bail!(
+                "the cluster form needs both --database-url (Postgres) and --nats (NATS JetStream)"
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub gateway: GatewayFlags,
+    #[command(flatten)]
+    pub worker: WorkerFlags,
+    #[command(flatten)]
+    pub backends: BackendFlags,
     /// How long in-flight work may take to finish when Sluice stops.
     #[arg(long, env = "SLUICE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 }
 
-impl UpArgs {
-    /// The configuration these flags describe, or which flag is wrong.
-    pub fn config(&self) -> anyhow::Result<up::UpConfig> {
-        if self.lease < Duration::from_millis(300) {
-            anyhow::bail!("--lease must be at least 300ms, got {:?}", self.lease);
-        }
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub gateway: GatewayFlags,
+    #[command(flatten)]
+    pub backends: BackendFlags,
+    /// How long in-flight requests may take to finish when the gateway stops.
+    #[arg(long, env = "SLUICE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct QueueWorkerArgs {
+    /// The gateway the worker invokes functions through.
+    #[arg(long, env = "SLUICE_GATEWAY_URL")]
+    pub gateway_url: String,
+    /// Named queues to work (comma-separated); functions choose one with the
+    /// com.openfaas.queue annotation.
+    #[arg(
+        long,
+        env = "SLUICE_QUEUE",
+        default_value = "default",
+        value_delimiter = ','
+    )]
+    pub queue: Vec<String>,
+    #[command(flatten)]
+    pub worker: WorkerFlags,
+    #[command(flatten)]
+    pub backends: BackendFlags,
+    /// Largest function response accepted, in bytes.
+    #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// How long one invocation may take, waiting for a replica included.
+    #[arg(long, env = "SLUICE_FUNCTION_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub function_timeout: Duration,
+    /// How long in-flight calls may take to finish when the worker stops; the rest are
+    /// given back to the queue.
+    #[arg(long, env = "SLUICE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl GatewayFlags {
+    fn apply(&self, config: &mut up::UpConfig) -> anyhow::Result<()> {
         if self.function_timeout.is_zero() {
             anyhow::bail!("--function-timeout must be more than zero");
         }
-        let mut config = up::UpConfig::new(self.data_dir.clone());
         config.gateway.max_body_bytes = self.max_body_bytes;
         config.gateway.upstream_timeout = self.function_timeout;
         config.gateway.max_replicas_limit = self.max_replicas;
@@ -112,20 +207,94 @@ impl UpArgs {
         config.gateway.max_in_flight = self.max_in_flight as usize;
         config.process.drain_timeout = self.function_timeout;
         config.process.default_exec_timeout = self.function_timeout;
-        config.worker_concurrency = usize::from(self.worker_concurrency);
+        Ok(())
+    }
+}
+
+impl WorkerFlags {
+    fn apply(&self, config: &mut up::UpConfig) -> anyhow::Result<()> {
+        if self.lease < Duration::from_millis(300) {
+            anyhow::bail!("--lease must be at least 300ms, got {:?}", self.lease);
+        }
+        let concurrency = usize::from(self.worker_concurrency);
+        config.worker_concurrency = concurrency;
+        config.function_concurrency = self
+            .function_concurrency
+            .map_or((concurrency * 3).div_ceil(4), usize::from);
         config.lease = self.lease;
-        config.shutdown_grace = self.shutdown_grace;
         config.result_max_bytes = self.result_max_bytes;
         config.result_retention = self.result_retention;
+        Ok(())
+    }
+}
+
+impl UpArgs {
+    /// The configuration these flags describe, or which flag is wrong.
+    pub fn config(&self) -> anyhow::Result<up::UpConfig> {
+        let mut config = up::UpConfig::new(self.gateway.data_dir.clone());
+        self.gateway.apply(&mut config)?;
+        self.worker.apply(&mut config)?;
+        config.shared = self.backends.shared(false)?;
+        config.gateway.internal_token = self.backends.internal_token.clone();
+        config.shutdown_grace = self.shutdown_grace;
         config.process.stop_grace = self.shutdown_grace;
         Ok(config)
+    }
+}
+
+impl GatewayArgs {
+    pub fn config(&self) -> anyhow::Result<up::UpConfig> {
+        let mut config = up::UpConfig::new(self.gateway.data_dir.clone());
+        self.gateway.apply(&mut config)?;
+        config.shared = self.backends.shared(true)?;
+        config.gateway.internal_token = self.backends.internal_token.clone();
+        config.shutdown_grace = self.shutdown_grace;
+        config.process.stop_grace = self.shutdown_grace;
+        Ok(config)
+    }
+}
+
+impl QueueWorkerArgs {
+    pub fn config(&self) -> anyhow::Result<(up::UpConfig, up::Role)> {
+        let mut config = up::UpConfig::new(PathBuf::new());
+        self.worker.apply(&mut config)?;
+        config.shared = self.backends.shared(true)?;
+        config.gateway.internal_token = self.backends.internal_token.clone();
+        config.gateway.max_body_bytes = self.max_body_bytes;
+        config.gateway.upstream_timeout = self.function_timeout;
+        config.shutdown_grace = self.shutdown_grace;
+        let queues = self
+            .queue
+            .iter()
+            .map(|q| sluice_core::QueueName::parse(q.trim()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("--queue: {e}"))?;
+        if queues.is_empty() {
+            anyhow::bail!("--queue names no queue");
+        }
+        let role = up::Role::QueueWorker {
+            gateway_url: self.gateway_url.trim_end_matches('/').to_owned(),
+            queues,
+        };
+        Ok((config, role))
     }
 }
 
 /// Runs one `sluice` command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Up(args) => run_up(args).await,
+        Command::Up(args) => {
+            let config = args.config()?;
+            serve(config, up::Role::All, Some(args.gateway.listen)).await
+        }
+        Command::Gateway(args) => {
+            let config = args.config()?;
+            serve(config, up::Role::Gateway, Some(args.gateway.listen)).await
+        }
+        Command::QueueWorker(args) => {
+            let (config, role) = args.config()?;
+            serve(config, role, None).await
+        }
         Command::Deploy(args) => commands::deploy(args).await,
         Command::List(args) => commands::list(args).await,
         Command::Describe(args) => commands::describe(args).await,
@@ -138,31 +307,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn run_up(args: UpArgs) -> anyhow::Result<()> {
+async fn serve(
+    config: up::UpConfig,
+    role: up::Role,
+    listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     use anyhow::Context;
-    let config = args.config()?;
     let data_dir = config.data_dir.clone();
-    let prepared = up::Prepared::new(config).await?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (--listen / SLUICE_LISTEN)",
-                args.listen
-            )
-        })?;
-    let addr = listener.local_addr()?;
+    let embedded = config.shared.is_none();
+    let prepared = up::Prepared::new(config, role).await?;
+    let listener = match listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--listen / SLUICE_LISTEN)"))?,
+        ),
+        None => None,
+    };
     let shutdown = tokio_util::sync::CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     // The first line is for scripts and tests: where to reach us. Whoever reads it may close
     // the pipe afterwards; that must not stop Sluice, so write errors are ignored.
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "sluice listening on http://{addr}");
-    let _ = writeln!(out, "data in {}", data_dir.display());
-    let _ = writeln!(
-        out,
-        "deploy the sample functions with: sluice deploy -f functions/stack.yml --gateway http://{addr}"
-    );
+    match &listener {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            let _ = writeln!(out, "sluice listening on http://{addr}");
+            if embedded {
+                let _ = writeln!(out, "data in {}", data_dir.display());
+            }
+            let _ = writeln!(
+                out,
+                "deploy the sample functions with: sluice deploy -f functions/stack.yml --gateway http://{addr}"
+            );
+        }
+        None => {
+            let _ = writeln!(out, "sluice queue worker running");
+        }
+    }
     let _ = out.flush();
     drop(out);
     prepared.serve(listener, shutdown).await

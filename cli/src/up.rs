@@ -1,8 +1,16 @@
-//! `sluice up`: the whole platform in one process on its embedded defaults.
+//! Running Sluice: `sluice up`, `sluice gateway` and `sluice queue-worker`.
 //!
-//! Gateway and queue worker share one SQLite database under the data dir (registry, call records
-//! and the queue) and one process provider. The data dir is locked, so two instances can never
-//! share it; that is also what makes it safe to release every queue lease at start-up.
+//! - `sluice up` runs gateway, queue worker and the process provider in one process. On its
+//!   embedded default they share one SQLite database under the data dir (registry, call records
+//!   and the queue); with `--database-url` and `--nats` they use Postgres and JetStream instead.
+//! - `sluice gateway` runs the gateway and the process provider on Postgres and JetStream. Any
+//!   number of gateways share them; each runs every function's replicas locally and follows
+//!   changes made through the others.
+//! - `sluice queue-worker` works a named queue on JetStream, invoking calls through a gateway.
+//!
+//! A data dir is locked by the process that runs function processes in it, so two instances can
+//! never share one; on the embedded default that is also what makes it safe to release every
+//! queue lease at start-up.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -10,20 +18,50 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use sluice_core::{CallQueue, CallStore, FunctionStore, QueueName};
 use sluice_gateway::{AppState, GatewayConfig};
+use sluice_nats::{JetStreamConfig, JetStreamQueue};
 use sluice_provider::{ProcessConfig, ProcessProvider};
 use sluice_queue_worker::WorkerConfig;
-use sluice_store::{SqliteQueue, SqliteStore, open_sqlite};
+use sluice_store::{PgStore, SqliteQueue, SqliteStore, open_postgres, open_sqlite};
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Everything `sluice up` needs; tests build it directly.
+/// Postgres and JetStream, shared by every gateway and worker of one installation.
+#[derive(Debug, Clone)]
+pub struct SharedBackends {
+    pub database_url: String,
+    pub db_connections: u32,
+    /// The JetStream queue; its `queue` field is the default queue.
+    pub nats: JetStreamConfig,
+}
+
+/// What this process runs.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// Gateway, provider and queue worker.
+    All,
+    /// Gateway and provider.
+    Gateway,
+    /// A queue worker for `queues`, invoking through the gateway at `gateway_url`.
+    QueueWorker {
+        gateway_url: String,
+        queues: Vec<QueueName>,
+    },
+}
+
+/// Everything needed to run; tests build it directly.
 #[derive(Debug, Clone)]
 pub struct UpConfig {
     pub data_dir: PathBuf,
     pub gateway: GatewayConfig,
     pub process: ProcessConfig,
+    /// Postgres and JetStream instead of the embedded SQLite database.
+    pub shared: Option<SharedBackends>,
     pub worker_concurrency: usize,
+    /// Calls of one function a worker runs at once.
+    pub function_concurrency: usize,
     /// How long a queue worker holds a call without renewing its lease.
     pub lease: Duration,
     /// How long in-flight work may take to finish at shutdown.
@@ -31,6 +69,9 @@ pub struct UpConfig {
     /// Largest function response kept per call, and for how long.
     pub result_max_bytes: usize,
     pub result_retention: Duration,
+    /// How often a gateway on a shared registry looks for changes made through other gateways
+    /// (and an all-in-one process for named queues to serve).
+    pub registry_sync: Duration,
 }
 
 impl UpConfig {
@@ -39,11 +80,14 @@ impl UpConfig {
             data_dir,
             gateway: GatewayConfig::default(),
             process: ProcessConfig::default(),
+            shared: None,
             worker_concurrency: 32,
+            function_concurrency: 32,
             lease: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             result_max_bytes: 1024 * 1024,
             result_retention: Duration::from_secs(24 * 3600),
+            registry_sync: Duration::from_secs(2),
         }
     }
 }
@@ -69,48 +113,120 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<DataDirLock> {
     }
 }
 
-/// A data dir that is locked for this process, with its database open and migrated: everything
-/// that can fail on bad configuration or a busy data dir, done before any port is bound.
+/// The stores and the default queue, opened.
+#[derive(Debug, Clone)]
+struct Backends {
+    functions: Arc<dyn FunctionStore>,
+    calls: Arc<dyn CallStore>,
+    queue: Arc<dyn CallQueue>,
+    /// Set on the embedded default, which has leases to release at start-up.
+    sqlite_queue: Option<SqliteQueue>,
+}
+
+/// A data dir locked for this process (when it runs functions), with its stores and queue open:
+/// everything that can fail on bad configuration or a busy data dir, done before any port is
+/// bound.
 #[derive(Debug)]
 pub struct Prepared {
     config: UpConfig,
-    _lock: DataDirLock,
-    store: SqliteStore,
-    queue: SqliteQueue,
+    role: Role,
+    _lock: Option<DataDirLock>,
+    backends: Backends,
 }
 
 impl Prepared {
-    pub async fn new(config: UpConfig) -> anyhow::Result<Self> {
-        let lock = lock_data_dir(&config.data_dir)?;
-        let db_path = config.data_dir.join("sluice.db");
-        let pool = open_sqlite(&db_path)
-            .await
-            .with_context(|| format!("cannot open the database {}", db_path.display()))?;
-        let store = SqliteStore::new(pool.clone());
-        let queue = SqliteQueue::new(pool, config.lease);
+    pub async fn new(config: UpConfig, role: Role) -> anyhow::Result<Self> {
+        let runs_functions = !matches!(role, Role::QueueWorker { .. });
+        let lock = runs_functions
+            .then(|| lock_data_dir(&config.data_dir))
+            .transpose()?;
+        let backends = match &config.shared {
+            None => {
+                let db_path = config.data_dir.join("sluice.db");
+                let pool = open_sqlite(&db_path)
+                    .await
+                    .with_context(|| format!("cannot open the database {}", db_path.display()))?;
+                let store = SqliteStore::new(pool.clone());
+                let queue = SqliteQueue::new(pool, config.lease);
+                Backends {
+                    functions: Arc::new(store.clone()),
+                    calls: Arc::new(store),
+                    queue: Arc::new(queue.clone()),
+                    sqlite_queue: Some(queue),
+                }
+            }
+            Some(shared) => {
+                let pool = open_postgres(&shared.database_url, shared.db_connections)
+                    .await
+                    .context("cannot open the Postgres database (--database-url)")?;
+                let store = PgStore::new(pool);
+                let queue = connect_queue(shared, &config, None).await?;
+                Backends {
+                    functions: Arc::new(store.clone()),
+                    calls: Arc::new(store),
+                    queue: Arc::new(queue),
+                    sqlite_queue: None,
+                }
+            }
+        };
         Ok(Self {
             config,
+            role,
             _lock: lock,
-            store,
-            queue,
+            backends,
         })
     }
 
-    /// Runs gateway, queue worker and provider on `listener` until `shutdown`.
+    /// Runs what the role says on `listener` (unused by a queue worker) until `shutdown`.
     pub async fn serve(
         self,
-        listener: TcpListener,
+        listener: Option<TcpListener>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let Self {
             config,
+            role,
             _lock,
-            store,
-            queue,
+            backends,
         } = self;
-        // This process holds the data dir, so no live worker holds any lease: give them all back.
-        let released = queue.release_all_leases().await?;
-        let pending = queue.pending().await?;
+        if let Role::QueueWorker {
+            gateway_url,
+            queues,
+        } = &role
+        {
+            let mut worker_config = worker_config(&config, gateway_url.clone());
+            worker_config.internal_token = config.gateway.internal_token.clone();
+            let mut workers = JoinSet::new();
+            for queue in queues {
+                let q = match &config.shared {
+                    Some(shared) => Arc::new(connect_queue(shared, &config, Some(queue)).await?)
+                        as Arc<dyn CallQueue>,
+                    None => backends.queue.clone(),
+                };
+                workers.spawn(sluice_queue_worker::run(
+                    q,
+                    backends.calls.clone(),
+                    backends.functions.clone(),
+                    worker_config.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            tracing::info!(queues = ?queues, "queue worker started");
+            while let Some(joined) = workers.join_next().await {
+                joined.context("queue worker panicked")?;
+            }
+            tracing::info!("stopped");
+            return Ok(());
+        }
+        let listener = listener.context("a gateway needs a listener")?;
+
+        let mut pending = None;
+        let mut released = 0;
+        if let Some(queue) = &backends.sqlite_queue {
+            // This process holds the data dir, so no live worker holds any lease.
+            released = queue.release_all_leases().await?;
+            pending = Some(queue.pending().await?);
+        }
         let mut process = config.process.clone();
         process.run_dir = Some(config.data_dir.join("run"));
         let provider = ProcessProvider::new(process);
@@ -123,60 +239,54 @@ impl Prepared {
                 "stopped function processes a previous run left behind"
             );
         }
-        let restored =
-            sluice_gateway::restore(&store, &provider, config.gateway.max_replicas_limit)
-                .await
-                .map_err(|e| anyhow::anyhow!("restoring functions: {e}"))?;
-        tracing::info!(restored, pending, released, "state restored");
+        let restored = sluice_gateway::restore(
+            backends.functions.as_ref(),
+            &provider,
+            config.gateway.max_replicas_limit,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("restoring functions: {e}"))?;
+        tracing::info!(restored, ?pending, released, "state restored");
 
-        // The worker reaches the gateway on the address it listens on (loopback if it listens
-        // on all addresses).
-        let mut addr = listener.local_addr()?;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(if addr.is_ipv4() {
-                std::net::Ipv4Addr::LOCALHOST.into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            });
-        }
-        let gateway_url = format!("http://{addr}");
+        let gateway_url = loopback_url(&listener)?;
         let gateway_shutdown = CancellationToken::new();
-        let internal_token = uuid::Uuid::new_v4().simple().to_string();
         let mut gateway_config = config.gateway.clone();
-        gateway_config.internal_token = Some(internal_token.clone());
+        if matches!(role, Role::All) && gateway_config.internal_token.is_none() {
+            gateway_config.internal_token = Some(uuid::Uuid::new_v4().simple().to_string());
+        }
         let state = AppState::new(
             Arc::new(provider.clone()),
-            Arc::new(store.clone()),
-            Arc::new(store.clone()),
-            Arc::new(queue.clone()),
-            gateway_config,
+            backends.functions.clone(),
+            backends.calls.clone(),
+            backends.queue.clone(),
+            gateway_config.clone(),
             gateway_shutdown.clone(),
         );
+        if config.shared.is_some() {
+            tokio::spawn(sluice_gateway::sync_functions(
+                state.clone(),
+                config.registry_sync,
+            ));
+        }
         let gateway = tokio::spawn(sluice_gateway::serve(listener, state));
 
-        let mut worker_config = WorkerConfig::new(gateway_url);
-        worker_config.concurrency = config.worker_concurrency;
-        // The gateway may wait for a ready replica, then for the function: the worker waits for both.
-        worker_config.invoke_timeout = config.gateway.readiness_wait
-            + config.gateway.upstream_timeout
-            + Duration::from_secs(5);
-        worker_config.max_response_bytes = config.gateway.max_body_bytes;
-        worker_config.shutdown_grace = config.shutdown_grace;
-        worker_config.internal_token = Some(internal_token);
-        worker_config.result_max_bytes = config.result_max_bytes;
-        worker_config.result_retention = config.result_retention;
-        let worker = tokio::spawn(sluice_queue_worker::run(
-            Arc::new(queue),
-            Arc::new(store.clone()),
-            Arc::new(store),
-            worker_config,
-            shutdown.clone(),
-        ));
+        let worker = matches!(role, Role::All).then(|| {
+            let mut worker_config = worker_config(&config, gateway_url);
+            worker_config.internal_token = gateway_config.internal_token.clone();
+            tokio::spawn(run_workers(
+                config.clone(),
+                backends.clone(),
+                worker_config,
+                shutdown.clone(),
+            ))
+        });
 
         shutdown.cancelled().await;
         tracing::info!("shutting down: finishing in-flight calls");
         // The worker drains first (it needs the gateway and the replicas to finish its calls).
-        worker.await.context("queue worker panicked")?;
+        if let Some(worker) = worker {
+            worker.await.context("queue worker panicked")??;
+        }
         gateway_shutdown.cancel();
         match tokio::time::timeout(config.shutdown_grace, gateway).await {
             Ok(joined) => joined.context("gateway panicked")??,
@@ -186,4 +296,110 @@ impl Prepared {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The URL a worker in this process reaches the gateway on (loopback if it listens on all
+/// addresses).
+fn loopback_url(listener: &TcpListener) -> anyhow::Result<String> {
+    let mut addr = listener.local_addr()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    Ok(format!("http://{addr}"))
+}
+
+async fn connect_queue(
+    shared: &SharedBackends,
+    config: &UpConfig,
+    queue: Option<&QueueName>,
+) -> anyhow::Result<JetStreamQueue> {
+    let mut nats = shared.nats.clone();
+    nats.lease = config.lease;
+    if let Some(queue) = queue {
+        nats.queue = queue.clone();
+    }
+    let name = nats.queue.clone();
+    JetStreamQueue::connect(nats)
+        .await
+        .with_context(|| format!("cannot open queue {name} on NATS (--nats)"))
+}
+
+fn worker_config(config: &UpConfig, gateway_url: String) -> WorkerConfig {
+    let mut worker = WorkerConfig::new(gateway_url);
+    worker.concurrency = config.worker_concurrency;
+    worker.function_concurrency = config.function_concurrency;
+    // The gateway may wait for a ready replica, then for the function: the worker waits for both.
+    worker.invoke_timeout =
+        config.gateway.readiness_wait + config.gateway.upstream_timeout + Duration::from_secs(5);
+    worker.max_response_bytes = config.gateway.max_body_bytes;
+    worker.shutdown_grace = config.shutdown_grace;
+    worker.result_max_bytes = config.result_max_bytes;
+    worker.result_retention = config.result_retention;
+    worker
+}
+
+/// The all-in-one process's workers: the default queue, and on JetStream one more for every
+/// named queue a deployed function uses, started as such functions appear.
+async fn run_workers(
+    config: UpConfig,
+    backends: Backends,
+    worker_config: WorkerConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut workers = JoinSet::new();
+    workers.spawn(sluice_queue_worker::run(
+        backends.queue.clone(),
+        backends.calls.clone(),
+        backends.functions.clone(),
+        worker_config.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(shared) = &config.shared {
+        let mut serving = std::collections::HashSet::from([shared.nats.queue.clone()]);
+        loop {
+            match backends.functions.list().await {
+                Ok(specs) => {
+                    let named = specs.iter().filter_map(|s| {
+                        QueueName::from_annotations(s.deployment.annotations.as_ref())
+                            .ok()
+                            .flatten()
+                    });
+                    for queue in named.collect::<Vec<_>>() {
+                        if serving.contains(&queue) {
+                            continue;
+                        }
+                        match connect_queue(shared, &config, Some(&queue)).await {
+                            Ok(q) => {
+                                tracing::info!(%queue, "serving a named queue");
+                                serving.insert(queue);
+                                workers.spawn(sluice_queue_worker::run(
+                                    Arc::new(q),
+                                    backends.calls.clone(),
+                                    backends.functions.clone(),
+                                    worker_config.clone(),
+                                    shutdown.clone(),
+                                ));
+                            }
+                            Err(error) => {
+                                tracing::warn!(%queue, error = %format!("{error:#}"), "cannot serve a named queue yet")
+                            }
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot list functions for their queues"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(config.registry_sync) => {}
+            }
+        }
+    }
+    while let Some(joined) = workers.join_next().await {
+        joined.context("queue worker panicked")?;
+    }
+    Ok(())
 }

@@ -97,6 +97,7 @@ pub trait Provider: Send + Sync + Debug {
     fn validate(&self, deployment: &FunctionDeployment) -> Result<(), ProviderError>;
 
     /// Starts a function, or replaces a running one's configuration, with `spec.replicas` replicas.
+    /// Applying the configuration a function already runs only sets its replica count.
     async fn apply(&self, spec: &FunctionSpec) -> Result<(), ProviderError>;
 
     /// Stops every replica of a function and forgets it.

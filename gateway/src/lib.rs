@@ -14,6 +14,7 @@ mod error;
 mod functions;
 mod invoke;
 mod logs;
+mod sync;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 pub use functions::restore;
+pub use sync::sync_functions;
 
 /// Gateway settings; plain data, so tests build it directly.
 #[derive(Debug, Clone)]

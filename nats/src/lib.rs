@@ -99,7 +99,9 @@ pub struct JetStreamQueue {
 struct Inner {
     client: async_nats::Client,
     js: Context,
-    consumer: PullConsumer,
+    /// Created on the first `next`: a gateway only publishes, and must not reset the consumer's
+    /// ack wait to its own idea of the lease.
+    consumer: tokio::sync::OnceCell<PullConsumer>,
     bodies: ObjectStore,
     config: JetStreamConfig,
 }
@@ -146,10 +148,6 @@ impl JetStreamQueue {
         })
         .await
         .map_err(|e| unavailable(&format!("creating stream {}", config.stream), e))?;
-        let stream = js
-            .get_stream(&config.stream)
-            .await
-            .map_err(|e| unavailable(&format!("opening stream {}", config.stream), e))?;
         let bodies = match js.get_object_store(&config.bodies_bucket).await {
             Ok(bucket) => bucket,
             Err(_) => {
@@ -164,30 +162,46 @@ impl JetStreamQueue {
                 .map_err(|e| unavailable(&format!("creating bucket {}", config.bodies_bucket), e))?
             }
         };
-        let durable = format!("sluice-{}", config.queue);
-        let consumer = stream
-            .create_consumer(ConsumerConfig {
-                durable_name: Some(durable.clone()),
-                description: Some(format!("Sluice workers of queue {}", config.queue)),
-                filter_subject: format!("{}.{}", config.subject_prefix, config.queue),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: config.lease,
-                // Attempts are counted by the worker, against the function's retry policy.
-                max_deliver: -1,
-                max_ack_pending: config.max_unacked,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| unavailable(&format!("creating consumer {durable}"), e))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
                 js,
-                consumer,
+                consumer: tokio::sync::OnceCell::new(),
                 bodies,
                 config,
             }),
         })
+    }
+
+    /// This queue's durable consumer, created (or updated to this lease) on first use.
+    async fn consumer(&self) -> Result<&PullConsumer, QueueError> {
+        let config = &self.inner.config;
+        self.inner
+            .consumer
+            .get_or_try_init(|| async {
+                let stream = self
+                    .inner
+                    .js
+                    .get_stream(&config.stream)
+                    .await
+                    .map_err(|e| unavailable(&format!("opening stream {}", config.stream), e))?;
+                let durable = format!("sluice-{}", config.queue);
+                stream
+                    .create_consumer(ConsumerConfig {
+                        durable_name: Some(durable.clone()),
+                        description: Some(format!("Sluice workers of queue {}", config.queue)),
+                        filter_subject: format!("{}.{}", config.subject_prefix, config.queue),
+                        ack_policy: AckPolicy::Explicit,
+                        ack_wait: config.lease,
+                        // Attempts are counted by the worker, against the function's retry policy.
+                        max_deliver: -1,
+                        max_ack_pending: config.max_unacked,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| unavailable(&format!("creating consumer {durable}"), e))
+            })
+            .await
     }
 
     fn subject(&self, queue: Option<&QueueName>) -> String {
@@ -336,8 +350,8 @@ impl CallQueue for JetStreamQueue {
     async fn next(&self, max_wait: Duration) -> Result<Option<Delivery>, QueueError> {
         self.ensure_connected()?;
         let mut batch = self
-            .inner
-            .consumer
+            .consumer()
+            .await?
             .batch()
             .max_messages(1)
             .expires(max_wait.max(Duration::from_millis(100)))

@@ -135,6 +135,9 @@ impl Provider for ProcessProvider {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         match functions.get(&spec.function) {
+            // Applying what already runs only sets the replica count, as applying an unchanged
+            // Deployment does on Kubernetes: nothing is restarted.
+            Some(rt) if rt.runs(&run) => rt.scale(spec.replicas),
             Some(rt) => rt.replace(run, spec.replicas),
             None => {
                 let logs = Arc::new(LogBuffer::new(

@@ -8,12 +8,13 @@
 mod callback;
 mod invoke;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::{
     CallOutcome, CallQueue, CallRecord, CallState, CallStore, CallbackOutcome, Delivery,
-    FunctionStore, QueueError, QueuedCall, RetryPolicy, StoreError, Timestamp,
+    FunctionRef, FunctionStore, QueueError, QueuedCall, RetryPolicy, StoreError, Timestamp,
 };
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,9 @@ pub struct WorkerConfig {
     pub gateway_url: String,
     /// Calls worked on at once.
     pub concurrency: usize,
+    /// Calls of any one function worked on at once. A delivery beyond it goes back on the queue
+    /// for a moment, so one slow function cannot take every slot from the others.
+    pub function_concurrency: usize,
     /// How long one invocation may take.
     pub invoke_timeout: Duration,
     /// Largest function response kept for the callback.
@@ -51,6 +55,7 @@ impl WorkerConfig {
         Self {
             gateway_url: gateway_url.into(),
             concurrency: 32,
+            function_concurrency: 24,
             invoke_timeout: Duration::from_secs(300),
             max_response_bytes: 16 * 1024 * 1024,
             callback_timeout: Duration::from_secs(30),
@@ -77,7 +82,49 @@ struct Worker {
     abandon: CancellationToken,
     /// How often a running call's lease is renewed: a third of the queue's lease.
     heartbeat_every: Duration,
+    busy: Arc<FunctionSlots>,
 }
+
+/// Calls running per function, bounded by `function_concurrency`.
+#[derive(Debug, Default)]
+struct FunctionSlots(std::sync::Mutex<HashMap<FunctionRef, usize>>);
+
+/// One running call of a function; frees its slot when dropped.
+struct FunctionSlot {
+    slots: Arc<FunctionSlots>,
+    function: FunctionRef,
+}
+
+impl FunctionSlots {
+    fn take(self: &Arc<Self>, function: &FunctionRef, limit: usize) -> Option<FunctionSlot> {
+        let mut running = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = running.entry(function.clone()).or_default();
+        if *n >= limit.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(FunctionSlot {
+            slots: self.clone(),
+            function: function.clone(),
+        })
+    }
+}
+
+impl Drop for FunctionSlot {
+    fn drop(&mut self) {
+        let mut running = self.slots.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = running.get_mut(&self.function) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.function);
+            }
+        }
+    }
+}
+
+/// How long a call of a function that is at its concurrency cap waits before it is offered
+/// again (plus up to as much again, at random, so they do not come back together).
+const FUNCTION_BUSY_WAIT: Duration = Duration::from_millis(500);
 
 /// Works the queue until `shutdown`; then stops taking calls, lets in-flight ones finish within
 /// the grace period and releases the rest for redelivery.
@@ -99,6 +146,7 @@ pub async fn run(
         http,
         abandon: CancellationToken::new(),
         heartbeat_every: (queue.lease_duration() / 3).max(Duration::from_millis(50)),
+        busy: Arc::default(),
     };
     let slots = Arc::new(Semaphore::new(worker.config.concurrency.max(1)));
     let tracker = TaskTracker::new();
@@ -114,10 +162,25 @@ pub async fn run(
         };
         match next {
             Ok(Some(delivery)) => {
+                let function = &delivery.call.meta.function;
+                let Some(slot) = worker
+                    .busy
+                    .take(function, worker.config.function_concurrency)
+                else {
+                    // Not an attempt: the call goes back untouched, and this slot takes the
+                    // next call, which may well be another function's.
+                    tracing::debug!(call = %delivery.call.meta.id, %function, "function at its concurrency cap; offered again shortly");
+                    let wait = FUNCTION_BUSY_WAIT.mul_f64(1.0 + rand::random::<f64>());
+                    tracker.spawn(async move {
+                        let _ = delivery.lease.release(wait).await;
+                        drop(permit);
+                    });
+                    continue;
+                };
                 let worker = worker.clone();
                 tracker.spawn(async move {
                     worker.handle(delivery).await;
-                    drop(permit);
+                    drop((slot, permit));
                 });
             }
             Ok(None) => {}

@@ -1,5 +1,8 @@
 //! Acceptance 3: async calls are accepted with 202, run by the queue worker, and their results
 //! reach the caller's X-Callback-Url; the calls API says what became of each.
+//!
+//! Tests marked `on_both_backends!` run twice: on the embedded SQLite queue, and on Postgres
+//! with JetStream.
 
 use std::collections::{HashMap, HashSet};
 
@@ -7,15 +10,16 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::harness::{
-    Receiver, Sluice, deploy, eventually, get_json, sample, scale, submit_async, try_get_json,
+    Backend, Receiver, Sluice, deploy, eventually, get_json, sample, scale, submit_async,
+    try_get_json,
 };
 
 const CALLS: usize = 500;
 
-#[tokio::test]
-async fn five_hundred_async_calls_each_get_their_callback() {
+on_both_backends!(five_hundred_async_calls_each_get_their_callback);
+async fn five_hundred_async_calls_each_get_their_callback(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let sluice = backend.up(&dir.path().join("data"), &[]);
     let url = sluice.url.clone();
     let http = reqwest::Client::new();
     let receiver = Receiver::start().await;
@@ -117,10 +121,10 @@ async fn five_hundred_async_calls_each_get_their_callback() {
     }
 }
 
-#[tokio::test]
-async fn async_keeps_method_and_call_id_and_reports_failures() {
+on_both_backends!(async_keeps_method_and_call_id_and_reports_failures);
+async fn async_keeps_method_and_call_id_and_reports_failures(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let sluice = backend.up(&dir.path().join("data"), &[]);
     let url = &sluice.url;
     let http = reqwest::Client::new();
     let receiver = Receiver::start().await;
@@ -307,10 +311,10 @@ async fn redeploying_or_scaling_down_does_not_cut_running_calls() {
     }
 }
 
-#[tokio::test]
-async fn one_call_id_is_never_accepted_for_two_functions() {
+on_both_backends!(one_call_id_is_never_accepted_for_two_functions);
+async fn one_call_id_is_never_accepted_for_two_functions(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let sluice = backend.up(&dir.path().join("data"), &[]);
     let url = &sluice.url;
     let http = reqwest::Client::new();
     let receiver = Receiver::start().await;
@@ -348,10 +352,10 @@ async fn one_call_id_is_never_accepted_for_two_functions() {
     assert_eq!(receiver.count(), accepted.len());
 }
 
-#[tokio::test]
-async fn failed_attempts_are_retried_with_backoff_then_given_up() {
+on_both_backends!(failed_attempts_are_retried_with_backoff_then_given_up);
+async fn failed_attempts_are_retried_with_backoff_then_given_up(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let sluice = backend.up(&dir.path().join("data"), &[]);
     let url = &sluice.url;
     let http = reqwest::Client::new();
     let receiver = Receiver::start().await;
@@ -501,11 +505,11 @@ async fn failed_attempts_are_retried_with_backoff_then_given_up() {
     assert_eq!(r.status(), 400);
 }
 
-#[tokio::test]
-async fn a_queued_call_can_be_cancelled_and_never_runs() {
+on_both_backends!(a_queued_call_can_be_cancelled_and_never_runs);
+async fn a_queued_call_can_be_cancelled_and_never_runs(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     // One call at a time, so the second waits in the queue behind the first.
-    let sluice = Sluice::start(&dir.path().join("data"), &["--worker-concurrency", "1"]);
+    let sluice = backend.up(&dir.path().join("data"), &["--worker-concurrency", "1"]);
     let url = &sluice.url;
     let http = reqwest::Client::new();
     let receiver = Receiver::start().await;
@@ -584,11 +588,13 @@ async fn a_queued_call_can_be_cancelled_and_never_runs() {
     );
 }
 
-#[tokio::test]
-async fn callbacks_wait_for_a_receiver_that_is_down_without_running_the_function_again() {
+on_both_backends!(callbacks_wait_for_a_receiver_that_is_down_without_running_the_function_again);
+async fn callbacks_wait_for_a_receiver_that_is_down_without_running_the_function_again(
+    backend: Backend,
+) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut sluice = Sluice::start(&data, &[]);
+    let mut sluice = backend.up(&data, &[]);
     let url = &sluice.url.clone();
     let http = reqwest::Client::new();
     let receiver = Receiver::start().await;
@@ -622,7 +628,7 @@ async fn callbacks_wait_for_a_receiver_that_is_down_without_running_the_function
     // Sluice dies with the callbacks still owed; the next start owes them still, and does not
     // run the functions again for them (attempts stay at 1).
     sluice.kill();
-    let sluice = Sluice::start(&data, &[]);
+    let sluice = backend.up(&data, &[]);
     let url = &sluice.url;
     assert!(receiver.accept() >= 3);
     eventually("every callback", || async {

@@ -23,7 +23,7 @@ pub fn functions_dir() -> PathBuf {
         .expect("functions/ exists")
 }
 
-/// A running `sluice up`, killed (SIGKILL) when dropped.
+/// A running `sluice` (up, gateway or queue-worker), killed (SIGKILL) when dropped.
 #[derive(Debug)]
 pub struct Sluice {
     pub url: String,
@@ -33,18 +33,26 @@ pub struct Sluice {
 impl Sluice {
     /// Starts `sluice up` on a free port with its data in `data_dir`; returns once it listens.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> Self {
-        let log = std::fs::OpenOptions::new()
+        let mut args = vec!["up", "--listen", "127.0.0.1:0", "--data-dir"];
+        let data = data_dir.to_str().expect("a UTF-8 temp path");
+        args.push(data);
+        args.extend_from_slice(extra_args);
+        Self::run(&args, &data_dir.with_extension("log"))
+    }
+
+    /// Runs `sluice <args>` with its log in `log`; returns once it has said it is running (a
+    /// gateway: where it listens; a queue worker: that it works; `url` is empty then).
+    pub fn run(args: &[&str], log: &Path) -> Self {
+        let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(data_dir.with_extension("log"))
+            .open(log)
             .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(extra_args)
+            .args(args)
             .env("SLUICE_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(log)
+            .stderr(log_file)
             .spawn()
             .expect("sluice starts");
         // The first line says where it listens: it is printed after the port is bound.
@@ -53,16 +61,12 @@ impl Sluice {
         stdout.read_line(&mut first).unwrap();
         // Keep reading what else it prints, so its stdout never fills or breaks.
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        let url = first
-            .trim()
-            .strip_prefix("sluice listening on ")
-            .unwrap_or_else(|| {
-                panic!(
-                    "unexpected first line {first:?}; see {}",
-                    data_dir.with_extension("log").display()
-                )
-            })
-            .to_owned();
+        let first = first.trim();
+        let url = match first.strip_prefix("sluice listening on ") {
+            Some(url) => url.to_owned(),
+            None if first == "sluice queue worker running" => String::new(),
+            None => panic!("unexpected first line {first:?}; see {}", log.display()),
+        };
         Self { url, child }
     }
 
@@ -254,4 +258,57 @@ pub async fn submit_async(
         .send()
         .await
         .unwrap()
+}
+
+/// Postgres and NATS JetStream for the cluster form: a fresh database and a `nats-server` of
+/// the test's own.
+#[derive(Debug)]
+pub struct Shared {
+    pub nats: sluice_testkit::NatsServer,
+    pub db: sluice_testkit::FreshDatabase,
+}
+
+impl Shared {
+    pub async fn start() -> Self {
+        Self {
+            nats: sluice_testkit::NatsServer::start(),
+            db: sluice_testkit::FreshDatabase::create().await,
+        }
+    }
+
+    /// `--nats <url> --database-url <url>`.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--nats".into(),
+            self.nats.url(),
+            "--database-url".into(),
+            self.db.url.clone(),
+        ]
+    }
+}
+
+/// Which backends a test runs Sluice on.
+#[derive(Debug)]
+pub enum Backend {
+    /// SQLite and the embedded queue, in the data dir.
+    Embedded,
+    /// Postgres and JetStream.
+    Shared(Shared),
+}
+
+impl Backend {
+    pub async fn shared() -> Self {
+        Self::Shared(Shared::start().await)
+    }
+
+    /// Starts `sluice up` on this backend, with `extra_args`.
+    pub fn up(&self, data_dir: &Path, extra_args: &[&str]) -> Sluice {
+        let shared = match self {
+            Self::Embedded => Vec::new(),
+            Self::Shared(shared) => shared.args(),
+        };
+        let mut args: Vec<&str> = shared.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra_args);
+        Sluice::start(data_dir, &args)
+    }
 }

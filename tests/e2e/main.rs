@@ -5,6 +5,24 @@
 // Test modules share items with `pub`; nothing here is a public API.
 #![allow(unreachable_pub)]
 
+/// Runs the async test `$name(backend: Backend)` on each backend, as `$name::embedded` and
+/// `$name::shared` (Postgres and JetStream).
+macro_rules! on_both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn embedded() {
+                super::$name(crate::harness::Backend::Embedded).await
+            }
+
+            #[tokio::test]
+            async fn shared() {
+                super::$name(crate::harness::Backend::shared().await).await
+            }
+        }
+    };
+}
+
 mod api;
 mod async_calls;
 mod bad_input;

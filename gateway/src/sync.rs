@@ -1,0 +1,81 @@
+//! Keeping this gateway's provider in step with a registry that other gateways also write.
+//!
+//! In the cluster form every gateway shares one registry (Postgres). A function deployed,
+//! updated, scaled or removed through one gateway is applied by that gateway's provider at once;
+//! every other gateway notices the change on its next look and applies it to its own provider.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use sluice_core::{FunctionDeployment, FunctionRef, ProviderError};
+
+use crate::AppState;
+
+/// Applies registry changes to this gateway's provider every `every`, until shutdown.
+pub async fn sync_functions(state: AppState, every: Duration) {
+    // What was last seen in the registry for each function this loop applied.
+    let mut seen: HashMap<FunctionRef, (FunctionDeployment, u32)> = HashMap::new();
+    loop {
+        if let Err(error) = sync_once(&state, &mut seen).await {
+            tracing::warn!(%error, "cannot read the function registry; will try again");
+        }
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+async fn sync_once(
+    state: &AppState,
+    seen: &mut HashMap<FunctionRef, (FunctionDeployment, u32)>,
+) -> Result<(), crate::ApiError> {
+    let listed = state.functions.list().await?;
+    let present: HashSet<FunctionRef> = listed.iter().map(|s| s.function.clone()).collect();
+    for spec in listed {
+        let replicas = spec.replicas.min(state.config.max_replicas_limit);
+        let unchanged = seen.get(&spec.function).is_some_and(|(d, r)| {
+            *d == spec.deployment
+                && *r == replicas
+                && state.provider.replicas(&spec.function).is_some()
+        });
+        if unchanged {
+            continue;
+        }
+        // Under the function's lock, from a fresh read: a change made through this gateway
+        // meanwhile is already applied and must not be undone by an older read.
+        let _serial = state.lock_function(&spec.function).await;
+        let Some(mut fresh) = state.functions.get(&spec.function).await? else {
+            continue;
+        };
+        fresh.replicas = fresh.replicas.min(state.config.max_replicas_limit);
+        match state.provider.apply(&fresh).await {
+            Ok(()) => {
+                tracing::debug!(function = %fresh.function, replicas = fresh.replicas, "applied from the registry");
+                seen.insert(fresh.function.clone(), (fresh.deployment, fresh.replicas));
+            }
+            Err(error) => {
+                tracing::error!(function = %fresh.function, %error, "cannot apply a function from the registry");
+            }
+        }
+    }
+    let gone: Vec<FunctionRef> = seen
+        .keys()
+        .filter(|f| !present.contains(*f))
+        .cloned()
+        .collect();
+    for function in gone {
+        let _serial = state.lock_function(&function).await;
+        if state.functions.get(&function).await?.is_some() {
+            continue;
+        }
+        match state.provider.remove(&function).await {
+            Ok(()) | Err(ProviderError::NotFound(_)) => {
+                tracing::debug!(%function, "removed: no longer in the registry");
+                seen.remove(&function);
+            }
+            Err(error) => tracing::error!(%function, %error, "cannot remove a function"),
+        }
+    }
+    Ok(())
+}
