@@ -188,6 +188,8 @@ impl Receiver {
                     axum::http::StatusCode::OK
                 },
             )
+            // Callbacks carry whole responses, up to the gateway's 16 MiB.
+            .layer(axum::extract::DefaultBodyLimit::max(32 * 1024 * 1024))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/callback", listener.local_addr().unwrap());

@@ -27,5 +27,6 @@ mod api;
 mod async_calls;
 mod bad_input;
 mod cli;
+mod cluster;
 mod durability;
 mod harness;

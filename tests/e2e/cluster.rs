@@ -1,0 +1,321 @@
+//! The cluster form: separate `sluice gateway` and `sluice queue-worker` processes sharing one
+//! Postgres database and one `nats-server`, with processes killed under load.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::harness::{
+    Backend, Receiver, Shared, Sluice, deploy, eventually, get_json, sample, submit_async,
+    try_get_json,
+};
+
+const TOKEN: &str = "cluster-test-token";
+
+fn gateway(shared: &Shared, dir: &Path, name: &str) -> Sluice {
+    let data = dir.join(name);
+    let backends = shared.args();
+    let mut args = vec![
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--db-connections",
+        "6",
+        "--internal-token",
+        TOKEN,
+    ];
+    args.extend(backends.iter().map(String::as_str));
+    Sluice::run(&args, &dir.join(format!("{name}.log")))
+}
+
+fn worker(shared: &Shared, dir: &Path, name: &str, gateway_url: &str, extra: &[&str]) -> Sluice {
+    let backends = shared.args();
+    let mut args = vec![
+        "queue-worker",
+        "--gateway-url",
+        gateway_url,
+        "--db-connections",
+        "6",
+        "--internal-token",
+        TOKEN,
+    ];
+    args.extend(backends.iter().map(String::as_str));
+    args.extend_from_slice(extra);
+    Sluice::run(&args, &dir.join(format!("{name}.log")))
+}
+
+/// Waits until the gateway at `url` runs a ready replica of `function`.
+async fn ready_on(http: &reqwest::Client, url: &str, function: &str) {
+    eventually("the function to be ready on every gateway", || async {
+        let f: Value = try_get_json(http, format!("{url}/system/function/{function}")).await?;
+        (f["availableReplicas"].as_u64()? >= 1).then_some(())
+    })
+    .await;
+}
+
+/// One submission attempt: when it was sent, when it was answered, with what.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    sent: Instant,
+    answered: Instant,
+    status: u16,
+}
+
+const CALLS: usize = 10_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_calls_survive_killed_workers_and_a_nats_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let mut shared = Shared::start().await;
+    let http = reqwest::Client::new();
+    let gateways = [gateway(&shared, dir, "gw0"), gateway(&shared, dir, "gw1")];
+    let urls: Vec<String> = gateways.iter().map(|g| g.url.clone()).collect();
+    deploy(
+        &http,
+        &urls[0],
+        &sample("echo", "python3 -u echo.py", true, &[]),
+    )
+    .await;
+    for url in &urls {
+        ready_on(&http, url, "echo").await;
+    }
+    let lease = ["--lease", "2s", "--worker-concurrency", "16"];
+    let mut workers: Vec<Sluice> = (0..3)
+        .map(|i| worker(&shared, dir, &format!("w{i}"), &urls[i % 2], &lease))
+        .collect();
+    let receiver = Receiver::start().await;
+
+    // Submit every call, each through one of the gateways, retrying a 503 (with the same call
+    // id) until it is accepted.
+    let attempts: Arc<Mutex<Vec<Attempt>>> = Arc::default();
+    let submitted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let submitting = {
+        let (http, urls, receiver) = (http.clone(), urls.clone(), receiver.clone());
+        let (attempts, submitted) = (attempts.clone(), submitted.clone());
+        tokio::spawn(async move {
+            futures_util::stream::iter(0..CALLS)
+                .for_each_concurrent(48, |i| {
+                    let (http, urls, receiver) = (&http, &urls, &receiver);
+                    let (attempts, submitted) = (&attempts, &submitted);
+                    async move {
+                        let target = format!("{}/async-function/echo", urls[i % 2]);
+                        let deadline = Instant::now() + Duration::from_secs(120);
+                        loop {
+                            let sent = Instant::now();
+                            let r =
+                                submit_async(http, target.clone(), receiver, format!("c{i}")).await;
+                            let status = r.status().as_u16();
+                            let answered = Instant::now();
+                            attempts.lock().unwrap().push(Attempt {
+                                sent,
+                                answered,
+                                status,
+                            });
+                            match status {
+                                202 => break,
+                                503 => {
+                                    assert!(Instant::now() < deadline, "c{i} never accepted");
+                                    assert!(r.headers().contains_key("retry-after"));
+                                    tokio::time::sleep(Duration::from_millis(200)).await;
+                                }
+                                other => panic!("c{i}: {other} {}", r.text().await.unwrap()),
+                            }
+                        }
+                        submitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                })
+                .await;
+        })
+    };
+
+    // Meanwhile: SIGKILL a worker every few seconds and start it again; once, a third of the
+    // way in, kill nats-server and bring it back a few seconds later.
+    let mut outage = None;
+    let mut kills = 0;
+    while !submitting.is_finished() {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let k = kills % workers.len();
+        workers[k].kill();
+        workers[k] = tokio::task::block_in_place(|| {
+            worker(&shared, dir, &format!("w{k}"), &urls[k % 2], &lease)
+        });
+        kills += 1;
+        let done = submitted.load(std::sync::atomic::Ordering::Relaxed);
+        if outage.is_none() && done >= CALLS / 3 {
+            shared.nats.kill();
+            let down = Instant::now();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let up = Instant::now();
+            tokio::task::block_in_place(|| shared.nats.restart());
+            outage = Some((down, up));
+        }
+    }
+    submitting.await.unwrap();
+    let (down, up) = outage.expect("the submissions ended before nats-server was restarted");
+
+    // During the outage nothing was accepted: a 202 sent after the kill and answered before
+    // the restart would be a call NATS never stored.
+    let attempts = attempts.lock().unwrap().clone();
+    let lies: Vec<_> = attempts
+        .iter()
+        .filter(|a| a.status == 202 && a.sent >= down && a.answered <= up)
+        .collect();
+    assert!(lies.is_empty(), "202 during the NATS outage: {lies:?}");
+    let refused = attempts
+        .iter()
+        .filter(|a| a.status == 503 && a.sent >= down && a.answered <= up)
+        .count();
+    assert!(refused > 0, "no submission was refused during the outage");
+
+    // Every accepted call is called back (at least once).
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let ids: HashSet<String> = receiver
+            .received()
+            .iter()
+            .map(|c| c.header("x-call-id").to_owned())
+            .collect();
+        if ids.len() == CALLS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {CALLS} callbacks after 5 minutes",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for cb in receiver.received() {
+        assert_eq!(cb.header("x-function-status"), "200", "{:?}", cb.headers);
+    }
+    // And every record says so: all succeeded, none lost.
+    let mut succeeded = HashSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{}/system/calls?status=succeeded&limit=1000", urls[1]);
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = get_json(&http, url).await;
+        for call in page["calls"].as_array().unwrap() {
+            succeeded.insert(call["id"].as_str().unwrap().to_owned());
+        }
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(succeeded.len(), CALLS, "calls not recorded as succeeded");
+    assert!(kills >= 3, "only {kills} worker kills happened");
+    eprintln!(
+        "{CALLS} calls: {kills} worker kills, {refused} submissions refused during a {:?} NATS \
+         outage, {} callbacks in all",
+        up - down,
+        receiver.count()
+    );
+}
+
+#[tokio::test]
+async fn a_call_three_times_longer_than_its_lease_runs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let shared = Shared::start().await;
+    let http = reqwest::Client::new();
+    let gw = gateway(&shared, dir, "gw");
+    deploy(
+        &http,
+        &gw.url,
+        &sample("sleep", "python3 -u sleep.py", true, &[]),
+    )
+    .await;
+    ready_on(&http, &gw.url, "sleep").await;
+    // Two workers on a one-second lease: a redelivery would go to the other.
+    let lease = ["--lease", "1s"];
+    let _workers = [
+        worker(&shared, dir, "w0", &gw.url, &lease),
+        worker(&shared, dir, "w1", &gw.url, &lease),
+    ];
+    let receiver = Receiver::start().await;
+    let r = submit_async(
+        &http,
+        format!("{}/async-function/sleep?seconds=3", gw.url),
+        &receiver,
+        "long",
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    let record: Value = eventually("the call to finish", || async {
+        let r: Value = try_get_json(&http, format!("{}/system/calls/long", gw.url)).await?;
+        (r["state"] == "succeeded").then_some(r)
+    })
+    .await;
+    assert_eq!(record["attempts"], 1, "the call ran twice: {record}");
+    eventually("the callback", || async {
+        (receiver.count() >= 1).then_some(())
+    })
+    .await;
+    let cb = &receiver.received()[0];
+    assert_eq!(cb.body, "slept 3s\n");
+    // A second run would have started within a lease of the first; it would show as a second
+    // attempt on the record or a second callback.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        let r: Value = get_json(&http, format!("{}/system/calls/long", gw.url)).await;
+        assert_eq!(r["attempts"], 1, "the call ran again: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(receiver.count(), 1, "a second callback came");
+}
+
+on_both_backends!(a_five_mib_body_survives_the_async_path_byte_for_byte);
+async fn a_five_mib_body_survives_the_async_path_byte_for_byte(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = backend.up(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = reqwest::Client::new();
+    deploy(&http, url, &sample("echo", "python3 -u echo.py", true, &[])).await;
+    let receiver = Receiver::start().await;
+    let body: Vec<u8> = (0..5 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let r = http
+        .post(format!("{url}/async-function/echo"))
+        .header("X-Callback-Url", &receiver.url)
+        .header("X-Call-Id", "big")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    eventually("the callback", || async {
+        (receiver.count() == 1).then_some(())
+    })
+    .await;
+    let cb = &receiver.received()[0];
+    assert_eq!(cb.header("x-function-status"), "200");
+    assert_eq!(cb.body.len(), body.len());
+    assert!(cb.body.as_ref() == body.as_slice(), "the body changed");
+
+    // One byte over the gateway's limit is refused, naming the limit.
+    let too_big = vec![b'x'; 16 * 1024 * 1024 + 1];
+    let r = http
+        .post(format!("{url}/async-function/echo"))
+        .body(too_big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let err: Value = r.json().await.unwrap();
+    assert!(
+        err["message"].as_str().unwrap().contains("16777216"),
+        "{err}"
+    );
+}
