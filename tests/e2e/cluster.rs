@@ -319,3 +319,87 @@ async fn a_five_mib_body_survives_the_async_path_byte_for_byte(backend: Backend)
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_named_queue_is_served_and_a_slow_function_does_not_hold_up_the_others() {
+    let backend = Backend::shared().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Four slots, at most two for any one function.
+    let sluice = backend.up(
+        &dir.path().join("data"),
+        &["--worker-concurrency", "4", "--function-concurrency", "2"],
+    );
+    let url = &sluice.url;
+    let http = reqwest::Client::new();
+    let receiver = Receiver::start().await;
+    deploy(
+        &http,
+        url,
+        &sample("sleep", "python3 -u sleep.py", true, &[]),
+    )
+    .await;
+    let mut echo = sample("echo", "python3 -u echo.py", true, &[]);
+    echo["annotations"]["com.openfaas.queue"] = "priority".into();
+    deploy(&http, url, &echo).await;
+    // The same, on the default queue with the sleeps.
+    deploy(
+        &http,
+        url,
+        &sample("plain", "python3 -u echo.py", true, &[]),
+    )
+    .await;
+    // A queue name that cannot name a NATS subject is refused at deploy.
+    let mut bad = sample("bad", "python3 -u echo.py", true, &[]);
+    bad["annotations"]["com.openfaas.queue"] = "no.dots".into();
+    let r = http
+        .post(format!("{url}/system/functions"))
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    for i in 0..6 {
+        let target = format!("{url}/async-function/sleep?seconds=4");
+        let r = submit_async(&http, target, &receiver, format!("slow-{i}")).await;
+        assert_eq!(r.status(), 202);
+    }
+    eventually("two sleeps to run", || async {
+        let page: Value = try_get_json(&http, format!("{url}/system/calls?status=running")).await?;
+        (page["calls"].as_array()?.len() == 2).then_some(())
+    })
+    .await;
+    for (function, id) in [("echo", "quick"), ("plain", "quick-too")] {
+        let target = format!("{url}/async-function/{function}");
+        let r = submit_async(&http, target, &receiver, id).await;
+        assert_eq!(r.status(), 202);
+    }
+    let started = Instant::now();
+    eventually("the echoes' callbacks", || async {
+        let got = receiver.received();
+        let has = |id: &str| got.iter().any(|c| c.header("x-call-id") == id);
+        (has("quick") && has("quick-too")).then_some(())
+    })
+    .await;
+    // The echo went through its own queue, and the plain one past the sleeps queued before it
+    // on the default queue, while the sleeps held their share of the slots.
+    let slow_done = receiver
+        .received()
+        .iter()
+        .filter(|c| c.header("x-call-id").starts_with("slow-"))
+        .count();
+    assert!(
+        slow_done <= 2,
+        "the echoes waited for {slow_done} sleeps ({:?})",
+        started.elapsed()
+    );
+    let running: Value = get_json(&http, format!("{url}/system/calls?status=running")).await;
+    assert!(
+        running["calls"].as_array().unwrap().len() <= 2,
+        "more than two sleeps at once: {running}"
+    );
+    eventually("every sleep's callback", || async {
+        (receiver.count() == 8).then_some(())
+    })
+    .await;
+}
