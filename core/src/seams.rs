@@ -109,6 +109,9 @@ pub trait Provider: Send + Sync + Debug {
     /// Desired and ready replicas, or `None` for a function this provider does not run.
     fn replicas(&self, function: &FunctionRef) -> Option<Replicas>;
 
+    /// Every function this provider runs.
+    fn functions(&self) -> Vec<FunctionRef>;
+
     /// A ready replica, chosen round-robin, counted as busy until the [`Endpoint`] is dropped.
     /// Waits up to `wait` for one to become ready when replicas are starting.
     async fn endpoint(

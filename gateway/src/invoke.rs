@@ -24,11 +24,16 @@ fn target(uri: &axum::http::Uri, prefix: &str) -> Result<(FunctionRef, String), 
     Ok((FunctionRef::parse(name, None)?, path.to_owned()))
 }
 
-fn ensure_deployed(state: &AppState, function: &FunctionRef) -> Result<(), ApiError> {
-    match state.provider.replicas(function) {
-        Some(_) => Ok(()),
-        None => Err(ApiError::FunctionNotFound(function.to_string())),
+/// The function runs on this gateway's provider, or is in the registry and is applied to it now
+/// (deployed through another gateway a moment ago, before this one's next look).
+async fn ensure_deployed(state: &AppState, function: &FunctionRef) -> Result<(), ApiError> {
+    if state.provider.replicas(function).is_some() {
+        return Ok(());
     }
+    if crate::sync::apply_from_registry(state, function).await? {
+        return Ok(());
+    }
+    Err(ApiError::FunctionNotFound(function.to_string()))
 }
 
 /// Request headers that go on to the function: everything but hop-by-hop headers, with the
@@ -52,7 +57,7 @@ pub(crate) async fn sync(
     let (parts, body) = req.into_parts();
     let admitted = state.admit(&parts.headers)?;
     let (function, path) = target(&parts.uri, "/function/")?;
-    ensure_deployed(&state, &function)?;
+    ensure_deployed(&state, &function).await?;
     let bytes = body::read(&parts.headers, body, state.config.max_body_bytes).await?;
     let endpoint = state
         .provider

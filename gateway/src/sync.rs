@@ -26,6 +26,25 @@ pub async fn sync_functions(state: AppState, every: Duration) {
     }
 }
 
+/// Applies `function` from the registry if this gateway's provider does not run it yet; whether
+/// it runs now.
+pub(crate) async fn apply_from_registry(
+    state: &AppState,
+    function: &FunctionRef,
+) -> Result<bool, crate::ApiError> {
+    let _serial = state.lock_function(function).await;
+    if state.provider.replicas(function).is_some() {
+        return Ok(true);
+    }
+    let Some(mut spec) = state.functions.get(function).await? else {
+        return Ok(false);
+    };
+    spec.replicas = spec.replicas.min(state.config.max_replicas_limit);
+    state.provider.apply(&spec).await?;
+    tracing::info!(%function, "applied from the registry on first request");
+    Ok(true)
+}
+
 async fn sync_once(
     state: &AppState,
     seen: &mut HashMap<FunctionRef, (FunctionDeployment, u32)>,
@@ -71,7 +90,7 @@ async fn sync_once(
         }
         match state.provider.remove(&function).await {
             Ok(()) | Err(ProviderError::NotFound(_)) => {
-                tracing::debug!(%function, "removed: no longer in the registry");
+                tracing::info!(%function, "removed: no longer in the registry");
                 seen.remove(&function);
             }
             Err(error) => tracing::error!(%function, %error, "cannot remove a function"),

@@ -4,9 +4,11 @@
 //! `<prefix>.<queue>` of its named queue. Each named queue has one durable pull consumer, shared
 //! by every worker that serves the queue, so a call goes to one worker at a time.
 //!
-//! - **At most one copy per call id.** A call is published with `Nats-Msg-Id` set to its id, so a
-//!   second publish of the same id inside the stream's duplicate window stores nothing and
-//!   `enqueue` answers `Ok(false)`. The gateway answers `202` only after the publish was acked.
+//! - **One copy per call id, within the duplicate window.** A call is published with
+//!   `Nats-Msg-Id` set to its id, so a second publish of the same id inside the stream's
+//!   duplicate window (10 minutes by default) stores nothing and `enqueue` answers `Ok(false)`.
+//!   After the window a second publish is stored; the call record, checked by the worker before
+//!   each run, keeps a finished call from running again. The gateway answers `202` only after the publish was acked.
 //! - **Leases are ack waits.** A delivery must be acked within the consumer's `ack_wait` (the
 //!   lease); a worker extends it with in-progress acks while the function runs. A worker that dies
 //!   stops extending it and the call is delivered again once the wait runs out.
@@ -26,7 +28,7 @@ use async_nats::jetstream::consumer::pull::Config as ConsumerConfig;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::AckKind;
-use async_nats::jetstream::object_store::{self, ObjectStore};
+use async_nats::jetstream::object_store::{self, GetErrorKind, ObjectStore};
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, Context};
 use async_trait::async_trait;
@@ -246,16 +248,20 @@ impl JetStreamQueue {
     async fn decode(
         &self,
         message: &jetstream::Message,
-    ) -> Result<(QueuedCall, Option<String>), String> {
+    ) -> Result<(QueuedCall, Option<String>), Undecodable> {
         let payload = &message.payload;
         let len = payload
             .get(..4)
             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-            .ok_or("message shorter than its frame")?;
+            .ok_or(Undecodable::Malformed(
+                "message shorter than its frame".into(),
+            ))?;
         let meta_end = 4usize.checked_add(len).filter(|end| *end <= payload.len());
-        let meta_end = meta_end.ok_or("meta length beyond the message")?;
-        let meta: CallMeta =
-            serde_json::from_slice(&payload[4..meta_end]).map_err(|e| format!("meta: {e}"))?;
+        let meta_end = meta_end.ok_or(Undecodable::Malformed(
+            "meta length beyond the message".into(),
+        ))?;
+        let meta: CallMeta = serde_json::from_slice(&payload[4..meta_end])
+            .map_err(|e| Undecodable::Malformed(format!("meta: {e}")))?;
         let object = message
             .headers
             .as_ref()
@@ -264,17 +270,17 @@ impl JetStreamQueue {
         let body = match &object {
             None => payload.slice(meta_end..),
             Some(object) => {
-                let mut reader = self
-                    .inner
-                    .bodies
-                    .get(object)
-                    .await
-                    .map_err(|e| format!("body object {object}: {e}"))?;
+                let mut reader = self.inner.bodies.get(object).await.map_err(|e| {
+                    let text = format!("body object {object}: {e}");
+                    match e.kind() {
+                        GetErrorKind::NotFound => Undecodable::BodyMissing(text),
+                        _ => Undecodable::BodyUnavailable(text),
+                    }
+                })?;
                 let mut body = Vec::new();
-                reader
-                    .read_to_end(&mut body)
-                    .await
-                    .map_err(|e| format!("reading body object {object}: {e}"))?;
+                reader.read_to_end(&mut body).await.map_err(|e| {
+                    Undecodable::BodyUnavailable(format!("reading body object {object}: {e}"))
+                })?;
                 Bytes::from(body)
             }
         };
@@ -323,7 +329,9 @@ impl CallQueue for JetStreamQueue {
         let ack = match published {
             Ok(ack) => ack,
             Err(e) => {
-                if let Some(object) = &object {
+                // After a timeout the message may have been stored all the same, and its body
+                // must stay; otherwise nothing refers to the body.
+                if let (Some(object), false) = (&object, e.kind() == PublishErrorKind::TimedOut) {
                     self.delete_body(object).await;
                 }
                 let text = e.to_string();
@@ -376,16 +384,17 @@ impl CallQueue for JetStreamQueue {
                     object,
                 }),
             })),
-            Err(error) if error.starts_with("body object") => {
-                // Most likely the object store is briefly unavailable: try again later.
+            Err(Undecodable::BodyUnavailable(error)) => {
+                // The object store is unavailable for now: try again later.
                 tracing::warn!(%error, "cannot read a queued call's body; it will come back");
                 let _ = message
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
                     .await;
                 Ok(None)
             }
-            Err(error) => {
-                // A message this version cannot read would come back forever: drop it, loudly.
+            Err(Undecodable::Malformed(error) | Undecodable::BodyMissing(error)) => {
+                // A message this version cannot read, or whose body is gone, would come back
+                // forever: drop it, loudly.
                 tracing::error!(%error, "unreadable queued call; terminating it");
                 let _ = message.ack_with(AckKind::Term).await;
                 Ok(None)
@@ -396,6 +405,16 @@ impl CallQueue for JetStreamQueue {
     fn lease_duration(&self) -> Duration {
         self.inner.config.lease
     }
+}
+
+/// Why a delivered message could not be turned back into a call.
+enum Undecodable {
+    /// Not a message this version wrote.
+    Malformed(String),
+    /// Its body object does not exist.
+    BodyMissing(String),
+    /// Its body object could not be read just now.
+    BodyUnavailable(String),
 }
 
 /// A worker's hold on one delivered message.

@@ -159,6 +159,15 @@ impl Provider for ProcessProvider {
         Ok(())
     }
 
+    fn functions(&self) -> Vec<FunctionRef> {
+        let functions = self
+            .inner
+            .functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        functions.keys().cloned().collect()
+    }
+
     async fn remove(&self, function: &FunctionRef) -> Result<(), ProviderError> {
         let rt = self
             .inner

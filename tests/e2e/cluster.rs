@@ -403,3 +403,53 @@ async fn a_named_queue_is_served_and_a_slow_function_does_not_hold_up_the_others
     })
     .await;
 }
+
+#[tokio::test]
+async fn gateways_follow_each_others_deploys_and_removals() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let shared = Shared::start().await;
+    let http = reqwest::Client::new();
+    let (a, b) = (gateway(&shared, dir, "a"), gateway(&shared, dir, "b"));
+    deploy(
+        &http,
+        &a.url,
+        &sample("echo", "python3 -u echo.py", true, &[]),
+    )
+    .await;
+    // At once, before b's next look at the registry: b applies it on the first request.
+    let r = http
+        .post(format!("{}/function/echo", b.url))
+        .body("through b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "through b");
+    // A scale through a reaches b.
+    crate::harness::scale(&http, &a.url, "echo", 2).await;
+    eventually("b to scale to 2", || async {
+        let f: Value = try_get_json(&http, format!("{}/system/function/echo", b.url)).await?;
+        (f["replicas"] == 2).then_some(())
+    })
+    .await;
+    // A removal through a reaches b.
+    let r = http
+        .delete(format!("{}/system/functions", a.url))
+        .json(&serde_json::json!({"functionName": "echo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    eventually("b to remove it", || async {
+        let r = http
+            .post(format!("{}/function/echo", b.url))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 404).then_some(())
+    })
+    .await;
+    let list: Value = get_json(&http, format!("{}/system/functions", b.url)).await;
+    assert_eq!(list, serde_json::json!([]));
+}
