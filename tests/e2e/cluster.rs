@@ -453,3 +453,42 @@ async fn gateways_follow_each_others_deploys_and_removals() {
     let list: Value = get_json(&http, format!("{}/system/functions", b.url)).await;
     assert_eq!(list, serde_json::json!([]));
 }
+
+#[tokio::test]
+async fn a_receiver_down_for_thirty_seconds_gets_every_callback() {
+    let backend = Backend::shared().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = backend.up(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = reqwest::Client::new();
+    deploy(&http, url, &sample("echo", "python3 -u echo.py", true, &[])).await;
+    let receiver = Receiver::start().await;
+    receiver.refuse();
+    let down = Instant::now();
+    for i in 0..20 {
+        let target = format!("{url}/async-function/echo");
+        let r = submit_async(&http, target, &receiver, format!("r{i}")).await;
+        assert_eq!(r.status(), 202);
+    }
+    while down.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        receiver.accept() >= 20,
+        "the callbacks were not tried meanwhile"
+    );
+    // The longest wait between tries is a minute.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let ids: HashSet<String> = receiver
+            .received()
+            .iter()
+            .map(|c| c.header("x-call-id").to_owned())
+            .collect();
+        if ids.len() == 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} of 20 callbacks", ids.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
