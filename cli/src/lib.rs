@@ -115,6 +115,9 @@ pub struct BackendFlags {
     /// NATS URL(s) for the call queue (JetStream), e.g. nats://127.0.0.1:4222.
     #[arg(long, env = "SLUICE_NATS_URL")]
     pub nats: Option<String>,
+    /// How long start-up keeps trying to reach Postgres and NATS before giving up.
+    #[arg(long, env = "SLUICE_CONNECT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
     /// Postgres connections this process opens at most.
     #[arg(long, env = "SLUICE_DB_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_connections: u32,
@@ -131,6 +134,7 @@ impl BackendFlags {
                 database_url: database_url.clone(),
                 db_connections: self.db_connections,
                 nats: sluice_nats::JetStreamConfig::new(nats.clone()),
+                connect_timeout: self.connect_timeout,
             })),
             (None, None) if !required => Ok(None),
             _ => anyhow::bail!(

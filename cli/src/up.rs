@@ -35,6 +35,8 @@ pub struct SharedBackends {
     pub db_connections: u32,
     /// The JetStream queue; its `queue` field is the default queue.
     pub nats: JetStreamConfig,
+    /// How long start-up keeps trying to reach Postgres and NATS (they may be starting too).
+    pub connect_timeout: Duration,
 }
 
 /// What this process runs.
@@ -156,11 +158,17 @@ impl Prepared {
                 }
             }
             Some(shared) => {
-                let pool = open_postgres(&shared.database_url, shared.db_connections)
-                    .await
-                    .context("cannot open the Postgres database (--database-url)")?;
+                let pool = retrying(shared.connect_timeout, || async {
+                    open_postgres(&shared.database_url, shared.db_connections)
+                        .await
+                        .context("cannot open the Postgres database (--database-url)")
+                })
+                .await?;
                 let store = PgStore::new(pool);
-                let queue = connect_queue(shared, &config, None).await?;
+                let queue = retrying(shared.connect_timeout, || {
+                    connect_queue(shared, &config, None)
+                })
+                .await?;
                 Backends {
                     functions: Arc::new(store.clone()),
                     calls: Arc::new(store),
@@ -199,8 +207,12 @@ impl Prepared {
             let mut workers = JoinSet::new();
             for queue in queues {
                 let q = match &config.shared {
-                    Some(shared) => Arc::new(connect_queue(shared, &config, Some(queue)).await?)
-                        as Arc<dyn CallQueue>,
+                    Some(shared) => Arc::new(
+                        retrying(shared.connect_timeout, || {
+                            connect_queue(shared, &config, Some(queue))
+                        })
+                        .await?,
+                    ) as Arc<dyn CallQueue>,
                     None => backends.queue.clone(),
                 };
                 workers.spawn(sluice_queue_worker::run(
@@ -310,6 +322,28 @@ fn loopback_url(listener: &TcpListener) -> anyhow::Result<String> {
         });
     }
     Ok(format!("http://{addr}"))
+}
+
+/// Runs `attempt` until it succeeds or `timeout` has passed, waiting a little longer after each
+/// failure and saying why; the last error is returned.
+async fn retrying<T, F, Fut>(timeout: Duration, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) if tokio::time::Instant::now() + wait < deadline => {
+                tracing::warn!(error = %format!("{error:#}"), ?wait, "not ready yet; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 async fn connect_queue(

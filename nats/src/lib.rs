@@ -121,7 +121,8 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> QueueError {
 }
 
 impl JetStreamQueue {
-    /// Connects, and creates (or updates) the stream, the bucket and this queue's consumer.
+    /// Connects, and creates the stream and the bucket if they do not exist yet (existing ones
+    /// are left as they are, so an operator may tune them, e.g. their replicas).
     ///
     /// Fails if NATS cannot be reached; once connected, the client reconnects by itself after
     /// the server restarts, and operations fail with [`QueueError::Unavailable`] meanwhile.
@@ -136,7 +137,7 @@ impl JetStreamQueue {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(config.request_timeout);
 
-        js.create_or_update_stream(stream::Config {
+        js.get_or_create_stream(stream::Config {
             name: config.stream.clone(),
             description: Some("Sluice async calls".into()),
             subjects: vec![format!("{}.*", config.subject_prefix)],
@@ -175,7 +176,9 @@ impl JetStreamQueue {
         })
     }
 
-    /// This queue's durable consumer, created (or updated to this lease) on first use.
+    /// This queue's durable consumer, on first use: created, or updated if its ack wait is
+    /// shorter than this lease. The ack wait is thus the longest lease any worker asked for, so
+    /// every worker's in-progress acks (every third of its own lease) come within it.
     async fn consumer(&self) -> Result<&PullConsumer, QueueError> {
         let config = &self.inner.config;
         self.inner
@@ -188,6 +191,21 @@ impl JetStreamQueue {
                     .await
                     .map_err(|e| unavailable(&format!("opening stream {}", config.stream), e))?;
                 let durable = format!("sluice-{}", config.queue);
+                if let Ok(existing) = stream.get_consumer::<ConsumerConfig>(&durable).await {
+                    let ack_wait = existing.cached_info().config.ack_wait;
+                    if ack_wait >= config.lease {
+                        if ack_wait > config.lease {
+                            tracing::info!(
+                                queue = %config.queue,
+                                ?ack_wait,
+                                lease = ?config.lease,
+                                "another worker set a longer lease on this queue; a call of a \
+                                 dead worker waits that long before it is redelivered"
+                            );
+                        }
+                        return Ok(existing);
+                    }
+                }
                 stream
                     .create_consumer(ConsumerConfig {
                         durable_name: Some(durable.clone()),

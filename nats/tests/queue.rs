@@ -120,3 +120,25 @@ async fn survives_a_server_restart_and_fails_fast_while_it_is_down() {
     d.lease.ack().await.unwrap();
     assert!(q.enqueue(&call("after", &b"y"[..])).await.unwrap());
 }
+
+#[tokio::test]
+async fn a_worker_with_a_shorter_lease_does_not_shorten_the_queues() {
+    let nats = NatsServer::start();
+    let long = queue(&nats, Duration::from_secs(3)).await;
+    let short = queue(&nats, Duration::from_millis(500)).await;
+    assert!(long.enqueue(&call("a", &b"x"[..])).await.unwrap());
+    let d = long.next(Duration::from_secs(10)).await.unwrap().unwrap();
+    // The long-lease worker renews every second, as it would at a third of its lease; the
+    // short-lease worker, polling meanwhile, must never be handed the call.
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < until {
+        if let Some(other) = short.next(Duration::from_secs(1)).await.unwrap() {
+            panic!(
+                "redelivered to the short-lease worker: {}",
+                other.call.meta.id
+            );
+        }
+        d.lease.keep_alive().await.unwrap();
+    }
+    d.lease.ack().await.unwrap();
+}

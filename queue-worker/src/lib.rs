@@ -126,6 +126,11 @@ impl Drop for FunctionSlot {
 /// again (plus up to as much again, at random, so they do not come back together).
 const FUNCTION_BUSY_WAIT: Duration = Duration::from_millis(500);
 
+/// After each call in a row put back for its function's cap, the worker waits this much longer
+/// (up to [`FUNCTION_BUSY_WAIT`]) before taking the next, so a backlog of one capped function
+/// is not cycled through the queue as fast as the network allows.
+const CAPPED_PACE: Duration = Duration::from_millis(20);
+
 /// Works the queue until `shutdown`; then stops taking calls, lets in-flight ones finish within
 /// the grace period and releases the rest for redelivery.
 pub async fn run(
@@ -151,7 +156,18 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(worker.config.concurrency.max(1)));
     let tracker = TaskTracker::new();
     tracker.spawn(purge_results(worker.clone(), shutdown.clone()));
+    // Calls in a row put back because their function was at its cap.
+    let mut capped_in_a_row: u32 = 0;
     loop {
+        if capped_in_a_row > 0 {
+            let pause = CAPPED_PACE
+                .saturating_mul(capped_in_a_row)
+                .min(FUNCTION_BUSY_WAIT);
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
@@ -175,15 +191,17 @@ pub async fn run(
                         let _ = delivery.lease.release(wait).await;
                         drop(permit);
                     });
+                    capped_in_a_row = capped_in_a_row.saturating_add(1);
                     continue;
                 };
+                capped_in_a_row = 0;
                 let worker = worker.clone();
                 tracker.spawn(async move {
                     worker.handle(delivery).await;
                     drop((slot, permit));
                 });
             }
-            Ok(None) => {}
+            Ok(None) => capped_in_a_row = 0,
             Err(error) => {
                 tracing::warn!(%error, "queue unavailable; retrying");
                 tokio::select! {

@@ -18,8 +18,12 @@ use crate::harness::{
 const TOKEN: &str = "cluster-test-token";
 
 fn gateway(shared: &Shared, dir: &Path, name: &str) -> Sluice {
+    gateway_on(&shared.args(), dir, name)
+}
+
+/// A gateway on the backends `--nats <url> --database-url <url>`.
+fn gateway_on(backends: &[String], dir: &Path, name: &str) -> Sluice {
     let data = dir.join(name);
-    let backends = shared.args();
     let mut args = vec![
         "gateway",
         "--listen",
@@ -491,4 +495,37 @@ async fn a_receiver_down_for_thirty_seconds_gets_every_callback() {
         assert!(Instant::now() < deadline, "{} of 20 callbacks", ids.len());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_before_nats_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_owned();
+    let mut shared = Shared::start().await;
+    shared.nats.kill();
+    let log = dir.join("gw.log");
+    let starting = {
+        let (backends, dir) = (shared.args(), dir.clone());
+        std::thread::spawn(move || gateway_on(&backends, &dir, "gw"))
+    };
+    eventually("the gateway to say it waits for NATS", || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("not ready yet").then_some(())
+    })
+    .await;
+    tokio::task::block_in_place(|| shared.nats.restart());
+    let gw = tokio::task::block_in_place(|| starting.join().unwrap());
+    let http = reqwest::Client::new();
+    deploy(
+        &http,
+        &gw.url,
+        &sample("echo", "python3 -u echo.py", true, &[]),
+    )
+    .await;
+    let r = http
+        .post(format!("{}/async-function/echo", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
 }
