@@ -148,13 +148,13 @@ impl FunctionRuntime {
         }
     }
 
-    /// Replaces the function's configuration. New replicas start beside the old ones; the old
-    /// ones leave rotation once every new one is ready, and stop once drained.
     /// Whether the replicas run exactly `spec`.
     pub(crate) fn runs(&self, spec: &RunSpec) -> bool {
         **lock(&self.spec) == *spec
     }
 
+    /// Replaces the function's configuration. New replicas start beside the old ones; the old
+    /// ones leave rotation once every new one is ready, and stop once drained.
     pub(crate) fn replace(self: &Arc<Self>, spec: RunSpec, count: u32) {
         let spec = Arc::new(spec);
         *lock(&self.spec) = spec.clone();
