@@ -83,6 +83,13 @@ pub struct GatewayFlags {
     /// Function requests (sync calls and async submissions) handled at once; more get a 503.
     #[arg(long, env = "SLUICE_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
+    /// How long a request is held for a function with no replica with room (it is woken if at
+    /// zero) before it gets a 504.
+    #[arg(long, env = "SLUICE_HOLD_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub hold_timeout: Duration,
+    /// Requests held per function at most; more get a 503.
+    #[arg(long, env = "SLUICE_ACTIVATOR_BUFFER", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub activator_buffer: u32,
 }
 
 /// Queue worker flags, shared by `sluice up` and `sluice queue-worker`.
@@ -209,6 +216,8 @@ impl GatewayFlags {
         config.gateway.default_max_replicas =
             config.gateway.default_max_replicas.min(self.max_replicas);
         config.gateway.max_in_flight = self.max_in_flight as usize;
+        config.gateway.readiness_wait = self.hold_timeout;
+        config.gateway.activator_buffer = self.activator_buffer as usize;
         config.process.drain_timeout = self.function_timeout;
         config.process.default_exec_timeout = self.function_timeout;
         Ok(())

@@ -113,6 +113,11 @@ pub struct FunctionStatus {
     pub available_replicas: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<Timestamp>,
+    /// Sluice's: the replica count the autoscaler last decided on, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_replicas: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_reason: Option<String>,
 }
 
 impl FunctionDeployment {

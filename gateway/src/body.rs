@@ -12,7 +12,12 @@ pub(crate) async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Resul
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if let Some(n) = declared.filter(|n| *n > limit as u64) {
+        // Read what was sent (within reason) before answering, so the client, still writing,
+        // sees the 413 instead of a reset connection.
+        if n <= DRAIN_MAX {
+            drain(body).await;
+        }
         return Err(ApiError::PayloadTooLarge { limit });
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
@@ -24,6 +29,17 @@ pub(crate) async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Resul
             ApiError::BadRequest(format!("reading the request body failed: {e}"))
         }
     })
+}
+
+/// The largest refused body that is still read to its end before the 413 is sent.
+const DRAIN_MAX: u64 = 64 * 1024 * 1024;
+
+/// Reads and discards a body, for at most a few seconds.
+async fn drain(body: Body) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let reading = async { while let Some(Ok(_)) = body.frame().await {} };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), reading).await;
 }
 
 /// Reads the whole body within `limit` and parses it as JSON (see [`json`]).

@@ -31,8 +31,12 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("function {0} is scaled to zero replicas; scale it up to call it")]
     ScaledToZero(String),
-    #[error("function {function} has no ready replica after waiting {waited:?}")]
+    #[error("function {function} has no ready replica with room after waiting {waited:?}")]
     NotReady { function: String, waited: Duration },
+    #[error(
+        "function {function} already has {limit} requests waiting for a replica; try again shortly"
+    )]
+    ActivatorFull { function: String, limit: usize },
     #[error("function {0} did not answer within the gateway's upstream timeout")]
     UpstreamTimeout(String),
     #[error("function {0} could not be reached")]
@@ -57,11 +61,11 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ScaledToZero(_)
             | Self::Overloaded(_)
-            | Self::NotReady { .. }
+            | Self::ActivatorFull { .. }
             | Self::StoreUnavailable(_)
             | Self::QueueUnavailable(_)
             | Self::QueueFull(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamTimeout(_) | Self::NotReady { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -80,6 +84,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::ScaledToZero(_) => "scaled_to_zero",
             Self::NotReady { .. } => "no_ready_replica",
+            Self::ActivatorFull { .. } => "activator_full",
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::Upstream(_) => "upstream_unreachable",
             Self::StoreUnavailable(_) => "store_unavailable",
@@ -92,6 +97,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<u32> {
         match self {
             Self::NotReady { .. }
+            | Self::ActivatorFull { .. }
             | Self::Overloaded(_)
             | Self::StoreUnavailable(_)
             | Self::QueueUnavailable(_) => Some(1),

@@ -200,6 +200,7 @@ pub(crate) async fn delete(
 fn status_of(state: &AppState, spec: FunctionSpec) -> FunctionStatus {
     let replicas = state.provider.replicas(&spec.function).unwrap_or_default();
     let invocations = state.invocation_count(&spec.function);
+    let scaling = state.autoscaler.status(&spec.function);
     let d = spec.deployment;
     FunctionStatus {
         name: spec.function.name,
@@ -218,6 +219,8 @@ fn status_of(state: &AppState, spec: FunctionSpec) -> FunctionStatus {
         replicas: u64::from(replicas.desired),
         available_replicas: u64::from(replicas.ready),
         created_at: Some(spec.created_at),
+        target_replicas: scaling.as_ref().map(|s| u64::from(s.target)),
+        scale_reason: scaling.map(|s| s.reason),
     }
 }
 
@@ -292,7 +295,8 @@ pub(crate) async fn scale(
         return Err(ApiError::FunctionNotFound(function.to_string()));
     }
     state.provider.scale(&function, replicas).await?;
-    tracing::info!(%function, replicas, "scaled");
+    state.autoscaler.pin(&function, replicas, "set by hand");
+    tracing::info!(%function, replicas, "scaled by hand");
     Ok(StatusCode::ACCEPTED)
 }
 

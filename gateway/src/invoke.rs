@@ -59,10 +59,9 @@ pub(crate) async fn sync(
     let (function, path) = target(&parts.uri, "/function/")?;
     ensure_deployed(&state, &function).await?;
     let bytes = body::read(&parts.headers, body, state.config.max_body_bytes).await?;
-    let endpoint = state
-        .provider
-        .endpoint(&function, state.config.readiness_wait)
-        .await?;
+    // Load for the autoscaler from here until the response has been streamed, held time included.
+    let tracked = state.autoscaler.track(&function);
+    let endpoint = crate::activator::endpoint(&state, &function).await?;
     let base = &endpoint.url;
     let url = match parts.uri.query() {
         Some(q) => format!("{base}{path}?{q}"),
@@ -96,7 +95,7 @@ pub(crate) async fn sync(
     // The endpoint travels with the body: the replica counts the request as in flight until the
     // response has been streamed to its end (or the client went away).
     let stream = response.bytes_stream().map_err(move |e| {
-        let _ = (&endpoint, &admitted);
+        let _ = (&endpoint, &admitted, &tracked);
         std::io::Error::other(e)
     });
     out.body(Body::from_stream(stream))

@@ -8,6 +8,7 @@
 //! The gateway meets the rest of Sluice only through `sluice-core`'s traits, so the same code
 //! serves the single-machine and the cluster form.
 
+mod activator;
 mod body;
 mod calls;
 mod error;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{any, get, post};
+use sluice_autoscaler::{Autoscaler, AutoscalerConfig};
 use sluice_core::{CallQueue, CallStore, FunctionRef, FunctionStore, Provider};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,8 +39,11 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// How long a function may take to answer a proxied request.
     pub upstream_timeout: Duration,
-    /// How long a request waits for a starting replica to become ready.
+    /// How long a request is held waiting for a replica with room (a cold start included);
+    /// then `504`.
     pub readiness_wait: Duration,
+    /// Requests held per function at most; more get `503`.
+    pub activator_buffer: usize,
     /// Replica ceiling when a function sets no `com.openfaas.scale.max`.
     pub default_max_replicas: u32,
     /// Hard ceiling on any function's replicas, whatever its labels say.
@@ -56,6 +61,7 @@ impl Default for GatewayConfig {
             max_body_bytes: 16 * 1024 * 1024,
             upstream_timeout: Duration::from_secs(300),
             readiness_wait: Duration::from_secs(30),
+            activator_buffer: 1000,
             default_max_replicas: 20,
             max_replicas_limit: 64,
             max_in_flight: 1024,
@@ -78,6 +84,9 @@ pub struct AppState {
     /// so the number of locks is fixed.
     function_locks: Arc<[tokio::sync::Mutex<()>]>,
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// Scales this gateway's provider from the load it sees.
+    pub autoscaler: Autoscaler,
+    held: Arc<activator::Held>,
     shutdown: CancellationToken,
 }
 
@@ -98,9 +107,20 @@ impl AppState {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .expect("a reqwest client with static settings builds");
+        let autoscaler = Autoscaler::new(
+            provider.clone(),
+            functions.clone(),
+            AutoscalerConfig {
+                tick: Duration::from_secs(1),
+                default_max_replicas: config.default_max_replicas,
+                max_replicas_limit: config.max_replicas_limit,
+            },
+        );
         Self {
             provider,
             functions,
+            autoscaler,
+            held: Arc::default(),
             calls,
             queue,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
@@ -192,9 +212,19 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the gateway on `listener` until `shutdown`, then lets in-flight requests finish.
+/// Serves the gateway (and runs its autoscaler) on `listener` until `shutdown`, then lets
+/// in-flight requests finish.
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
+    // What was restored keeps its count until the autoscaler has seen a window of load.
+    for function in state.provider.functions() {
+        if let Some(replicas) = state.provider.replicas(&function) {
+            state
+                .autoscaler
+                .pin(&function, replicas.desired, "restored at start-up");
+        }
+    }
+    tokio::spawn(state.autoscaler.clone().run(shutdown.clone()));
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

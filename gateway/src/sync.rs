@@ -71,6 +71,10 @@ async fn sync_once(
         match state.provider.apply(&fresh).await {
             Ok(()) => {
                 tracing::debug!(function = %fresh.function, replicas = fresh.replicas, "applied from the registry");
+                // A count set through another gateway holds here too, as it does there.
+                state
+                    .autoscaler
+                    .pin(&fresh.function, fresh.replicas, "set through the registry");
                 seen.insert(fresh.function.clone(), (fresh.deployment, fresh.replicas));
             }
             Err(error) => {

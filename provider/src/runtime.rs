@@ -37,13 +37,18 @@ struct InFlight {
 
 /// Held for the length of one request on a replica (see [`sluice_core::Endpoint`]).
 #[derive(Debug)]
-pub(crate) struct InFlightGuard(Arc<InFlight>);
+pub(crate) struct InFlightGuard {
+    replica: Arc<InFlight>,
+    /// The function's: wakes requests waiting for a replica with room.
+    freed: Arc<Notify>,
+}
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
+        if self.replica.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.replica.idle.notify_waiters();
         }
+        self.freed.notify_waiters();
     }
 }
 
@@ -75,6 +80,8 @@ pub(crate) struct FunctionRuntime {
     /// Bumped whenever a replica becomes ready or stops being ready, or the set changes.
     changes: watch::Sender<u64>,
     next: AtomicUsize,
+    /// Notified whenever a request on any replica ends.
+    freed: Arc<Notify>,
     pub(crate) logs: Arc<LogBuffer>,
     /// Cancelled when the provider shuts down: every replica stops at once.
     root: CancellationToken,
@@ -103,6 +110,7 @@ impl FunctionRuntime {
             replicas: Mutex::new(Rotation::default()),
             changes: watch::channel(0).0,
             next: AtomicUsize::new(0),
+            freed: Arc::default(),
             logs,
             root,
             removed: CancellationToken::new(),
@@ -129,7 +137,8 @@ impl FunctionRuntime {
     }
 
     /// Sets the replica count: starts new replicas, or takes the extra ones out of rotation and
-    /// stops them once their in-flight requests are done.
+    /// stops them once their in-flight requests are done. The ones taken out are those not ready
+    /// yet, then the least busy.
     pub(crate) fn scale(self: &Arc<Self>, count: u32) {
         let spec = lock(&self.spec).clone();
         let count = count as usize;
@@ -139,8 +148,21 @@ impl FunctionRuntime {
                 let replica = self.start_replica(spec.clone());
                 rotation.current.push(replica);
             }
-            let keep = count.min(rotation.current.len());
-            rotation.current.drain(keep..).collect()
+            let surplus = rotation.current.len().saturating_sub(count);
+            let mut order: Vec<usize> = (0..rotation.current.len()).collect();
+            order.sort_by_key(|&i| {
+                let r = &rotation.current[i];
+                (
+                    lock(&r.ready).is_some(),
+                    r.in_flight.count.load(Ordering::Acquire),
+                )
+            });
+            let mut leaving: Vec<usize> = order.into_iter().take(surplus).collect();
+            leaving.sort_unstable_by(|a, b| b.cmp(a));
+            leaving
+                .into_iter()
+                .map(|i| rotation.current.remove(i))
+                .collect()
         };
         self.bump();
         for r in extra {
@@ -240,8 +262,9 @@ impl FunctionRuntime {
         });
     }
 
-    /// A ready replica, round-robin, waiting up to `wait` while replicas start. The guard counts
-    /// the request as in flight on that replica.
+    /// The least busy ready replica with room for one more request (round-robin among equals),
+    /// waiting up to `wait` while replicas start or are full. The guard counts the request as in
+    /// flight on that replica.
     pub(crate) async fn endpoint(
         &self,
         wait: Duration,
@@ -250,6 +273,11 @@ impl FunctionRuntime {
         let mut changes = self.changes.subscribe();
         loop {
             changes.borrow_and_update();
+            // Registered before looking, so a request ending after the look wakes us.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let limit = lock(&self.spec).concurrency.unwrap_or(usize::MAX);
             let desired = {
                 let rotation = lock(&self.replicas);
                 let ready: Vec<&Replica> = rotation
@@ -259,21 +287,33 @@ impl FunctionRuntime {
                     .filter(|r| lock(&r.ready).is_some())
                     .collect();
                 if !ready.is_empty() {
-                    let r = ready[self.next.fetch_add(1, Ordering::Relaxed) % ready.len()];
-                    let addr = lock(&r.ready).expect("filtered on ready");
-                    // Counted under the rotation lock: a replica cannot leave rotation (and be
-                    // found idle) between being picked and being counted.
-                    r.in_flight.count.fetch_add(1, Ordering::AcqRel);
-                    return Ok((addr, InFlightGuard(r.in_flight.clone())));
+                    let start = self.next.fetch_add(1, Ordering::Relaxed);
+                    let picked = (0..ready.len())
+                        .map(|k| ready[(start + k) % ready.len()])
+                        .map(|r| (r.in_flight.count.load(Ordering::Acquire), r))
+                        .filter(|(busy, _)| *busy < limit)
+                        .min_by_key(|(busy, _)| *busy);
+                    if let Some((_, r)) = picked {
+                        let addr = lock(&r.ready).expect("filtered on ready");
+                        // Counted under the rotation lock: a replica cannot leave rotation (and
+                        // be found idle) between being picked and being counted.
+                        r.in_flight.count.fetch_add(1, Ordering::AcqRel);
+                        let guard = InFlightGuard {
+                            replica: r.in_flight.clone(),
+                            freed: self.freed.clone(),
+                        };
+                        return Ok((addr, guard));
+                    }
                 }
                 rotation.current.len()
             };
             if desired == 0 || self.removed.is_cancelled() {
                 return Err(EndpointError::ScaledToZero);
             }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => continue,
-                Ok(Err(_)) | Err(_) => return Err(EndpointError::NotReady),
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return Err(EndpointError::NotReady) },
+                () = &mut freed => {}
+                () = tokio::time::sleep_until(deadline) => return Err(EndpointError::NotReady),
             }
         }
     }

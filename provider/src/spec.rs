@@ -41,7 +41,13 @@ pub struct RunSpec {
     /// Classic mode: how many runs at once per replica (`max_inflight`; 0 = no limit).
     pub max_inflight: usize,
     pub readiness_path: String,
+    /// Requests one replica is sent at once; more wait in the gateway for a free slot or a new
+    /// replica (`None`: no limit). From the label `com.sluice.concurrency`, else `max_inflight`.
+    pub concurrency: Option<usize>,
 }
+
+/// The label that caps requests in flight per replica.
+pub(crate) const CONCURRENCY_LABEL: &str = "com.sluice.concurrency";
 
 fn invalid(msg: String) -> ProviderError {
     ProviderError::InvalidSpec(msg)
@@ -90,6 +96,23 @@ impl RunSpec {
                 invalid(format!("envVars.max_inflight {v:?} is not a whole number"))
             })?,
         };
+        let concurrency = match d.label(CONCURRENCY_LABEL) {
+            Some(v) => Some(
+                v.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "label {CONCURRENCY_LABEL} {v:?} is not a whole number above zero"
+                        ))
+                    })?,
+            ),
+            None if d.env_vars.contains_key("max_inflight") && max_inflight > 0 => {
+                Some(max_inflight)
+            }
+            None => None,
+        };
         let workdir = match d.annotation(WORKDIR_ANNOTATION) {
             None => None,
             Some(dir) => {
@@ -118,6 +141,7 @@ impl RunSpec {
             workdir,
             exec_timeout,
             max_inflight,
+            concurrency,
             readiness_path: readiness_path.to_owned(),
         })
     }

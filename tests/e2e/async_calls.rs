@@ -227,15 +227,15 @@ async fn async_keeps_method_and_call_id_and_reports_failures(backend: Backend) {
 #[tokio::test]
 async fn a_function_that_cannot_be_reached_is_recorded_as_failed() {
     let dir = tempfile::tempdir().unwrap();
-    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let sluice = Sluice::start(&dir.path().join("data"), &["--hold-timeout", "500ms"]);
     let url = &sluice.url;
     let http = reqwest::Client::new();
     let receiver = Receiver::start().await;
-    let mut echo = sample("echo", "python3 -u echo.py", true, &[]);
+    // A server that exits at once never becomes ready.
+    let mut echo = sample("echo", "python3 -c 'raise SystemExit(3)'", true, &[]);
     echo["annotations"]["com.openfaas.retry.attempts"] = "2".into();
     echo["annotations"]["com.openfaas.retry.min_wait"] = "50ms".into();
     deploy(&http, url, &echo).await;
-    scale(&http, url, "echo", 0).await;
     let r = submit_async(
         &http,
         format!("{url}/async-function/echo"),
@@ -249,13 +249,16 @@ async fn a_function_that_cannot_be_reached_is_recorded_as_failed() {
     })
     .await;
     let cb = &receiver.received()[0];
-    assert_eq!(cb.header("x-function-status"), "503");
-    assert_eq!(cb.header("x-sluice-error"), "scaled_to_zero");
+    assert_eq!(cb.header("x-function-status"), "504");
+    assert_eq!(cb.header("x-sluice-error"), "no_ready_replica");
     let record: Value = get_json(&http, format!("{url}/system/calls/nobody-home")).await;
     assert_eq!(record["state"], "failed");
     assert_eq!(record["attempts"], 2);
     assert!(
-        record["error"].as_str().unwrap().contains("scaled_to_zero"),
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("no_ready_replica"),
         "{record}"
     );
 }

@@ -30,3 +30,4 @@ mod cli;
 mod cluster;
 mod durability;
 mod harness;
+mod scaling;

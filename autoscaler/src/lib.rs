@@ -1,0 +1,331 @@
+//! `sluice-autoscaler`: scales every function up, down and to zero from the load it sees.
+//!
+//! The gateway reports each request to a function ([`Autoscaler::track`]) for as long as it is
+//! in flight, held ones included. Once a second the autoscaler samples each function's load,
+//! asks [`kpa::decide`] for a replica count and applies it to the provider, logging why. A
+//! request for a function at zero wakes it at once ([`Autoscaler::wake`]): concurrent first
+//! requests share one scale-up.
+//!
+//! The autoscaler only changes the provider's replica count. The registry keeps what was
+//! deployed or set by hand; a manual scale pins the count for one stable window before the
+//! autoscaler takes over again.
+
+pub mod kpa;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sluice_core::{FunctionRef, FunctionStore, Provider};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use kpa::{Decision, KpaState, Metric, ScaleConfig, decide};
+
+/// Autoscaler settings; plain data.
+#[derive(Debug, Clone)]
+pub struct AutoscalerConfig {
+    /// How often load is sampled and decisions are made.
+    pub tick: Duration,
+    /// A function's `max` when it sets no `com.openfaas.scale.max`, and the hard ceiling.
+    pub default_max_replicas: u32,
+    pub max_replicas_limit: u32,
+}
+
+impl Default for AutoscalerConfig {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_secs(1),
+            default_max_replicas: 20,
+            max_replicas_limit: 64,
+        }
+    }
+}
+
+/// One function's load as the gateway reports it.
+#[derive(Debug, Default)]
+struct Load {
+    in_flight: AtomicUsize,
+    /// Most in flight at once since the last sample.
+    peak: AtomicUsize,
+    /// Requests started, ever.
+    started: AtomicU64,
+    /// When the last request ended, in ms since the autoscaler's origin.
+    last_end_ms: AtomicU64,
+}
+
+/// Counts one request as in flight on its function until dropped.
+#[derive(Debug)]
+pub struct Tracked {
+    load: Arc<Load>,
+    origin: Instant,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let now = ms_since(self.origin);
+        self.load.last_end_ms.fetch_max(now, Ordering::AcqRel);
+        self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn ms_since(origin: Instant) -> u64 {
+    u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What the autoscaler last decided for a function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub target: u32,
+    pub reason: String,
+    pub panic: bool,
+}
+
+/// Per-function memory of the decision loop.
+#[derive(Debug, Default)]
+struct Memory {
+    samples: VecDeque<kpa::Sample>,
+    last_started: u64,
+    state: KpaState,
+    /// A manual scale holds until then.
+    pinned_until: Option<Duration>,
+    status: Option<Status>,
+}
+
+/// The autoscaler. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Autoscaler {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    provider: Arc<dyn Provider>,
+    functions: Arc<dyn FunctionStore>,
+    config: AutoscalerConfig,
+    origin: Instant,
+    loads: Mutex<HashMap<FunctionRef, Arc<Load>>>,
+    memory: Mutex<HashMap<FunctionRef, Memory>>,
+    /// Serialises wake-ups and decisions per function.
+    scaling: tokio::sync::Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Autoscaler {
+    pub fn new(
+        provider: Arc<dyn Provider>,
+        functions: Arc<dyn FunctionStore>,
+        config: AutoscalerConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                provider,
+                functions,
+                config,
+                origin: Instant::now(),
+                loads: Mutex::default(),
+                memory: Mutex::default(),
+                scaling: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.inner.origin.elapsed()
+    }
+
+    fn load(&self, function: &FunctionRef) -> Arc<Load> {
+        lock(&self.inner.loads)
+            .entry(function.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// Counts a request to `function` as in flight until the returned guard is dropped.
+    pub fn track(&self, function: &FunctionRef) -> Tracked {
+        let load = self.load(function);
+        let now = load.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        load.peak.fetch_max(now, Ordering::AcqRel);
+        load.started.fetch_add(1, Ordering::AcqRel);
+        Tracked {
+            load,
+            origin: self.inner.origin,
+        }
+    }
+
+    /// Scales `function` from zero to one replica now, if it is at zero. Call it with the
+    /// request already [tracked](Self::track), so the next decision sees it and keeps the
+    /// replica. Returns whether this call started the scale-up.
+    pub async fn wake(&self, function: &FunctionRef) -> bool {
+        let _serial = self.inner.scaling.lock().await;
+        let at_zero = self
+            .inner
+            .provider
+            .replicas(function)
+            .is_some_and(|r| r.desired == 0);
+        if !at_zero {
+            return false;
+        }
+        if let Some(memory) = lock(&self.inner.memory).get_mut(function) {
+            memory.pinned_until = None;
+        }
+        match self.inner.provider.scale(function, 1).await {
+            Ok(()) => {
+                tracing::info!(%function, from = 0, to = 1, reason = "a request is waiting", "scaled");
+                self.remember(
+                    function,
+                    Status {
+                        target: 1,
+                        reason: "scale from zero: a request is waiting".into(),
+                        panic: false,
+                    },
+                );
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%function, %error, "cannot scale from zero");
+                false
+            }
+        }
+    }
+
+    /// The replica count was set from outside (by hand, or restored at start-up): leave it for
+    /// one stable window, then decide from the load seen meanwhile.
+    pub fn pin(&self, function: &FunctionRef, replicas: u32, why: &str) {
+        let until = self.now() + ScaleConfig::default().stable_window;
+        let mut memory = lock(&self.inner.memory);
+        let m = memory.entry(function.clone()).or_default();
+        m.pinned_until = Some(until);
+        m.status = Some(Status {
+            target: replicas,
+            reason: format!("{why}; the autoscaler resumes after one stable window"),
+            panic: false,
+        });
+    }
+
+    /// What the autoscaler last decided for `function`.
+    pub fn status(&self, function: &FunctionRef) -> Option<Status> {
+        lock(&self.inner.memory)
+            .get(function)
+            .and_then(|m| m.status.clone())
+    }
+
+    fn remember(&self, function: &FunctionRef, status: Status) {
+        lock(&self.inner.memory)
+            .entry(function.clone())
+            .or_default()
+            .status = Some(status);
+    }
+
+    /// Samples and decides every tick until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.inner.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(error) = self.tick().await {
+                tracing::warn!(%error, "autoscaler: cannot read the function registry");
+            }
+        }
+    }
+
+    /// One round: sample every function the provider runs and apply each decision.
+    pub async fn tick(&self) -> Result<(), sluice_core::StoreError> {
+        let specs = self.inner.functions.list().await?;
+        let now = self.now();
+        let running: std::collections::HashSet<FunctionRef> =
+            self.inner.provider.functions().into_iter().collect();
+        for spec in specs {
+            if !running.contains(&spec.function) {
+                continue;
+            }
+            let config = match ScaleConfig::from_labels(
+                spec.deployment.labels.as_ref(),
+                self.inner.config.default_max_replicas,
+                self.inner.config.max_replicas_limit,
+            ) {
+                Ok(c) => c,
+                Err(error) => {
+                    tracing::warn!(function = %spec.function, %error, "bad scaling labels; not autoscaled");
+                    continue;
+                }
+            };
+            self.decide_for(&spec.function, &config, now).await;
+        }
+        // Forget functions that are gone.
+        lock(&self.inner.memory).retain(|f, _| running.contains(f));
+        lock(&self.inner.loads).retain(|f, _| running.contains(f));
+        Ok(())
+    }
+
+    async fn decide_for(&self, function: &FunctionRef, config: &ScaleConfig, now: Duration) {
+        let load = self.load(function);
+        let in_flight = load.in_flight.load(Ordering::Acquire);
+        let peak = load.peak.swap(in_flight, Ordering::AcqRel).max(in_flight);
+        let started = load.started.load(Ordering::Acquire);
+        let idle_for = if in_flight > 0 {
+            Duration::ZERO
+        } else {
+            now.saturating_sub(Duration::from_millis(
+                load.last_end_ms.load(Ordering::Acquire),
+            ))
+        };
+        let _serial = self.inner.scaling.lock().await;
+        let Some(replicas) = self.inner.provider.replicas(function) else {
+            return;
+        };
+        let current = replicas.desired;
+        let (decision, pinned) = {
+            let mut memory = lock(&self.inner.memory);
+            let m = memory.entry(function.clone()).or_default();
+            let requests = started.saturating_sub(m.last_started) as f64
+                / self.inner.config.tick.as_secs_f64().max(0.001);
+            m.last_started = started;
+            m.samples.push_back(kpa::Sample {
+                at: now,
+                concurrency: peak as f64,
+                requests,
+            });
+            let horizon = now.saturating_sub(config.stable_window);
+            while m.samples.front().is_some_and(|s| s.at <= horizon) {
+                m.samples.pop_front();
+            }
+            let pinned = m.pinned_until.is_some_and(|until| now < until);
+            if !pinned {
+                m.pinned_until = None;
+            }
+            let samples: Vec<kpa::Sample> = m.samples.iter().copied().collect();
+            let (decision, state) = decide(config, &samples, now, current, idle_for, m.state);
+            m.state = state;
+            if !pinned {
+                m.status = Some(Status {
+                    target: decision.desired,
+                    reason: decision.reason.clone(),
+                    panic: decision.panic,
+                });
+            }
+            (decision, pinned)
+        };
+        if pinned || decision.desired == current {
+            return;
+        }
+        match self.inner.provider.scale(function, decision.desired).await {
+            Ok(()) => tracing::info!(
+                %function,
+                from = current,
+                to = decision.desired,
+                panic = decision.panic,
+                reason = %decision.reason,
+                "scaled"
+            ),
+            Err(error) => tracing::warn!(%function, %error, "cannot scale"),
+        }
+    }
+}

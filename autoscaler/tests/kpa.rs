@@ -1,0 +1,208 @@
+//! The scaling decision: properties over random loads, and scenarios on a hand-driven clock.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use sluice_autoscaler::kpa::{self, KpaState, Sample, ScaleConfig};
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn config(min: u32, max: u32, target: f64, zero: bool) -> ScaleConfig {
+    ScaleConfig {
+        min,
+        max,
+        target,
+        zero,
+        zero_after: Duration::from_secs(5),
+        ..ScaleConfig::default()
+    }
+}
+
+/// One sample a second ending at `now`, with these concurrencies, oldest first.
+fn samples(now: Duration, loads: &[f64]) -> Vec<Sample> {
+    let n = loads.len() as u32;
+    loads
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| Sample {
+            at: now - SEC * (n - 1 - i as u32),
+            concurrency: c,
+            requests: c,
+        })
+        .collect()
+}
+
+fn decide(
+    c: &ScaleConfig,
+    s: &[Sample],
+    now: Duration,
+    current: u32,
+    idle: Duration,
+) -> (kpa::Decision, KpaState) {
+    kpa::decide(c, s, now, current, idle, KpaState::default())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Never above max; never below min unless idle and allowed to go to zero.
+    #[test]
+    fn stays_within_bounds(
+        min in 1u32..5, extra in 0u32..30, target in 1.0f64..100.0, zero: bool,
+        loads in prop::collection::vec(0.0f64..5000.0, 0..90),
+        current in 0u32..60, idle_s in 0u64..100,
+    ) {
+        let c = config(min, min + extra, target, zero);
+        let now = Duration::from_secs(1000);
+        let (d, _) = decide(&c, &samples(now, &loads), now, current, Duration::from_secs(idle_s));
+        prop_assert!(d.desired <= c.max, "{d:?}");
+        let idle_zero = zero && Duration::from_secs(idle_s) >= c.zero_after;
+        if !idle_zero {
+            prop_assert!(d.desired >= c.min, "{d:?}");
+        }
+    }
+
+    /// More load never asks for fewer replicas.
+    #[test]
+    fn more_load_never_fewer_replicas(
+        target in 1.0f64..100.0,
+        loads in prop::collection::vec(0.0f64..1000.0, 1..90),
+        factor in 1.0f64..10.0, current in 1u32..40,
+    ) {
+        let c = config(1, 1000, target, false);
+        let now = Duration::from_secs(1000);
+        let more: Vec<f64> = loads.iter().map(|l| l * factor).collect();
+        let (low, _) = decide(&c, &samples(now, &loads), now, current, Duration::ZERO);
+        let (high, _) = decide(&c, &samples(now, &more), now, current, Duration::ZERO);
+        prop_assert!(high.desired >= low.desired, "{low:?} then {high:?}");
+    }
+
+    /// One decision never shrinks below half, and in panic never shrinks at all.
+    #[test]
+    fn scale_down_is_bounded(
+        loads in prop::collection::vec(0.0f64..1000.0, 1..90),
+        current in 1u32..64,
+    ) {
+        let c = config(1, 64, 10.0, false);
+        let now = Duration::from_secs(1000);
+        let (d, _) = decide(&c, &samples(now, &loads), now, current, Duration::ZERO);
+        prop_assert!(d.desired >= current / 2, "{d:?} from {current}");
+        if d.panic {
+            prop_assert!(d.desired >= current, "{d:?} from {current}");
+        }
+    }
+}
+
+#[test]
+fn steady_load_settles_at_load_over_target() {
+    let c = config(1, 20, 10.0, false);
+    let now = Duration::from_secs(100);
+    let (d, _) = decide(&c, &samples(now, &[100.0; 60]), now, 10, Duration::ZERO);
+    assert_eq!(d.desired, 10, "{d:?}");
+    assert!(!d.panic);
+}
+
+#[test]
+fn a_burst_panics_up_and_panic_holds_for_a_stable_window() {
+    let c = config(1, 50, 10.0, false);
+    // 59 quiet seconds, then 6 seconds of 200 in flight.
+    let mut loads = vec![0.0; 54];
+    loads.extend([200.0; 6]);
+    let now = Duration::from_secs(100);
+    let (d, state) = decide(&c, &samples(now, &loads), now, 1, Duration::ZERO);
+    assert!(d.panic, "{d:?}");
+    assert_eq!(d.desired, 20, "the panic window's 200 over 10 each: {d:?}");
+    // The burst is over: the stable average alone would shrink, but panic holds the count.
+    let later = now + Duration::from_secs(10);
+    let mut calm = loads.clone();
+    calm.extend([0.0; 10]);
+    let (d2, state2) = kpa::decide(&c, &samples(later, &calm), later, 20, Duration::ZERO, state);
+    assert!(d2.panic);
+    assert_eq!(d2.desired, 20, "{d2:?}");
+    // A stable window after the last panic, it scales down again, at most by half.
+    let after = now + c.stable_window + SEC;
+    let (d3, _) = kpa::decide(
+        &c,
+        &samples(after, &[0.0; 60]),
+        after,
+        20,
+        Duration::ZERO,
+        state2,
+    );
+    assert!(!d3.panic, "{d3:?}");
+    assert_eq!(d3.desired, 10, "{d3:?}");
+}
+
+#[test]
+fn scale_to_zero_only_when_allowed_and_idle_long_enough() {
+    let now = Duration::from_secs(100);
+    let quiet = samples(now, &[0.0; 60]);
+    let allowed = config(1, 10, 10.0, true);
+    let (d, _) = decide(&allowed, &quiet, now, 1, Duration::from_secs(4));
+    assert_eq!(d.desired, 1, "idle 4s of 5s: {d:?}");
+    let (d, _) = decide(&allowed, &quiet, now, 1, Duration::from_secs(5));
+    assert_eq!(d.desired, 0, "{d:?}");
+    assert!(d.reason.contains("idle"), "{d:?}");
+    let forbidden = config(1, 10, 10.0, false);
+    let (d, _) = decide(&forbidden, &quiet, now, 1, Duration::from_secs(3600));
+    assert_eq!(d.desired, 1, "{d:?}");
+    // A request in flight is never idle, whatever came before.
+    let (d, _) = decide(&allowed, &quiet, now, 0, Duration::ZERO);
+    assert_eq!(d.desired, 1, "{d:?}");
+}
+
+#[test]
+fn rps_scales_on_request_rate() {
+    let mut c = config(1, 20, 5.0, false);
+    c.metric = kpa::Metric::Rps;
+    let now = Duration::from_secs(100);
+    let s: Vec<Sample> = samples(now, &[0.0; 60])
+        .into_iter()
+        .map(|s| Sample {
+            requests: 20.0,
+            ..s
+        })
+        .collect();
+    let (d, _) = decide(&c, &s, now, 4, Duration::ZERO);
+    assert_eq!(d.desired, 4, "{d:?}");
+}
+
+#[test]
+fn labels_are_read_and_bad_ones_named() {
+    let labels: BTreeMap<String, String> = [
+        ("com.openfaas.scale.min", "2"),
+        ("com.openfaas.scale.max", "8"),
+        ("com.openfaas.scale.target", "10"),
+        ("com.openfaas.scale.type", "rps"),
+        ("com.openfaas.scale.target-proportion", "0.5"),
+        ("com.openfaas.scale.zero", "true"),
+        ("com.openfaas.scale.zero-duration", "5s"),
+        ("com.sluice.scale.window", "20s"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let c = ScaleConfig::from_labels(Some(&labels), 20, 64).unwrap();
+    assert_eq!((c.min, c.max, c.target, c.utilization), (2, 8, 10.0, 0.5));
+    assert_eq!(c.metric, kpa::Metric::Rps);
+    assert!(c.zero);
+    assert_eq!(c.zero_after, Duration::from_secs(5));
+    assert_eq!(c.stable_window, Duration::from_secs(20));
+    assert_eq!(c.panic_window, Duration::from_secs(2));
+
+    let defaults = ScaleConfig::from_labels(None, 20, 64).unwrap();
+    assert_eq!(defaults, ScaleConfig::default());
+
+    for (key, value) in [
+        ("com.openfaas.scale.target", "0"),
+        ("com.openfaas.scale.type", "cpu"),
+        ("com.openfaas.scale.zero", "yes"),
+        ("com.openfaas.scale.zero-duration", "soon"),
+        ("com.openfaas.scale.target-proportion", "1.5"),
+    ] {
+        let labels = BTreeMap::from([(key.to_owned(), value.to_owned())]);
+        let err = ScaleConfig::from_labels(Some(&labels), 20, 64).unwrap_err();
+        assert!(err.contains(key), "{err}");
+    }
+}

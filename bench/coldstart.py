@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Cold-start benchmark: how long a request to a function at zero replicas takes to answer.
+
+Starts `sluice up` (the binary given with --sluice, default target/release/sluice) on a free
+port with a temporary data dir, deploys the sample HTTP echo function with scale-to-zero after
+--idle seconds, then --samples times: waits until the function is at zero, times one request
+(cold), then one more on the now-warm replica (warm). Once more with --burst concurrent requests
+at zero. Prints p50/p99 of each and the cold/warm ratio, measured side by side in one run.
+
+    cargo build --release && python3 bench/coldstart.py
+"""
+
+import argparse
+import concurrent.futures
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def request(url, body=None, method="POST"):
+    req = urllib.request.Request(url, data=body, method=method)
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return r.status, r.read()
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.load(r)
+
+
+def percentile(values, p):
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def wait_for_zero(base, deadline_s=120):
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        f = get_json(f"{base}/system/function/echo")
+        if f["replicas"] == 0 and f["availableReplicas"] == 0:
+            return
+        time.sleep(0.05)
+    raise SystemExit("echo did not go to zero")
+
+
+def timed_call(url, body):
+    start = time.perf_counter()
+    status, got = request(url, body)
+    elapsed = time.perf_counter() - start
+    if status != 200 or got != body:
+        raise SystemExit(f"bad answer {status} {got!r}")
+    return elapsed * 1000
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sluice", default=os.path.join(ROOT, "target/release/sluice"))
+    ap.add_argument("--samples", type=int, default=30)
+    ap.add_argument("--idle", default="1s", help="com.openfaas.scale.zero-duration")
+    ap.add_argument("--burst", type=int, default=50)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log = open(os.path.join(tmp, "sluice.log"), "w")
+        proc = subprocess.Popen(
+            [args.sluice, "up", "--listen", "127.0.0.1:0", "--data-dir", os.path.join(tmp, "data")],
+            stdout=subprocess.PIPE, stderr=log, text=True,
+        )
+        try:
+            first = proc.stdout.readline().strip()
+            base = first.removeprefix("sluice listening on ")
+            deployment = {
+                "service": "echo",
+                "image": "sluice/echo:latest",
+                "envProcess": "python3 -u echo.py",
+                "envVars": {"mode": "http"},
+                "labels": {
+                    "com.openfaas.scale.zero": "true",
+                    "com.openfaas.scale.zero-duration": args.idle,
+                },
+                "annotations": {"com.sluice.workdir": os.path.join(ROOT, "functions")},
+            }
+            request(f"{base}/system/functions", json.dumps(deployment).encode())
+            url = f"{base}/function/echo"
+            cold, warm = [], []
+            for i in range(args.samples):
+                wait_for_zero(base)
+                body = f"sample {i}".encode()
+                cold.append(timed_call(url, body))
+                warm.append(timed_call(url, body))
+            wait_for_zero(base)
+            with concurrent.futures.ThreadPoolExecutor(args.burst) as pool:
+                burst = list(pool.map(lambda i: timed_call(url, f"burst {i}".encode()), range(args.burst)))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    def line(name, values):
+        return (f"{name:<28} n={len(values):<4} p50={statistics.median(values):8.1f} ms"
+                f"  p99={percentile(values, 99):8.1f} ms")
+
+    print(line("cold (1 request at zero)", cold))
+    print(line("warm (next request)", warm))
+    print(line(f"cold burst ({args.burst} at zero)", burst))
+    print(f"cold/warm p50 ratio: {statistics.median(cold) / statistics.median(warm):.1f}x")
+
+
+if __name__ == "__main__":
+    main()

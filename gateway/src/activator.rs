@@ -1,0 +1,77 @@
+//! The activator: holds requests for a function that has no replica with room, wakes it if it
+//! is at zero, and lets each request through as soon as a ready replica has room for it.
+//!
+//! Requests are let through one at a time as slots open (a replica's `com.sluice.concurrency`),
+//! to the least busy ready replica, so a crowd held during a cold start is not dropped on the
+//! first replica at once. A replica is only ready once the provider's own probe of it has
+//! passed. A request that finds a replica with room is not held at all: the activator is only
+//! in the path while capacity is short, and there is no mode to flap in and out of.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sluice_core::{Endpoint, FunctionRef, ProviderError};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Requests held per function.
+#[derive(Debug, Default)]
+pub(crate) struct Held(Mutex<HashMap<FunctionRef, Arc<AtomicUsize>>>);
+
+/// One held request; the count goes down when it is dropped.
+struct Holding(Arc<AtomicUsize>);
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Held {
+    fn hold(&self, function: &FunctionRef, limit: usize) -> Option<Holding> {
+        let count = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(function.clone())
+            .or_default()
+            .clone();
+        if count.fetch_add(1, Ordering::AcqRel) >= limit {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Holding(count))
+    }
+}
+
+/// A replica of `function` with room for one more request, holding the request (up to the
+/// gateway's buffer and hold timeout) while there is none. The request must already be
+/// [tracked](sluice_autoscaler::Autoscaler::track), so the autoscaler counts it as load.
+pub(crate) async fn endpoint(
+    state: &AppState,
+    function: &FunctionRef,
+) -> Result<Endpoint, ApiError> {
+    match state.provider.endpoint(function, Duration::ZERO).await {
+        Ok(endpoint) => return Ok(endpoint),
+        Err(ProviderError::ScaledToZero(_) | ProviderError::NoReadyReplica { .. }) => {}
+        Err(other) => return Err(other.into()),
+    }
+    let limit = state.config.activator_buffer;
+    let _holding = state
+        .held
+        .hold(function, limit)
+        .ok_or_else(|| ApiError::ActivatorFull {
+            function: function.to_string(),
+            limit,
+        })?;
+    if state.autoscaler.wake(function).await {
+        tracing::debug!(%function, "woken from zero by a request");
+    }
+    Ok(state
+        .provider
+        .endpoint(function, state.config.readiness_wait)
+        .await?)
+}

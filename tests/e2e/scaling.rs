@@ -1,0 +1,281 @@
+//! The activator and the autoscaler on `sluice up`: scale to zero when idle, back on demand
+//! with no failed request, up and down with load, and clear errors when holding cannot help.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::harness::{Receiver, Sluice, deploy, eventually, get_json, sample, try_get_json};
+
+/// Waits until `function` has `replicas` replicas, per `GET /system/function/<name>`.
+async fn replicas_become(http: &reqwest::Client, url: &str, function: &str, replicas: u64) {
+    eventually(
+        &format!("{function} to have {replicas} replicas"),
+        || async {
+            let f: Value = try_get_json(http, format!("{url}/system/function/{function}")).await?;
+            (f["replicas"] == replicas).then_some(())
+        },
+    )
+    .await;
+}
+
+/// How many times the log says a function was scaled up from zero.
+fn scale_ups_from_zero(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("scaled") && l.contains("from=0 "))
+        .count()
+}
+
+fn at_zero_after(seconds: &str) -> [(&'static str, &str); 2] {
+    [
+        ("com.openfaas.scale.zero", "true"),
+        ("com.openfaas.scale.zero-duration", seconds),
+    ]
+}
+
+#[tokio::test]
+async fn an_idle_function_goes_to_zero_and_200_concurrent_requests_wake_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let sluice = Sluice::start(&data, &[]);
+    let url = &sluice.url;
+    let http = reqwest::Client::new();
+    let echo = sample("echo", "python3 -u echo.py", true, &at_zero_after("5s"));
+    deploy(&http, url, &echo).await;
+    let r = http
+        .post(format!("{url}/function/echo"))
+        .body("warm")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let idle_from = Instant::now();
+    replicas_become(&http, url, "echo", 0).await;
+    assert!(
+        idle_from.elapsed() >= Duration::from_secs(5),
+        "went to zero before its idle period: {:?}",
+        idle_from.elapsed()
+    );
+    let f: Value = get_json(&http, format!("{url}/system/function/echo")).await;
+    assert_eq!(f["availableReplicas"], 0);
+    assert!(f["scaleReason"].as_str().unwrap().contains("idle"), "{f}");
+
+    let before = scale_ups_from_zero(&data.with_extension("log"));
+    let results: Vec<(u16, String, String)> = futures_util::stream::iter(0..200)
+        .map(|i| {
+            let http = http.clone();
+            let url = url.clone();
+            async move {
+                let body = format!("request {i}");
+                let r = http
+                    .post(format!("{url}/function/echo"))
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.text().await.unwrap(), body)
+            }
+        })
+        .buffer_unordered(200)
+        .collect()
+        .await;
+    for (status, got, sent) in &results {
+        assert_eq!(*status, 200, "{got}");
+        assert_eq!(got, sent);
+    }
+    assert_eq!(
+        scale_ups_from_zero(&data.with_extension("log")) - before,
+        1,
+        "expected exactly one scale-up from zero"
+    );
+}
+
+#[tokio::test]
+async fn replicas_follow_load_and_a_long_request_outlives_the_scale_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = reqwest::Client::new();
+    // A 10 s stable window (1 s panic window) keeps the test short; the decisions are the same.
+    let sleep = sample(
+        "sleep",
+        "python3 -u sleep.py",
+        true,
+        &[
+            ("com.openfaas.scale.target", "10"),
+            ("com.sluice.scale.window", "10s"),
+        ],
+    );
+    deploy(&http, url, &sleep).await;
+    replicas_become(&http, url, "sleep", 1).await;
+
+    // 100 clients, each calling again as soon as its call returns.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let clients: Vec<_> = (0..100)
+        .map(|_| {
+            let (http, url, stop) = (http.clone(), url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut failures = 0;
+                while !stop.is_cancelled() {
+                    let r = http
+                        .get(format!("{url}/function/sleep?seconds=0.5"))
+                        .send()
+                        .await;
+                    if !r.is_ok_and(|r| r.status() == 200) {
+                        failures += 1;
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    // Settled: 10 ± 1 for a few seconds running.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut steady_since: Option<Instant> = None;
+    let settled: Value = loop {
+        let f: Value = get_json(&http, format!("{url}/system/function/sleep")).await;
+        let n = f["replicas"].as_u64().unwrap();
+        if (9..=11).contains(&n) {
+            let since = *steady_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_secs(3) {
+                break f;
+            }
+        } else {
+            steady_since = None;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not settle at 10 ± 1: {f}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(settled["targetReplicas"], settled["replicas"], "{settled}");
+
+    // A long call starts, the load stops, the function scales back down around it.
+    let long = {
+        let (http, url) = (http.clone(), url.clone());
+        tokio::spawn(async move {
+            let r = http
+                .get(format!("{url}/function/sleep?seconds=30"))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    stop.cancel();
+    for client in clients {
+        assert_eq!(client.await.unwrap(), 0, "a client saw a failed call");
+    }
+    replicas_become(&http, url, "sleep", 1).await;
+    let (status, body) = long.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, "slept 30s\n");
+}
+
+#[tokio::test]
+async fn five_hundred_async_calls_to_a_function_at_zero_spend_no_retry_on_the_cold_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = reqwest::Client::new();
+    let echo = sample("echo", "python3 -u echo.py", true, &at_zero_after("2s"));
+    deploy(&http, url, &echo).await;
+    replicas_become(&http, url, "echo", 0).await;
+    let receiver = Receiver::start().await;
+    futures_util::stream::iter(0..500)
+        .for_each_concurrent(32, |i| {
+            let (http, receiver) = (&http, &receiver);
+            async move {
+                let r = crate::harness::submit_async(
+                    http,
+                    format!("{url}/async-function/echo"),
+                    receiver,
+                    format!("cold-{i}"),
+                )
+                .await;
+                assert_eq!(r.status(), 202);
+            }
+        })
+        .await;
+    eventually("every callback", || async {
+        (receiver.count() >= 500).then_some(())
+    })
+    .await;
+    let mut ids = HashSet::new();
+    for cb in receiver.received() {
+        assert_eq!(cb.header("x-function-status"), "200", "{:?}", cb.headers);
+        assert_eq!(
+            cb.header("x-retry"),
+            "",
+            "a retry was spent: {:?}",
+            cb.headers
+        );
+        ids.insert(cb.header("x-call-id").to_owned());
+    }
+    assert_eq!(ids.len(), 500);
+    let page: Value = get_json(&http, format!("{url}/system/calls?limit=1000")).await;
+    for call in page["calls"].as_array().unwrap() {
+        assert_eq!(call["attempts"], 1, "{call}");
+        assert_eq!(call["state"], "succeeded", "{call}");
+    }
+}
+
+#[tokio::test]
+async fn a_full_buffer_and_a_hold_timeout_answer_with_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(
+        &dir.path().join("data"),
+        &["--activator-buffer", "5", "--hold-timeout", "2s"],
+    );
+    let url = &sluice.url;
+    let http = reqwest::Client::new();
+    // A server that exits at once never becomes ready: every request is held.
+    let broken = sample("broken", "python3 -c 'raise SystemExit(3)'", true, &[]);
+    deploy(&http, url, &broken).await;
+    let started = Instant::now();
+    let answers: Vec<(u16, Option<String>, Option<String>, Value)> =
+        futures_util::stream::iter(0..12)
+            .map(|_| {
+                let http = http.clone();
+                let url = url.clone();
+                async move {
+                    let r = http
+                        .post(format!("{url}/function/broken"))
+                        .send()
+                        .await
+                        .unwrap();
+                    let header =
+                        |h: &str| r.headers().get(h).map(|v| v.to_str().unwrap().to_owned());
+                    let (marker, retry) = (header("x-sluice-error"), header("retry-after"));
+                    (r.status().as_u16(), marker, retry, r.json().await.unwrap())
+                }
+            })
+            .buffer_unordered(12)
+            .collect()
+            .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a request hung"
+    );
+    let full: Vec<_> = answers.iter().filter(|a| a.0 == 503).collect();
+    let timed_out: Vec<_> = answers.iter().filter(|a| a.0 == 504).collect();
+    assert_eq!(full.len() + timed_out.len(), 12, "{answers:?}");
+    assert_eq!(timed_out.len(), 5, "the buffer holds 5: {answers:?}");
+    for (_, marker, retry, body) in full {
+        assert_eq!(marker.as_deref(), Some("activator_full"));
+        assert!(retry.is_some());
+        assert_eq!(body["code"], "activator_full");
+        assert!(body["message"].as_str().unwrap().contains('5'), "{body}");
+    }
+    for (_, marker, _, body) in timed_out {
+        assert_eq!(marker.as_deref(), Some("no_ready_replica"));
+        assert_eq!(body["code"], "no_ready_replica");
+    }
+}
