@@ -5,7 +5,9 @@ Starts `sluice up` (the binary given with --sluice, default target/release/sluic
 port with a temporary data dir, deploys the sample HTTP echo function with scale-to-zero after
 --idle seconds, then --samples times: waits until the function is at zero, times one request
 (cold), then one more on the now-warm replica (warm). Once more with --burst concurrent requests
-at zero. Prints p50/p99 of each and the cold/warm ratio, measured side by side in one run.
+at zero. For comparison, the same number of times, echo.py started alone (outside Sluice) and
+polled until it answers. Prints p50/p99 of each and their ratios, measured side by side in one
+run.
 
     cargo build --release && python3 bench/coldstart.py
 """
@@ -59,6 +61,31 @@ def timed_call(url, body):
     return elapsed * 1000
 
 
+def bare_start_ms(port):
+    """The function's own start-up, outside Sluice: spawn echo.py, poll its health every ms."""
+    env = {"PATH": os.environ["PATH"], "PORT": str(port)}
+    start = time.perf_counter()
+    proc = subprocess.Popen(["python3", "-u", "echo.py"], cwd=os.path.join(ROOT, "functions"),
+                            env=env, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                request(f"http://127.0.0.1:{port}/_/health", method="GET")
+                return (time.perf_counter() - start) * 1000
+            except OSError:
+                time.sleep(0.001)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sluice", default=os.path.join(ROOT, "target/release/sluice"))
@@ -95,6 +122,7 @@ def main():
                 body = f"sample {i}".encode()
                 cold.append(timed_call(url, body))
                 warm.append(timed_call(url, body))
+            bare = [bare_start_ms(free_port()) for _ in range(args.samples)]
             wait_for_zero(base)
             with concurrent.futures.ThreadPoolExecutor(args.burst) as pool:
                 burst = list(pool.map(lambda i: timed_call(url, f"burst {i}".encode()), range(args.burst)))
@@ -108,8 +136,12 @@ def main():
 
     print(line("cold (1 request at zero)", cold))
     print(line("warm (next request)", warm))
+    print(line("echo.py alone: start→ready", bare))
     print(line(f"cold burst ({args.burst} at zero)", burst))
     print(f"cold/warm p50 ratio: {statistics.median(cold) / statistics.median(warm):.1f}x")
+    print(f"cold p50 over the function's own start-up: "
+          f"+{statistics.median(cold) - statistics.median(bare):.1f} ms "
+          f"({statistics.median(cold) / statistics.median(bare):.2f}x)")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use sluice_core::FunctionDeployment;
 use sluice_core::retry::parse_go_duration;
 
 pub const MIN_LABEL: &str = "com.openfaas.scale.min";
@@ -27,6 +28,8 @@ pub const ZERO_LABEL: &str = "com.openfaas.scale.zero";
 pub const ZERO_DURATION_LABEL: &str = "com.openfaas.scale.zero-duration";
 /// Sluice's own: the stable window (the panic window is a tenth of it).
 pub const WINDOW_LABEL: &str = "com.sluice.scale.window";
+/// Sluice's own: requests one replica is sent at once (see the provider).
+pub const CONCURRENCY_LABEL: &str = "com.sluice.concurrency";
 
 /// What load is measured in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,9 +114,11 @@ impl ScaleConfig {
                 })
                 .transpose()
         };
-        let mut c = Self::default();
-        c.max = whole(MAX_LABEL)?.unwrap_or(default_max).min(limit);
-        c.min = whole(MIN_LABEL)?.unwrap_or(1).min(limit).max(1);
+        let mut c = Self {
+            max: whole(MAX_LABEL)?.unwrap_or(default_max).min(limit),
+            min: whole(MIN_LABEL)?.unwrap_or(1).min(limit).max(1),
+            ..Self::default()
+        };
         if c.min > c.max {
             return Err(format!(
                 "label {MIN_LABEL} ({}) is above {MAX_LABEL} ({})",
@@ -150,6 +155,11 @@ impl ScaleConfig {
             }
         };
         if let Some(d) = duration(ZERO_DURATION_LABEL)? {
+            if d < Duration::from_secs(1) {
+                return Err(format!(
+                    "label {ZERO_DURATION_LABEL} must be at least 1s, got {d:?}"
+                ));
+            }
             c.zero_after = d;
         }
         if let Some(w) = duration(WINDOW_LABEL)? {
@@ -160,6 +170,26 @@ impl ScaleConfig {
             }
             c.stable_window = w;
             c.panic_window = (w / 10).max(Duration::from_secs(1));
+        }
+        Ok(c)
+    }
+
+    /// The labels of a deployment, with the concurrency target held to what one replica is
+    /// allowed at once (label `com.sluice.concurrency`, else an explicit `max_inflight`): a
+    /// replica cannot carry more than it is sent.
+    pub fn for_deployment(
+        d: &FunctionDeployment,
+        default_max: u32,
+        limit: u32,
+    ) -> Result<Self, String> {
+        let mut c = Self::from_labels(d.labels.as_ref(), default_max, limit)?;
+        let cap = d
+            .label(CONCURRENCY_LABEL)
+            .or_else(|| d.env_vars.get("max_inflight").map(String::as_str))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .filter(|n| *n > 0);
+        if let (Some(cap), Metric::Concurrency) = (cap, c.metric) {
+            c.target = c.target.min(f64::from(cap));
         }
         Ok(c)
     }

@@ -87,9 +87,10 @@ pub struct Status {
 struct Memory {
     samples: VecDeque<kpa::Sample>,
     last_started: u64,
+    last_sample: Option<Duration>,
     state: KpaState,
-    /// A manual scale holds until then.
-    pinned_until: Option<Duration>,
+    /// A count set from outside holds for one stable window from then.
+    pinned_at: Option<Duration>,
     status: Option<Status>,
 }
 
@@ -107,7 +108,8 @@ struct Inner {
     origin: Instant,
     loads: Mutex<HashMap<FunctionRef, Arc<Load>>>,
     memory: Mutex<HashMap<FunctionRef, Memory>>,
-    /// Serialises wake-ups and decisions per function.
+    /// Serialises every change of a replica count made through the autoscaler (wake-ups,
+    /// decisions, [`Autoscaler::exclusive`] holders), across all functions.
     scaling: tokio::sync::Mutex<()>,
 }
 
@@ -141,8 +143,20 @@ impl Autoscaler {
     fn load(&self, function: &FunctionRef) -> Arc<Load> {
         lock(&self.inner.loads)
             .entry(function.clone())
-            .or_default()
+            .or_insert_with(|| {
+                // A function is idle from when it is first seen, not from the gateway's start.
+                Arc::new(Load {
+                    last_end_ms: AtomicU64::new(ms_since(self.inner.origin)),
+                    ..Load::default()
+                })
+            })
             .clone()
+    }
+
+    /// Held while a replica count is changed from outside the autoscaler (by hand, from the
+    /// registry), so a decision made before the change is not applied after it.
+    pub async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.scaling.lock().await
     }
 
     /// Counts a request to `function` as in flight until the returned guard is dropped.
@@ -171,7 +185,7 @@ impl Autoscaler {
             return false;
         }
         if let Some(memory) = lock(&self.inner.memory).get_mut(function) {
-            memory.pinned_until = None;
+            memory.pinned_at = None;
         }
         match self.inner.provider.scale(function, 1).await {
             Ok(()) => {
@@ -193,13 +207,14 @@ impl Autoscaler {
         }
     }
 
-    /// The replica count was set from outside (by hand, or restored at start-up): leave it for
-    /// one stable window, then decide from the load seen meanwhile.
+    /// The replica count was set from outside (by hand, restored at start-up, from the
+    /// registry): leave it for one stable window, then decide from the load seen meanwhile.
+    /// Call it under [`Self::exclusive`] with the change.
     pub fn pin(&self, function: &FunctionRef, replicas: u32, why: &str) {
-        let until = self.now() + ScaleConfig::default().stable_window;
+        let now = self.now();
         let mut memory = lock(&self.inner.memory);
         let m = memory.entry(function.clone()).or_default();
-        m.pinned_until = Some(until);
+        m.pinned_at = Some(now);
         m.status = Some(Status {
             target: replicas,
             reason: format!("{why}; the autoscaler resumes after one stable window"),
@@ -246,8 +261,8 @@ impl Autoscaler {
             if !running.contains(&spec.function) {
                 continue;
             }
-            let config = match ScaleConfig::from_labels(
-                spec.deployment.labels.as_ref(),
+            let config = match ScaleConfig::for_deployment(
+                &spec.deployment,
                 self.inner.config.default_max_replicas,
                 self.inner.config.max_replicas_limit,
             ) {
@@ -261,11 +276,17 @@ impl Autoscaler {
         }
         // Forget functions that are gone.
         lock(&self.inner.memory).retain(|f, _| running.contains(f));
-        lock(&self.inner.loads).retain(|f, _| running.contains(f));
+        // A load still referenced by a request in flight stays: the function may have been
+        // applied since the list was taken.
+        lock(&self.inner.loads)
+            .retain(|f, load| running.contains(f) || Arc::strong_count(load) > 1);
         Ok(())
     }
 
     async fn decide_for(&self, function: &FunctionRef, config: &ScaleConfig, now: Duration) {
+        // Under the lock, so a request woken meanwhile (tracked before it wakes the function) is
+        // seen, and the function is not sent back to zero under it.
+        let _serial = self.inner.scaling.lock().await;
         let load = self.load(function);
         let in_flight = load.in_flight.load(Ordering::Acquire);
         let peak = load.peak.swap(in_flight, Ordering::AcqRel).max(in_flight);
@@ -277,7 +298,6 @@ impl Autoscaler {
                 load.last_end_ms.load(Ordering::Acquire),
             ))
         };
-        let _serial = self.inner.scaling.lock().await;
         let Some(replicas) = self.inner.provider.replicas(function) else {
             return;
         };
@@ -285,9 +305,13 @@ impl Autoscaler {
         let (decision, pinned) = {
             let mut memory = lock(&self.inner.memory);
             let m = memory.entry(function.clone()).or_default();
-            let requests = started.saturating_sub(m.last_started) as f64
-                / self.inner.config.tick.as_secs_f64().max(0.001);
+            let elapsed = m
+                .last_sample
+                .map_or(self.inner.config.tick, |at| now.saturating_sub(at));
+            let requests =
+                started.saturating_sub(m.last_started) as f64 / elapsed.as_secs_f64().max(0.001);
             m.last_started = started;
+            m.last_sample = Some(now);
             m.samples.push_back(kpa::Sample {
                 at: now,
                 concurrency: peak as f64,
@@ -297,9 +321,11 @@ impl Autoscaler {
             while m.samples.front().is_some_and(|s| s.at <= horizon) {
                 m.samples.pop_front();
             }
-            let pinned = m.pinned_until.is_some_and(|until| now < until);
+            let pinned = m
+                .pinned_at
+                .is_some_and(|at| now < at + config.stable_window);
             if !pinned {
-                m.pinned_until = None;
+                m.pinned_at = None;
             }
             let samples: Vec<kpa::Sample> = m.samples.iter().copied().collect();
             let (decision, state) = decide(config, &samples, now, current, idle_for, m.state);

@@ -200,9 +200,38 @@ fn labels_are_read_and_bad_ones_named() {
         ("com.openfaas.scale.zero", "yes"),
         ("com.openfaas.scale.zero-duration", "soon"),
         ("com.openfaas.scale.target-proportion", "1.5"),
+        ("com.openfaas.scale.zero-duration", "0s"),
     ] {
         let labels = BTreeMap::from([(key.to_owned(), value.to_owned())]);
         let err = ScaleConfig::from_labels(Some(&labels), 20, 64).unwrap_err();
         assert!(err.contains(key), "{err}");
     }
+}
+
+#[test]
+fn the_target_is_held_to_what_one_replica_is_sent() {
+    let mut d = sluice_core::FunctionDeployment {
+        service: "f".into(),
+        labels: Some(BTreeMap::from([(
+            "com.openfaas.scale.target".to_owned(),
+            "50".to_owned(),
+        )])),
+        ..Default::default()
+    };
+    assert_eq!(
+        ScaleConfig::for_deployment(&d, 20, 64).unwrap().target,
+        50.0
+    );
+    d.env_vars.insert("max_inflight".into(), "4".into());
+    assert_eq!(ScaleConfig::for_deployment(&d, 20, 64).unwrap().target, 4.0);
+    d.labels
+        .as_mut()
+        .unwrap()
+        .insert("com.sluice.concurrency".into(), "2".into());
+    let c = ScaleConfig::for_deployment(&d, 20, 64).unwrap();
+    assert_eq!(c.target, 2.0);
+    // 20 in flight on replicas that take 2 each: 10 replicas, not 1.
+    let now = Duration::from_secs(100);
+    let (d, _) = decide(&c, &samples(now, &[20.0; 60]), now, 10, Duration::ZERO);
+    assert_eq!(d.desired, 10, "{d:?}");
 }

@@ -88,7 +88,7 @@ pub struct GatewayFlags {
     #[arg(long, env = "SLUICE_HOLD_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub hold_timeout: Duration,
     /// Requests held per function at most; more get a 503.
-    #[arg(long, env = "SLUICE_ACTIVATOR_BUFFER", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "SLUICE_ACTIVATOR_BUFFER", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub activator_buffer: u32,
 }
 

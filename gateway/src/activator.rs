@@ -67,11 +67,37 @@ pub(crate) async fn endpoint(
             function: function.to_string(),
             limit,
         })?;
-    if state.autoscaler.wake(function).await {
-        tracing::debug!(%function, "woken from zero by a request");
+    let deadline = tokio::time::Instant::now() + state.config.readiness_wait;
+    let mut failed_wakes = 0;
+    loop {
+        let woke = state.autoscaler.wake(function).await;
+        if woke {
+            tracing::debug!(%function, "woken from zero by a request");
+        }
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match state.provider.endpoint(function, wait).await {
+            Err(ProviderError::ScaledToZero(f)) => {
+                // Scaled to zero again while held (by hand, or through the registry): wake it
+                // again, while time is left and waking can help.
+                let at_zero = state
+                    .provider
+                    .replicas(function)
+                    .is_some_and(|r| r.desired == 0);
+                if wait.is_zero() {
+                    return Err(ApiError::NotReady {
+                        function: f,
+                        waited: state.config.readiness_wait,
+                    });
+                }
+                if at_zero && !woke {
+                    // Twice at zero with no wake-up taking: it cannot be woken; do not spin.
+                    failed_wakes += 1;
+                    if failed_wakes >= 2 {
+                        return Err(ApiError::ScaledToZero(f));
+                    }
+                }
+            }
+            other => return Ok(other?),
+        }
     }
-    Ok(state
-        .provider
-        .endpoint(function, state.config.readiness_wait)
-        .await?)
 }

@@ -104,6 +104,12 @@ fn checked(
     check_replica_labels(state, &d)?;
     sluice_core::RetryPolicy::from_annotations(d.annotations.as_ref())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    sluice_autoscaler::ScaleConfig::for_deployment(
+        &d,
+        state.config.default_max_replicas,
+        state.config.max_replicas_limit,
+    )
+    .map_err(ApiError::BadRequest)?;
     sluice_core::QueueName::from_annotations(d.annotations.as_ref()).map_err(|e| {
         ApiError::BadRequest(format!(
             "annotation {}: {e}",
@@ -294,8 +300,11 @@ pub(crate) async fn scale(
     if !state.functions.set_replicas(&function, replicas).await? {
         return Err(ApiError::FunctionNotFound(function.to_string()));
     }
-    state.provider.scale(&function, replicas).await?;
-    state.autoscaler.pin(&function, replicas, "set by hand");
+    {
+        let _scaling = state.autoscaler.exclusive().await;
+        state.provider.scale(&function, replicas).await?;
+        state.autoscaler.pin(&function, replicas, "set by hand");
+    }
     tracing::info!(%function, replicas, "scaled by hand");
     Ok(StatusCode::ACCEPTED)
 }

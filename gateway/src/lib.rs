@@ -61,7 +61,7 @@ impl Default for GatewayConfig {
             max_body_bytes: 16 * 1024 * 1024,
             upstream_timeout: Duration::from_secs(300),
             readiness_wait: Duration::from_secs(30),
-            activator_buffer: 1000,
+            activator_buffer: 500,
             default_max_replicas: 20,
             max_replicas_limit: 64,
             max_in_flight: 1024,

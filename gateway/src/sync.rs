@@ -68,6 +68,7 @@ async fn sync_once(
             continue;
         };
         fresh.replicas = fresh.replicas.min(state.config.max_replicas_limit);
+        let _scaling = state.autoscaler.exclusive().await;
         match state.provider.apply(&fresh).await {
             Ok(()) => {
                 tracing::debug!(function = %fresh.function, replicas = fresh.replicas, "applied from the registry");

@@ -439,12 +439,18 @@ impl FunctionRuntime {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let probe = async {
             let mut waited = Duration::ZERO;
-            let step = Duration::from_millis(25);
             let mut warned = false;
             loop {
                 if probe_http(addr, &spec.readiness_path).await {
                     return;
                 }
+                // Often at first, when a request may be waiting on this cold start; less so
+                // for a replica that is slow to come up.
+                let step = if waited < Duration::from_secs(2) {
+                    Duration::from_millis(5)
+                } else {
+                    Duration::from_millis(50)
+                };
                 tokio::time::sleep(step).await;
                 waited += step;
                 if !warned && waited >= Duration::from_secs(30) {
