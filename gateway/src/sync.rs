@@ -68,14 +68,26 @@ async fn sync_once(
             continue;
         };
         fresh.replicas = fresh.replicas.min(state.config.max_replicas_limit);
+        // A new replica count in the registry (scaled through another gateway) holds here
+        // too; a function first seen at the count it runs is left to the autoscaler.
+        let rescaled = match seen.get(&fresh.function) {
+            Some((_, replicas)) => *replicas != fresh.replicas,
+            None => state
+                .provider
+                .replicas(&fresh.function)
+                .is_some_and(|r| r.desired != fresh.replicas),
+        };
         let _scaling = state.autoscaler.exclusive().await;
         match state.provider.apply(&fresh).await {
             Ok(()) => {
                 tracing::debug!(function = %fresh.function, replicas = fresh.replicas, "applied from the registry");
-                // A count set through another gateway holds here too, as it does there.
-                state
-                    .autoscaler
-                    .pin(&fresh.function, fresh.replicas, "set through the registry");
+                if rescaled {
+                    state.autoscaler.pin(
+                        &fresh.function,
+                        fresh.replicas,
+                        "set through the registry",
+                    );
+                }
                 seen.insert(fresh.function.clone(), (fresh.deployment, fresh.replicas));
             }
             Err(error) => {

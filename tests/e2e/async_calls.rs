@@ -236,19 +236,8 @@ async fn a_function_that_cannot_be_reached_is_recorded_as_failed() {
     echo["annotations"]["com.openfaas.retry.attempts"] = "2".into();
     echo["annotations"]["com.openfaas.retry.min_wait"] = "50ms".into();
     deploy(&http, url, &echo).await;
-    let r = submit_async(
-        &http,
-        format!("{url}/async-function/echo"),
-        &receiver,
-        "nobody-home",
-    )
-    .await;
-    assert_eq!(r.status(), 202);
-    eventually("the callback", || async {
-        (receiver.count() == 1).then_some(())
-    })
-    .await;
-    let cb = &receiver.received()[0];
+    let target = format!("{url}/async-function/echo");
+    let cb = crate::harness::called_back(&http, target, &receiver, "nobody-home").await;
     assert_eq!(cb.header("x-function-status"), "504");
     assert_eq!(cb.header("x-sluice-error"), "no_ready_replica");
     let record: Value = get_json(&http, format!("{url}/system/calls/nobody-home")).await;

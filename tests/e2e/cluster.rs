@@ -432,11 +432,16 @@ async fn gateways_follow_each_others_deploys_and_removals() {
     assert_eq!(r.text().await.unwrap(), "through b");
     // A scale through a reaches b.
     crate::harness::scale(&http, &a.url, "echo", 2).await;
-    eventually("b to scale to 2", || async {
+    let f = eventually("b to scale to 2", || async {
         let f: Value = try_get_json(&http, format!("{}/system/function/echo", b.url)).await?;
-        (f["replicas"] == 2).then_some(())
+        (f["replicas"] == 2).then_some(f)
     })
     .await;
+    // And b's autoscaler leaves it there for a while, as a's does.
+    assert!(
+        f["scaleReason"].as_str().unwrap().contains("registry"),
+        "{f}"
+    );
     // A removal through a reaches b.
     let r = http
         .delete(format!("{}/system/functions", a.url))
@@ -528,4 +533,43 @@ async fn a_gateway_started_before_nats_waits_for_it() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
+}
+
+#[tokio::test]
+async fn a_function_at_zero_wakes_for_sync_and_queued_calls_in_the_cluster_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let shared = Shared::start().await;
+    let http = reqwest::Client::new();
+    let gw = gateway(&shared, dir, "gw");
+    let _worker = worker(&shared, dir, "w", &gw.url, &[]);
+    let echo = sample(
+        "echo",
+        "python3 -u echo.py",
+        true,
+        &[
+            ("com.openfaas.scale.zero", "true"),
+            ("com.openfaas.scale.zero-duration", "2s"),
+        ],
+    );
+    deploy(&http, &gw.url, &echo).await;
+    let at_zero = || async {
+        let f: Value = try_get_json(&http, format!("{}/system/function/echo", gw.url)).await?;
+        (f["replicas"] == 0).then_some(())
+    };
+    eventually("echo to go to zero", at_zero).await;
+    let r = http
+        .post(format!("{}/function/echo", gw.url))
+        .body("sync")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "sync");
+    eventually("echo to go to zero again", at_zero).await;
+    let receiver = Receiver::start().await;
+    let target = format!("{}/async-function/echo", gw.url);
+    let cb = crate::harness::called_back(&http, target, &receiver, "queued-cold").await;
+    assert_eq!(cb.header("x-function-status"), "200");
+    assert_eq!(cb.header("x-retry"), "");
 }

@@ -262,6 +262,23 @@ pub async fn submit_async(
         .unwrap()
 }
 
+/// Submits one async call to `target` with `receiver` (which must have had no callback yet) as
+/// its callback, and returns the callback once it came.
+pub async fn called_back(
+    http: &reqwest::Client,
+    target: String,
+    receiver: &Receiver,
+    call_id: &str,
+) -> Callback {
+    let r = submit_async(http, target, receiver, call_id).await;
+    assert_eq!(r.status(), 202);
+    eventually("the callback", || async {
+        (receiver.count() == 1).then_some(())
+    })
+    .await;
+    receiver.received().remove(0)
+}
+
 /// Postgres and NATS JetStream for the cluster form: a fresh database and a `nats-server` of
 /// the test's own.
 #[derive(Debug)]
