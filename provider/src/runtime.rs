@@ -39,7 +39,7 @@ struct InFlight {
 #[derive(Debug)]
 pub(crate) struct InFlightGuard {
     replica: Arc<InFlight>,
-    /// The function's: wakes requests waiting for a replica with room.
+    /// The function's: wakes a request waiting for a replica with room.
     freed: Arc<Notify>,
 }
 
@@ -48,7 +48,8 @@ impl Drop for InFlightGuard {
         if self.replica.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.replica.idle.notify_waiters();
         }
-        self.freed.notify_waiters();
+        // One slot freed: wake one waiting request (the longest waiting), not all of them.
+        self.freed.notify_one();
     }
 }
 
@@ -80,7 +81,7 @@ pub(crate) struct FunctionRuntime {
     /// Bumped whenever a replica becomes ready or stops being ready, or the set changes.
     changes: watch::Sender<u64>,
     next: AtomicUsize,
-    /// Notified whenever a request on any replica ends.
+    /// Notified (one waiter at a time) whenever a request on any replica ends.
     freed: Arc<Notify>,
     pub(crate) logs: Arc<LogBuffer>,
     /// Cancelled when the provider shuts down: every replica stops at once.

@@ -279,3 +279,46 @@ async fn a_full_buffer_and_a_hold_timeout_answer_with_json_errors() {
         assert_eq!(body["code"], "no_ready_replica");
     }
 }
+
+#[tokio::test]
+async fn held_requests_go_through_at_the_replicas_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = reqwest::Client::new();
+    // One replica that takes two requests at a time, and may not scale.
+    let sleep = sample(
+        "sleep",
+        "python3 -u sleep.py",
+        true,
+        &[
+            ("com.sluice.concurrency", "2"),
+            ("com.openfaas.scale.max", "1"),
+        ],
+    );
+    deploy(&http, url, &sleep).await;
+    replicas_become(&http, url, "sleep", 1).await;
+    let started = Instant::now();
+    let statuses: Vec<u16> = futures_util::stream::iter(0..6)
+        .map(|_| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let r = http
+                    .get(format!("{url}/function/sleep?seconds=1"))
+                    .send()
+                    .await
+                    .unwrap();
+                r.status().as_u16()
+            }
+        })
+        .buffer_unordered(6)
+        .collect()
+        .await;
+    assert_eq!(statuses, vec![200; 6]);
+    // Two at a time: three rounds of a second each, never all six at once.
+    assert!(
+        started.elapsed() >= Duration::from_millis(2900),
+        "more than two ran at once: {:?}",
+        started.elapsed()
+    );
+}
