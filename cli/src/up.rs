@@ -123,6 +123,8 @@ struct Backends {
     queue: Arc<dyn CallQueue>,
     /// Set on the embedded default, which has leases to release at start-up.
     sqlite_queue: Option<SqliteQueue>,
+    /// Set on JetStream, whose left-behind bodies the workers sweep.
+    jetstream: Option<JetStreamQueue>,
 }
 
 /// A data dir locked for this process (when it runs functions), with its stores and queue open:
@@ -155,6 +157,7 @@ impl Prepared {
                     calls: Arc::new(store),
                     queue: Arc::new(queue.clone()),
                     sqlite_queue: Some(queue),
+                    jetstream: None,
                 }
             }
             Some(shared) => {
@@ -172,8 +175,9 @@ impl Prepared {
                 Backends {
                     functions: Arc::new(store.clone()),
                     calls: Arc::new(store),
-                    queue: Arc::new(queue),
+                    queue: Arc::new(queue.clone()),
                     sqlite_queue: None,
+                    jetstream: Some(queue),
                 }
             }
         };
@@ -223,6 +227,7 @@ impl Prepared {
                     shutdown.clone(),
                 ));
             }
+            spawn_body_sweeper(&backends, shutdown.clone());
             tracing::info!(queues = ?queues, "queue worker started");
             while let Some(joined) = workers.join_next().await {
                 joined.context("queue worker panicked")?;
@@ -310,6 +315,30 @@ impl Prepared {
     }
 }
 
+/// How often, and past what age, large-body objects no call needs any more are deleted.
+const BODY_SWEEP_EVERY: Duration = Duration::from_secs(600);
+const BODY_SWEEP_AGE: Duration = Duration::from_secs(3600);
+
+/// On JetStream, deletes left-behind body objects now and then, until shutdown.
+fn spawn_body_sweeper(backends: &Backends, shutdown: CancellationToken) {
+    let (Some(queue), calls) = (backends.jetstream.clone(), backends.calls.clone()) else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(BODY_SWEEP_EVERY) => {}
+            }
+            match queue.sweep_bodies(calls.as_ref(), BODY_SWEEP_AGE).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "deleted call bodies no call needs"),
+                Err(error) => tracing::warn!(%error, "could not sweep call bodies"),
+            }
+        }
+    });
+}
+
 /// The URL a worker in this process reaches the gateway on (loopback if it listens on all
 /// addresses).
 fn loopback_url(listener: &TcpListener) -> anyhow::Result<String> {
@@ -384,6 +413,7 @@ async fn run_workers(
     worker_config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    spawn_body_sweeper(&backends, shutdown.clone());
     let mut workers = JoinSet::new();
     workers.spawn(sluice_queue_worker::run(
         backends.queue.clone(),

@@ -20,7 +20,7 @@
 //! when it lives in the object store).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_nats::HeaderMap;
 use async_nats::connection::State;
@@ -34,7 +34,10 @@ use async_nats::jetstream::{self, Context};
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
-use sluice_core::{CallMeta, CallQueue, Delivery, Lease, QueueError, QueueName, QueuedCall};
+use sluice_core::{
+    CallId, CallMeta, CallQueue, CallState, CallStore, Delivery, Lease, QueueError, QueueName,
+    QueuedCall,
+};
 use tokio::io::AsyncReadExt;
 
 /// The header naming the object that holds a call's body when it is too large for a message.
@@ -222,6 +225,61 @@ impl JetStreamQueue {
                     .map_err(|e| unavailable(&format!("creating consumer {durable}"), e))
             })
             .await
+    }
+
+    /// Deletes large-body objects that no queued call can need any more: older than
+    /// `older_than`, and belonging to a call that is gone, cancelled, or finished at least
+    /// `older_than` ago (its callback tries long over). They are left behind by a publish that
+    /// failed after its body was stored, or an ack whose delete did not happen. Returns how many
+    /// were deleted.
+    pub async fn sweep_bodies(
+        &self,
+        calls: &dyn CallStore,
+        older_than: Duration,
+    ) -> Result<u64, QueueError> {
+        let cutoff = SystemTime::now()
+            .checked_sub(older_than)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let before = |unix_secs: i64| {
+            u64::try_from(unix_secs)
+                .is_ok_and(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s) < cutoff)
+        };
+        let mut list = self
+            .inner
+            .bodies
+            .list()
+            .await
+            .map_err(|e| unavailable("listing call bodies", e))?;
+        let mut stale = Vec::new();
+        while let Some(info) = list.next().await {
+            let info = info.map_err(|e| unavailable("listing call bodies", e))?;
+            let old = info.modified.is_some_and(|m| before(m.unix_timestamp()));
+            if !info.deleted && old {
+                stale.push(info.name);
+            }
+        }
+        let mut deleted = 0;
+        for name in stale {
+            let Some(id) = body_owner(&name) else {
+                continue;
+            };
+            let needed = match calls.get(&id).await {
+                Ok(None) => false,
+                Ok(Some(record)) => match record.state {
+                    CallState::Queued | CallState::Running => true,
+                    CallState::Cancelled => false,
+                    CallState::Succeeded | CallState::Failed => !record
+                        .finished_at
+                        .is_some_and(|at| before(at.as_millis() / 1000)),
+                },
+                Err(e) => return Err(unavailable("reading a call record", e)),
+            };
+            if !needed {
+                self.delete_body(&name).await;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
     }
 
     fn subject(&self, queue: Option<&QueueName>) -> String {
@@ -423,6 +481,13 @@ impl CallQueue for JetStreamQueue {
     fn lease_duration(&self) -> Duration {
         self.inner.config.lease
     }
+}
+
+/// The call a body object belongs to: its name is `<call id>[#redrive-N].<uuid>`.
+fn body_owner(object: &str) -> Option<CallId> {
+    let (msg_id, _) = object.rsplit_once('.')?;
+    let id = msg_id.split_once("#redrive-").map_or(msg_id, |(id, _)| id);
+    CallId::parse(id).ok()
 }
 
 /// Why a delivered message could not be turned back into a call.

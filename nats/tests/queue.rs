@@ -142,3 +142,75 @@ async fn a_worker_with_a_shorter_lease_does_not_shorten_the_queues() {
     }
     d.lease.ack().await.unwrap();
 }
+
+#[tokio::test]
+async fn bodies_no_call_needs_are_swept_and_queued_ones_kept() {
+    use sluice_core::{CallOutcome, CallRecord, CallState, CallStore, Timestamp};
+    let nats = NatsServer::start();
+    let q = queue(&nats, Duration::from_secs(30)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let calls = sluice_store::SqliteStore::new(
+        sluice_store::open_sqlite(&dir.path().join("db"))
+            .await
+            .unwrap(),
+    );
+    // A queued call with a large body: its object must stay.
+    let big = call("queued-big", vec![7u8; 3 * 1024 * 1024]);
+    calls.create(&CallRecord::queued(&big.meta)).await.unwrap();
+    assert!(q.enqueue(&big).await.unwrap());
+    // Objects left behind: one whose call finished, one whose call is unknown.
+    let done = call("done", &b""[..]);
+    calls.create(&CallRecord::queued(&done.meta)).await.unwrap();
+    let outcome = CallOutcome {
+        state: CallState::Succeeded,
+        status_code: Some(200),
+        error: None,
+        finished_at: Timestamp::now(),
+        duration_ms: 1,
+    };
+    calls.finish(&done.meta.id, &outcome).await.unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let bucket = async_nats::jetstream::new(client)
+        .get_object_store("SLUICE_BODIES")
+        .await
+        .unwrap();
+    for name in ["done.0123abcd", "nobody#redrive-2.4567cdef"] {
+        bucket.put(name, &mut &b"left behind"[..]).await.unwrap();
+    }
+    let names = |bucket: async_nats::jetstream::object_store::ObjectStore| async move {
+        use futures_util::StreamExt;
+        let mut list = bucket.list().await.unwrap();
+        let mut names = Vec::new();
+        while let Some(info) = list.next().await {
+            names.push(info.unwrap().name);
+        }
+        names.sort();
+        names
+    };
+    assert_eq!(names(bucket.clone()).await.len(), 3);
+
+    // Nothing is old enough yet.
+    assert_eq!(
+        q.sweep_bodies(&calls, Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    // Everything is, from a second on: the two left behind go, the queued call's stays.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut swept = 0;
+    loop {
+        swept += q.sweep_bodies(&calls, Duration::ZERO).await.unwrap();
+        if swept >= 2 || tokio::time::Instant::now() > deadline {
+            assert_eq!(swept, 2);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let left = names(bucket).await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with("queued-big."), "{left:?}");
+    let d = q.next(Duration::from_secs(10)).await.unwrap().unwrap();
+    assert_eq!(d.call.body, big.body);
+    d.lease.ack().await.unwrap();
+}
