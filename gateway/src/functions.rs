@@ -195,6 +195,7 @@ pub(crate) async fn delete(
     if !state.functions.delete(&function).await? {
         return Err(ApiError::FunctionNotFound(function.to_string()));
     }
+    state.metrics.forget(&function);
     match state.provider.remove(&function).await {
         Ok(()) | Err(sluice_core::ProviderError::NotFound(_)) => {}
         Err(e) => return Err(e.into()),

@@ -55,8 +55,30 @@ pub(crate) async fn sync(
     req: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    let admitted = state.admit(&parts.headers)?;
     let (function, path) = target(&parts.uri, "/function/")?;
+    let started = std::time::Instant::now();
+    let answer = proxy(&state, parts, body, &function, &path).await;
+    let code = match &answer {
+        Ok(response) => response.status(),
+        Err(e) => e.status(),
+    };
+    state
+        .metrics
+        .observe(&function, code.as_u16(), started.elapsed());
+    answer
+}
+
+/// The sync path proper: admit, find (or wait for) a replica, proxy.
+async fn proxy(
+    state: &AppState,
+    parts: axum::http::request::Parts,
+    body: Body,
+    function: &FunctionRef,
+    path: &str,
+) -> Result<Response, ApiError> {
+    let admitted = state.admit(&parts.headers)?;
+    let state = state.clone();
+    let function = function.clone();
     ensure_deployed(&state, &function).await?;
     let bytes = body::read(&parts.headers, body, state.config.max_body_bytes).await?;
     // Load for the autoscaler from here until the response has been streamed, held time included.

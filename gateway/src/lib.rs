@@ -15,6 +15,7 @@ mod error;
 mod functions;
 mod invoke;
 mod logs;
+mod metrics;
 mod sync;
 
 use std::collections::HashMap;
@@ -87,6 +88,7 @@ pub struct AppState {
     /// Scales this gateway's provider from the load it sees.
     pub autoscaler: Autoscaler,
     held: Arc<activator::Held>,
+    metrics: Arc<metrics::Metrics>,
     shutdown: CancellationToken,
 }
 
@@ -121,6 +123,7 @@ impl AppState {
             functions,
             autoscaler,
             held: Arc::default(),
+            metrics: Arc::default(),
             calls,
             queue,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
@@ -179,6 +182,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "OK" }))
+        .route("/metrics", get(metrics::metrics))
         .route("/system/info", get(functions::info))
         .route(
             "/system/functions",

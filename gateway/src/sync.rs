@@ -108,6 +108,7 @@ async fn sync_once(
         match state.provider.remove(&function).await {
             Ok(()) | Err(ProviderError::NotFound(_)) => {
                 tracing::info!(%function, "removed: no longer in the registry");
+                state.metrics.forget(&function);
                 seen.remove(&function);
             }
             Err(error) => tracing::error!(%function, %error, "cannot remove a function"),

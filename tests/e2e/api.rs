@@ -182,3 +182,40 @@ async fn openfaas_api_deploys_and_proxies_classic_and_http_functions() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test]
+async fn metrics_count_invocations_by_function_and_code_in_openfaas_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = reqwest::Client::new();
+    deploy(&http, url, &sample("fail", "python3 -u fail.py", true, &[])).await;
+    for status in ["200", "200", "418"] {
+        let r = http
+            .get(format!("{url}/function/fail?status={status}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_str(), status);
+    }
+    let r = http.get(format!("{url}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = r.text().await.unwrap();
+    let has = |line: &str| text.lines().any(|l| l == line);
+    for line in [
+        r#"gateway_function_invocation_total{function_name="fail.openfaas-fn",code="200"} 2"#,
+        r#"gateway_function_invocation_total{function_name="fail.openfaas-fn",code="418"} 1"#,
+        r#"gateway_functions_seconds_count{function_name="fail.openfaas-fn",code="200"} 2"#,
+        r#"gateway_functions_seconds_bucket{function_name="fail.openfaas-fn",code="418",le="+Inf"} 1"#,
+        r#"gateway_service_count{function_name="fail.openfaas-fn"} 1"#,
+        r#"sluice_function_ready_replicas{function_name="fail.openfaas-fn"} 1"#,
+    ] {
+        assert!(has(line), "missing {line:?} in:\n{text}");
+    }
+}

@@ -1,0 +1,161 @@
+//! `GET /metrics`: Prometheus text exposition of OpenFaaS's gateway metrics, so existing
+//! dashboards and alerts keep working.
+//!
+//! - `gateway_function_invocation_total{function_name,code}`: sync invocations (the queue
+//!   worker's included) by status code, the platform's own errors included;
+//! - `gateway_functions_seconds{function_name,code}`: their duration up to the response headers,
+//!   a histogram;
+//! - `gateway_service_count{function_name}`: replicas;
+//! - Sluice's own `sluice_function_ready_replicas` and `sluice_function_target_replicas`.
+//!
+//! `function_name` is `<name>.<namespace>`, as recent OpenFaaS gateways label it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use sluice_core::FunctionRef;
+
+use crate::AppState;
+
+/// Prometheus's default buckets, as OpenFaaS's gateway uses them.
+const BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Debug, Default, Clone)]
+struct Series {
+    count: u64,
+    sum: f64,
+    /// Observations at or below each of [`BUCKETS`].
+    buckets: [u64; BUCKETS.len()],
+}
+
+/// Invocation counts and durations, by function and status code. The label sets are bounded:
+/// deployed functions times the status codes they answered with.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    series: Mutex<BTreeMap<(String, u16), Series>>,
+}
+
+impl Metrics {
+    pub(crate) fn observe(&self, function: &FunctionRef, code: u16, took: Duration) {
+        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let s = series.entry((label(function), code)).or_default();
+        let secs = took.as_secs_f64();
+        s.count += 1;
+        s.sum += secs;
+        for (bucket, bound) in s.buckets.iter_mut().zip(BUCKETS) {
+            if secs <= bound {
+                *bucket += 1;
+            }
+        }
+    }
+
+    /// Drops the series of a removed function.
+    pub(crate) fn forget(&self, function: &FunctionRef) {
+        let name = label(function);
+        self.series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(f, _), _| *f != name);
+    }
+}
+
+fn label(function: &FunctionRef) -> String {
+    format!("{}.{}", function.name, function.namespace)
+}
+
+pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let series = state
+        .metrics
+        .series
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut out = String::new();
+    out.push_str("# HELP gateway_function_invocation_total Function invocations by status code.\n");
+    out.push_str("# TYPE gateway_function_invocation_total counter\n");
+    for ((function, code), s) in &series {
+        let _ = writeln!(
+            out,
+            "gateway_function_invocation_total{{function_name=\"{function}\",code=\"{code}\"}} {}",
+            s.count
+        );
+    }
+    out.push_str(
+        "# HELP gateway_functions_seconds Function invocation time, to the response headers.\n",
+    );
+    out.push_str("# TYPE gateway_functions_seconds histogram\n");
+    for ((function, code), s) in &series {
+        let labels = format!("function_name=\"{function}\",code=\"{code}\"");
+        for (bound, n) in BUCKETS.iter().zip(s.buckets) {
+            let _ = writeln!(
+                out,
+                "gateway_functions_seconds_bucket{{{labels},le=\"{bound}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "gateway_functions_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+            s.count
+        );
+        let _ = writeln!(out, "gateway_functions_seconds_sum{{{labels}}} {}", s.sum);
+        let _ = writeln!(
+            out,
+            "gateway_functions_seconds_count{{{labels}}} {}",
+            s.count
+        );
+    }
+    let mut functions = state.provider.functions();
+    functions.sort();
+    let replicas: Vec<_> = functions
+        .iter()
+        .filter_map(|f| state.provider.replicas(f).map(|r| (f, r)))
+        .collect();
+    out.push_str("# HELP gateway_service_count Replicas of each function.\n");
+    out.push_str("# TYPE gateway_service_count gauge\n");
+    for (f, r) in &replicas {
+        let _ = writeln!(
+            out,
+            "gateway_service_count{{function_name=\"{}\"}} {}",
+            label(f),
+            r.desired
+        );
+    }
+    out.push_str(
+        "# HELP sluice_function_ready_replicas Replicas that passed their readiness probe.\n",
+    );
+    out.push_str("# TYPE sluice_function_ready_replicas gauge\n");
+    for (f, r) in &replicas {
+        let _ = writeln!(
+            out,
+            "sluice_function_ready_replicas{{function_name=\"{}\"}} {}",
+            label(f),
+            r.ready
+        );
+    }
+    out.push_str("# HELP sluice_function_target_replicas The autoscaler's last decision.\n");
+    out.push_str("# TYPE sluice_function_target_replicas gauge\n");
+    for (f, _) in &replicas {
+        if let Some(status) = state.autoscaler.status(f) {
+            let _ = writeln!(
+                out,
+                "sluice_function_target_replicas{{function_name=\"{}\"}} {}",
+                label(f),
+                status.target
+            );
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+}
