@@ -117,40 +117,32 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         .iter()
         .filter_map(|f| state.provider.replicas(f).map(|r| (f, r)))
         .collect();
-    out.push_str("# HELP gateway_service_count Replicas of each function.\n");
-    out.push_str("# TYPE gateway_service_count gauge\n");
-    for (f, r) in &replicas {
-        let _ = writeln!(
-            out,
-            "gateway_service_count{{function_name=\"{}\"}} {}",
-            label(f),
-            r.desired
-        );
-    }
-    out.push_str(
-        "# HELP sluice_function_ready_replicas Replicas that passed their readiness probe.\n",
+    let per_function = |rows: Vec<(&FunctionRef, u32)>| -> Vec<(String, u32)> {
+        rows.into_iter().map(|(f, n)| (label(f), n)).collect()
+    };
+    gauge(
+        &mut out,
+        "gateway_service_count",
+        "Replicas of each function.",
+        per_function(replicas.iter().map(|(f, r)| (*f, r.desired)).collect()),
     );
-    out.push_str("# TYPE sluice_function_ready_replicas gauge\n");
-    for (f, r) in &replicas {
-        let _ = writeln!(
-            out,
-            "sluice_function_ready_replicas{{function_name=\"{}\"}} {}",
-            label(f),
-            r.ready
-        );
-    }
-    out.push_str("# HELP sluice_function_target_replicas The autoscaler's last decision.\n");
-    out.push_str("# TYPE sluice_function_target_replicas gauge\n");
-    for (f, _) in &replicas {
-        if let Some(status) = state.autoscaler.status(f) {
-            let _ = writeln!(
-                out,
-                "sluice_function_target_replicas{{function_name=\"{}\"}} {}",
-                label(f),
-                status.target
-            );
-        }
-    }
+    gauge(
+        &mut out,
+        "sluice_function_ready_replicas",
+        "Replicas that passed their readiness probe.",
+        per_function(replicas.iter().map(|(f, r)| (*f, r.ready)).collect()),
+    );
+    gauge(
+        &mut out,
+        "sluice_function_target_replicas",
+        "The autoscaler's last decision.",
+        per_function(
+            replicas
+                .iter()
+                .filter_map(|(f, _)| Some((*f, state.autoscaler.status(f)?.target)))
+                .collect(),
+        ),
+    );
     (
         [(
             header::CONTENT_TYPE,
@@ -158,4 +150,13 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         )],
         out,
     )
+}
+
+/// Writes one gauge with a value per function.
+fn gauge(out: &mut String, name: &str, help: &str, values: Vec<(String, u32)>) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for (function, value) in values {
+        let _ = writeln!(out, "{name}{{function_name=\"{function}\"}} {value}");
+    }
 }
