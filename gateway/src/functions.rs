@@ -206,7 +206,7 @@ pub(crate) async fn delete(
 
 fn status_of(state: &AppState, spec: FunctionSpec) -> FunctionStatus {
     let replicas = state.provider.replicas(&spec.function).unwrap_or_default();
-    let invocations = state.invocation_count(&spec.function);
+    let invocations = state.metrics.invocations(&spec.function);
     let scaling = state.autoscaler.status(&spec.function);
     let d = spec.deployment;
     FunctionStatus {

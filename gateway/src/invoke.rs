@@ -60,6 +60,8 @@ pub(crate) async fn sync(
     let answer = proxy(&state, parts, body, &function, &path).await;
     let code = match &answer {
         Ok(response) => response.status(),
+        // Not a function's: no series, or any name sent would make one.
+        Err(ApiError::FunctionNotFound(_)) => return answer,
         Err(e) => e.status(),
     };
     state
@@ -105,7 +107,6 @@ async fn proxy(
             ApiError::Upstream(function.to_string())
         }
     })?;
-    state.count_invocation(&function);
     let mut out = Response::builder().status(response.status());
     for (k, v) in response
         .headers()

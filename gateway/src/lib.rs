@@ -18,8 +18,7 @@ mod logs;
 mod metrics;
 mod sync;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -80,7 +79,6 @@ pub struct AppState {
     pub queue: Arc<dyn CallQueue>,
     pub config: Arc<GatewayConfig>,
     http: reqwest::Client,
-    invocations: Arc<Mutex<HashMap<FunctionRef, u64>>>,
     /// Serialises management changes to one function (registry write + provider apply), striped
     /// so the number of locks is fixed.
     function_locks: Arc<[tokio::sync::Mutex<()>]>,
@@ -129,7 +127,6 @@ impl AppState {
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
             config: Arc::new(config),
             http,
-            invocations: Arc::default(),
             function_locks: (0..FUNCTION_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -165,16 +162,6 @@ impl AppState {
             .try_acquire_owned()
             .map(Some)
             .map_err(|_| ApiError::Overloaded(self.config.max_in_flight))
-    }
-
-    fn count_invocation(&self, function: &FunctionRef) {
-        let mut counts = self.invocations.lock().unwrap_or_else(|p| p.into_inner());
-        *counts.entry(function.clone()).or_default() += 1;
-    }
-
-    fn invocation_count(&self, function: &FunctionRef) -> u64 {
-        let counts = self.invocations.lock().unwrap_or_else(|p| p.into_inner());
-        counts.get(function).copied().unwrap_or(0)
     }
 }
 

@@ -56,6 +56,18 @@ impl Metrics {
         }
     }
 
+    /// Invocations of `function` by any status code, as OpenFaaS's `invocationCount` is.
+    pub(crate) fn invocations(&self, function: &FunctionRef) -> u64 {
+        let name = label(function);
+        self.series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|((f, _), _)| *f == name)
+            .map(|(_, s)| s.count)
+            .sum()
+    }
+
     /// Drops the series of a removed function.
     pub(crate) fn forget(&self, function: &FunctionRef) {
         let name = label(function);

@@ -198,6 +198,15 @@ async fn metrics_count_invocations_by_function_and_code_in_openfaas_names() {
             .unwrap();
         assert_eq!(r.status().as_str(), status);
     }
+    // Calls to functions that do not exist make no series (their names are anyone's).
+    let r = http
+        .get(format!("{url}/function/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let f: Value = get_json(&http, format!("{url}/system/function/fail")).await;
+    assert_eq!(f["invocationCount"], 3.0, "{f}");
     let r = http.get(format!("{url}/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(
@@ -218,4 +227,5 @@ async fn metrics_count_invocations_by_function_and_code_in_openfaas_names() {
     ] {
         assert!(has(line), "missing {line:?} in:\n{text}");
     }
+    assert!(!text.contains("nope"), "{text}");
 }
