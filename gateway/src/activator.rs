@@ -31,6 +31,17 @@ impl Drop for Holding {
 }
 
 impl Held {
+    /// Forgets a removed function's count, unless requests are still held for it.
+    pub(crate) fn forget(&self, function: &FunctionRef) {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if held
+            .get(function)
+            .is_some_and(|n| n.load(Ordering::Acquire) == 0)
+        {
+            held.remove(function);
+        }
+    }
+
     fn hold(&self, function: &FunctionRef, limit: usize) -> Option<Holding> {
         let count = self
             .0

@@ -196,6 +196,7 @@ pub(crate) async fn delete(
         return Err(ApiError::FunctionNotFound(function.to_string()));
     }
     state.metrics.forget(&function);
+    state.held.forget(&function);
     match state.provider.remove(&function).await {
         Ok(()) | Err(sluice_core::ProviderError::NotFound(_)) => {}
         Err(e) => return Err(e.into()),

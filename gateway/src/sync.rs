@@ -109,6 +109,7 @@ async fn sync_once(
             Ok(()) | Err(ProviderError::NotFound(_)) => {
                 tracing::info!(%function, "removed: no longer in the registry");
                 state.metrics.forget(&function);
+                state.held.forget(&function);
                 seen.remove(&function);
             }
             Err(error) => tracing::error!(%function, %error, "cannot remove a function"),
