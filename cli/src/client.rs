@@ -3,6 +3,8 @@
 use anyhow::Context;
 use reqwest::{Method, Response, StatusCode};
 
+use crate::login::Credentials;
+
 /// Where the CLI finds the gateway, in order: `--gateway`, `SLUICE_URL`, `OPENFAAS_URL`, the
 /// stack file's `provider.gateway`, then the default.
 pub fn resolve_gateway(flag: Option<&str>, stack_gateway: Option<&str>) -> String {
@@ -20,18 +22,47 @@ pub fn resolve_gateway(flag: Option<&str>, stack_gateway: Option<&str>) -> Strin
 pub struct Client {
     pub base: String,
     http: reqwest::Client,
+    /// Sent on management requests (`/system/...`) only: a function never sees them unless
+    /// it asks for them (see [`Client::with_credentials`]).
+    credentials: Option<Credentials>,
 }
 
 impl Client {
-    pub fn new(base: String) -> Self {
+    /// A client for the gateway at `base`, with the credentials stored or set for it.
+    pub fn new(base: String) -> anyhow::Result<Self> {
+        let credentials = crate::login::find(&base)?;
+        Ok(Self::with(base, credentials))
+    }
+
+    /// A client for the gateway at `base` with exactly `credentials`.
+    pub fn with(base: String, credentials: Option<Credentials>) -> Self {
         Self {
             base,
             http: reqwest::Client::new(),
+            credentials,
         }
     }
 
+    /// A request to `path`; one to the management API carries the credentials.
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base))
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        if path.starts_with("/system/") {
+            self.with_credentials(request)
+        } else {
+            request
+        }
+    }
+
+    /// Adds the credentials (if any) to `request`: for a function that requires them.
+    pub fn with_credentials(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.credentials {
+            Some(credentials) => credentials.apply(request),
+            None => request,
+        }
+    }
+
+    pub fn has_credentials(&self) -> bool {
+        self.credentials.is_some()
     }
 
     /// Sends, naming the gateway when it cannot be reached.
@@ -64,6 +95,12 @@ pub async fn error_of(response: Response) -> anyhow::Error {
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     match serde_json::from_str::<serde_json::Value>(&body) {
+        Ok(v) if status == StatusCode::UNAUTHORIZED && v["code"] == "unauthorized" => {
+            anyhow::anyhow!(
+                "{} ({status}): log in with `sluice login` (or set SLUICE_TOKEN)",
+                v["message"].as_str().unwrap_or_default()
+            )
+        }
         Ok(v) if v["message"].is_string() => {
             anyhow::anyhow!("{} ({status})", v["message"].as_str().unwrap_or_default())
         }

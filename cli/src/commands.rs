@@ -108,7 +108,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let client = Client::new(resolve_gateway(
         args.gateway.gateway.as_deref(),
         stack_gateway.as_deref(),
-    ));
+    ))?;
     let mut failed = 0;
     for d in deployments {
         match deploy_one(&client, &d).await {
@@ -149,7 +149,7 @@ pub struct ListArgs {
 }
 
 pub async fn list(args: ListArgs) -> anyhow::Result<()> {
-    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None));
+    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None))?;
     let mut request = client.request(Method::GET, "/system/functions");
     if let Some(ns) = &args.namespace {
         request = request.query(&[("namespace", ns)]);
@@ -185,7 +185,7 @@ pub struct NameArgs {
 }
 
 pub async fn describe(args: NameArgs) -> anyhow::Result<()> {
-    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None));
+    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None))?;
     let mut request = client.request(Method::GET, &format!("/system/function/{}", args.name));
     if let Some(ns) = &args.namespace {
         request = request.query(&[("namespace", ns)]);
@@ -228,7 +228,7 @@ pub async fn describe(args: NameArgs) -> anyhow::Result<()> {
 }
 
 pub async fn remove(args: NameArgs) -> anyhow::Result<()> {
-    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None));
+    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None))?;
     let body = serde_json::json!({ "functionName": args.name, "namespace": args.namespace });
     client
         .expect_ok(
@@ -268,7 +268,7 @@ pub struct InvokeArgs {
 }
 
 pub async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
-    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None));
+    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None))?;
     let method = Method::from_bytes(args.method.to_uppercase().as_bytes())
         .map_err(|_| anyhow::anyhow!("--method {:?} is not an HTTP method", args.method))?;
     let mut body = Vec::new();
@@ -307,7 +307,18 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.callback_url {
         request = request.header(sluice_core::headers::CALLBACK_URL, url);
     }
-    let response = client.send(request).await?;
+    // A function sees the caller's credentials only if it asks for them: the first try goes
+    // without, and only a function that requires them (Sluice's own 401) gets a second.
+    let again = request.try_clone();
+    let mut response = client.send(request).await?;
+    let sluice_refused = response.status() == reqwest::StatusCode::UNAUTHORIZED
+        && response
+            .headers()
+            .get(sluice_core::PLATFORM_ERROR_HEADER)
+            .is_some_and(|v| v == "unauthorized");
+    if let Some(again) = again.filter(|_| sluice_refused && client.has_credentials()) {
+        response = client.send(client.with_credentials(again)).await?;
+    }
     let status = response.status();
     if args.is_async {
         if status != reqwest::StatusCode::ACCEPTED {
@@ -354,7 +365,7 @@ pub struct LogsArgs {
 }
 
 pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
-    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None));
+    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None))?;
     let mut query = vec![
         ("name", args.name.clone()),
         ("follow", args.follow.to_string()),
@@ -399,7 +410,7 @@ pub struct ScaleArgs {
 }
 
 pub async fn scale(args: ScaleArgs) -> anyhow::Result<()> {
-    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None));
+    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None))?;
     let body = serde_json::json!({ "serviceName": args.name, "replicas": args.replicas });
     client
         .expect_ok(
@@ -430,7 +441,7 @@ pub struct CallArgs {
 }
 
 pub async fn call(args: CallArgs) -> anyhow::Result<()> {
-    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None));
+    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None))?;
     if args.result {
         let path = format!("/system/calls/{}/result", args.id);
         let response = client.send(client.request(Method::GET, &path)).await?;
@@ -516,7 +527,7 @@ struct CallPage {
 }
 
 pub async fn calls(args: CallsArgs) -> anyhow::Result<()> {
-    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None));
+    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None))?;
     let mut query = vec![("limit", args.limit.to_string())];
     for (key, value) in [
         ("function", &args.function),
@@ -553,6 +564,85 @@ pub async fn calls(args: CallsArgs) -> anyhow::Result<()> {
     }
     if let Some(cursor) = page.next_cursor {
         writeln!(out, "more: sluice calls --cursor {cursor}")?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The admin's user name.
+    #[arg(long, short = 'u', default_value = "admin")]
+    pub username: String,
+    /// The password (prefer --password-stdin: a flag shows in the process list and history).
+    #[arg(long, short = 'p', conflicts_with_all = ["password_stdin", "token"])]
+    pub password: Option<String>,
+    /// Read the password from stdin.
+    #[arg(long, conflicts_with = "token")]
+    pub password_stdin: bool,
+    /// Log in with a bearer API token instead (read from stdin if the value is "-").
+    #[arg(long)]
+    pub token: Option<String>,
+    #[command(flatten)]
+    pub gateway: GatewayArg,
+}
+
+/// Checks the credentials against the gateway, then stores them for it (as `faas-cli login`).
+pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
+    use crate::login::Credentials;
+    let base = resolve_gateway(args.gateway.gateway.as_deref(), None);
+    let read_stdin = || -> anyhow::Result<String> {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_to_string(&mut line)
+            .context("reading stdin")?;
+        Ok(line.trim().to_owned())
+    };
+    let credentials = match (&args.token, &args.password, args.password_stdin) {
+        (Some(token), _, _) => Credentials::Token(if token == "-" {
+            read_stdin()?
+        } else {
+            token.clone()
+        }),
+        (None, Some(password), _) => Credentials::Basic {
+            user: args.username.clone(),
+            password: password.trim().to_owned(),
+        },
+        (None, None, true) => Credentials::Basic {
+            user: args.username.clone(),
+            password: read_stdin()?,
+        },
+        (None, None, false) => {
+            anyhow::bail!("give the password with --password-stdin (or a token with --token)")
+        }
+    };
+    match &credentials {
+        Credentials::Basic { password, .. } | Credentials::Token(password) => {
+            anyhow::ensure!(!password.is_empty(), "the password or token is empty");
+        }
+    }
+    let client = Client::with(base.clone(), Some(credentials.clone()));
+    let response = client
+        .send(client.request(Method::GET, "/system/functions"))
+        .await?;
+    match response.status() {
+        s if s.is_success() => {}
+        reqwest::StatusCode::UNAUTHORIZED => {
+            anyhow::bail!("unable to log in to {base}: the user name or password is not right")
+        }
+        _ => return Err(client::error_of(response).await),
+    }
+    let path = crate::login::store(&base, credentials)?;
+    println!("Credentials saved for {base} in {}.", path.display());
+    Ok(())
+}
+
+/// Forgets the stored credentials for a gateway.
+pub async fn logout(args: GatewayArg) -> anyhow::Result<()> {
+    let base = resolve_gateway(args.gateway.as_deref(), None);
+    if crate::login::forget(&base)? {
+        println!("Credentials for {base} removed.");
+    } else {
+        println!("No credentials were stored for {base}.");
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod commands;
+pub mod login;
 pub mod stack;
 pub mod up;
 
@@ -59,6 +60,10 @@ pub enum Command {
     Call(commands::CallArgs),
     /// List async calls, newest first.
     Calls(commands::CallsArgs),
+    /// Check credentials against a gateway and store them for every later command.
+    Login(commands::LoginArgs),
+    /// Forget the stored credentials for a gateway.
+    Logout(GatewayArg),
 }
 
 /// Gateway flags, shared by `sluice up` and `sluice gateway`.
@@ -90,6 +95,162 @@ pub struct GatewayFlags {
     /// Requests held per function at most; more get a 503.
     #[arg(long, env = "SLUICE_ACTIVATOR_BUFFER", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub activator_buffer: u32,
+    #[command(flatten)]
+    pub auth: AuthFlags,
+}
+
+/// Who may use the management API (`/system/*`) and functions labelled
+/// `com.sluice.auth: required`.
+#[derive(Debug, Args)]
+pub struct AuthFlags {
+    /// The admin's user name (HTTP basic auth, as `faas-cli login` sends it).
+    #[arg(long, env = "SLUICE_ADMIN_USER", default_value = "admin")]
+    pub admin_user: String,
+    /// The admin's password [default: from --auth-secrets-dir; else kept in the data dir,
+    /// generated on first start]
+    #[arg(long, env = "SLUICE_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// A directory with OpenFaaS's secret files `basic-auth-password` (and optionally
+    /// `basic-auth-user`), e.g. /var/openfaas/secrets.
+    #[arg(long, env = "SLUICE_AUTH_SECRETS_DIR")]
+    pub auth_secrets_dir: Option<PathBuf>,
+    /// A bearer API token as good as the admin's password, for automation (repeatable; the
+    /// variable takes a comma-separated list).
+    #[arg(
+        long = "api-token",
+        env = "SLUICE_API_TOKENS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub api_tokens: Vec<String>,
+    /// Run with no authentication at all: anyone who can reach the gateway can deploy
+    /// functions, that is run commands on this machine as this user.
+    #[arg(long, env = "SLUICE_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+}
+
+/// Where callbacks may go, and how they are signed.
+#[derive(Debug, Args)]
+pub struct CallbackFlags {
+    /// Hosts (`hooks.example.com`, `.example.com` for subdomains) or address blocks
+    /// (`10.0.0.0/8`) callbacks may go to; when given, no others (comma-separated in the
+    /// variable). A block also opens private or link-local addresses it covers.
+    #[arg(
+        long = "callback-allow",
+        env = "SLUICE_CALLBACK_ALLOW",
+        value_delimiter = ','
+    )]
+    pub allow: Vec<sluice_core::CallbackRule>,
+    /// Hosts or address blocks callbacks may never go to.
+    #[arg(
+        long = "callback-deny",
+        env = "SLUICE_CALLBACK_DENY",
+        value_delimiter = ','
+    )]
+    pub deny: Vec<sluice_core::CallbackRule>,
+    /// Whether callbacks may go to loopback and private addresses (RFC 1918, unique local,
+    /// CGNAT) [default: true for `sluice up`, false for `sluice gateway` and `queue-worker`]
+    #[arg(
+        long = "callback-allow-private",
+        env = "SLUICE_CALLBACK_ALLOW_PRIVATE",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub allow_private: Option<bool>,
+    /// Signs every callback with HMAC-SHA256 under this key (headers X-Sluice-Timestamp and
+    /// X-Sluice-Signature; see the README for checking them).
+    #[arg(long, env = "SLUICE_CALLBACK_SIGNING_KEY", hide_env_values = true)]
+    pub callback_signing_key: Option<String>,
+}
+
+impl CallbackFlags {
+    fn apply(&self, config: &mut up::UpConfig, private_by_default: bool) -> anyhow::Result<()> {
+        config.gateway.callbacks = sluice_core::CallbackPolicy {
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+            allow_private: self.allow_private.unwrap_or(private_by_default),
+        };
+        config.callback_signing_key = match self.callback_signing_key.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(key) if key.len() < MIN_TOKEN_LEN => {
+                anyhow::bail!("--callback-signing-key must be at least {MIN_TOKEN_LEN} characters")
+            }
+            Some(key) => Some(key.to_owned()),
+        };
+        Ok(())
+    }
+}
+
+/// Shortest API token or internal token accepted.
+const MIN_TOKEN_LEN: usize = 16;
+
+impl AuthFlags {
+    /// What these flags ask for, with the secret files read; or which setting is wrong.
+    fn setting(&self) -> anyhow::Result<up::AuthSetting> {
+        use anyhow::Context;
+        let user = self.admin_user.trim().to_owned();
+        anyhow::ensure!(
+            !user.is_empty() && !user.contains(':'),
+            "--admin-user must be a name without ':'"
+        );
+        let tokens: Vec<String> = self
+            .api_tokens
+            .iter()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect();
+        if let Some(short) = tokens.iter().find(|t| t.len() < MIN_TOKEN_LEN) {
+            anyhow::bail!(
+                "--api-token: a token must be at least {MIN_TOKEN_LEN} characters (one is {})",
+                short.len()
+            );
+        }
+        if self.insecure_no_auth {
+            anyhow::ensure!(
+                self.admin_password.is_none()
+                    && self.auth_secrets_dir.is_none()
+                    && tokens.is_empty(),
+                "--insecure-no-auth cannot be combined with credentials                  (--admin-password, --auth-secrets-dir, --api-token)"
+            );
+            return Ok(up::AuthSetting::Off);
+        }
+        let (user, password) = match (&self.admin_password, &self.auth_secrets_dir) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("give either --admin-password or --auth-secrets-dir, not both")
+            }
+            (Some(password), None) => (user, Some(password.clone())),
+            (None, Some(dir)) => {
+                let read = |name: &str| {
+                    let path = dir.join(name);
+                    std::fs::read_to_string(&path)
+                        .map(|s| s.trim().to_owned())
+                        .with_context(|| {
+                            format!("--auth-secrets-dir: cannot read {}", path.display())
+                        })
+                };
+                let user = if dir.join("basic-auth-user").exists() {
+                    read("basic-auth-user")?
+                } else {
+                    user
+                };
+                (user, Some(read("basic-auth-password")?))
+            }
+            (None, None) => (user, None),
+        };
+        match password {
+            Some(password) => {
+                anyhow::ensure!(!password.is_empty(), "the admin password is empty");
+                let credentials = sluice_gateway::Credentials::admin(&user, &password)
+                    .with_tokens(tokens.iter().map(String::as_str));
+                Ok(up::AuthSetting::Given(credentials))
+            }
+            None if !tokens.is_empty() => Ok(up::AuthSetting::Given(
+                sluice_gateway::Credentials::default()
+                    .with_tokens(tokens.iter().map(String::as_str)),
+            )),
+            None => Ok(up::AuthSetting::DataDir { user }),
+        }
+    }
 }
 
 /// Queue worker flags, shared by `sluice up` and `sluice queue-worker`.
@@ -128,8 +289,9 @@ pub struct BackendFlags {
     /// Postgres connections this process opens at most.
     #[arg(long, env = "SLUICE_DB_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_connections: u32,
-    /// Shared secret between gateways and queue workers: a worker's requests carrying it are
-    /// not counted against the gateway's --max-in-flight.
+    /// Shared secret between gateways and queue workers (at least 16 characters): a worker's
+    /// requests carrying it may call functions that require credentials and are not counted
+    /// against the gateway's --max-in-flight. It grants nothing on the management API.
     #[arg(long, env = "SLUICE_INTERNAL_TOKEN", hide_env_values = true)]
     pub internal_token: Option<String>,
 }
@@ -158,6 +320,8 @@ pub struct UpArgs {
     #[command(flatten)]
     pub worker: WorkerFlags,
     #[command(flatten)]
+    pub callbacks: CallbackFlags,
+    #[command(flatten)]
     pub backends: BackendFlags,
     /// How long in-flight work may take to finish when Sluice stops.
     #[arg(long, env = "SLUICE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -168,6 +332,8 @@ pub struct UpArgs {
 pub struct GatewayArgs {
     #[command(flatten)]
     pub gateway: GatewayFlags,
+    #[command(flatten)]
+    pub callbacks: CallbackFlags,
     #[command(flatten)]
     pub backends: BackendFlags,
     /// How long in-flight requests may take to finish when the gateway stops.
@@ -191,6 +357,8 @@ pub struct QueueWorkerArgs {
     pub queue: Vec<String>,
     #[command(flatten)]
     pub worker: WorkerFlags,
+    #[command(flatten)]
+    pub callbacks: CallbackFlags,
     #[command(flatten)]
     pub backends: BackendFlags,
     /// Largest function response accepted, in bytes.
@@ -220,7 +388,19 @@ impl GatewayFlags {
         config.gateway.activator_buffer = self.activator_buffer as usize;
         config.process.drain_timeout = self.function_timeout;
         config.process.default_exec_timeout = self.function_timeout;
+        config.auth = self.auth.setting()?;
         Ok(())
+    }
+}
+
+/// Checks the internal token a gateway and its workers share.
+fn internal_token(token: Option<&String>) -> anyhow::Result<Option<String>> {
+    match token.map(|t| t.trim()) {
+        None | Some("") => Ok(None),
+        Some(t) if t.len() < MIN_TOKEN_LEN => anyhow::bail!(
+            "--internal-token must be at least {MIN_TOKEN_LEN} characters: it is a credential"
+        ),
+        Some(t) => Ok(Some(t.to_owned())),
     }
 }
 
@@ -247,8 +427,9 @@ impl UpArgs {
         let mut config = up::UpConfig::new(self.gateway.data_dir.clone());
         self.gateway.apply(&mut config)?;
         self.worker.apply(&mut config)?;
+        self.callbacks.apply(&mut config, true)?;
         config.shared = self.backends.shared(false)?;
-        config.gateway.internal_token = self.backends.internal_token.clone();
+        config.gateway.internal_token = internal_token(self.backends.internal_token.as_ref())?;
         config.shutdown_grace = self.shutdown_grace;
         config.process.stop_grace = self.shutdown_grace;
         Ok(config)
@@ -259,8 +440,18 @@ impl GatewayArgs {
     pub fn config(&self) -> anyhow::Result<up::UpConfig> {
         let mut config = up::UpConfig::new(self.gateway.data_dir.clone());
         self.gateway.apply(&mut config)?;
+        self.callbacks.apply(&mut config, false)?;
+        let listen = self.gateway.listen;
+        if matches!(config.auth, up::AuthSetting::DataDir { .. }) && !listen.ip().is_loopback() {
+            anyhow::bail!(
+                "sluice gateway would listen on {listen}, which other machines can reach, with no \
+                 credentials set: anyone could deploy functions, that is run commands here. Give \
+                 --admin-password (or SLUICE_ADMIN_PASSWORD, --auth-secrets-dir, --api-token), \
+                 the same on every gateway; or --insecure-no-auth if you really mean it"
+            );
+        }
         config.shared = self.backends.shared(true)?;
-        config.gateway.internal_token = self.backends.internal_token.clone();
+        config.gateway.internal_token = internal_token(self.backends.internal_token.as_ref())?;
         config.shutdown_grace = self.shutdown_grace;
         config.process.stop_grace = self.shutdown_grace;
         Ok(config)
@@ -271,8 +462,9 @@ impl QueueWorkerArgs {
     pub fn config(&self) -> anyhow::Result<(up::UpConfig, up::Role)> {
         let mut config = up::UpConfig::new(PathBuf::new());
         self.worker.apply(&mut config)?;
+        self.callbacks.apply(&mut config, false)?;
         config.shared = self.backends.shared(true)?;
-        config.gateway.internal_token = self.backends.internal_token.clone();
+        config.gateway.internal_token = internal_token(self.backends.internal_token.as_ref())?;
         config.gateway.max_body_bytes = self.max_body_bytes;
         config.gateway.upstream_timeout = self.function_timeout;
         config.shutdown_grace = self.shutdown_grace;
@@ -317,6 +509,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scale(args) => commands::scale(args).await,
         Command::Call(args) => commands::call(args).await,
         Command::Calls(args) => commands::calls(args).await,
+        Command::Login(args) => commands::login(args).await,
+        Command::Logout(args) => commands::logout(args).await,
     }
 }
 
@@ -348,6 +542,9 @@ async fn serve(
             let _ = writeln!(out, "sluice listening on http://{addr}");
             if embedded {
                 let _ = writeln!(out, "data in {}", data_dir.display());
+            }
+            if let Some(hint) = prepared.login_hint(&format!("http://{addr}")) {
+                let _ = writeln!(out, "{hint}");
             }
             let _ = writeln!(
                 out,

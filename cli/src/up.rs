@@ -53,6 +53,20 @@ pub enum Role {
     },
 }
 
+/// Who may use the management API.
+#[derive(Debug, Clone)]
+pub enum AuthSetting {
+    /// No authentication at all (`--insecure-no-auth`).
+    Off,
+    /// These credentials (from flags, the environment or secret files).
+    Given(sluice_gateway::Credentials),
+    /// The admin `user`, with a password kept in the data dir (made on first start).
+    DataDir { user: String },
+}
+
+/// The file in the data dir holding the admin password Sluice made (OpenFaaS's secret name).
+pub const PASSWORD_FILE: &str = "basic-auth-password";
+
 /// Everything needed to run; tests build it directly.
 #[derive(Debug, Clone)]
 pub struct UpConfig {
@@ -74,6 +88,10 @@ pub struct UpConfig {
     /// How often a gateway on a shared registry looks for changes made through other gateways
     /// (and an all-in-one process for named queues to serve).
     pub registry_sync: Duration,
+    /// Who may use the management API.
+    pub auth: AuthSetting,
+    /// Signs callbacks when set.
+    pub callback_signing_key: Option<String>,
 }
 
 impl UpConfig {
@@ -90,6 +108,10 @@ impl UpConfig {
             result_max_bytes: 1024 * 1024,
             result_retention: Duration::from_secs(24 * 3600),
             registry_sync: Duration::from_secs(2),
+            auth: AuthSetting::DataDir {
+                user: "admin".to_owned(),
+            },
+            callback_signing_key: None,
         }
     }
 }
@@ -98,9 +120,17 @@ impl UpConfig {
 #[derive(Debug)]
 struct DataDirLock(#[allow(dead_code)] File);
 
+/// Creates the data dir readable by this user only (it holds the database, secrets and function
+/// output) and locks it.
 fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<DataDirLock> {
-    std::fs::create_dir_all(dir)
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
         .with_context(|| format!("cannot create the data dir {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make the data dir {} private", dir.display()))?;
     let path = dir.join("lock");
     let file = File::create(&path).with_context(|| format!("cannot open {}", path.display()))?;
     match file.try_lock() {
@@ -127,6 +157,38 @@ struct Backends {
     jetstream: Option<JetStreamQueue>,
 }
 
+/// The admin password kept in the data dir: read, or made and written (mode 0600) on first
+/// start. Returns it and its file.
+fn data_dir_password(dir: &std::path::Path) -> anyhow::Result<(String, PathBuf)> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(PASSWORD_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(password) if !password.trim().is_empty() => return Ok((password.trim().into(), path)),
+        Ok(_) => anyhow::bail!(
+            "{} is empty; delete it to have a new one made",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let password = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(file, "{password}")?;
+    file.sync_all()?;
+    tracing::info!(file = %path.display(), "made an admin password");
+    Ok((password, path))
+}
+
 /// A data dir locked for this process (when it runs functions), with its stores and queue open:
 /// everything that can fail on bad configuration or a busy data dir, done before any port is
 /// bound.
@@ -136,20 +198,38 @@ pub struct Prepared {
     role: Role,
     _lock: Option<DataDirLock>,
     backends: Backends,
+    /// Where the admin password Sluice keeps is, when it keeps one.
+    password_file: Option<PathBuf>,
 }
 
 impl Prepared {
     pub async fn new(config: UpConfig, role: Role) -> anyhow::Result<Self> {
+        let mut config = config;
         let runs_functions = !matches!(role, Role::QueueWorker { .. });
         let lock = runs_functions
             .then(|| lock_data_dir(&config.data_dir))
             .transpose()?;
+        let mut password_file = None;
+        config.gateway.auth = match (&config.auth, runs_functions) {
+            (_, false) | (AuthSetting::Off, _) => None,
+            (AuthSetting::Given(credentials), _) => Some(credentials.clone()),
+            (AuthSetting::DataDir { user }, true) => {
+                let (password, file) = data_dir_password(&config.data_dir)?;
+                password_file = Some(file);
+                Some(sluice_gateway::Credentials::admin(user, &password))
+            }
+        };
         let backends = match &config.shared {
             None => {
                 let db_path = config.data_dir.join("sluice.db");
                 let pool = open_sqlite(&db_path)
                     .await
                     .with_context(|| format!("cannot open the database {}", db_path.display()))?;
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&db_path, std::fs::Permissions::from_mode(0o600))
+                        .with_context(|| format!("cannot make {} private", db_path.display()))?;
+                }
                 let store = SqliteStore::new(pool.clone());
                 let queue = SqliteQueue::new(pool, config.lease);
                 Backends {
@@ -186,7 +266,28 @@ impl Prepared {
             role,
             _lock: lock,
             backends,
+            password_file,
         })
+    }
+
+    /// How to log in, for the start-up message: the command when Sluice keeps the password,
+    /// a warning when nothing is required.
+    pub fn login_hint(&self, gateway_url: &str) -> Option<String> {
+        if matches!(self.role, Role::QueueWorker { .. }) {
+            return None;
+        }
+        match (&self.config.gateway.auth, &self.password_file) {
+            (None, _) => Some(
+                "WARNING: no authentication (--insecure-no-auth): anyone who can reach this \
+                 gateway can run commands on this machine"
+                    .to_owned(),
+            ),
+            (Some(_), Some(file)) => Some(format!(
+                "log in with: sluice login --gateway {gateway_url} --password-stdin < {}",
+                file.display()
+            )),
+            (Some(_), None) => None,
+        }
     }
 
     /// Runs what the role says on `listener` (unused by a queue worker) until `shutdown`.
@@ -200,6 +301,7 @@ impl Prepared {
             role,
             _lock,
             backends,
+            password_file: _,
         } = self;
         if let Role::QueueWorker {
             gateway_url,
@@ -402,6 +504,8 @@ fn worker_config(config: &UpConfig, gateway_url: String) -> WorkerConfig {
     worker.shutdown_grace = config.shutdown_grace;
     worker.result_max_bytes = config.result_max_bytes;
     worker.result_retention = config.result_retention;
+    worker.callbacks = config.gateway.callbacks.clone();
+    worker.callback_signing_key = config.callback_signing_key.clone();
     worker
 }
 

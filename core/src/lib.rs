@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod call;
+pub mod callback;
 pub mod headers;
 pub mod name;
 pub mod retry;
@@ -17,6 +18,7 @@ pub use call::{
     CallId, CallMeta, CallOutcome, CallRecord, CallResult, CallState, CallbackOutcome, QueueName,
     QueuedCall,
 };
+pub use callback::{CallbackPolicy, CallbackRefusal, CallbackRule};
 pub use name::{DEFAULT_NAMESPACE, FunctionRef, NameError};
 pub use retry::RetryPolicy;
 pub use seams::{

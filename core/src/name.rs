@@ -47,10 +47,14 @@ impl FunctionRef {
     }
 
     /// Parses `name` or `name.namespace` (faas-cli sends `echo.openfaas-fn`). A `namespace` query
-    /// parameter, when given, applies only if the name carries none.
+    /// parameter, when given, applies only if the name carries none. A dot with nothing after it
+    /// (`echo.`) is an error, not the default namespace.
     pub fn parse(qualified: &str, namespace: Option<&str>) -> Result<Self, NameError> {
         match qualified.split_once('.') {
-            Some((name, ns)) => Self::new(name, Some(ns)),
+            Some((name, ns)) => {
+                validate_label("namespace", ns)?;
+                Self::new(name, Some(ns))
+            }
             None => Self::new(qualified, namespace),
         }
     }
@@ -131,6 +135,9 @@ mod tests {
             assert!(FunctionRef::parse(bad, None).is_err(), "{bad:?} accepted");
         }
         assert!(FunctionRef::parse("echo.Bad", None).is_err());
+        assert!(FunctionRef::parse("echo.", None).is_err());
+        assert!(FunctionRef::parse("echo.", Some("dev")).is_err());
+        assert!(FunctionRef::parse(".openfaas-fn", None).is_err());
         assert!(FunctionRef::parse("a", None).is_ok());
         assert!(FunctionRef::parse(&"a".repeat(63), None).is_ok());
     }

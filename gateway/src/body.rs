@@ -42,13 +42,44 @@ async fn drain(body: Body) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), reading).await;
 }
 
-/// Reads the whole body within `limit` and parses it as JSON (see [`json`]).
+/// Reads the whole body within `limit` and parses it as JSON (see [`json`]). The request must
+/// say it is JSON: a body sent as `text/plain` or a form (what a web page can send anywhere
+/// without asking) is refused with 415 before it is read.
 pub(crate) async fn read_json<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
 ) -> Result<T, ApiError> {
+    check_json_content_type(headers)?;
     json(&read(headers, body, limit).await?)
+}
+
+/// `Content-Type: application/json` (any parameters), or `application/<x>+json`.
+fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let essence = given
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let is_json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if is_json {
+        return Ok(());
+    }
+    Err(ApiError::UnsupportedMediaType(match given {
+        Some(v) => format!(
+            "the body must be sent as Content-Type: application/json, not {:?}",
+            v.chars().take(100).collect::<String>()
+        ),
+        None => "the body must be sent as Content-Type: application/json".into(),
+    }))
 }
 
 /// Parses a JSON body, naming the problem (missing field, wrong type, syntax) on failure.

@@ -17,6 +17,14 @@ pub enum ApiError {
     BadRequest(String),
     #[error(transparent)]
     InvalidName(#[from] NameError),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("too many failed authentication attempts from this address; try again in {}s", .0.as_secs().max(1))]
+    TooManyAttempts(Duration),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("{0} not found")]
     NotFound(String),
     #[error("method {method} is not allowed on {path}")]
@@ -55,6 +63,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) | Self::InvalidName(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(_) | Self::FunctionNotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -76,6 +88,10 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => "bad_request",
             Self::InvalidName(_) => "invalid_name",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::TooManyAttempts(_) => "too_many_attempts",
+            Self::Forbidden(_) => "forbidden",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::NotFound(_) => "not_found",
             Self::FunctionNotFound(_) => "function_not_found",
             Self::Conflict(_) => "conflict",
@@ -102,6 +118,9 @@ impl ApiError {
             | Self::StoreUnavailable(_)
             | Self::QueueUnavailable(_) => Some(1),
             Self::QueueFull(_) => Some(5),
+            Self::TooManyAttempts(wait) => {
+                Some(u32::try_from(wait.as_secs().saturating_add(1)).unwrap_or(u32::MAX))
+            }
             _ => None,
         }
     }
@@ -126,6 +145,12 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(PLATFORM_ERROR_HEADER, HeaderValue::from_static(self.code()));
+        if matches!(self, Self::Unauthorized(_)) {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Basic realm="sluice", charset="UTF-8""#),
+            );
+        }
         if let Some(secs) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

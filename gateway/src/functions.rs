@@ -110,6 +110,7 @@ fn checked(
         state.config.max_replicas_limit,
     )
     .map_err(ApiError::BadRequest)?;
+    crate::policy::Policy::from_deployment(&d).map_err(ApiError::BadRequest)?;
     sluice_core::QueueName::from_annotations(d.annotations.as_ref()).map_err(|e| {
         ApiError::BadRequest(format!(
             "annotation {}: {e}",
@@ -146,6 +147,7 @@ pub(crate) async fn create(
         let _ = state.functions.delete(&spec.function).await;
         return Err(e.into());
     }
+    state.policies.forget(&spec.function);
     tracing::info!(function = %spec.function, replicas = spec.replicas, "deployed");
     Ok(StatusCode::ACCEPTED)
 }
@@ -169,6 +171,7 @@ pub(crate) async fn update(
         created_at: existing.created_at,
     };
     state.functions.update(&spec).await?;
+    state.policies.forget(&spec.function);
     state.provider.apply(&spec).await?;
     tracing::info!(function = %spec.function, replicas = spec.replicas, "updated");
     Ok(StatusCode::ACCEPTED)
@@ -197,6 +200,7 @@ pub(crate) async fn delete(
     }
     state.metrics.forget(&function);
     state.held.forget(&function);
+    state.policies.forget(&function);
     match state.provider.remove(&function).await {
         Ok(()) | Err(sluice_core::ProviderError::NotFound(_)) => {}
         Err(e) => return Err(e.into()),

@@ -3,7 +3,7 @@
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use futures_util::TryStreamExt;
 use sluice_core::headers::{self, is_hop_by_hop};
@@ -15,14 +15,75 @@ use crate::error::ApiError;
 use crate::{AppState, body};
 
 /// Splits `/function/echo.dev/a/b` (after the route prefix) into the function and the path below it.
+///
+/// The path below a function belongs to the function and is passed on as it came; it must not
+/// climb out of it. A `.` or `..` segment (also spelled `%2e`) would be resolved by whoever
+/// parses the URL next, turning `/function/echo/../../system/functions` into a management
+/// route, so such paths are refused here, on both the sync and the async path.
 fn target(uri: &axum::http::Uri, prefix: &str) -> Result<(FunctionRef, String), ApiError> {
     let rest = uri.path().strip_prefix(prefix).unwrap_or_default();
     let (name, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    Ok((FunctionRef::parse(name, None)?, path.to_owned()))
+    let function = FunctionRef::parse(name, None)?;
+    check_path(path)?;
+    Ok((function, path.to_owned()))
 }
+
+/// Refuses a path below a function with a dot segment or a character that ends a path.
+pub(crate) fn check_path(path: &str) -> Result<(), ApiError> {
+    let dot_segment = path.split('/').any(|segment| {
+        let decoded = segment.replace("%2e", ".").replace("%2E", ".");
+        decoded == "." || decoded == ".."
+    });
+    if dot_segment || path.contains(['\\', '#']) {
+        return Err(ApiError::BadRequest(format!(
+            "the path below a function may not contain '.' or '..' segments, '\\' or '#': {:?}",
+            truncated(path)
+        )));
+    }
+    Ok(())
+}
+
+/// At most the first 200 characters of something a client sent, for an error message.
+fn truncated(s: &str) -> &str {
+    match s.char_indices().nth(200) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// The methods a function can be called with. Anything else (a made-up token, `CONNECT`,
+/// `TRACE`) is refused before it is queued or proxied.
+const METHODS: &[Method] = &[
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
+
+fn check_method(method: &Method, path: &str) -> Result<(), ApiError> {
+    if METHODS.contains(method) {
+        return Ok(());
+    }
+    Err(ApiError::MethodNotAllowed {
+        method: truncated(method.as_str()).to_owned(),
+        path: truncated(path).to_owned(),
+    })
+}
+
+/// Headers that carry credentials: never stored with an async call (they would sit on disk in
+/// the queue and in kept requests), and never passed on to a function that requires Sluice's
+/// own credentials (they are Sluice's, not the function's).
+const CREDENTIAL_HEADERS: &[HeaderName] = &[
+    axum::http::header::AUTHORIZATION,
+    axum::http::header::PROXY_AUTHORIZATION,
+    axum::http::header::COOKIE,
+];
 
 /// The function runs on this gateway's provider, or is in the registry and is applied to it now
 /// (deployed through another gateway a moment ago, before this one's next look).
@@ -56,6 +117,7 @@ pub(crate) async fn sync(
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let (function, path) = target(&parts.uri, "/function/")?;
+    check_method(&parts.method, parts.uri.path())?;
     let started = std::time::Instant::now();
     let answer = proxy(&state, parts, body, &function, &path).await;
     let code = match &answer {
@@ -82,6 +144,10 @@ async fn proxy(
     let state = state.clone();
     let function = function.clone();
     ensure_deployed(&state, &function).await?;
+    let policy = state.policies.get(&state, &function).await?;
+    if policy.auth_required {
+        crate::auth::check(&state, &parts.headers, &parts.extensions, true)?;
+    }
     let bytes = body::read(&parts.headers, body, state.config.max_body_bytes).await?;
     // Load for the autoscaler from here until the response has been streamed, held time included.
     let tracked = state.autoscaler.track(&function);
@@ -97,6 +163,9 @@ async fn proxy(
         .timeout(state.config.upstream_timeout)
         .body(bytes);
     for (k, v) in forwardable(&parts.headers) {
+        if policy.auth_required && CREDENTIAL_HEADERS.contains(k) {
+            continue;
+        }
         upstream = upstream.header(k, v);
     }
     let response = upstream.send().await.map_err(|e| {
@@ -125,19 +194,92 @@ async fn proxy(
         .map_err(|e| ApiError::Internal(format!("building the proxied response: {e}")))
 }
 
-fn callback_url(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+/// How long resolving a callback host may take at submit.
+const CALLBACK_RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Longest callback URL taken.
+const CALLBACK_URL_MAX: usize = 2048;
+
+/// The call's `X-Callback-Url`, checked: an absolute http(s) URL whose host resolves only to
+/// addresses the callback policy allows. The worker checks again when it delivers.
+async fn callback_url(state: &AppState, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(raw) = headers.get(headers::CALLBACK_URL) else {
         return Ok(None);
     };
     let bad = |why: &str| ApiError::BadRequest(format!("X-Callback-Url {why}"));
+    if raw.len() > CALLBACK_URL_MAX {
+        return Err(bad(&format!("is longer than {CALLBACK_URL_MAX} bytes")));
+    }
     let raw = raw.to_str().map_err(|_| bad("is not valid ASCII"))?;
     let url = reqwest::Url::parse(raw).map_err(|e| bad(&format!("{raw:?} is not a URL: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+    let Some(host) = url
+        .host_str()
+        .filter(|_| matches!(url.scheme(), "http" | "https"))
+    else {
         return Err(bad(&format!(
             "{raw:?} must be an absolute http:// or https:// URL"
         )));
+    };
+    let port = url.port_or_known_default().unwrap_or(80);
+    let literal = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .ok();
+    let addresses: Vec<std::net::IpAddr> = match literal {
+        Some(ip) => vec![ip],
+        None => {
+            state
+                .config
+                .callbacks
+                .check_name(host)
+                .map_err(|why| bad(&format!("is refused: {why}")))?;
+            let lookup = tokio::net::lookup_host((host, port));
+            match tokio::time::timeout(CALLBACK_RESOLVE_TIMEOUT, lookup).await {
+                Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+                Ok(Err(e)) => return Err(bad(&format!("host {host:?} cannot be resolved: {e}"))),
+                Err(_) => {
+                    return Err(bad(&format!(
+                        "host {host:?} was not resolved within {CALLBACK_RESOLVE_TIMEOUT:?}"
+                    )));
+                }
+            }
+        }
+    };
+    if addresses.is_empty() {
+        return Err(bad(&format!("host {host:?} resolves to no address")));
+    }
+    // Every address: a name with one harmless and one internal address is refused.
+    for ip in addresses {
+        state
+            .config
+            .callbacks
+            .check(host, ip)
+            .map_err(|why| bad(&format!("is refused: {why}")))?;
     }
     Ok(Some(url.to_string()))
+}
+
+/// How many callbacks led to this submission; past the limit it is refused, so a callback
+/// that points back at an async route cannot loop for ever.
+fn check_hops(headers: &HeaderMap) -> Result<(), ApiError> {
+    use sluice_core::callback::{HOPS_HEADER, MAX_CALLBACK_HOPS};
+    let Some(value) = headers.get(HOPS_HEADER) else {
+        return Ok(());
+    };
+    let hops = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .ok_or_else(|| ApiError::BadRequest(format!("{HOPS_HEADER} must be a whole number")))?;
+    if hops >= MAX_CALLBACK_HOPS {
+        return Err(ApiError::BadRequest(format!(
+            "this call comes from a chain of {hops} callbacks ({HOPS_HEADER}); at most \
+             {MAX_CALLBACK_HOPS} are followed, so a callback pointing back at an async route \
+             cannot loop"
+        )));
+    }
+    Ok(())
 }
 
 fn call_id(headers: &HeaderMap) -> Result<CallId, ApiError> {
@@ -151,10 +293,15 @@ fn call_id(headers: &HeaderMap) -> Result<CallId, ApiError> {
     }
 }
 
-/// Headers to replay against the function when the call runs.
+/// Headers to replay against the function when the call runs: not Sluice's own, and no
+/// credentials.
 fn replayable(headers: &HeaderMap) -> Result<Vec<(String, String)>, ApiError> {
     forwardable(headers)
-        .filter(|(k, _)| k.as_str() != headers::CALLBACK_URL && k.as_str() != headers::CALL_ID)
+        .filter(|(k, _)| {
+            k.as_str() != headers::CALLBACK_URL
+                && k.as_str() != headers::CALL_ID
+                && !CREDENTIAL_HEADERS.contains(k)
+        })
         .map(|(k, v)| {
             let value = std::str::from_utf8(v.as_bytes()).map_err(|_| {
                 ApiError::BadRequest(format!(
@@ -173,6 +320,7 @@ pub(crate) async fn submit(
     let (parts, body) = req.into_parts();
     let _admitted = state.admit(&parts.headers)?;
     let (function, path) = target(&parts.uri, "/async-function/")?;
+    check_method(&parts.method, parts.uri.path())?;
     // The registry, not this gateway's provider, says what is deployed: another gateway may
     // have deployed it a moment ago, and the call runs later, wherever a replica is.
     let spec = state
@@ -182,7 +330,13 @@ pub(crate) async fn submit(
         .ok_or_else(|| ApiError::FunctionNotFound(function.to_string()))?;
     let queue = QueueName::from_annotations(spec.deployment.annotations.as_ref())
         .map_err(|e| ApiError::Internal(format!("stored deployment of {function}: {e}")))?;
-    let callback_url = callback_url(&parts.headers)?;
+    let policy = crate::policy::Policy::from_deployment(&spec.deployment)
+        .map_err(|e| ApiError::Internal(format!("stored deployment of {function}: {e}")))?;
+    if policy.auth_required {
+        crate::auth::check(&state, &parts.headers, &parts.extensions, false)?;
+    }
+    check_hops(&parts.headers)?;
+    let callback_url = callback_url(&state, &parts.headers).await?;
     let id = call_id(&parts.headers)?;
     let headers = replayable(&parts.headers)?;
     let body = body::read(&parts.headers, body, state.config.max_body_bytes).await?;

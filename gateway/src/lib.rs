@@ -9,6 +9,7 @@
 //! serves the single-machine and the cluster form.
 
 mod activator;
+mod auth;
 mod body;
 mod calls;
 mod error;
@@ -16,6 +17,7 @@ mod functions;
 mod invoke;
 mod logs;
 mod metrics;
+mod policy;
 mod sync;
 
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use sluice_core::{CallQueue, CallStore, FunctionRef, FunctionStore, Provider};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use auth::{AUTH_LABEL, Credentials};
 pub use error::ApiError;
 pub use functions::restore;
 pub use sync::sync_functions;
@@ -50,9 +53,15 @@ pub struct GatewayConfig {
     pub max_replicas_limit: u32,
     /// Function requests (sync and async submissions) handled at once; more get a 503.
     pub max_in_flight: usize,
-    /// Requests carrying this value in `X-Sluice-Internal` (the queue worker's) are not counted
-    /// against `max_in_flight`: the worker bounds its own concurrency.
+    /// The queue worker's credential, sent in `X-Sluice-Internal`: it may call functions that
+    /// require credentials, and its requests are not counted against `max_in_flight` (the
+    /// worker bounds its own concurrency). It grants nothing on the management API.
     pub internal_token: Option<String>,
+    /// Who may use the management API (and functions labelled `com.sluice.auth: required`);
+    /// `None` leaves everything open.
+    pub auth: Option<Credentials>,
+    /// Where callbacks may go; checked at submit.
+    pub callbacks: sluice_core::CallbackPolicy,
 }
 
 impl Default for GatewayConfig {
@@ -66,6 +75,8 @@ impl Default for GatewayConfig {
             max_replicas_limit: 64,
             max_in_flight: 1024,
             internal_token: None,
+            auth: None,
+            callbacks: sluice_core::CallbackPolicy::default(),
         }
     }
 }
@@ -86,6 +97,8 @@ pub struct AppState {
     /// Scales this gateway's provider from the load it sees.
     pub autoscaler: Autoscaler,
     held: Arc<activator::Held>,
+    failures: Arc<auth::Failures>,
+    policies: Arc<policy::Policies>,
     metrics: Arc<metrics::Metrics>,
     shutdown: CancellationToken,
 }
@@ -121,6 +134,8 @@ impl AppState {
             functions,
             autoscaler,
             held: Arc::default(),
+            failures: Arc::default(),
+            policies: Arc::default(),
             metrics: Arc::default(),
             calls,
             queue,
@@ -143,18 +158,24 @@ impl AppState {
         self.function_locks[stripe].lock().await
     }
 
+    /// Whether a request carries the queue worker's internal token (compared in constant time).
+    fn is_internal(&self, headers: &axum::http::HeaderMap) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(token) = self.config.internal_token.as_deref() else {
+            return false;
+        };
+        headers
+            .get(sluice_core::headers::INTERNAL)
+            .is_some_and(|v| bool::from(v.as_bytes().ct_eq(token.as_bytes())))
+    }
+
     /// A slot for one function request, or 503 when the gateway is at its limit. The queue
     /// worker's own requests need none.
     fn admit(
         &self,
         headers: &axum::http::HeaderMap,
     ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
-        let internal = self.config.internal_token.as_deref().is_some_and(|token| {
-            headers
-                .get(sluice_core::headers::INTERNAL)
-                .is_some_and(|v| v.as_bytes() == token.as_bytes())
-        });
-        if internal {
+        if self.is_internal(headers) {
             return Ok(None);
         }
         self.in_flight
@@ -167,9 +188,8 @@ impl AppState {
 
 /// The gateway's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "OK" }))
-        .route("/metrics", get(metrics::metrics))
+    // The management API: the admin's credentials, and same-origin changes only.
+    let system = Router::new()
         .route("/system/info", get(functions::info))
         .route(
             "/system/functions",
@@ -186,6 +206,14 @@ pub fn router(state: AppState) -> Router {
         .route("/system/calls/{id}", get(calls::get).delete(calls::cancel))
         .route("/system/calls/{id}/result", get(calls::result))
         .route("/system/calls/{id}/retry", post(calls::retry))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::management,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "OK" }))
+        .route("/metrics", get(metrics::metrics))
+        .merge(system)
         .route("/function/{*target}", any(invoke::sync))
         .route("/async-function/{*target}", any(invoke::submit))
         .fallback(|uri: axum::http::Uri| async move {
@@ -216,7 +244,8 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         }
     }
     tokio::spawn(state.autoscaler.clone().run(shutdown.clone()));
-    axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }

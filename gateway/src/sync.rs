@@ -78,6 +78,7 @@ async fn sync_once(
                 .is_some_and(|r| r.desired != fresh.replicas),
         };
         let _scaling = state.autoscaler.exclusive().await;
+        state.policies.forget(&fresh.function);
         match state.provider.apply(&fresh).await {
             Ok(()) => {
                 tracing::debug!(function = %fresh.function, replicas = fresh.replicas, "applied from the registry");
@@ -110,6 +111,7 @@ async fn sync_once(
                 tracing::info!(%function, "removed: no longer in the registry");
                 state.metrics.forget(&function);
                 state.held.forget(&function);
+                state.policies.forget(&function);
                 seen.remove(&function);
             }
             Err(error) => tracing::error!(%function, %error, "cannot remove a function"),

@@ -45,9 +45,14 @@ pub struct WorkerConfig {
     /// Largest function response kept for `GET /system/calls/<id>/result`, and for how long.
     pub result_max_bytes: usize,
     pub result_retention: Duration,
-    /// Sent as `X-Sluice-Internal`, so the gateway does not count the worker's requests against
-    /// its client in-flight limit (the worker bounds its own with `concurrency`).
+    /// Sent as `X-Sluice-Internal`: the worker's credential at the gateway, for functions that
+    /// require one; its requests are also not counted against the gateway's client in-flight
+    /// limit (the worker bounds its own with `concurrency`).
     pub internal_token: Option<String>,
+    /// Where callbacks may go.
+    pub callbacks: sluice_core::CallbackPolicy,
+    /// Signs every callback when set (see `callback::signature`).
+    pub callback_signing_key: Option<String>,
 }
 
 impl WorkerConfig {
@@ -65,6 +70,8 @@ impl WorkerConfig {
             result_max_bytes: 1024 * 1024,
             result_retention: Duration::from_secs(24 * 3600),
             internal_token: None,
+            callbacks: sluice_core::CallbackPolicy::default(),
+            callback_signing_key: None,
         }
     }
 }
@@ -78,6 +85,8 @@ struct Worker {
     functions: Arc<dyn FunctionStore>,
     config: Arc<WorkerConfig>,
     http: reqwest::Client,
+    /// For callbacks only: resolves through the callback policy.
+    callback_http: reqwest::Client,
     /// Cancelled when the shutdown grace is over: in-flight calls give their leases back.
     abandon: CancellationToken,
     /// How often a running call's lease is renewed: a third of the queue's lease.
@@ -144,11 +153,13 @@ pub async fn run(
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("a reqwest client with static settings builds");
+    let callback_http = callback::client(Arc::new(config.callbacks.clone()));
     let worker = Worker {
         calls,
         functions,
         config: Arc::new(config),
         http,
+        callback_http,
         abandon: CancellationToken::new(),
         heartbeat_every: (queue.lease_duration() / 3).max(Duration::from_millis(50)),
         busy: Arc::default(),
@@ -403,14 +414,15 @@ impl Worker {
     ) -> Result<Step, StoreError> {
         let id = &call.meta.id;
         let attempts = tried + 1;
-        let sent = callback::send(&self.http, &self.config, &call.meta, payload, url).await;
+        let sent =
+            callback::send(&self.callback_http, &self.config, &call.meta, payload, url).await;
         let outcome = CallbackOutcome {
             delivered: sent.is_ok(),
             status_code: match &sent {
                 Ok(code) => Some(*code),
-                Err((code, _)) => *code,
+                Err(failure) => failure.status,
             },
-            error: sent.as_ref().err().map(|(_, e)| e.clone()),
+            error: sent.as_ref().err().map(|f| f.reason.clone()),
             attempts,
             at: Timestamp::now(),
         };
@@ -423,7 +435,14 @@ impl Worker {
                 }
                 Ok(Step::Done(state))
             }
-            Err((_, error)) if attempts < self.config.callback_attempts => {
+            Err(failure) if failure.refused => {
+                let error = failure.reason;
+                tracing::warn!(call = %id, %error, "callback refused by the policy; not trying again");
+                Ok(Step::Done(state))
+            }
+            Err(callback::Failure { reason: error, .. })
+                if attempts < self.config.callback_attempts =>
+            {
                 let delay = self
                     .config
                     .callback_backoff
@@ -432,7 +451,7 @@ impl Worker {
                 tracing::warn!(call = %id, %error, attempts, ?delay, "callback failed; will try again");
                 Ok(Step::Retry(delay))
             }
-            Err((_, error)) => {
+            Err(callback::Failure { reason: error, .. }) => {
                 tracing::warn!(call = %id, %error, attempts, "callback failed; giving up");
                 Ok(Step::Done(state))
             }

@@ -10,11 +10,12 @@ async fn openfaas_api_deploys_and_proxies_classic_and_http_functions() {
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data"), &[]);
     let url = &sluice.url;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
 
     // A classic function exactly as an OpenFaaS user would deploy it: image + envProcess.
     let r = http
         .post(format!("{url}/system/functions"))
+        .header("content-type", "application/json")
         .body(r#"{"service":"sha","image":"functions/alpine:latest","envProcess":"sha512sum","labels":{},"annotations":{}}"#)
         .send()
         .await
@@ -188,7 +189,7 @@ async fn metrics_count_invocations_by_function_and_code_in_openfaas_names() {
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data"), &[]);
     let url = &sluice.url;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     deploy(&http, url, &sample("fail", "python3 -u fail.py", true, &[])).await;
     for status in ["200", "200", "418"] {
         let r = http

@@ -21,7 +21,7 @@ async fn five_hundred_async_calls_each_get_their_callback(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let sluice = backend.up(&dir.path().join("data"), &[]);
     let url = sluice.url.clone();
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     let receiver = Receiver::start().await;
     deploy(
         &http,
@@ -126,7 +126,7 @@ async fn async_keeps_method_and_call_id_and_reports_failures(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let sluice = backend.up(&dir.path().join("data"), &[]);
     let url = &sluice.url;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     let receiver = Receiver::start().await;
     deploy(&http, url, &sample("echo", "python3 -u echo.py", true, &[])).await;
     deploy(&http, url, &sample("fail", "python3 -u fail.py", true, &[])).await;
@@ -229,7 +229,7 @@ async fn a_function_that_cannot_be_reached_is_recorded_as_failed() {
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data"), &["--hold-timeout", "500ms"]);
     let url = &sluice.url;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     let receiver = Receiver::start().await;
     // A server that exits at once never becomes ready.
     let mut echo = sample("echo", "python3 -c 'raise SystemExit(3)'", true, &[]);
@@ -257,7 +257,7 @@ async fn redeploying_or_scaling_down_does_not_cut_running_calls() {
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data"), &[]);
     let url = &sluice.url;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     let receiver = Receiver::start().await;
     let mut sleep = sample("sleep", "python3 -u sleep.py", true, &[]);
     deploy(&http, url, &sleep).await;
@@ -308,7 +308,7 @@ async fn one_call_id_is_never_accepted_for_two_functions(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let sluice = backend.up(&dir.path().join("data"), &[]);
     let url = &sluice.url;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     let receiver = Receiver::start().await;
     deploy(&http, url, &sample("echo", "python3 -u echo.py", true, &[])).await;
     deploy(&http, url, &sample("fail", "python3 -u fail.py", true, &[])).await;
@@ -349,7 +349,7 @@ async fn failed_attempts_are_retried_with_backoff_then_given_up(backend: Backend
     let dir = tempfile::tempdir().unwrap();
     let sluice = backend.up(&dir.path().join("data"), &[]);
     let url = &sluice.url;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     let receiver = Receiver::start().await;
     let mut flaky = sample("flaky", "python3 -u flaky.py", true, &[]);
     for (k, v) in [
@@ -503,7 +503,7 @@ async fn a_queued_call_can_be_cancelled_and_never_runs(backend: Backend) {
     // One call at a time, so the second waits in the queue behind the first.
     let sluice = backend.up(&dir.path().join("data"), &["--worker-concurrency", "1"]);
     let url = &sluice.url;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     let receiver = Receiver::start().await;
     deploy(
         &http,
@@ -588,7 +588,7 @@ async fn callbacks_wait_for_a_receiver_that_is_down_without_running_the_function
     let data = dir.path().join("data");
     let mut sluice = backend.up(&data, &[]);
     let url = &sluice.url.clone();
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     let receiver = Receiver::start().await;
     deploy(
         &http,

@@ -26,10 +26,11 @@ async fn bad_input_gets_json_errors_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data"), &["--max-body-bytes", "1024"]);
     let url = &sluice.url;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     deploy(&http, url, &sample("echo", "python3 -u echo.py", true, &[])).await;
     let post_fn = |body: &str| {
         http.post(format!("{url}/system/functions"))
+            .header("content-type", "application/json")
             .body(body.to_owned())
     };
 
@@ -156,6 +157,7 @@ async fn bad_input_gets_json_errors_and_loses_nothing() {
     refused(http.get(format!("{url}/function/")), 404, "not_found").await;
     refused(
         http.delete(format!("{url}/system/functions"))
+            .header("content-type", "application/json")
             .body(r#"{"name":"echo"}"#),
         400,
         "bad_request",
@@ -279,7 +281,7 @@ async fn requests_beyond_the_in_flight_limit_get_503_not_a_queue() {
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data"), &["--max-in-flight", "1"]);
     let url = &sluice.url;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     deploy(
         &http,
         url,

@@ -1,15 +1,24 @@
 //! The `sluice` command against a running `sluice up`: the README's quickstart, step by step.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use crate::harness::{Receiver, Sluice, eventually, functions_dir};
 
-fn sluice(gateway: &str, args: &[&str], stdin: &str) -> Output {
+/// Runs the `sluice` command as a user whose stored credentials are in `config` (and who has no
+/// credentials in the environment).
+fn sluice_as(config: &Path, gateway: &str, args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(args)
         .env("SLUICE_URL", gateway)
+        .env("SLUICE_CONFIG_DIR", config)
+        .env("HOME", config)
         .env_remove("OPENFAAS_URL")
+        .env_remove("OPENFAAS_CONFIG")
+        .env_remove("SLUICE_TOKEN")
+        .env_remove("SLUICE_ADMIN_USER")
+        .env_remove("SLUICE_ADMIN_PASSWORD")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -37,8 +46,25 @@ fn ok(out: Output) -> String {
 #[tokio::test]
 async fn quickstart_with_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let running = Sluice::start(&dir.path().join("data"), &[]);
+    let data = dir.path().join("data");
+    let running = Sluice::start_as_new_user(&data, &[]);
     let gw = running.url.as_str();
+    let config = dir.path().join("config");
+    let sluice = |gw: &str, args: &[&str], stdin: &str| sluice_as(&config, gw, args, stdin);
+
+    // Nothing works before logging in, and the error says what to do.
+    let refused = sluice(gw, &["list"], "");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("sluice login"), "{stderr}");
+    // A wrong password is refused and nothing is stored.
+    let wrong = sluice(gw, &["login", "--password-stdin"], "not-it\n");
+    assert!(!wrong.status.success());
+    assert!(!config.join("auth.json").exists());
+    // Log in as the start-up message says: with the password Sluice made in its data dir.
+    let password = std::fs::read_to_string(data.join("basic-auth-password")).unwrap();
+    let out = ok(sluice(gw, &["login", "--password-stdin"], &password));
+    assert!(out.contains("Credentials saved"), "{out}");
     let stack = functions_dir().join("stack.yml");
     let stack = stack.to_str().unwrap();
 

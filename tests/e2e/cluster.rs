@@ -34,6 +34,7 @@ fn gateway_on(backends: &[String], dir: &Path, name: &str) -> Sluice {
         "6",
         "--internal-token",
         TOKEN,
+        "--callback-allow-private",
     ];
     args.extend(backends.iter().map(String::as_str));
     Sluice::run(&args, &dir.join(format!("{name}.log")))
@@ -49,6 +50,7 @@ fn worker(shared: &Shared, dir: &Path, name: &str, gateway_url: &str, extra: &[&
         "6",
         "--internal-token",
         TOKEN,
+        "--callback-allow-private",
     ];
     args.extend(backends.iter().map(String::as_str));
     args.extend_from_slice(extra);
@@ -79,7 +81,7 @@ async fn ten_thousand_calls_survive_killed_workers_and_a_nats_restart() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let mut shared = Shared::start().await;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     let gateways = [gateway(&shared, dir, "gw0"), gateway(&shared, dir, "gw1")];
     let urls: Vec<String> = gateways.iter().map(|g| g.url.clone()).collect();
     deploy(
@@ -232,7 +234,7 @@ async fn a_call_three_times_longer_than_its_lease_runs_once() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let shared = Shared::start().await;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     let gw = gateway(&shared, dir, "gw");
     deploy(
         &http,
@@ -284,7 +286,7 @@ async fn a_five_mib_body_survives_the_async_path_byte_for_byte(backend: Backend)
     let dir = tempfile::tempdir().unwrap();
     let sluice = backend.up(&dir.path().join("data"), &[]);
     let url = &sluice.url;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     deploy(&http, url, &sample("echo", "python3 -u echo.py", true, &[])).await;
     let receiver = Receiver::start().await;
     let body: Vec<u8> = (0..5 * 1024 * 1024u32)
@@ -334,7 +336,7 @@ async fn a_named_queue_is_served_and_a_slow_function_does_not_hold_up_the_others
         &["--worker-concurrency", "4", "--function-concurrency", "2"],
     );
     let url = &sluice.url;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     let receiver = Receiver::start().await;
     deploy(
         &http,
@@ -413,7 +415,7 @@ async fn gateways_follow_each_others_deploys_and_removals() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let shared = Shared::start().await;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     let (a, b) = (gateway(&shared, dir, "a"), gateway(&shared, dir, "b"));
     deploy(
         &http,
@@ -469,7 +471,7 @@ async fn a_receiver_down_for_thirty_seconds_gets_every_callback() {
     let dir = tempfile::tempdir().unwrap();
     let sluice = backend.up(&dir.path().join("data"), &[]);
     let url = &sluice.url;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     deploy(&http, url, &sample("echo", "python3 -u echo.py", true, &[])).await;
     let receiver = Receiver::start().await;
     receiver.refuse();
@@ -520,7 +522,7 @@ async fn a_gateway_started_before_nats_waits_for_it() {
     .await;
     tokio::task::block_in_place(|| shared.nats.restart());
     let gw = tokio::task::block_in_place(|| starting.join().unwrap());
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     deploy(
         &http,
         &gw.url,
@@ -540,7 +542,7 @@ async fn a_function_at_zero_wakes_for_sync_and_queued_calls_in_the_cluster_form(
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let shared = Shared::start().await;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     let gw = gateway(&shared, dir, "gw");
     let _worker = worker(&shared, dir, "w", &gw.url, &[]);
     let echo = sample(

@@ -19,7 +19,7 @@ async fn calls_and_functions_survive_sigkill() {
     let data = dir.path().join("data");
     let mut sluice = Sluice::start(&data, &["--worker-concurrency", "8"]);
     let url = sluice.url.clone();
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     let receiver = Receiver::start().await;
     deploy(
         &http,
@@ -96,7 +96,7 @@ async fn graceful_stop_and_restart_keeps_functions_and_scale() {
     let data = dir.path().join("data");
     let sluice = Sluice::start(&data, &[]);
     let url = sluice.url.clone();
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     deploy(
         &http,
         &url,
@@ -150,7 +150,7 @@ async fn a_call_still_running_at_shutdown_is_released_and_runs_again() {
     let args = ["--shutdown-grace", "300ms"];
     let sluice = Sluice::start(&data, &args);
     let url = sluice.url.clone();
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     let receiver = Receiver::start().await;
     deploy(
         &http,
@@ -212,7 +212,7 @@ async fn processes_a_killed_sluice_left_behind_are_stopped_on_the_next_start() {
     let data = dir.path().join("data");
     let mut sluice = Sluice::start(&data, &[]);
     let url = sluice.url.clone();
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     // The replica's own child: it outlives a SIGKILL of Sluice (only direct children die with it).
     let token = format!("leftover-{}", std::process::id());
     let command = format!(

@@ -15,6 +15,27 @@ use serde_json::{Value, json};
 
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// The admin credentials every `sluice` a test starts is given (through the environment, as
+/// `SLUICE_ADMIN_USER` / `SLUICE_ADMIN_PASSWORD`), unless it says otherwise.
+pub const ADMIN_USER: &str = "admin";
+pub const ADMIN_PASSWORD: &str = "e2e-admin-password";
+
+/// An HTTP client that sends the admin's credentials on every request.
+pub fn http() -> reqwest::Client {
+    use base64::Engine;
+    let token =
+        base64::engine::general_purpose::STANDARD.encode(format!("{ADMIN_USER}:{ADMIN_PASSWORD}"));
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Basic {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 /// The directory holding the sample functions.
 pub fn functions_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -40,17 +61,55 @@ impl Sluice {
         Self::run(&args, &data_dir.with_extension("log"))
     }
 
-    /// Runs `sluice <args>` with its log in `log`; returns once it has said it is running (a
-    /// gateway: where it listens; a queue worker: that it works; `url` is empty then).
+    /// Starts `sluice up` as a new user would: no credentials given, so it makes a password
+    /// and keeps it in the data dir.
+    pub fn start_as_new_user(data_dir: &Path, extra_args: &[&str]) -> Self {
+        let mut args = vec!["up", "--listen", "127.0.0.1:0", "--data-dir"];
+        args.push(data_dir.to_str().expect("a UTF-8 temp path"));
+        args.extend_from_slice(extra_args);
+        Self::run_with_env(
+            &args,
+            &data_dir.with_extension("log"),
+            &[
+                ("SLUICE_ADMIN_USER", None),
+                ("SLUICE_ADMIN_PASSWORD", None),
+                ("SLUICE_API_TOKENS", None),
+                ("SLUICE_AUTH_SECRETS_DIR", None),
+            ],
+        )
+    }
+
+    /// Runs `sluice <args>` with its log in `log`, with the test admin's credentials; returns
+    /// once it has said it is running (a gateway: where it listens; a queue worker: that it
+    /// works; `url` is empty then).
     pub fn run(args: &[&str], log: &Path) -> Self {
+        Self::run_with_env(
+            args,
+            log,
+            &[
+                ("SLUICE_ADMIN_USER", Some(ADMIN_USER)),
+                ("SLUICE_ADMIN_PASSWORD", Some(ADMIN_PASSWORD)),
+            ],
+        )
+    }
+
+    /// As [`Sluice::run`], with these environment variables set (`Some`) or removed (`None`)
+    /// instead of the test admin's.
+    pub fn run_with_env(args: &[&str], log: &Path, env: &[(&str, Option<&str>)]) -> Self {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(args)
-            .env("SLUICE_LOG", "info")
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command.args(args).env("SLUICE_LOG", "info");
+        for (key, value) in env {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
@@ -330,4 +389,27 @@ impl Backend {
         args.extend_from_slice(extra_args);
         Sluice::start(data_dir, &args)
     }
+}
+
+/// A `sluice up` of a test's own (with `extra_args`) with the sample `echo` deployed, and a
+/// client with the admin's credentials. Keep the directory alive as long as the Sluice.
+pub async fn up_with_echo(extra_args: &[&str]) -> (tempfile::TempDir, Sluice, reqwest::Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), extra_args);
+    let http = http();
+    deploy(
+        &http,
+        &sluice.url,
+        &sample("echo", "python3 -u echo.py", true, &[]),
+    )
+    .await;
+    (dir, sluice, http)
+}
+
+/// Waits until `receiver` has had `n` callbacks.
+pub async fn callbacks(receiver: &Receiver, n: usize) {
+    eventually("the callbacks", || async {
+        (receiver.count() >= n).then_some(())
+    })
+    .await;
 }

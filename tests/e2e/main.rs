@@ -31,3 +31,4 @@ mod cluster;
 mod durability;
 mod harness;
 mod scaling;
+mod security;

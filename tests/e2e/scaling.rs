@@ -45,7 +45,7 @@ async fn an_idle_function_goes_to_zero_and_200_concurrent_requests_wake_it_once(
     let data = dir.path().join("data");
     let sluice = Sluice::start(&data, &[]);
     let url = &sluice.url;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     let echo = sample("echo", "python3 -u echo.py", true, &at_zero_after("5s"));
     deploy(&http, url, &echo).await;
     let r = http
@@ -101,7 +101,7 @@ async fn replicas_follow_load_and_a_long_request_outlives_the_scale_down() {
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data"), &[]);
     let url = &sluice.url;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     // A 10 s stable window (1 s panic window) keeps the test short; the decisions are the same.
     let sleep = sample(
         "sleep",
@@ -184,7 +184,7 @@ async fn five_hundred_async_calls_to_a_function_at_zero_spend_no_retry_on_the_co
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data"), &[]);
     let url = &sluice.url;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     let echo = sample("echo", "python3 -u echo.py", true, &at_zero_after("2s"));
     deploy(&http, url, &echo).await;
     replicas_become(&http, url, "echo", 0).await;
@@ -235,7 +235,7 @@ async fn a_full_buffer_and_a_hold_timeout_answer_with_json_errors() {
         &["--activator-buffer", "5", "--hold-timeout", "2s"],
     );
     let url = &sluice.url;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     // A server that exits at once never becomes ready: every request is held.
     let broken = sample("broken", "python3 -c 'raise SystemExit(3)'", true, &[]);
     deploy(&http, url, &broken).await;
@@ -285,7 +285,7 @@ async fn held_requests_go_through_at_the_replicas_concurrency() {
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data"), &[]);
     let url = &sluice.url;
-    let http = reqwest::Client::new();
+    let http = crate::harness::http();
     // One replica that takes two requests at a time, and may not scale.
     let sleep = sample(
         "sleep",
