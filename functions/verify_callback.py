@@ -2,34 +2,50 @@
 
 Sluice started with --callback-signing-key KEY signs every callback it sends:
     X-Sluice-Timestamp: <Unix seconds when it was signed>
-    X-Sluice-Signature: v1=<hex HMAC-SHA256 under KEY of "<timestamp>.<body>">
+    X-Sluice-Signature: v1=<hex HMAC-SHA256 under KEY of the signed message>
+where the signed message is the timestamp, X-Call-Id, X-Function-Name and X-Function-Status,
+each followed by a newline, then the body.
 
-As a command (the body on stdin; exits 0 if the callback is genuine and fresh, 1 if not):
-    python3 verify_callback.py KEY TIMESTAMP SIGNATURE < body
+As a command: the key in $SLUICE_CALLBACK_SIGNING_KEY, the callback's headers as a JSON object
+in the argument, the body on stdin; exits 0 if the callback is genuine and fresh, 1 if not:
+    python3 verify_callback.py '{"X-Call-Id": "...", ...}' < body
 """
 
 import hashlib
 import hmac
+import json
+import os
 import sys
 import time
 
 
-def verify(key: bytes, timestamp: str, signature: str, body: bytes, max_age: int = 300) -> bool:
-    """True if `signature` is Sluice's for `timestamp` and `body`, signed within `max_age` s."""
+def verify(key: bytes, headers: dict, body: bytes, max_age: int = 300) -> bool:
+    """True if the callback (its headers and body) was signed by Sluice within `max_age` s."""
+    h = {name.lower(): value for name, value in headers.items()}
+    timestamp = h.get("x-sluice-timestamp", "")
     try:
         signed_at = int(timestamp)
     except ValueError:
         return False
     if abs(time.time() - signed_at) > max_age:
         return False  # an old callback replayed
-    expected = hmac.new(key, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest("v1=" + expected, signature)
+    signed = "".join(
+        f"{part}\n"
+        for part in (
+            timestamp,
+            h.get("x-call-id", ""),
+            h.get("x-function-name", ""),
+            h.get("x-function-status", ""),
+        )
+    )
+    expected = hmac.new(key, signed.encode() + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest("v1=" + expected, h.get("x-sluice-signature", ""))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
+    key = os.environ.get("SLUICE_CALLBACK_SIGNING_KEY", "")
+    if len(sys.argv) != 2 or not key:
         sys.exit(__doc__)
-    key, timestamp, signature = sys.argv[1:]
-    ok = verify(key.encode(), timestamp, signature, sys.stdin.buffer.read())
+    ok = verify(key.encode(), json.loads(sys.argv[1]), sys.stdin.buffer.read())
     print("genuine" if ok else "NOT genuine")
     sys.exit(0 if ok else 1)

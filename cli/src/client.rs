@@ -30,12 +30,25 @@ pub struct Client {
 impl Client {
     /// A client for the gateway at `base`, with the credentials stored or set for it.
     pub fn new(base: String) -> anyhow::Result<Self> {
-        let credentials = crate::login::find(&base)?;
+        let credentials = crate::login::find(&base, true)?;
+        Ok(Self::with(base, credentials))
+    }
+
+    /// A client for a gateway a stack file named: only credentials stored for it by
+    /// `sluice login` (or `faas-cli login`) go there, never those in the environment.
+    pub fn for_stack_gateway(base: String) -> anyhow::Result<Self> {
+        let credentials = crate::login::find(&base, false)?;
         Ok(Self::with(base, credentials))
     }
 
     /// A client for the gateway at `base` with exactly `credentials`.
     pub fn with(base: String, credentials: Option<Credentials>) -> Self {
+        if credentials.is_some() && !encrypted_or_local(&base) {
+            eprintln!(
+                "WARNING: credentials are sent to {base} unencrypted; use https:// for a \
+                 gateway on another machine"
+            );
+        }
         Self {
             base,
             http: reqwest::Client::new(),
@@ -88,6 +101,23 @@ impl Client {
         }
         Err(error_of(response).await)
     }
+}
+
+/// Whether credentials sent to `base` are safe from the network: https, or loopback.
+fn encrypted_or_local(base: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(base) else {
+        return false;
+    };
+    if url.scheme() == "https" {
+        return true;
+    }
+    let host = url.host_str().unwrap_or_default();
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Why a response failed, from its `{"code", "message"}` body when it has one.

@@ -105,10 +105,14 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             (vec![d], None)
         }
     };
-    let client = Client::new(resolve_gateway(
-        args.gateway.gateway.as_deref(),
-        stack_gateway.as_deref(),
-    ))?;
+    let base = resolve_gateway(args.gateway.gateway.as_deref(), stack_gateway.as_deref());
+    let client = if stack_gateway.as_deref().map(|g| g.trim_end_matches('/')) == Some(base.as_str())
+        && resolve_gateway(args.gateway.gateway.as_deref(), None) != base
+    {
+        Client::for_stack_gateway(base)?
+    } else {
+        Client::new(base)?
+    };
     let mut failed = 0;
     for d in deployments {
         match deploy_one(&client, &d).await {
@@ -316,7 +320,9 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
             .headers()
             .get(sluice_core::PLATFORM_ERROR_HEADER)
             .is_some_and(|v| v == "unauthorized");
-    if let Some(again) = again.filter(|_| sluice_refused && client.has_credentials()) {
+    if let Some(again) = again.filter(|_| sluice_refused && client.has_credentials())
+        && requires_credentials(&client, &args.name).await
+    {
         response = client.send(client.with_credentials(again)).await?;
     }
     let status = response.status();
@@ -566,6 +572,25 @@ pub async fn calls(args: CallsArgs) -> anyhow::Result<()> {
         writeln!(out, "more: sluice calls --cursor {cursor}")?;
     }
     Ok(())
+}
+
+/// Whether the gateway says `name` requires credentials (its `com.sluice.auth` label). Asked of
+/// the management API, not taken from the function's answer: a function could fake Sluice's
+/// 401 to be sent the credentials.
+async fn requires_credentials(client: &Client, name: &str) -> bool {
+    let request = client.request(Method::GET, &format!("/system/function/{name}"));
+    let Ok(response) = client.send(request).await else {
+        return false;
+    };
+    if !response.status().is_success() {
+        return false;
+    }
+    client::json::<FunctionStatus>(response)
+        .await
+        .ok()
+        .and_then(|f| f.labels)
+        .and_then(|labels| labels.get(sluice_gateway::AUTH_LABEL).cloned())
+        .is_some_and(|v| v.trim() == "required")
 }
 
 #[derive(Debug, Args)]

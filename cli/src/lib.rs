@@ -85,9 +85,13 @@ pub struct GatewayFlags {
     /// Hard ceiling on any function's replicas (com.openfaas.scale.max cannot exceed it).
     #[arg(long, env = "SLUICE_MAX_REPLICAS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_replicas: u32,
-    /// Function requests (sync calls and async submissions) handled at once; more get a 503.
+    /// Sync function requests handled at once; more get a 503.
     #[arg(long, env = "SLUICE_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
+    /// Async submissions handled at once (a pool of their own, so they cannot starve sync
+    /// calls); more get a 503.
+    #[arg(long, env = "SLUICE_MAX_ASYNC_IN_FLIGHT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_async_in_flight: u32,
     /// How long a request is held for a function with no replica with room (it is woken if at
     /// zero) before it gets a 504.
     #[arg(long, env = "SLUICE_HOLD_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -95,6 +99,20 @@ pub struct GatewayFlags {
     /// Requests held per function at most; more get a 503.
     #[arg(long, env = "SLUICE_ACTIVATOR_BUFFER", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub activator_buffer: u32,
+    /// Client connections open at once; more are answered 503 at once (the open-file limit
+    /// is raised at start, and this is lowered to fit it if need be).
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// How long a request's head may take to arrive, and a kept-alive connection may stay
+    /// idle, before the connection is closed.
+    #[arg(long, env = "SLUICE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Bytes of all of a request's header names and values together at most (then 431).
+    #[arg(long, env = "SLUICE_MAX_HEADER_BYTES", default_value_t = 32 * 1024, value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024))]
+    pub max_header_bytes: u32,
+    /// How long a request body may take to arrive (then 408).
+    #[arg(long, env = "SLUICE_BODY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
     #[command(flatten)]
     pub auth: AuthFlags,
 }
@@ -149,7 +167,7 @@ pub struct CallbackFlags {
     )]
     pub deny: Vec<sluice_core::CallbackRule>,
     /// Whether callbacks may go to loopback and private addresses (RFC 1918, unique local,
-    /// CGNAT) [default: true for `sluice up`, false for `sluice gateway` and `queue-worker`]
+    /// CGNAT) [default: true for `sluice up` listening on a loopback address, else false]
     #[arg(
         long = "callback-allow-private",
         env = "SLUICE_CALLBACK_ALLOW_PRIVATE",
@@ -180,6 +198,9 @@ impl CallbackFlags {
         Ok(())
     }
 }
+
+/// Shortest admin password accepted.
+const MIN_PASSWORD_LEN: usize = 8;
 
 /// Shortest API token or internal token accepted.
 const MIN_TOKEN_LEN: usize = 16;
@@ -239,7 +260,10 @@ impl AuthFlags {
         };
         match password {
             Some(password) => {
-                anyhow::ensure!(!password.is_empty(), "the admin password is empty");
+                anyhow::ensure!(
+                    password.chars().count() >= MIN_PASSWORD_LEN,
+                    "the admin password must be at least {MIN_PASSWORD_LEN} characters"
+                );
                 let credentials = sluice_gateway::Credentials::admin(&user, &password)
                     .with_tokens(tokens.iter().map(String::as_str));
                 Ok(up::AuthSetting::Given(credentials))
@@ -384,11 +408,29 @@ impl GatewayFlags {
         config.gateway.default_max_replicas =
             config.gateway.default_max_replicas.min(self.max_replicas);
         config.gateway.max_in_flight = self.max_in_flight as usize;
+        config.gateway.max_async_in_flight = self.max_async_in_flight as usize;
         config.gateway.readiness_wait = self.hold_timeout;
         config.gateway.activator_buffer = self.activator_buffer as usize;
         config.process.drain_timeout = self.function_timeout;
         config.process.default_exec_timeout = self.function_timeout;
         config.auth = self.auth.setting()?;
+        for (flag, value) in [
+            ("--header-read-timeout", self.header_read_timeout),
+            ("--body-timeout", self.body_timeout),
+        ] {
+            anyhow::ensure!(!value.is_zero(), "{flag} must be more than zero");
+        }
+        config.gateway.connections.max_connections = self.max_connections as usize;
+        config.gateway.connections.header_read_timeout = self.header_read_timeout;
+        config.gateway.head.max_header_bytes = self.max_header_bytes as usize;
+        // hyper's own buffer stays well above ours, so ours answers first, in JSON; a head
+        // beyond hyper's gets its bare 431.
+        config.gateway.connections.max_head_bytes = config
+            .gateway
+            .connections
+            .max_head_bytes
+            .max((self.max_header_bytes as usize + config.gateway.head.max_uri_bytes) * 2);
+        config.gateway.body_timeout = self.body_timeout;
         Ok(())
     }
 }
@@ -427,7 +469,10 @@ impl UpArgs {
         let mut config = up::UpConfig::new(self.gateway.data_dir.clone());
         self.gateway.apply(&mut config)?;
         self.worker.apply(&mut config)?;
-        self.callbacks.apply(&mut config, true)?;
+        // On a laptop (listening on loopback) callbacks may go to 127.0.0.1; a Sluice others
+        // can reach must not let them make it call into its own network.
+        self.callbacks
+            .apply(&mut config, self.gateway.listen.ip().is_loopback())?;
         config.shared = self.backends.shared(false)?;
         config.gateway.internal_token = internal_token(self.backends.internal_token.as_ref())?;
         config.shutdown_grace = self.shutdown_grace;

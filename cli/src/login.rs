@@ -80,9 +80,12 @@ fn read_stored() -> anyhow::Result<Stored> {
     }
 }
 
-/// Writes the file whole, readable by its owner only, replacing the old one at once.
+/// Writes the file whole, readable by its owner only, replacing the old one at once. The
+/// directory is made (or kept) private to its owner first, and the new file is a fresh one of
+/// an unpredictable name (mode 0600) renamed over the old, so nothing planted there beforehand
+/// is written through.
 fn write_stored(stored: &Stored) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let path = stored_path()?;
     let dir = path
         .parent()
@@ -92,17 +95,18 @@ fn write_stored(stored: &Stored) -> anyhow::Result<PathBuf> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
-    let temp = dir.join(format!(".auth.json.{}", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)
-        .with_context(|| format!("cannot write {}", temp.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| {
+        format!(
+            "cannot make {} private; it must belong to you to hold credentials",
+            dir.display()
+        )
+    })?;
+    let mut file = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
     file.write_all(&serde_json::to_vec_pretty(stored)?)?;
-    file.sync_all()?;
-    std::fs::rename(&temp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    file.as_file().sync_all()?;
+    file.persist(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
 }
 
@@ -123,9 +127,15 @@ pub fn forget(gateway: &str) -> anyhow::Result<bool> {
     Ok(had)
 }
 
-/// The credentials to use with `gateway`, if any are known (see the module's list).
-pub fn find(gateway: &str) -> anyhow::Result<Option<Credentials>> {
-    let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+/// The credentials to use with `gateway`, if any are known (see the module's list). Those in
+/// the environment are not tied to a gateway, so they are used only when `env_allowed` (the
+/// user named the gateway; it did not come from a stack file someone else wrote).
+pub fn find(gateway: &str, env_allowed: bool) -> anyhow::Result<Option<Credentials>> {
+    let env = |key: &str| {
+        std::env::var(key)
+            .ok()
+            .filter(|v| env_allowed && !v.is_empty())
+    };
     if let Some(token) = env("SLUICE_TOKEN") {
         return Ok(Some(Credentials::Token(token)));
     }

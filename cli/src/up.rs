@@ -297,7 +297,7 @@ impl Prepared {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let Self {
-            config,
+            mut config,
             role,
             _lock,
             backends,
@@ -367,6 +367,21 @@ impl Prepared {
         .map_err(|e| anyhow::anyhow!("restoring functions: {e}"))?;
         tracing::info!(restored, ?pending, released, "state restored");
 
+        // Connections, not the default 1024 descriptors, should be what runs out first.
+        if let Some(limit) = sluice_gateway::raise_open_file_limit() {
+            let fits = usize::try_from(limit.saturating_sub(sluice_gateway::RESERVED_DESCRIPTORS))
+                .unwrap_or(usize::MAX)
+                .max(1);
+            let wanted = &mut config.gateway.connections.max_connections;
+            if *wanted > fits {
+                tracing::warn!(
+                    open_file_limit = limit,
+                    max_connections = fits,
+                    "the open-file limit is low: fewer client connections are taken than asked"
+                );
+                *wanted = fits;
+            }
+        }
         let gateway_url = loopback_url(&listener)?;
         let gateway_shutdown = CancellationToken::new();
         let mut gateway_config = config.gateway.clone();

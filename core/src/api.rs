@@ -128,6 +128,149 @@ impl FunctionDeployment {
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.annotations.as_ref()?.get(key).map(String::as_str)
     }
+
+    /// Checks the deployment stays within [`DeploymentBounds`]: a registry entry is listed by
+    /// every `GET /system/functions`, so one huge deployment would weigh on every list.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        let b = DeploymentBounds::DEFAULT;
+        let text = |what: &str, value: &str, max: usize| {
+            if value.len() > max {
+                Err(format!(
+                    "{what} is {} bytes; at most {max} are taken",
+                    value.len()
+                ))
+            } else if value.contains('\0') {
+                Err(format!("{what} contains a NUL character"))
+            } else {
+                Ok(())
+            }
+        };
+        let map = |what: &str, map: Option<&BTreeMap<String, String>>, entries, key_max, total| {
+            let Some(map) = map else { return Ok(()) };
+            if map.len() > entries {
+                return Err(format!(
+                    "{what} has {} entries; at most {entries} are taken",
+                    map.len()
+                ));
+            }
+            let mut bytes = 0;
+            for (k, v) in map {
+                if k.is_empty() {
+                    return Err(format!("{what} has an empty key"));
+                }
+                text(&format!("{what} key {:?}", truncate(k)), k, key_max)?;
+                text(&format!("{what} {:?}", truncate(k)), v, total)?;
+                bytes += k.len() + v.len();
+            }
+            if bytes > total {
+                return Err(format!(
+                    "{what} are {bytes} bytes in all; at most {total} are taken"
+                ));
+            }
+            Ok(())
+        };
+        let list = |what: &str, list: &[String]| {
+            if list.len() > b.list_entries {
+                return Err(format!(
+                    "{what} has {} entries; at most {} are taken",
+                    list.len(),
+                    b.list_entries
+                ));
+            }
+            list.iter()
+                .try_for_each(|v| text(&format!("an entry of {what}"), v, b.list_entry_bytes))
+        };
+        text("image", &self.image, b.image_bytes)?;
+        text(
+            "envProcess",
+            self.env_process.as_deref().unwrap_or_default(),
+            b.process_bytes,
+        )?;
+        let label_bytes = b.label_entries * (b.key_bytes + b.label_value_bytes);
+        map(
+            "labels",
+            self.labels.as_ref(),
+            b.label_entries,
+            b.key_bytes,
+            label_bytes,
+        )?;
+        if let Some((k, v)) = self
+            .labels
+            .iter()
+            .flatten()
+            .find(|(_, v)| v.len() > b.label_value_bytes)
+        {
+            return Err(format!(
+                "label {:?} is {} bytes; at most {} are taken",
+                truncate(k),
+                v.len(),
+                b.label_value_bytes
+            ));
+        }
+        map(
+            "annotations",
+            self.annotations.as_ref(),
+            b.annotation_entries,
+            b.key_bytes,
+            b.annotation_bytes,
+        )?;
+        map(
+            "envVars",
+            Some(&self.env_vars),
+            b.env_entries,
+            b.key_bytes,
+            b.env_bytes,
+        )?;
+        list("constraints", &self.constraints)?;
+        list("secrets", &self.secrets)?;
+        for resources in [&self.limits, &self.requests].into_iter().flatten() {
+            text("a resource quantity", &resources.memory, 64)?;
+            text("a resource quantity", &resources.cpu, 64)?;
+        }
+        Ok(())
+    }
+}
+
+/// At most the first 64 characters, to name something in an error.
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// How large a deployment may be, field by field (Kubernetes' own limits where it has them).
+#[derive(Debug, Clone, Copy)]
+pub struct DeploymentBounds {
+    pub image_bytes: usize,
+    pub process_bytes: usize,
+    pub key_bytes: usize,
+    pub label_entries: usize,
+    pub label_value_bytes: usize,
+    pub annotation_entries: usize,
+    pub annotation_bytes: usize,
+    pub env_entries: usize,
+    pub env_bytes: usize,
+    pub list_entries: usize,
+    pub list_entry_bytes: usize,
+}
+
+impl DeploymentBounds {
+    pub const DEFAULT: Self = Self {
+        image_bytes: 1024,
+        process_bytes: 4096,
+        // A Kubernetes qualified name: a 253-byte prefix, '/', a 63-byte name.
+        key_bytes: 317,
+        label_entries: 64,
+        label_value_bytes: 1024,
+        annotation_entries: 128,
+        // As Kubernetes: all annotations of an object together.
+        annotation_bytes: 256 * 1024,
+        env_entries: 256,
+        env_bytes: 256 * 1024,
+        list_entries: 64,
+        list_entry_bytes: 253,
+    };
 }
 
 #[cfg(test)]
@@ -148,6 +291,56 @@ mod tests {
         let body = r#"{"service":"y","image":null,"envVars":null,"secrets":null,"constraints":null,"labels":null}"#;
         let d: FunctionDeployment = serde_json::from_str(body).unwrap();
         assert!(d.env_vars.is_empty() && d.secrets.is_empty() && d.labels.is_none());
+    }
+
+    #[test]
+    fn oversized_deployments_are_refused_naming_the_field() {
+        let ok = FunctionDeployment {
+            service: "x".into(),
+            env_process: Some("cat".into()),
+            labels: Some(BTreeMap::from([("a".into(), "b".into())])),
+            ..Default::default()
+        };
+        assert!(ok.check_bounds().is_ok());
+        let many: BTreeMap<String, String> =
+            (0..65).map(|i| (format!("k{i}"), "v".into())).collect();
+        let e = FunctionDeployment {
+            labels: Some(many),
+            ..ok.clone()
+        }
+        .check_bounds();
+        assert!(e.unwrap_err().contains("labels has 65 entries"));
+        let huge = BTreeMap::from([("big".to_owned(), "v".repeat(11 * 1024 * 1024))]);
+        let e = FunctionDeployment {
+            labels: Some(huge.clone()),
+            ..ok.clone()
+        }
+        .check_bounds();
+        assert!(e.unwrap_err().contains("labels"));
+        let e = FunctionDeployment {
+            env_vars: huge,
+            ..ok.clone()
+        }
+        .check_bounds();
+        assert!(e.unwrap_err().contains("envVars"));
+        let e = FunctionDeployment {
+            image: "i".repeat(2000),
+            ..ok.clone()
+        }
+        .check_bounds();
+        assert!(e.unwrap_err().contains("image"));
+        let e = FunctionDeployment {
+            env_process: Some("a\0b".into()),
+            ..ok.clone()
+        }
+        .check_bounds();
+        assert!(e.unwrap_err().contains("NUL"));
+        let e = FunctionDeployment {
+            secrets: vec!["s".into(); 65],
+            ..ok
+        }
+        .check_bounds();
+        assert!(e.unwrap_err().contains("secrets"));
     }
 
     #[test]

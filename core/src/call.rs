@@ -73,6 +73,25 @@ pub struct CallMeta {
     pub redrive: u32,
 }
 
+/// Checks a path below a function (`/a/b`, as it came, still percent-encoded): it belongs to
+/// the function and must not climb out of it. A `.` or `..` segment (also spelled `%2e`) would
+/// be resolved by whoever parses the URL next, turning `/function/echo/../../system/functions`
+/// into a management route; `\` is a separator to some parsers; `#` ends a path.
+pub fn check_function_path(path: &str) -> Result<(), String> {
+    let dot_segment = path.split('/').any(|segment| {
+        let decoded = segment.replace("%2e", ".").replace("%2E", ".");
+        decoded == "." || decoded == ".."
+    });
+    if !path.starts_with('/') || dot_segment || path.contains(['\\', '#']) {
+        let shown: String = path.chars().take(200).collect();
+        return Err(format!(
+            "the path below a function must start with '/' and may not contain '.' or '..' \
+             segments, '\\' or '#': {shown:?}"
+        ));
+    }
+    Ok(())
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
@@ -294,6 +313,42 @@ mod tests {
             CallState::Failed,
         ] {
             assert_eq!(CallState::parse(s.as_str()), Some(s));
+        }
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::check_function_path;
+
+    #[test]
+    fn paths_that_climb_out_are_refused() {
+        for ok in [
+            "/",
+            "/a/b",
+            "/a.b/..c/v1.2",
+            "/a//b",
+            "/%2f",
+            "/..%2f",
+            "/%252e%252e",
+            "/a?",
+        ] {
+            assert!(check_function_path(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "/..",
+            "/../x",
+            "/a/./b",
+            "/%2e%2e/x",
+            "/%2E%2e",
+            "/.%2e",
+            "/%2e",
+            "/a\\b",
+            "/a#b",
+            "a/b",
+            "",
+        ] {
+            assert!(check_function_path(bad).is_err(), "{bad}");
         }
     }
 }

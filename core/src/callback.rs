@@ -126,11 +126,27 @@ pub struct CallbackPolicy {
     pub allow_private: bool,
 }
 
-/// The address as IPv4 when it is an IPv4-mapped IPv6 one (`::ffff:127.0.0.1`).
+/// The IPv4 address an IPv6 one stands for, where it embeds one that the network may reach
+/// as IPv4: mapped (`::ffff:a.b.c.d`), compatible (`::a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`,
+/// `64:ff9b:1::/48`) and 6to4 (`2002:aabb:ccdd::`). Otherwise the address itself.
 fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
+    let IpAddr::V6(v6) = ip else { return ip };
+    let s = v6.segments();
+    let tail = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d))
+    };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(v4);
+    }
+    match s {
+        // IPv4-compatible (deprecated), but not :: and ::1.
+        [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 => tail(hi, lo),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => tail(hi, lo),
+        [0x64, 0xff9b, 1, ..] => tail(s[6], s[7]),
+        [0x2002, hi, lo, ..] => tail(hi, lo),
+        _ => ip,
     }
 }
 
@@ -147,9 +163,13 @@ fn forbidden_kind(ip: IpAddr) -> Option<&'static str> {
                 Some("multicast")
             } else if v4.is_broadcast() || a >= 240 {
                 Some("reserved")
-            } else if (a, b) == (100, 100) && v4.octets()[2..] == [100, 200] {
-                // Alibaba Cloud's metadata service.
+            } else if v4.octets() == [100, 100, 100, 200] || v4.octets() == [168, 63, 129, 16] {
+                // Alibaba Cloud's metadata service; Azure's host endpoint.
                 Some("cloud metadata")
+            } else if ((a, b) == (192, 0) && v4.octets()[2] == 0) || (a == 198 && (b & 0xfe) == 18)
+            {
+                // IETF protocol assignments; benchmarking.
+                Some("reserved")
             } else {
                 None
             }
@@ -164,6 +184,13 @@ fn forbidden_kind(ip: IpAddr) -> Option<&'static str> {
                 Some("link-local")
             } else if v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
                 Some("cloud metadata")
+            } else if first & 0xffc0 == 0xfec0 {
+                Some("site-local")
+            } else if first == 0x2001 && v6.segments()[1] == 0 {
+                // Teredo: reaches whatever IPv4 address it wraps.
+                Some("Teredo")
+            } else if first == 0x0100 && v6.segments()[1..4] == [0, 0, 0] {
+                Some("discard-only")
             } else {
                 None
             }
@@ -254,13 +281,22 @@ impl CallbackPolicy {
 }
 
 /// Headers of a signed callback: when it was signed (Unix seconds) and the signature,
-/// `v1=<hex HMAC-SHA256 of "<timestamp>.<body>">` under the operator's signing key.
+/// `v1=<hex HMAC-SHA256 of the signed message>` under the operator's signing key.
 pub const SIGNATURE_TIMESTAMP_HEADER: &str = "x-sluice-timestamp";
 pub const SIGNATURE_HEADER: &str = "x-sluice-signature";
 
-/// The message a callback signature covers: the timestamp, a dot, the body.
-pub fn signed_message(timestamp: u64, body: &[u8]) -> Vec<u8> {
-    let mut message = format!("{timestamp}.").into_bytes();
+/// What a callback signature covers: the timestamp, the call id, the function's name and its
+/// status (the `X-Call-Id`, `X-Function-Name` and `X-Function-Status` headers), each followed by
+/// a newline, then the body. Signing more than the body keeps a signed callback from being
+/// passed off as another call's, or another function's.
+pub fn signed_message(
+    timestamp: u64,
+    call_id: &str,
+    function_name: &str,
+    status: u16,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut message = format!("{timestamp}\n{call_id}\n{function_name}\n{status}\n").into_bytes();
     message.extend_from_slice(body);
     message
 }
@@ -299,6 +335,16 @@ mod tests {
             ("x", "ff02::1"),
             ("x", "::"),
             ("x", "100.100.100.200"),
+            ("x", "168.63.129.16"),
+            ("x", "198.18.0.1"),
+            ("x", "192.0.0.8"),
+            // IPv6 forms that wrap an IPv4 address: NAT64, 6to4, compatible; and Teredo.
+            ("x", "64:ff9b::a9fe:a9fe"),
+            ("x", "64:ff9b:1::a9fe:a9fe"),
+            ("x", "2002:a9fe:a9fe::1"),
+            ("x", "::169.254.169.254"),
+            ("x", "2001:0:4136:e378:8000:63bf:3fff:fdd2"),
+            ("x", "fec0::1"),
         ] {
             assert!(
                 matches!(
@@ -317,6 +363,9 @@ mod tests {
             "::1",
             "fc00::1",
             "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::10.0.0.1",
+            "2002:0a00:0001::",
         ] {
             assert!(
                 matches!(p.check("x", ip(addr)), Err(CallbackRefusal::Private { .. })),

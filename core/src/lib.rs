@@ -13,10 +13,10 @@ pub mod retry;
 pub mod seams;
 pub mod time;
 
-pub use api::{FunctionDeployment, FunctionResources, FunctionStatus};
+pub use api::{DeploymentBounds, FunctionDeployment, FunctionResources, FunctionStatus};
 pub use call::{
     CallId, CallMeta, CallOutcome, CallRecord, CallResult, CallState, CallbackOutcome, QueueName,
-    QueuedCall,
+    QueuedCall, check_function_path,
 };
 pub use callback::{CallbackPolicy, CallbackRefusal, CallbackRule};
 pub use name::{DEFAULT_NAMESPACE, FunctionRef, NameError};

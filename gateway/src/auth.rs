@@ -133,7 +133,9 @@ fn offered(headers: &HeaderMap) -> Result<Option<Offered>, ApiError> {
 /// Failed attempts allowed per client address: a burst, then one per this long.
 const FAILURE_BURST: u32 = 10;
 const FAILURE_REFILL: Duration = Duration::from_secs(6);
-/// Addresses remembered at most; past this, the least recently failed are forgotten.
+/// Addresses remembered at most. Past this many addresses over their limit at once, every
+/// attempt is refused until some have waited out their time: failing closed, so a guesser with
+/// very many addresses cannot outgrow the table.
 const FAILURE_ADDRESSES: usize = 100_000;
 
 /// Counts failed attempts per client address.
@@ -159,8 +161,15 @@ impl Default for Failures {
 impl Failures {
     /// `Err` with how long to wait while `client` is over its limit.
     fn check(&self, client: IpAddr) -> Result<(), ApiError> {
+        let client = key_of(client);
         let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
         let now = tokio::time::Instant::now();
+        if blocked.len() >= FAILURE_ADDRESSES {
+            blocked.retain(|_, until| *until > now);
+            if blocked.len() >= FAILURE_ADDRESSES {
+                return Err(ApiError::TooManyAttempts(FAILURE_REFILL));
+            }
+        }
         match blocked.get(&client) {
             Some(until) if *until > now => Err(ApiError::TooManyAttempts(*until - now)),
             Some(_) => {
@@ -173,6 +182,7 @@ impl Failures {
 
     /// Records a failed attempt from `client`.
     fn failed(&self, client: IpAddr) {
+        let client = key_of(client);
         if self.limiter.len() > FAILURE_ADDRESSES {
             self.limiter.retain_recent();
         }
@@ -185,11 +195,24 @@ impl Failures {
                 let now = tokio::time::Instant::now();
                 blocked.retain(|_, until| *until > now);
             }
-            if blocked.len() < FAILURE_ADDRESSES {
-                blocked.insert(client, tokio::time::Instant::now() + wait);
-            }
+            blocked.insert(client, tokio::time::Instant::now() + wait);
             tracing::warn!(%client, "too many failed authentication attempts; refusing for a while");
         }
+    }
+}
+
+/// The key failures are counted under: an IPv4 address, or an IPv6 address's /64 (one host
+/// is usually given a whole /64, and could otherwise try from a fresh address each time).
+fn key_of(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
     }
 }
 
@@ -211,10 +234,19 @@ pub(crate) fn check(
     let Some(credentials) = &state.config.auth else {
         return Ok(());
     };
-    if internal_ok && state.is_internal(headers) {
-        return Ok(());
-    }
     let client = client_of(extensions);
+    if internal_ok && headers.contains_key(sluice_core::headers::INTERNAL) {
+        // The queue worker's token: counted like any credential when it is wrong. The right
+        // one is not held back by failures from its address (others' on the same host).
+        if state.is_internal(headers) {
+            return Ok(());
+        }
+        state.failures.check(client)?;
+        state.failures.failed(client);
+        return Err(ApiError::Unauthorized(
+            "the credentials are not valid".into(),
+        ));
+    }
     state.failures.check(client)?;
     let offered = match offered(headers) {
         Ok(Some(offered)) => offered,
@@ -245,8 +277,9 @@ pub(crate) async fn management(
 }
 
 /// A state-changing request a browser sent from a page of another origin is refused: browsers
-/// send `Origin` on every cross-origin request that is not a GET or HEAD.
-fn check_origin(method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+/// send `Origin` on every cross-origin request that is not a GET or HEAD. (A browser may keep
+/// the admin's basic credentials and send them along with such a request.)
+pub(crate) fn check_origin(method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return Ok(());
     }
@@ -392,6 +425,13 @@ mod tests {
             Err(ApiError::TooManyAttempts(_))
         ));
         assert!(failures.check(other).is_ok());
+        // An IPv6 client is counted by its /64: a fresh address in it is no fresh start.
+        let v6 = |s: &str| -> IpAddr { s.parse().unwrap() };
+        for i in 0..=FAILURE_BURST {
+            failures.failed(v6(&format!("2001:db8:1:2::{i:x}")));
+        }
+        assert!(failures.check(v6("2001:db8:1:2:ffff::1")).is_err());
+        assert!(failures.check(v6("2001:db8:1:3::1")).is_ok());
     }
 
     #[test]

@@ -6,8 +6,21 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// The whole body, or 413 if it is longer than `limit` (checked on `Content-Length` first).
-pub(crate) async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// The whole body, or 413 if it is longer than `limit` (checked on `Content-Length` first), or
+/// 408 if it does not arrive within `timeout` (a client trickling a body cannot hold a request
+/// slot for ever).
+pub(crate) async fn read(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(timeout, read_within(headers, body, limit))
+        .await
+        .map_err(|_| ApiError::BodyTimeout(timeout))?
+}
+
+async fn read_within(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -49,9 +62,10 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> Result<T, ApiError> {
     check_json_content_type(headers)?;
-    json(&read(headers, body, limit).await?)
+    json(&read(headers, body, limit, timeout).await?)
 }
 
 /// `Content-Type: application/json` (any parameters), or `application/<x>+json`.

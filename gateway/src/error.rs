@@ -25,11 +25,21 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    #[error("the request's path and query are longer than the gateway's limit of {0} bytes")]
+    UriTooLong(usize),
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
+    #[error("{what} is over its rate limit of {per_second} requests a second; try again shortly")]
+    RateLimited { what: String, per_second: u32 },
     #[error("{0} not found")]
     NotFound(String),
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
-    #[error("the gateway is at its limit of {0} requests in flight; try again shortly")]
+    #[error(
+        "the gateway is at its limit of {0} requests of this kind in flight; try again shortly"
+    )]
     Overloaded(usize),
     #[error("function {0} is not deployed")]
     FunctionNotFound(String),
@@ -67,6 +77,10 @@ impl ApiError {
             Self::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound(_) | Self::FunctionNotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -92,6 +106,10 @@ impl ApiError {
             Self::TooManyAttempts(_) => "too_many_attempts",
             Self::Forbidden(_) => "forbidden",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::HeadersTooLarge(_) => "headers_too_large",
+            Self::UriTooLong(_) => "uri_too_long",
+            Self::BodyTimeout(_) => "body_timeout",
+            Self::RateLimited { .. } => "rate_limited",
             Self::NotFound(_) => "not_found",
             Self::FunctionNotFound(_) => "function_not_found",
             Self::Conflict(_) => "conflict",
@@ -115,6 +133,7 @@ impl ApiError {
             Self::NotReady { .. }
             | Self::ActivatorFull { .. }
             | Self::Overloaded(_)
+            | Self::RateLimited { .. }
             | Self::StoreUnavailable(_)
             | Self::QueueUnavailable(_) => Some(1),
             Self::QueueFull(_) => Some(5),

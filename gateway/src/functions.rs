@@ -15,8 +15,8 @@ use sluice_core::{
     FunctionStore, Provider, Timestamp,
 };
 
+use crate::AppState;
 use crate::error::{ApiError, ApiPath, ApiQuery};
-use crate::{AppState, body};
 
 pub(crate) const SCALE_MIN_LABEL: &str = "com.openfaas.scale.min";
 pub(crate) const SCALE_MAX_LABEL: &str = "com.openfaas.scale.max";
@@ -98,6 +98,7 @@ fn checked(
         ));
     }
     let function = FunctionRef::parse(&d.service, d.namespace.as_deref())?;
+    d.check_bounds().map_err(ApiError::BadRequest)?;
     d.service = function.name.clone();
     d.namespace = Some(function.namespace.clone());
     state.provider.validate(&d)?;
@@ -125,7 +126,7 @@ pub(crate) async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let body = body::read_json(&headers, body, state.config.max_body_bytes).await?;
+    let body = state.read_json(&headers, body).await?;
     let (function, deployment) = checked(&state, body)?;
     let (min, _) = replica_bounds(&state, &deployment)?;
     let _serial = state.lock_function(&function).await;
@@ -157,7 +158,7 @@ pub(crate) async fn update(
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let body = body::read_json(&headers, body, state.config.max_body_bytes).await?;
+    let body = state.read_json(&headers, body).await?;
     let (function, deployment) = checked(&state, body)?;
     let _serial = state.lock_function(&function).await;
     let Some(existing) = state.functions.get(&function).await? else {
@@ -191,7 +192,7 @@ pub(crate) async fn delete(
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let req: DeleteRequest = body::read_json(&headers, body, state.config.max_body_bytes).await?;
+    let req: DeleteRequest = state.read_json(&headers, body).await?;
     let ns = req.namespace.as_deref().or(q.namespace.as_deref());
     let function = FunctionRef::parse(&req.function_name, ns)?;
     let _serial = state.lock_function(&function).await;
@@ -285,7 +286,7 @@ pub(crate) async fn scale(
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let req: ScaleRequest = body::read_json(&headers, body, state.config.max_body_bytes).await?;
+    let req: ScaleRequest = state.read_json(&headers, body).await?;
     let function = FunctionRef::parse(&name, req.namespace.as_deref().or(q.namespace.as_deref()))?;
     let _serial = state.lock_function(&function).await;
     let spec = state

@@ -11,15 +11,14 @@ use sluice_core::{
     CallId, CallMeta, CallRecord, CallState, FunctionRef, QueueName, QueuedCall, Timestamp,
 };
 
+use crate::AppState;
 use crate::error::ApiError;
-use crate::{AppState, body};
 
 /// Splits `/function/echo.dev/a/b` (after the route prefix) into the function and the path below it.
 ///
-/// The path below a function belongs to the function and is passed on as it came; it must not
-/// climb out of it. A `.` or `..` segment (also spelled `%2e`) would be resolved by whoever
-/// parses the URL next, turning `/function/echo/../../system/functions` into a management
-/// route, so such paths are refused here, on both the sync and the async path.
+/// The path below a function belongs to the function and is passed on as it came; one that
+/// could climb out of it (`sluice_core::check_function_path`) is refused here, on both the sync
+/// and the async path.
 fn target(uri: &axum::http::Uri, prefix: &str) -> Result<(FunctionRef, String), ApiError> {
     let rest = uri.path().strip_prefix(prefix).unwrap_or_default();
     let (name, path) = match rest.find('/') {
@@ -31,19 +30,9 @@ fn target(uri: &axum::http::Uri, prefix: &str) -> Result<(FunctionRef, String), 
     Ok((function, path.to_owned()))
 }
 
-/// Refuses a path below a function with a dot segment or a character that ends a path.
-pub(crate) fn check_path(path: &str) -> Result<(), ApiError> {
-    let dot_segment = path.split('/').any(|segment| {
-        let decoded = segment.replace("%2e", ".").replace("%2E", ".");
-        decoded == "." || decoded == ".."
-    });
-    if dot_segment || path.contains(['\\', '#']) {
-        return Err(ApiError::BadRequest(format!(
-            "the path below a function may not contain '.' or '..' segments, '\\' or '#': {:?}",
-            truncated(path)
-        )));
-    }
-    Ok(())
+/// Refuses a path below a function that could climb out of it.
+fn check_path(path: &str) -> Result<(), ApiError> {
+    sluice_core::check_function_path(path).map_err(ApiError::BadRequest)
 }
 
 /// At most the first 200 characters of something a client sent, for an error message.
@@ -146,9 +135,10 @@ async fn proxy(
     ensure_deployed(&state, &function).await?;
     let policy = state.policies.get(&state, &function).await?;
     if policy.auth_required {
+        crate::auth::check_origin(&parts.method, &parts.headers)?;
         crate::auth::check(&state, &parts.headers, &parts.extensions, true)?;
     }
-    let bytes = body::read(&parts.headers, body, state.config.max_body_bytes).await?;
+    let bytes = state.read_body(&parts.headers, body).await?;
     // Load for the autoscaler from here until the response has been streamed, held time included.
     let tracked = state.autoscaler.track(&function);
     let endpoint = crate::activator::endpoint(&state, &function).await?;
@@ -172,7 +162,8 @@ async fn proxy(
         if e.is_timeout() {
             ApiError::UpstreamTimeout(function.to_string())
         } else {
-            tracing::warn!(%function, error = %e, "replica unreachable");
+            // Without the URL: its query string is the client's and may carry secrets.
+            tracing::warn!(%function, error = %e.without_url(), "replica unreachable");
             ApiError::Upstream(function.to_string())
         }
     })?;
@@ -318,7 +309,7 @@ pub(crate) async fn submit(
     req: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    let _admitted = state.admit(&parts.headers)?;
+    let _admitted = state.admit_async()?;
     let (function, path) = target(&parts.uri, "/async-function/")?;
     check_method(&parts.method, parts.uri.path())?;
     // The registry, not this gateway's provider, says what is deployed: another gateway may
@@ -333,13 +324,14 @@ pub(crate) async fn submit(
     let policy = crate::policy::Policy::from_deployment(&spec.deployment)
         .map_err(|e| ApiError::Internal(format!("stored deployment of {function}: {e}")))?;
     if policy.auth_required {
+        crate::auth::check_origin(&parts.method, &parts.headers)?;
         crate::auth::check(&state, &parts.headers, &parts.extensions, false)?;
     }
     check_hops(&parts.headers)?;
     let callback_url = callback_url(&state, &parts.headers).await?;
     let id = call_id(&parts.headers)?;
     let headers = replayable(&parts.headers)?;
-    let body = body::read(&parts.headers, body, state.config.max_body_bytes).await?;
+    let body = state.read_body(&parts.headers, body).await?;
     let meta = CallMeta {
         id,
         function,

@@ -15,9 +15,11 @@ mod calls;
 mod error;
 mod functions;
 mod invoke;
+mod limits;
 mod logs;
 mod metrics;
 mod policy;
+mod serve;
 mod sync;
 
 use std::sync::Arc;
@@ -33,6 +35,8 @@ use tokio_util::sync::CancellationToken;
 pub use auth::{AUTH_LABEL, Credentials};
 pub use error::ApiError;
 pub use functions::restore;
+pub use limits::HeadLimits;
+pub use serve::{ConnectionLimits, RESERVED_DESCRIPTORS, raise_open_file_limit};
 pub use sync::sync_functions;
 
 /// Gateway settings; plain data, so tests build it directly.
@@ -51,8 +55,11 @@ pub struct GatewayConfig {
     pub default_max_replicas: u32,
     /// Hard ceiling on any function's replicas, whatever its labels say.
     pub max_replicas_limit: u32,
-    /// Function requests (sync and async submissions) handled at once; more get a 503.
+    /// Sync function requests handled at once; more get a 503.
     pub max_in_flight: usize,
+    /// Async submissions handled at once (each waits for its durable write); more get a 503.
+    /// Apart from `max_in_flight`, so a flood of submissions cannot starve sync calls.
+    pub max_async_in_flight: usize,
     /// The queue worker's credential, sent in `X-Sluice-Internal`: it may call functions that
     /// require credentials, and its requests are not counted against `max_in_flight` (the
     /// worker bounds its own concurrency). It grants nothing on the management API.
@@ -62,6 +69,12 @@ pub struct GatewayConfig {
     pub auth: Option<Credentials>,
     /// Where callbacks may go; checked at submit.
     pub callbacks: sluice_core::CallbackPolicy,
+    /// Limits on connections: how many, how long a request's head may take.
+    pub connections: ConnectionLimits,
+    /// Limits on a request's head: header count and bytes, URI length.
+    pub head: HeadLimits,
+    /// How long a request body may take to arrive (then `408`).
+    pub body_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -74,9 +87,13 @@ impl Default for GatewayConfig {
             default_max_replicas: 20,
             max_replicas_limit: 64,
             max_in_flight: 1024,
+            max_async_in_flight: 256,
             internal_token: None,
             auth: None,
             callbacks: sluice_core::CallbackPolicy::default(),
+            connections: ConnectionLimits::default(),
+            head: HeadLimits::default(),
+            body_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -94,6 +111,7 @@ pub struct AppState {
     /// so the number of locks is fixed.
     function_locks: Arc<[tokio::sync::Mutex<()>]>,
     in_flight: Arc<tokio::sync::Semaphore>,
+    async_in_flight: Arc<tokio::sync::Semaphore>,
     /// Scales this gateway's provider from the load it sees.
     pub autoscaler: Autoscaler,
     held: Arc<activator::Held>,
@@ -117,6 +135,9 @@ impl AppState {
     ) -> Self {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // Replicas are reached directly: a proxy from the environment would see every
+            // request, the client's credentials included.
+            .no_proxy()
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .expect("a reqwest client with static settings builds");
@@ -140,6 +161,9 @@ impl AppState {
             calls,
             queue,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
+            async_in_flight: Arc::new(tokio::sync::Semaphore::new(
+                config.max_async_in_flight.max(1),
+            )),
             config: Arc::new(config),
             http,
             function_locks: (0..FUNCTION_LOCK_STRIPES)
@@ -169,8 +193,8 @@ impl AppState {
             .is_some_and(|v| bool::from(v.as_bytes().ct_eq(token.as_bytes())))
     }
 
-    /// A slot for one function request, or 503 when the gateway is at its limit. The queue
-    /// worker's own requests need none.
+    /// A slot for one sync function request, or 503 when the gateway is at its limit. The
+    /// queue worker's own requests need none.
     fn admit(
         &self,
         headers: &axum::http::HeaderMap,
@@ -183,6 +207,49 @@ impl AppState {
             .try_acquire_owned()
             .map(Some)
             .map_err(|_| ApiError::Overloaded(self.config.max_in_flight))
+    }
+
+    /// A slot for one async submission, from a pool of its own, or 503.
+    fn admit_async(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.async_in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::Overloaded(self.config.max_async_in_flight))
+    }
+}
+
+/// Largest body of a management request (a deployment, a scale): far below a function's.
+const MANAGEMENT_BODY_LIMIT: usize = 1024 * 1024;
+
+impl AppState {
+    /// A function request's whole body, within the gateway's limits.
+    async fn read_body(
+        &self,
+        headers: &axum::http::HeaderMap,
+        body: axum::body::Body,
+    ) -> Result<bytes::Bytes, ApiError> {
+        body::read(
+            headers,
+            body,
+            self.config.max_body_bytes,
+            self.config.body_timeout,
+        )
+        .await
+    }
+
+    /// A management request's JSON body, within the management limit.
+    async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        headers: &axum::http::HeaderMap,
+        body: axum::body::Body,
+    ) -> Result<T, ApiError> {
+        body::read_json(
+            headers,
+            body,
+            MANAGEMENT_BODY_LIMIT.min(self.config.max_body_bytes),
+            self.config.body_timeout,
+        )
+        .await
     }
 }
 
@@ -227,6 +294,10 @@ pub fn router(state: AppState) -> Router {
                 }
             },
         )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::check_head,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -244,8 +315,6 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         }
     }
     tokio::spawn(state.autoscaler.clone().run(shutdown.clone()));
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let limits = state.config.connections.clone();
+    serve::serve_connections(listener, router(state), limits, shutdown).await
 }

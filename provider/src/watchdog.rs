@@ -94,11 +94,18 @@ async fn handle(State(wd): State<Watchdog>, req: Request) -> Response {
         Some(sem) => match sem.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
-                return platform(
+                let mut response = platform(
                     StatusCode::TOO_MANY_REQUESTS,
                     "concurrency_limit",
                     "Concurrent request limit exceeded.\n".into(),
                 );
+                // A slot frees as soon as one run ends: ask the client (or the queue
+                // worker's retry) to come back shortly.
+                response.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    HeaderValue::from_static("1"),
+                );
+                return response;
             }
         },
     };

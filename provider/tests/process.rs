@@ -168,6 +168,7 @@ async fn classic_failures_and_timeouts() {
     let second = http.get(format!("{base}/")).send().await.unwrap();
     assert_eq!(second.status(), 429);
     assert_eq!(second.headers()["x-sluice-error"], "concurrency_limit");
+    assert_eq!(second.headers()["retry-after"], "1");
     assert_eq!(first.await.unwrap().unwrap().status(), 200);
 
     let missing = spec("missing", "/no/such/binary", &[], 1);

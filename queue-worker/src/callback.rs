@@ -155,6 +155,8 @@ impl std::error::Error for Refused {}
 pub(crate) fn client(policy: Arc<CallbackPolicy>) -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        // A proxy would resolve and connect in our place, past the policy.
+        .no_proxy()
         .dns_resolver(Arc::new(PolicyResolver(policy)))
         .build()
         .expect("a reqwest client with static settings builds")
@@ -170,10 +172,10 @@ pub(crate) struct Failure {
     pub(crate) refused: bool,
 }
 
-/// `v1=<hex HMAC-SHA256(key, "<timestamp>.<body>")>`.
-pub(crate) fn signature(key: &[u8], timestamp: u64, body: &[u8]) -> String {
+/// `v1=<hex HMAC-SHA256(key, signed message)>` (see `signed_message`).
+pub(crate) fn signature(key: &[u8], message: &[u8]) -> String {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(&signed_message(timestamp, body));
+    mac.update(message);
     let digest = mac.finalize().into_bytes();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("v1={hex}")
@@ -244,7 +246,16 @@ pub(crate) async fn send(
             (SIGNATURE_TIMESTAMP_HEADER, timestamp.to_string()),
             (
                 SIGNATURE_HEADER,
-                signature(key.as_bytes(), timestamp, &payload.body),
+                signature(
+                    key.as_bytes(),
+                    &signed_message(
+                        timestamp,
+                        meta.id.as_str(),
+                        &meta.function.name,
+                        payload.status,
+                        &payload.body,
+                    ),
+                ),
             ),
         ]
     });
@@ -343,12 +354,14 @@ mod tests {
     }
 
     #[test]
-    fn the_signature_is_an_hmac_of_timestamp_and_body() {
+    fn the_signature_is_an_hmac_of_the_signed_message() {
         // python3 -c "import hmac,hashlib; print(hmac.new(b'key-of-sixteen-chars',
-        //     b'1700000000.hello', hashlib.sha256).hexdigest())"
+        //     b'1700000000\\nc1\\necho\\n200\\nhello', hashlib.sha256).hexdigest())"
+        let message = signed_message(1_700_000_000, "c1", "echo", 200, b"hello");
+        assert_eq!(message, b"1700000000\nc1\necho\n200\nhello");
         assert_eq!(
-            signature(b"key-of-sixteen-chars", 1_700_000_000, b"hello"),
-            "v1=600914d8804a0cfbdabf263d4328db9acdedd57dbe6a9651ca4d38c37275cec6"
+            signature(b"key-of-sixteen-chars", &message),
+            "v1=9dd7abe8273424e77ddd1107adfd85ab5f572cce09886eeafaf950daa75a0aa3"
         );
     }
 

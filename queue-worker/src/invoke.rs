@@ -68,19 +68,11 @@ pub(crate) async fn invoke(
     call: &QueuedCall,
 ) -> Invocation {
     let meta = &call.meta;
-    let mut url = format!(
-        "{}/function/{}.{}{}",
-        config.gateway_url.trim_end_matches('/'),
-        meta.function.name,
-        meta.function.namespace,
-        meta.path
-    );
-    if let Some(q) = &meta.query {
-        url.push('?');
-        url.push_str(q);
-    }
     let started = tokio::time::Instant::now();
-    let result = send(http, config, call, &url).await;
+    let result = match url_of(config, meta) {
+        Ok(url) => send(http, config, call, url).await,
+        Err(e) => Err(e),
+    };
     let duration = started.elapsed();
     let (response, error) = match result {
         Ok(r) => (Some(r), None),
@@ -94,11 +86,38 @@ pub(crate) async fn invoke(
     }
 }
 
+/// The gateway URL a call is replayed at, `/function/<name>.<namespace><path>[?query]`. The
+/// worker's requests carry its internal token, so the path is checked again here (a call may
+/// have been queued by an older gateway that did not check it), and so is the URL as parsed:
+/// it must still name the call's function.
+fn url_of(config: &WorkerConfig, meta: &sluice_core::CallMeta) -> Result<reqwest::Url, String> {
+    sluice_core::check_function_path(&meta.path)?;
+    let prefix = format!(
+        "/function/{}.{}",
+        meta.function.name, meta.function.namespace
+    );
+    let mut url = format!(
+        "{}{prefix}{}",
+        config.gateway_url.trim_end_matches('/'),
+        meta.path
+    );
+    if let Some(q) = &meta.query {
+        url.push('?');
+        url.push_str(q);
+    }
+    let url = reqwest::Url::parse(&url).map_err(|e| format!("the call's URL is not valid: {e}"))?;
+    let path = url.path();
+    if path != prefix && !path.starts_with(&format!("{prefix}/")) {
+        return Err(format!("the call's path leaves its function: {path:?}"));
+    }
+    Ok(url)
+}
+
 async fn send(
     http: &reqwest::Client,
     config: &WorkerConfig,
     call: &QueuedCall,
-    url: &str,
+    url: reqwest::Url,
 ) -> Result<FunctionResponse, String> {
     let meta = &call.meta;
     let method = reqwest::Method::from_bytes(meta.method.as_bytes())
@@ -123,7 +142,7 @@ async fn send(
         if e.is_timeout() {
             format!("function did not answer within {:?}", config.invoke_timeout)
         } else {
-            format!("gateway unreachable: {e}")
+            format!("gateway unreachable: {}", e.without_url())
         }
     })?;
     let status = response.status().as_u16();
@@ -132,7 +151,8 @@ async fn send(
     let mut body = BytesMut::new();
     let mut chunks = response.bytes_stream();
     while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|e| format!("reading the function's response: {e}"))?;
+        let chunk =
+            chunk.map_err(|e| format!("reading the function's response: {}", e.without_url()))?;
         if body.len() + chunk.len() > config.max_response_bytes {
             return Err(format!(
                 "function response is larger than the worker's limit of {} bytes",
@@ -162,6 +182,48 @@ impl RetainEndToEnd for HeaderMap {
             .collect();
         for k in drop {
             self.remove(k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(path: &str, query: Option<&str>) -> sluice_core::CallMeta {
+        sluice_core::CallMeta {
+            id: sluice_core::CallId::from_trusted("c1".into()),
+            function: sluice_core::FunctionRef::new("echo", None).unwrap(),
+            method: "POST".into(),
+            path: path.into(),
+            query: query.map(str::to_owned),
+            headers: vec![],
+            callback_url: None,
+            submitted_at: Timestamp::now(),
+            queue: None,
+            redrive: 0,
+        }
+    }
+
+    /// A call queued with a path that climbs out of its function (by a gateway that did not
+    /// check it) is not replayed with the worker's token against another route.
+    #[test]
+    fn a_call_is_only_replayed_at_its_own_function() {
+        let config = WorkerConfig::new("http://127.0.0.1:8080/");
+        let url = url_of(&config, &meta("/a/b", Some("x=1&y=%2e%2e"))).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:8080/function/echo.openfaas-fn/a/b?x=1&y=%2e%2e"
+        );
+        assert!(url_of(&config, &meta("/", None)).is_ok());
+        for bad in [
+            "/../../system/functions",
+            "/%2e%2e/other",
+            "/./x",
+            "x",
+            "/a\\b",
+        ] {
+            assert!(url_of(&config, &meta(bad, None)).is_err(), "{bad}");
         }
     }
 }

@@ -151,6 +151,8 @@ pub async fn run(
 ) {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        // The gateway is reached directly: its requests carry the internal token.
+        .no_proxy()
         .build()
         .expect("a reqwest client with static settings builds");
     let callback_http = callback::client(Arc::new(config.callbacks.clone()));

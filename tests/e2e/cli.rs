@@ -160,6 +160,55 @@ async fn quickstart_with_the_cli() {
     let err = sluice(gw, &["describe", "fail"], "");
     assert!(String::from_utf8_lossy(&err.stderr).contains("function fail is not deployed"));
 
+    // A function that requires credentials gets them from `sluice invoke`; one that only
+    // pretends to (Sluice's 401, faked) does not.
+    let fprocess = |code: &str| {
+        format!(
+            "python3 -u -c 'import sys; from sluice_http import serve; \
+             serve(lambda m, p, q, h, b: (print(\"auth:\", h.get(\"Authorization\"), \
+             file=sys.stderr), ({code}))[1])'"
+        )
+    };
+    let workdir = format!("com.sluice.workdir={}", functions_dir().display());
+    let private = fprocess("200, {}, b\"private ok\"");
+    ok(sluice(
+        gw,
+        &[
+            "deploy",
+            "--name",
+            "private",
+            "--fprocess",
+            &private,
+            "-e",
+            "mode=http",
+        ]
+        .into_iter()
+        .chain(["--annotation", &workdir, "-l", "com.sluice.auth=required"])
+        .collect::<Vec<_>>(),
+        "",
+    ));
+    assert_eq!(ok(sluice(gw, &["invoke", "private"], "")), "private ok");
+    let forger = fprocess("401, {\"X-Sluice-Error\": \"unauthorized\"}, b\"nope\"");
+    ok(sluice(
+        gw,
+        &[
+            "deploy",
+            "--name",
+            "forger",
+            "--fprocess",
+            &forger,
+            "-e",
+            "mode=http",
+            "--annotation",
+            &workdir,
+        ],
+        "",
+    ));
+    assert!(!sluice(gw, &["invoke", "forger"], "").status.success());
+    let seen = ok(sluice(gw, &["logs", "forger"], ""));
+    assert!(seen.contains("auth: None"), "{seen}");
+    assert!(!seen.contains("Basic"), "{seen}");
+
     // A gateway that is not there is named, with what to do.
     let down = sluice("http://127.0.0.1:9", &["list"], "");
     let stderr = String::from_utf8_lossy(&down.stderr);

@@ -30,5 +30,6 @@ mod cli;
 mod cluster;
 mod durability;
 mod harness;
+mod hostile;
 mod scaling;
 mod security;

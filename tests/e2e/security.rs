@@ -36,12 +36,19 @@ pub async fn raw(url: &str, request: &str) -> (u16, String) {
     (status, body)
 }
 
-/// Runs the README's verification (`functions/verify_callback.py`) on a callback's parts.
-fn verified(key: &str, timestamp: &str, signature: &str, body: &[u8]) -> bool {
+/// Runs the README's verification (`functions/verify_callback.py`) on a callback's headers
+/// and `body`.
+fn verified(key: &str, callback: &crate::harness::Callback, body: &[u8]) -> bool {
     use std::io::Write;
+    let headers: serde_json::Map<String, Value> = callback
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap())))
+        .collect();
     let mut child = std::process::Command::new("python3")
         .arg(crate::harness::functions_dir().join("verify_callback.py"))
-        .args([key, timestamp, signature])
+        .arg(Value::Object(headers).to_string())
+        .env("SLUICE_CALLBACK_SIGNING_KEY", key)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -454,6 +461,26 @@ async fn odd_names_and_methods_are_refused() {
     }
     let calls: Value = get_json(&http, format!("{url}/system/calls")).await;
     assert_eq!(calls["calls"].as_array().map(Vec::len), Some(0), "{calls}");
+
+    // An 11 MB label map was deployed and then returned by every list.
+    let huge: serde_json::Map<String, Value> = (0..1100)
+        .map(|i| (format!("label-{i}"), json!("v".repeat(10_000))))
+        .collect();
+    let many: serde_json::Map<String, Value> = (0..100)
+        .map(|i| (format!("label-{i}"), json!("v")))
+        .collect();
+    for (labels, status) in [(huge, 413), (many, 400)] {
+        let r = http
+            .post(format!("{url}/system/functions"))
+            .json(&json!({"service": "heavy", "envProcess": "cat", "labels": labels}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status);
+        let body: Value = r.json().await.unwrap();
+        assert!(body["message"].is_string(), "{body}");
+    }
+    assert_eq!(names(&http, url).await, ["echo"]);
 }
 
 /// A function labelled `com.sluice.auth: required` needs the gateway's credentials on both
@@ -721,21 +748,12 @@ async fn signed_callbacks_verify_and_a_changed_byte_does_not() {
         "signed-call",
     )
     .await;
-    let signed = |c: &crate::harness::Callback| {
-        let (timestamp, signature) = (
-            c.header("x-sluice-timestamp"),
-            c.header("x-sluice-signature"),
-        );
-        assert!(signature.starts_with("v1="), "{signature}");
-        (timestamp.to_owned(), signature.to_owned())
-    };
-    let (timestamp, signature) = signed(&callback);
+    assert!(callback.header("x-sluice-signature").starts_with("v1="));
     // The echo's body is empty here; a second call signs something with content.
-    assert!(verified(key, &timestamp, &signature, &callback.body));
+    assert!(verified(key, &callback, &callback.body));
     assert!(!verified(
         "another-key-of-some-length",
-        &timestamp,
-        &signature,
+        &callback,
         &callback.body
     ));
     let r = http
@@ -748,12 +766,18 @@ async fn signed_callbacks_verify_and_a_changed_byte_does_not() {
     assert_eq!(r.status(), 202);
     crate::harness::callbacks(&receiver, 2).await;
     let second = receiver.received().remove(1);
-    let (timestamp, signature) = signed(&second);
     assert_eq!(second.body, "the body that is signed");
-    assert!(verified(key, &timestamp, &signature, &second.body));
+    assert!(verified(key, &second, &second.body));
+    // One byte of the body changed: refused.
     let mut changed = second.body.to_vec();
     changed[4] ^= 0x01;
-    assert!(!verified(key, &timestamp, &signature, &changed));
+    assert!(!verified(key, &second, &changed));
+    // Passed off as another call's, or with another status: refused.
+    for (name, value) in [("x-call-id", "another-call"), ("x-function-status", "500")] {
+        let mut forged = second.clone();
+        forged.headers.insert(name, value.parse().unwrap());
+        assert!(!verified(key, &forged, &second.body), "{name}");
+    }
 }
 
 /// Acceptance 2: a callback pointing back at the gateway's async route does not loop. A

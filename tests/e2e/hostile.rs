@@ -1,0 +1,275 @@
+//! Hostile clients: oversized heads, connections that send nothing or trickle, bodies too big
+//! for memory. Each of issue 9's findings about them as a regression test.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::{Sluice, deploy, eventually, get_json, sample};
+use crate::security::raw;
+
+/// Finding 3: a 200 KB header made a classic function's spawn fail (`500 spawn_failed`, its
+/// headers go into the environment) and the async path retried it five times. The head is
+/// refused with `431` before any function is touched.
+#[tokio::test]
+async fn an_oversized_head_is_refused_before_a_function_is_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = crate::harness::http();
+    deploy(&http, url, &sample("cat", "cat", false, &[])).await;
+    let big = "v".repeat(200 * 1024);
+    for route in ["function", "async-function"] {
+        let r = http
+            .post(format!("{url}/{route}/cat"))
+            .header("x-big", &big)
+            .body("hi")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 431, "{route}");
+        assert_eq!(r.headers()["x-sluice-error"], "headers_too_large");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["message"].as_str().unwrap().contains("bytes"),
+            "{body}"
+        );
+    }
+    // Many small headers, and a huge query string, too.
+    let mut many = http.post(format!("{url}/function/cat"));
+    for i in 0..150 {
+        many = many.header(format!("x-h{i}"), "v");
+    }
+    assert_eq!(many.send().await.unwrap().status(), 431);
+    let r = http
+        .get(format!("{url}/function/cat?q={}", "a".repeat(20_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 414);
+    // Nothing was queued, the function never ran, and it still answers.
+    let calls: Value = get_json(&http, format!("{url}/system/calls")).await;
+    assert_eq!(calls["calls"].as_array().map(Vec::len), Some(0), "{calls}");
+    let logs = http
+        .get(format!("{url}/system/logs?name=cat&tail=50"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!logs.contains("spawn"), "{logs}");
+    let r = http
+        .post(format!("{url}/function/cat"))
+        .body("still fine")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "still fine");
+}
+
+/// Reads from `stream` until it is closed (or errors); false if it stays open past `within`.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Finding 5: idle and slowloris connections were never closed, so enough of them stopped
+/// every other client. Now a connection must send its request head within
+/// `--header-read-timeout`, and other clients are served meanwhile.
+#[tokio::test]
+async fn a_slowloris_does_not_stop_other_clients() {
+    let (_dir, sluice, http) = crate::harness::up_with_echo(&["--header-read-timeout", "2s"]).await;
+    let url = sluice.url.clone();
+    let addr = url.strip_prefix("http://").unwrap().to_owned();
+
+    // 250 connections that send nothing and 250 that trickle a head a byte at a time.
+    let mut idle = Vec::new();
+    for _ in 0..250 {
+        idle.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut trickling = Vec::new();
+    for _ in 0..250 {
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        let stop = stop.clone();
+        trickling.push(tokio::spawn(async move {
+            let head = b"POST /function/echo HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+            stream.write_all(head).await.unwrap();
+            let opened = tokio::time::Instant::now();
+            // A byte every 100 ms, until the server hangs up (or the test gives up).
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                if stream.write_all(b"a").await.is_err() {
+                    return Some(opened.elapsed());
+                }
+                let mut buf = [0u8; 512];
+                let read = tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf));
+                if let Ok(Ok(0) | Err(_)) = read.await {
+                    return Some(opened.elapsed());
+                }
+            }
+        }));
+    }
+    // Meanwhile other clients are served, promptly.
+    for i in 0..20 {
+        let started = tokio::time::Instant::now();
+        let r = http
+            .post(format!("{url}/function/echo"))
+            .body(format!("request {i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), format!("request {i}"));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // And the server closes the idle and the trickling connections after the timeout.
+    for stream in &mut idle {
+        assert!(closed_within(stream, Duration::from_secs(10)).await);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    for task in trickling {
+        let held = tokio::time::timeout_at(deadline, task)
+            .await
+            .expect("a trickling connection the server never closed")
+            .unwrap()
+            .expect("closed by the server");
+        assert!(held < Duration::from_secs(8), "held {held:?}");
+    }
+    stop.cancel();
+}
+
+/// Finding 5, at the cap: past `--max-connections`, a new connection is answered `503` with a
+/// JSON error at once (not left hanging), the shedding is logged, and once the idle ones are
+/// closed, clients are served again.
+#[tokio::test]
+async fn past_the_connection_cap_new_connections_are_turned_away_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let sluice = Sluice::start(
+        &data,
+        &["--max-connections", "20", "--header-read-timeout", "2s"],
+    );
+    let url = sluice.url.clone();
+    let addr = url.strip_prefix("http://").unwrap().to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    // Accepted connections are counted as the server takes them: ask until it is full.
+    let answer = eventually("the gateway to be full", || async {
+        let mut extra = TcpStream::connect(&addr).await.ok()?;
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(1), extra.read_to_string(&mut answer))
+            .await
+            .ok()?
+            .ok()?;
+        answer.starts_with("HTTP/1.1 503").then_some(answer)
+    })
+    .await;
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    assert!(
+        answer.contains(r#""code":"too_many_connections""#),
+        "{answer}"
+    );
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    assert!(log.contains("at the connection limit"), "{log}");
+    // The idle connections time out; then a client is served.
+    for stream in &mut idle {
+        assert!(closed_within(stream, Duration::from_secs(10)).await);
+    }
+    let (status, _) = eventually("a client to be served again", || async {
+        let (status, body) = raw(
+            &url,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        (status == 200).then_some((status, body))
+    })
+    .await;
+    assert_eq!(status, 200);
+}
+
+/// Finding 7: async submissions and sync calls shared one in-flight limit, and a submission
+/// holds its slot through its durable write, so a flood of submissions starved sync calls.
+/// Each now has a pool of its own.
+#[tokio::test]
+async fn a_flood_of_submissions_does_not_starve_sync_calls() {
+    let (_dir, sluice, http) =
+        crate::harness::up_with_echo(&["--max-in-flight", "40", "--max-async-in-flight", "4"])
+            .await;
+    let url = sluice.url.clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let flood: Vec<_> = (0..100)
+        .map(|_| {
+            let (http, url, stop) = (http.clone(), url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut accepted, mut refused) = (0, 0);
+                while !stop.is_cancelled() {
+                    let r = http
+                        .post(format!("{url}/async-function/echo"))
+                        .body("async")
+                        .send()
+                        .await
+                        .unwrap();
+                    match r.status().as_u16() {
+                        202 => accepted += 1,
+                        503 => refused += 1,
+                        other => panic!("submit answered {other}"),
+                    }
+                }
+                (accepted, refused)
+            })
+        })
+        .collect();
+    // 30 sync clients, 10 calls each, all while the flood goes on.
+    let sync: Vec<_> = (0..30)
+        .map(|c| {
+            let (http, url) = (http.clone(), url.clone());
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for i in 0..10 {
+                    let r = http
+                        .post(format!("{url}/function/echo"))
+                        .body(format!("{c}-{i}"))
+                        .send()
+                        .await
+                        .unwrap();
+                    statuses.push(r.status().as_u16());
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in sync {
+        statuses.extend(task.await.unwrap());
+    }
+    stop.cancel();
+    let (mut accepted, mut refused) = (0, 0);
+    for task in flood {
+        let (a, r) = task.await.unwrap();
+        accepted += a;
+        refused += r;
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(accepted > 0, "no submission was accepted");
+    assert!(refused > 0, "the flood never reached the async limit");
+}
