@@ -110,6 +110,10 @@ pub struct GatewayFlags {
     /// Bytes of all of a request's header names and values together at most (then 431).
     #[arg(long, env = "SLUICE_MAX_HEADER_BYTES", default_value_t = 32 * 1024, value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024))]
     pub max_header_bytes: u32,
+    /// Function requests per second across all functions (sync calls and async submissions);
+    /// more get 429 [default: no limit]. A function's own: label com.sluice.rate-limit.
+    #[arg(long, env = "SLUICE_RATE_LIMIT", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit: Option<u32>,
     /// How long a request body may take to arrive (then 408).
     #[arg(long, env = "SLUICE_BODY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub body_timeout: Duration,
@@ -296,6 +300,9 @@ pub struct WorkerFlags {
     /// How long kept results are kept (e.g. 24h).
     #[arg(long, env = "SLUICE_RESULT_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub result_retention: Duration,
+    /// How long a finished call's record is kept (e.g. 7d); then it is deleted.
+    #[arg(long, env = "SLUICE_CALL_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub call_retention: Duration,
 }
 
 /// Where shared state lives: Postgres and NATS JetStream.
@@ -431,6 +438,7 @@ impl GatewayFlags {
             .max_head_bytes
             .max((self.max_header_bytes as usize + config.gateway.head.max_uri_bytes) * 2);
         config.gateway.body_timeout = self.body_timeout;
+        config.gateway.rate_limit = self.rate_limit.and_then(std::num::NonZeroU32::new);
         Ok(())
     }
 }
@@ -459,6 +467,7 @@ impl WorkerFlags {
         config.lease = self.lease;
         config.result_max_bytes = self.result_max_bytes;
         config.result_retention = self.result_retention;
+        config.call_retention = self.call_retention;
         Ok(())
     }
 }

@@ -85,6 +85,8 @@ pub struct UpConfig {
     /// Largest function response kept per call, and for how long.
     pub result_max_bytes: usize,
     pub result_retention: Duration,
+    /// How long a finished call's record is kept.
+    pub call_retention: Duration,
     /// How often a gateway on a shared registry looks for changes made through other gateways
     /// (and an all-in-one process for named queues to serve).
     pub registry_sync: Duration,
@@ -107,6 +109,7 @@ impl UpConfig {
             shutdown_grace: Duration::from_secs(10),
             result_max_bytes: 1024 * 1024,
             result_retention: Duration::from_secs(24 * 3600),
+            call_retention: Duration::from_secs(7 * 24 * 3600),
             registry_sync: Duration::from_secs(2),
             auth: AuthSetting::DataDir {
                 user: "admin".to_owned(),
@@ -519,6 +522,7 @@ fn worker_config(config: &UpConfig, gateway_url: String) -> WorkerConfig {
     worker.shutdown_grace = config.shutdown_grace;
     worker.result_max_bytes = config.result_max_bytes;
     worker.result_retention = config.result_retention;
+    worker.call_retention = config.call_retention;
     worker.callbacks = config.gateway.callbacks.clone();
     worker.callback_signing_key = config.callback_signing_key.clone();
     worker

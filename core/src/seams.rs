@@ -192,6 +192,10 @@ pub trait CallStore: Send + Sync + Debug {
     async fn result(&self, id: &CallId) -> Result<Option<CallResult>, StoreError>;
     /// Drops responses and requests kept since before `before`; returns how many.
     async fn purge_results(&self, before: Timestamp) -> Result<u64, StoreError>;
+    /// Deletes at most `batch` calls that finished (succeeded, failed or were cancelled) before
+    /// `before`, with their kept results and requests; returns how many. Queued and running
+    /// calls are never deleted, however old.
+    async fn purge_calls(&self, before: Timestamp, batch: u32) -> Result<u64, StoreError>;
     /// Keeps the request of a call that failed for good, so it can be re-driven.
     async fn keep_request(&self, call: &QueuedCall, at: Timestamp) -> Result<(), StoreError>;
     /// Makes a failed call queued again for a re-drive (attempts start again from zero) and

@@ -138,6 +138,7 @@ async fn proxy(
         crate::auth::check_origin(&parts.method, &parts.headers)?;
         crate::auth::check(&state, &parts.headers, &parts.extensions, true)?;
     }
+    state.check_rates(&parts.headers, &function, &policy)?;
     let bytes = state.read_body(&parts.headers, body).await?;
     // Load for the autoscaler from here until the response has been streamed, held time included.
     let tracked = state.autoscaler.track(&function);
@@ -321,12 +322,12 @@ pub(crate) async fn submit(
         .ok_or_else(|| ApiError::FunctionNotFound(function.to_string()))?;
     let queue = QueueName::from_annotations(spec.deployment.annotations.as_ref())
         .map_err(|e| ApiError::Internal(format!("stored deployment of {function}: {e}")))?;
-    let policy = crate::policy::Policy::from_deployment(&spec.deployment)
-        .map_err(|e| ApiError::Internal(format!("stored deployment of {function}: {e}")))?;
+    let policy = state.policies.get(&state, &function).await?;
     if policy.auth_required {
         crate::auth::check_origin(&parts.method, &parts.headers)?;
         crate::auth::check(&state, &parts.headers, &parts.extensions, false)?;
     }
+    state.check_rates(&parts.headers, &function, &policy)?;
     check_hops(&parts.headers)?;
     let callback_url = callback_url(&state, &parts.headers).await?;
     let id = call_id(&parts.headers)?;

@@ -75,6 +75,9 @@ pub struct GatewayConfig {
     pub head: HeadLimits,
     /// How long a request body may take to arrive (then `408`).
     pub body_timeout: Duration,
+    /// Function requests per second across all functions (sync calls and async submissions;
+    /// the queue worker's are not counted); `None` for no limit.
+    pub rate_limit: Option<std::num::NonZeroU32>,
 }
 
 impl Default for GatewayConfig {
@@ -94,6 +97,7 @@ impl Default for GatewayConfig {
             connections: ConnectionLimits::default(),
             head: HeadLimits::default(),
             body_timeout: Duration::from_secs(60),
+            rate_limit: None,
         }
     }
 }
@@ -117,6 +121,8 @@ pub struct AppState {
     held: Arc<activator::Held>,
     failures: Arc<auth::Failures>,
     policies: Arc<policy::Policies>,
+    /// The gateway-wide rate limit, if any.
+    rate: Option<Arc<policy::Rate>>,
     metrics: Arc<metrics::Metrics>,
     shutdown: CancellationToken,
 }
@@ -157,6 +163,7 @@ impl AppState {
             held: Arc::default(),
             failures: Arc::default(),
             policies: Arc::default(),
+            rate: config.rate_limit.map(|n| Arc::new(policy::Rate::new(n))),
             metrics: Arc::default(),
             calls,
             queue,
@@ -207,6 +214,26 @@ impl AppState {
             .try_acquire_owned()
             .map(Some)
             .map_err(|_| ApiError::Overloaded(self.config.max_in_flight))
+    }
+
+    /// Takes one request's worth of the gateway's and `policy`'s rate limits, or `429`. The
+    /// queue worker's requests replay calls already counted when they were submitted.
+    fn check_rates(
+        &self,
+        headers: &axum::http::HeaderMap,
+        function: &FunctionRef,
+        policy: &policy::Policy,
+    ) -> Result<(), ApiError> {
+        if self.is_internal(headers) {
+            return Ok(());
+        }
+        if let Some(rate) = &policy.rate {
+            rate.check(&format_args!("function {function}"))?;
+        }
+        if let Some(rate) = &self.rate {
+            rate.check(&"the gateway")?;
+        }
+        Ok(())
     }
 
     /// A slot for one async submission, from a pool of its own, or 503.

@@ -6,25 +6,78 @@
 //! the cluster form, through another gateway's change seen by the registry sync).
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::{Arc, RwLock};
 
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sluice_core::{FunctionDeployment, FunctionRef};
 
 use crate::AppState;
 use crate::error::ApiError;
 
+/// The label that limits a function's requests per second (sync calls and async
+/// submissions together; bursts up to the same number).
+pub(crate) const RATE_LIMIT_LABEL: &str = "com.sluice.rate-limit";
+
+/// Highest rate limit a label may set.
+const MAX_RATE: u32 = 1_000_000;
+
 /// What one function's requests must satisfy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct Policy {
     /// Its routes need the gateway's credentials (`com.sluice.auth: required`).
     pub(crate) auth_required: bool,
+    /// Its requests per second on this gateway (`com.sluice.rate-limit`).
+    pub(crate) rate: Option<Rate>,
+}
+
+/// A rate limit and its bucket.
+#[derive(Debug)]
+pub(crate) struct Rate {
+    pub(crate) per_second: u32,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl Rate {
+    pub(crate) fn new(per_second: NonZeroU32) -> Self {
+        Self {
+            per_second: per_second.get(),
+            limiter: RateLimiter::direct(Quota::per_second(per_second)),
+        }
+    }
+
+    /// Takes one request's worth, or says the limit is reached.
+    pub(crate) fn check(&self, what: &dyn std::fmt::Display) -> Result<(), ApiError> {
+        self.limiter.check().map_err(|_| ApiError::RateLimited {
+            what: what.to_string(),
+            per_second: self.per_second,
+        })
+    }
 }
 
 impl Policy {
     /// The policy a deployment's labels ask for, or which label is wrong.
     pub(crate) fn from_deployment(d: &FunctionDeployment) -> Result<Self, String> {
+        let rate = d
+            .label(RATE_LIMIT_LABEL)
+            .map(|v| {
+                v.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .and_then(NonZeroU32::new)
+                    .filter(|n| n.get() <= MAX_RATE)
+                    .ok_or_else(|| {
+                        format!(
+                            "label {RATE_LIMIT_LABEL} must be a number of requests per second \
+                             from 1 to {MAX_RATE}, got {v:?}"
+                        )
+                    })
+            })
+            .transpose()?
+            .map(Rate::new);
         Ok(Self {
             auth_required: crate::auth::function_requires_auth(d.labels.as_ref())?,
+            rate,
         })
     }
 }

@@ -45,6 +45,8 @@ pub struct WorkerConfig {
     /// Largest function response kept for `GET /system/calls/<id>/result`, and for how long.
     pub result_max_bytes: usize,
     pub result_retention: Duration,
+    /// How long a finished call's record is kept (then deleted, in batches).
+    pub call_retention: Duration,
     /// Sent as `X-Sluice-Internal`: the worker's credential at the gateway, for functions that
     /// require one; its requests are also not counted against the gateway's client in-flight
     /// limit (the worker bounds its own with `concurrency`).
@@ -69,6 +71,7 @@ impl WorkerConfig {
             shutdown_grace: Duration::from_secs(10),
             result_max_bytes: 1024 * 1024,
             result_retention: Duration::from_secs(24 * 3600),
+            call_retention: Duration::from_secs(7 * 24 * 3600),
             internal_token: None,
             callbacks: sluice_core::CallbackPolicy::default(),
             callback_signing_key: None,
@@ -525,6 +528,17 @@ fn retried(attempt: u32, policy: &RetryPolicy) -> Option<(u32, u32)> {
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 
 /// Drops kept results past their retention, now and then, until shutdown.
+/// How often old results and calls are looked for: every [`PURGE_EVERY`], or a quarter of a
+/// shorter retention (at least a second), so nothing outlives its retention by much.
+fn purge_every(config: &WorkerConfig) -> Duration {
+    (config.result_retention.min(config.call_retention) / 4)
+        .clamp(Duration::from_secs(1), PURGE_EVERY)
+}
+
+/// Calls deleted per transaction when their retention is over, so the database is never held
+/// long by the purge.
+const PURGE_BATCH: u32 = 500;
+
 async fn purge_results(worker: Worker, shutdown: CancellationToken) {
     loop {
         let before = Timestamp::from_system_time(
@@ -535,9 +549,32 @@ async fn purge_results(worker: Worker, shutdown: CancellationToken) {
             Ok(n) => tracing::info!(purged = n, "dropped kept results past their retention"),
             Err(error) => tracing::warn!(%error, "could not drop old results"),
         }
+        let before = Timestamp::from_system_time(
+            std::time::SystemTime::now() - worker.config.call_retention,
+        );
+        let mut purged = 0;
+        loop {
+            match worker.calls.purge_calls(before, PURGE_BATCH).await {
+                Ok(n) => {
+                    purged += n;
+                    if n < u64::from(PURGE_BATCH) || shutdown.is_cancelled() {
+                        break;
+                    }
+                    // Let other writers in between batches.
+                    tokio::task::yield_now().await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not delete old calls");
+                    break;
+                }
+            }
+        }
+        if purged > 0 {
+            tracing::info!(purged, "deleted finished calls past their retention");
+        }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(PURGE_EVERY) => {}
+            () = tokio::time::sleep(purge_every(&worker.config)) => {}
         }
     }
 }

@@ -319,6 +319,68 @@ async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
         store.start_attempt(&missing, Timestamp::now()).await,
         Err(StoreError::NotFound(_))
     ));
+    retention_contract(store).await;
+}
+
+/// Finished calls past their retention go, in bounded batches, with what was kept for them;
+/// calls still queued or running stay, however old.
+async fn retention_contract<S: CallStore>(store: &S) {
+    let at = |ms: i64| Timestamp::from_millis(ms);
+    let finish = |state, ms| CallOutcome {
+        state,
+        status_code: Some(200),
+        error: None,
+        finished_at: at(ms),
+        duration_ms: 1,
+    };
+    for (id, end) in [
+        ("old-1", Some((CallState::Succeeded, 1_000))),
+        ("old-2", Some((CallState::Failed, 2_000))),
+        ("old-3", Some((CallState::Succeeded, 3_000))),
+        ("new-1", Some((CallState::Succeeded, 90_000))),
+        ("queued-old", None),
+    ] {
+        let c = call(id, &b"body"[..]);
+        assert!(
+            CallStore::create(store, &CallRecord::queued(&c.meta))
+                .await
+                .unwrap()
+        );
+        if let Some((state, ms)) = end {
+            store.start_attempt(&c.meta.id, at(ms - 1)).await.unwrap();
+            store.finish(&c.meta.id, &finish(state, ms)).await.unwrap();
+            store.keep_request(&c, at(ms)).await.unwrap();
+            let result = CallResult {
+                status_code: 200,
+                headers: vec![],
+                body: Bytes::from_static(b"r"),
+                stored_at: at(ms),
+            };
+            store.store_result(&c.meta.id, &result).await.unwrap();
+        }
+    }
+    let cancelled = call("cancelled-old", &b""[..]);
+    assert!(
+        CallStore::create(store, &CallRecord::queued(&cancelled.meta))
+            .await
+            .unwrap()
+    );
+    store.cancel(&cancelled.meta.id, at(500)).await.unwrap();
+    let before = at(50_000);
+    // In batches of two: the oldest first.
+    assert_eq!(store.purge_calls(before, 2).await.unwrap(), 2);
+    assert_eq!(store.purge_calls(before, 2).await.unwrap(), 2);
+    assert_eq!(store.purge_calls(before, 2).await.unwrap(), 0);
+    for gone in ["old-1", "old-2", "old-3", "cancelled-old"] {
+        let id = CallId::parse(gone).unwrap();
+        assert_eq!(store.get(&id).await.unwrap(), None, "{gone}");
+        assert_eq!(store.result(&id).await.unwrap(), None, "{gone}");
+        assert_eq!(store.requeue_failed(&id).await.unwrap(), None, "{gone}");
+    }
+    for kept in ["new-1", "queued-old"] {
+        let id = CallId::parse(kept).unwrap();
+        assert!(store.get(&id).await.unwrap().is_some(), "{kept}");
+    }
 }
 
 async fn sqlite_queue(lease: Duration) -> (tempfile::TempDir, SqliteQueue) {

@@ -642,3 +642,37 @@ async fn callbacks_wait_for_a_receiver_that_is_down_without_running_the_function
         assert!(r["callback"]["attempts"].as_u64().unwrap() >= 2, "{r}");
     }
 }
+
+/// Call records are not kept for ever: a finished call is deleted after `--call-retention`,
+/// with its kept result.
+#[tokio::test]
+async fn finished_calls_are_deleted_after_their_retention() {
+    let (_dir, sluice, http) = crate::harness::up_with_echo(&["--call-retention", "2s"]).await;
+    let url = &sluice.url;
+    let receiver = crate::harness::Receiver::start().await;
+    crate::harness::called_back(
+        &http,
+        format!("{url}/async-function/echo"),
+        &receiver,
+        "short-lived",
+    )
+    .await;
+    let record: serde_json::Value =
+        crate::harness::get_json(&http, format!("{url}/system/calls/short-lived")).await;
+    assert_eq!(record["state"], "succeeded", "{record}");
+    crate::harness::eventually("the call to be deleted", || async {
+        let r = http
+            .get(format!("{url}/system/calls/short-lived"))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 404).then_some(())
+    })
+    .await;
+    let r = http
+        .get(format!("{url}/system/calls/short-lived/result"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}

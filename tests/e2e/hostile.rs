@@ -273,3 +273,70 @@ async fn a_flood_of_submissions_does_not_starve_sync_calls() {
     assert!(accepted > 0, "no submission was accepted");
     assert!(refused > 0, "the flood never reached the async limit");
 }
+
+/// Sends `n` requests at once; their statuses.
+async fn burst(http: &reqwest::Client, url: &str, n: usize) -> Vec<u16> {
+    let sent = (0..n).map(|_| http.post(url).body("x").send());
+    let mut out = Vec::new();
+    for r in futures_util::future::join_all(sent).await {
+        let r = r.unwrap();
+        if r.status() == 429 {
+            assert_eq!(r.headers()["x-sluice-error"], "rate_limited");
+            assert_eq!(r.headers()["retry-after"], "1");
+        }
+        out.push(r.status().as_u16());
+    }
+    out
+}
+
+/// Rate limits: a function's own (`com.sluice.rate-limit`, per second, sync calls and async
+/// submissions together) and the gateway's (`--rate-limit`), answered `429` with
+/// `Retry-After`; a function without one is not held back by another's.
+#[tokio::test]
+async fn rate_limits_answer_429() {
+    let (_dir, sluice, http) = crate::harness::up_with_echo(&["--rate-limit", "10"]).await;
+    let url = &sluice.url;
+    let limited = sample(
+        "limited",
+        "python3 -u echo.py",
+        true,
+        &[("com.sluice.rate-limit", "3")],
+    );
+    deploy(&http, url, &limited).await;
+    let passed = |all: &[u16]| all.iter().filter(|s| **s == 200 || **s == 202).count();
+    // Warm the limited function (its replica starts), then a burst of sync calls and async
+    // submissions together, far over its 3 a second.
+    http.post(format!("{url}/function/limited"))
+        .send()
+        .await
+        .unwrap();
+    let (sync_url, async_url) = (
+        format!("{url}/function/limited"),
+        format!("{url}/async-function/limited"),
+    );
+    let (sync, submitted) = tokio::join!(burst(&http, &sync_url, 6), burst(&http, &async_url, 6));
+    let all: Vec<u16> = sync.iter().chain(&submitted).copied().collect();
+    assert!(all.contains(&429), "{all:?}");
+    assert!(passed(&all) < all.len(), "{all:?}");
+    // echo, without a limit of its own, is not held back by limited's.
+    let r = http
+        .post(format!("{url}/function/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The gateway's own limit, 10 a second, holds everything back past it.
+    let echo = burst(&http, &format!("{url}/function/echo"), 40).await;
+    assert!(echo.contains(&429), "{echo:?}");
+    assert!(passed(&echo) >= 1, "{echo:?}");
+    // A bad label is refused at deploy, naming it.
+    let bad = sample("bad", "cat", false, &[("com.sluice.rate-limit", "lots")]);
+    let r = http
+        .post(format!("{url}/system/functions"))
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("com.sluice.rate-limit"));
+}
