@@ -79,6 +79,10 @@ pub struct GatewayFlags {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Bytes of request bodies held in memory at once, across all requests; a body that
+    /// would go over is refused with 503 before it is read (at least --max-body-bytes).
+    #[arg(long, env = "SLUICE_MAX_BODY_BUFFER", default_value_t = 256 * 1024 * 1024)]
+    pub max_body_buffer: usize,
     /// How long a function may take to answer (e.g. 300s, 5m).
     #[arg(long, env = "SLUICE_FUNCTION_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub function_timeout: Duration,
@@ -357,6 +361,17 @@ pub struct UpArgs {
     /// How long in-flight work may take to finish when Sluice stops.
     #[arg(long, env = "SLUICE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Calls the embedded queue holds at most (then 503 queue_full). On JetStream, the
+    /// stream's own limits apply.
+    #[arg(long, env = "SLUICE_MAX_QUEUED_CALLS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queued_calls: u64,
+    /// Bytes of call bodies the embedded queue holds at most (then 503 queue_full).
+    #[arg(long, env = "SLUICE_MAX_QUEUED_BYTES", default_value_t = 8 * 1024 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queued_bytes: u64,
+    /// Calls of any one function the embedded queue holds at most (then 429
+    /// function_queue_full).
+    #[arg(long, env = "SLUICE_MAX_QUEUED_PER_FUNCTION", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queued_per_function: u64,
 }
 
 #[derive(Debug, Args)]
@@ -410,6 +425,14 @@ impl GatewayFlags {
             anyhow::bail!("--function-timeout must be more than zero");
         }
         config.gateway.max_body_bytes = self.max_body_bytes;
+        anyhow::ensure!(
+            self.max_body_buffer >= self.max_body_bytes,
+            "--max-body-buffer ({}) must be at least --max-body-bytes ({}), or the largest \
+             body could never be taken",
+            self.max_body_buffer,
+            self.max_body_bytes
+        );
+        config.gateway.max_body_buffer = self.max_body_buffer;
         config.gateway.upstream_timeout = self.function_timeout;
         config.gateway.max_replicas_limit = self.max_replicas;
         config.gateway.default_max_replicas =
@@ -483,6 +506,11 @@ impl UpArgs {
         self.callbacks
             .apply(&mut config, self.gateway.listen.ip().is_loopback())?;
         config.shared = self.backends.shared(false)?;
+        config.queue_bounds = sluice_store::QueueBounds {
+            max_calls: self.max_queued_calls,
+            max_bytes: self.max_queued_bytes,
+            max_per_function: self.max_queued_per_function,
+        };
         config.gateway.internal_token = internal_token(self.backends.internal_token.as_ref())?;
         config.shutdown_grace = self.shutdown_grace;
         config.process.stop_grace = self.shutdown_grace;

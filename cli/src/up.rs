@@ -94,6 +94,8 @@ pub struct UpConfig {
     pub auth: AuthSetting,
     /// Signs callbacks when set.
     pub callback_signing_key: Option<String>,
+    /// What the embedded queue takes at most.
+    pub queue_bounds: sluice_store::QueueBounds,
 }
 
 impl UpConfig {
@@ -115,6 +117,7 @@ impl UpConfig {
                 user: "admin".to_owned(),
             },
             callback_signing_key: None,
+            queue_bounds: sluice_store::QueueBounds::default(),
         }
     }
 }
@@ -234,7 +237,9 @@ impl Prepared {
                         .with_context(|| format!("cannot make {} private", db_path.display()))?;
                 }
                 let store = SqliteStore::new(pool.clone());
-                let queue = SqliteQueue::new(pool, config.lease);
+                let queue = SqliteQueue::with_bounds(pool, config.lease, config.queue_bounds)
+                    .await
+                    .context("cannot open the embedded queue")?;
                 Backends {
                     functions: Arc::new(store.clone()),
                     calls: Arc::new(store),

@@ -217,6 +217,9 @@ pub enum QueueError {
     /// The queue holds as much as it is configured to; nothing was stored.
     #[error("queue full: {0}")]
     Full(String),
+    /// The queue holds as many calls of this call's function as it takes; nothing was stored.
+    #[error("{0}")]
+    FunctionFull(String),
     #[error("the call's lease was lost (it will be redelivered)")]
     LeaseLost,
 }

@@ -41,6 +41,11 @@ pub enum ApiError {
         "the gateway is at its limit of {0} requests of this kind in flight; try again shortly"
     )]
     Overloaded(usize),
+    #[error(
+        "the gateway is holding its limit of {} MiB of request bodies; try again shortly",
+        .0 / (1024 * 1024)
+    )]
+    BodiesOverBudget(usize),
     #[error("function {0} is not deployed")]
     FunctionNotFound(String),
     #[error("{0}")]
@@ -65,6 +70,8 @@ pub enum ApiError {
     QueueUnavailable(String),
     #[error("the call queue is full; the call was not accepted, try again later")]
     QueueFull(String),
+    #[error("{0}; the call was not accepted, try again later")]
+    FunctionQueueFull(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -80,13 +87,14 @@ impl ApiError {
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::FunctionQueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound(_) | Self::FunctionNotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ScaledToZero(_)
             | Self::Overloaded(_)
+            | Self::BodiesOverBudget(_)
             | Self::ActivatorFull { .. }
             | Self::StoreUnavailable(_)
             | Self::QueueUnavailable(_)
@@ -114,7 +122,7 @@ impl ApiError {
             Self::FunctionNotFound(_) => "function_not_found",
             Self::Conflict(_) => "conflict",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
-            Self::Overloaded(_) => "overloaded",
+            Self::Overloaded(_) | Self::BodiesOverBudget(_) => "overloaded",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::ScaledToZero(_) => "scaled_to_zero",
             Self::NotReady { .. } => "no_ready_replica",
@@ -124,6 +132,7 @@ impl ApiError {
             Self::StoreUnavailable(_) => "store_unavailable",
             Self::QueueUnavailable(_) => "queue_unavailable",
             Self::QueueFull(_) => "queue_full",
+            Self::FunctionQueueFull(_) => "function_queue_full",
             Self::Internal(_) => "internal",
         }
     }
@@ -133,10 +142,11 @@ impl ApiError {
             Self::NotReady { .. }
             | Self::ActivatorFull { .. }
             | Self::Overloaded(_)
+            | Self::BodiesOverBudget(_)
             | Self::RateLimited { .. }
             | Self::StoreUnavailable(_)
             | Self::QueueUnavailable(_) => Some(1),
-            Self::QueueFull(_) => Some(5),
+            Self::QueueFull(_) | Self::FunctionQueueFull(_) => Some(5),
             Self::TooManyAttempts(wait) => {
                 Some(u32::try_from(wait.as_secs().saturating_add(1)).unwrap_or(u32::MAX))
             }
@@ -213,6 +223,7 @@ impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> Self {
         match e {
             QueueError::Full(detail) => Self::QueueFull(detail),
+            QueueError::FunctionFull(message) => Self::FunctionQueueFull(message),
             other => Self::QueueUnavailable(other.to_string()),
         }
     }

@@ -139,7 +139,7 @@ async fn proxy(
         crate::auth::check(&state, &parts.headers, &parts.extensions, true)?;
     }
     state.check_rates(&parts.headers, &function, &policy)?;
-    let bytes = state.read_body(&parts.headers, body).await?;
+    let held = state.read_body(&parts.headers, body).await?;
     // Load for the autoscaler from here until the response has been streamed, held time included.
     let tracked = state.autoscaler.track(&function);
     let endpoint = crate::activator::endpoint(&state, &function).await?;
@@ -152,7 +152,7 @@ async fn proxy(
         .http
         .request(parts.method.clone(), url)
         .timeout(state.config.upstream_timeout)
-        .body(bytes);
+        .body(held.bytes.clone());
     for (k, v) in forwardable(&parts.headers) {
         if policy.auth_required && CREDENTIAL_HEADERS.contains(k) {
             continue;
@@ -179,7 +179,7 @@ async fn proxy(
     // The endpoint travels with the body: the replica counts the request as in flight until the
     // response has been streamed to its end (or the client went away).
     let stream = response.bytes_stream().map_err(move |e| {
-        let _ = (&endpoint, &admitted, &tracked);
+        let _ = (&endpoint, &admitted, &tracked, &held);
         std::io::Error::other(e)
     });
     out.body(Body::from_stream(stream))
@@ -332,7 +332,8 @@ pub(crate) async fn submit(
     let callback_url = callback_url(&state, &parts.headers).await?;
     let id = call_id(&parts.headers)?;
     let headers = replayable(&parts.headers)?;
-    let body = state.read_body(&parts.headers, body).await?;
+    let held = state.read_body(&parts.headers, body).await?;
+    let body = held.bytes.clone();
     let meta = CallMeta {
         id,
         function,

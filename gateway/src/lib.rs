@@ -75,6 +75,9 @@ pub struct GatewayConfig {
     pub head: HeadLimits,
     /// How long a request body may take to arrive (then `408`).
     pub body_timeout: Duration,
+    /// Bytes of request bodies held in memory at once, across all requests; a body that
+    /// would go over is refused with `503` before it is read.
+    pub max_body_buffer: usize,
     /// Function requests per second across all functions (sync calls and async submissions;
     /// the queue worker's are not counted); `None` for no limit.
     pub rate_limit: Option<std::num::NonZeroU32>,
@@ -98,6 +101,7 @@ impl Default for GatewayConfig {
             head: HeadLimits::default(),
             body_timeout: Duration::from_secs(60),
             rate_limit: None,
+            max_body_buffer: 256 * 1024 * 1024,
         }
     }
 }
@@ -121,6 +125,8 @@ pub struct AppState {
     held: Arc<activator::Held>,
     failures: Arc<auth::Failures>,
     policies: Arc<policy::Policies>,
+    /// What request bodies may hold in memory at once.
+    bodies: body::BodyBudget,
     /// The gateway-wide rate limit, if any.
     rate: Option<Arc<policy::Rate>>,
     metrics: Arc<metrics::Metrics>,
@@ -164,6 +170,7 @@ impl AppState {
             failures: Arc::default(),
             policies: Arc::default(),
             rate: config.rate_limit.map(|n| Arc::new(policy::Rate::new(n))),
+            bodies: body::BodyBudget::new(config.max_body_buffer),
             metrics: Arc::default(),
             calls,
             queue,
@@ -249,17 +256,19 @@ impl AppState {
 const MANAGEMENT_BODY_LIMIT: usize = 1024 * 1024;
 
 impl AppState {
-    /// A function request's whole body, within the gateway's limits.
+    /// A function request's whole body, within the gateway's limits; it counts against the
+    /// body budget until the returned value is dropped.
     async fn read_body(
         &self,
         headers: &axum::http::HeaderMap,
         body: axum::body::Body,
-    ) -> Result<bytes::Bytes, ApiError> {
+    ) -> Result<body::Held, ApiError> {
         body::read(
             headers,
             body,
             self.config.max_body_bytes,
             self.config.body_timeout,
+            &self.bodies,
         )
         .await
     }
@@ -275,6 +284,7 @@ impl AppState {
             body,
             MANAGEMENT_BODY_LIMIT.min(self.config.max_body_bytes),
             self.config.body_timeout,
+            &self.bodies,
         )
         .await
     }

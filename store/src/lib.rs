@@ -12,4 +12,4 @@ mod sqlite_queue;
 
 pub use postgres::{PgStore, open_postgres};
 pub use sqlite::{SqliteStore, open_sqlite};
-pub use sqlite_queue::SqliteQueue;
+pub use sqlite_queue::{QueueBounds, SqliteQueue};

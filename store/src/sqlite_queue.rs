@@ -5,12 +5,15 @@
 //! checks the token, so a worker whose lease ran out (and whose call went to someone else) learns
 //! it with [`QueueError::LeaseLost`] instead of acking another worker's delivery.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use sluice_core::{CallMeta, CallQueue, Delivery, Lease, QueueError, QueuedCall, Timestamp};
+use sluice_core::{
+    CallMeta, CallQueue, Delivery, FunctionRef, Lease, QueueError, QueuedCall, Timestamp,
+};
 use sqlx::{Row, SqlitePool};
 use tokio::sync::{Mutex, Notify};
 
@@ -32,6 +35,79 @@ struct Inner {
     ready: Notify,
     /// Serialises claims so two consumers never race for the same row.
     claim: Mutex<()>,
+    bounds: QueueBounds,
+    /// What the queue holds: kept here (this process is the database's only user) so a bound
+    /// costs no query. Reserved before a call is written, given back when it is acked.
+    held: std::sync::Mutex<Held>,
+}
+
+/// How much the embedded queue takes; beyond, `enqueue` refuses and nothing is stored.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueBounds {
+    /// Calls on the queue at most.
+    pub max_calls: u64,
+    /// Bytes of call bodies on the queue at most.
+    pub max_bytes: u64,
+    /// Calls of any one function on the queue at most.
+    pub max_per_function: u64,
+}
+
+impl Default for QueueBounds {
+    /// As the cluster form's JetStream stream: a million calls, 8 GiB; and 100,000 per function.
+    fn default() -> Self {
+        Self {
+            max_calls: 1_000_000,
+            max_bytes: 8 * 1024 * 1024 * 1024,
+            max_per_function: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    calls: u64,
+    bytes: u64,
+    per_function: HashMap<FunctionRef, u64>,
+}
+
+impl Held {
+    /// Counts a call in, if it fits `bounds`.
+    fn reserve(
+        &mut self,
+        bounds: &QueueBounds,
+        function: &FunctionRef,
+        bytes: u64,
+    ) -> Result<(), QueueError> {
+        let of_function = self.per_function.get(function).copied().unwrap_or(0);
+        if of_function >= bounds.max_per_function {
+            return Err(QueueError::FunctionFull(format!(
+                "function {function} has {of_function} calls queued, the most the queue takes \
+                 for one function"
+            )));
+        }
+        if self.calls >= bounds.max_calls || self.bytes + bytes > bounds.max_bytes {
+            return Err(QueueError::Full(format!(
+                "{} calls, {} bytes queued (bounds: {} calls, {} bytes)",
+                self.calls, self.bytes, bounds.max_calls, bounds.max_bytes
+            )));
+        }
+        self.calls += 1;
+        self.bytes += bytes;
+        *self.per_function.entry(function.clone()).or_default() += 1;
+        Ok(())
+    }
+
+    /// Counts a call out.
+    fn release(&mut self, function: &FunctionRef, bytes: u64) {
+        self.calls = self.calls.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(bytes);
+        if let Some(n) = self.per_function.get_mut(function) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_function.remove(function);
+            }
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -47,16 +123,54 @@ fn unavailable(e: impl std::fmt::Display) -> QueueError {
 }
 
 impl SqliteQueue {
-    /// A queue over `pool` whose leases last `lease`.
-    pub fn new(pool: SqlitePool, lease: Duration) -> Self {
-        Self {
+    /// A queue over `pool` whose leases last `lease`, with the default bounds.
+    pub async fn new(pool: SqlitePool, lease: Duration) -> Result<Self, QueueError> {
+        Self::with_bounds(pool, lease, QueueBounds::default()).await
+    }
+
+    /// A queue over `pool` whose leases last `lease`, taking at most `bounds`; counts what the
+    /// queue already holds.
+    pub async fn with_bounds(
+        pool: SqlitePool,
+        lease: Duration,
+        bounds: QueueBounds,
+    ) -> Result<Self, QueueError> {
+        let mut held = Held::default();
+        let rows = sqlx::query(
+            "SELECT json_extract(meta, '$.function.namespace') AS namespace, \
+                    json_extract(meta, '$.function.name') AS name, \
+                    COUNT(*) AS calls, COALESCE(SUM(length(body)), 0) AS bytes \
+             FROM queue GROUP BY 1, 2",
+        )
+        .fetch_all(&pool)
+        .await
+        .map_err(unavailable)?;
+        for row in rows {
+            let calls = u64::try_from(row.get::<i64, _>("calls")).unwrap_or(0);
+            held.calls += calls;
+            held.bytes += u64::try_from(row.get::<i64, _>("bytes")).unwrap_or(0);
+            let function = FunctionRef {
+                namespace: row
+                    .get::<Option<String>, _>("namespace")
+                    .unwrap_or_default(),
+                name: row.get::<Option<String>, _>("name").unwrap_or_default(),
+            };
+            *held.per_function.entry(function).or_default() += calls;
+        }
+        Ok(Self {
             inner: Arc::new(Inner {
                 pool,
                 lease,
                 ready: Notify::new(),
                 claim: Mutex::new(()),
+                bounds,
+                held: std::sync::Mutex::new(held),
             }),
-        }
+        })
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.inner.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes every call that a previous process held claimable again at once.
@@ -133,6 +247,21 @@ impl SqliteQueue {
 impl CallQueue for SqliteQueue {
     async fn enqueue(&self, call: &QueuedCall) -> Result<bool, QueueError> {
         let meta = serde_json::to_string(&call.meta).map_err(unavailable)?;
+        let function = &call.meta.function;
+        let bytes = call.body.len() as u64;
+        let reserved = self.held().reserve(&self.inner.bounds, function, bytes);
+        if let Err(full) = reserved {
+            // A call already on the queue is not refused for being there: it is a duplicate.
+            let queued: Option<i64> = sqlx::query_scalar("SELECT seq FROM queue WHERE call_id = ?")
+                .bind(call.meta.id.as_str())
+                .fetch_optional(&self.inner.pool)
+                .await
+                .map_err(unavailable)?;
+            return match queued {
+                Some(_) => Ok(false),
+                None => Err(full),
+            };
+        }
         let done = sqlx::query(
             "INSERT INTO queue (call_id, meta, body, available_at) VALUES (?, ?, ?, ?) \
              ON CONFLICT (call_id) DO NOTHING",
@@ -142,10 +271,14 @@ impl CallQueue for SqliteQueue {
         .bind(call.body.as_ref())
         .bind(now_ms())
         .execute(&self.inner.pool)
-        .await
-        .map_err(unavailable)?;
+        .await;
+        let stored = matches!(&done, Ok(done) if done.rows_affected() == 1);
+        if !stored {
+            self.held().release(function, bytes);
+        }
+        done.map_err(unavailable)?;
         self.inner.ready.notify_one();
-        Ok(done.rows_affected() == 1)
+        Ok(stored)
     }
 
     async fn next(&self, max_wait: Duration) -> Result<Option<Delivery>, QueueError> {
@@ -205,13 +338,28 @@ impl Lease for SqliteLease {
     }
 
     async fn ack(self: Box<Self>) -> Result<(), QueueError> {
-        let done = sqlx::query("DELETE FROM queue WHERE seq = ? AND lease_token = ?")
-            .bind(self.seq)
-            .bind(&self.token)
-            .execute(&self.queue.inner.pool)
-            .await
-            .map_err(unavailable)?;
-        Self::check(done.rows_affected())
+        let gone = sqlx::query(
+            "DELETE FROM queue WHERE seq = ? AND lease_token = ? \
+             RETURNING json_extract(meta, '$.function.namespace') AS namespace, \
+                       json_extract(meta, '$.function.name') AS name, length(body) AS bytes",
+        )
+        .bind(self.seq)
+        .bind(&self.token)
+        .fetch_optional(&self.queue.inner.pool)
+        .await
+        .map_err(unavailable)?;
+        let Some(row) = gone else {
+            return Self::check(0);
+        };
+        let function = FunctionRef {
+            namespace: row
+                .get::<Option<String>, _>("namespace")
+                .unwrap_or_default(),
+            name: row.get::<Option<String>, _>("name").unwrap_or_default(),
+        };
+        let bytes = u64::try_from(row.get::<i64, _>("bytes")).unwrap_or(0);
+        self.queue.held().release(&function, bytes);
+        Ok(())
     }
 
     async fn release(self: Box<Self>, delay: Duration) -> Result<(), QueueError> {

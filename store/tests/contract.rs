@@ -385,7 +385,7 @@ async fn retention_contract<S: CallStore>(store: &S) {
 
 async fn sqlite_queue(lease: Duration) -> (tempfile::TempDir, SqliteQueue) {
     let (dir, pool) = db().await;
-    (dir, SqliteQueue::new(pool, lease))
+    (dir, SqliteQueue::new(pool, lease).await.unwrap())
 }
 
 #[tokio::test]
@@ -438,7 +438,9 @@ async fn release_with_delay_and_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sluice.db");
     {
-        let q = SqliteQueue::new(open_sqlite(&path).await.unwrap(), Duration::from_secs(60));
+        let q = SqliteQueue::new(open_sqlite(&path).await.unwrap(), Duration::from_secs(60))
+            .await
+            .unwrap();
         q.enqueue(&call("a", &b"x"[..])).await.unwrap();
         let d = q.next(Duration::ZERO).await.unwrap().unwrap();
         d.lease.release(Duration::ZERO).await.unwrap();
@@ -454,10 +456,75 @@ async fn release_with_delay_and_after_restart() {
         assert_eq!(held.call.meta.id.as_str(), "b");
         std::mem::forget(held);
     }
-    let q = SqliteQueue::new(open_sqlite(&path).await.unwrap(), Duration::from_secs(60));
+    let q = SqliteQueue::new(open_sqlite(&path).await.unwrap(), Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(q.release_all_leases().await.unwrap(), 1);
     let d = q.next(Duration::ZERO).await.unwrap().unwrap();
     assert_eq!(d.call.meta.id.as_str(), "b");
     assert_eq!(d.call.body.as_ref(), b"y");
     assert_eq!(q.pending().await.unwrap(), 2);
+}
+
+/// The embedded queue is bounded: per function, in calls and in bytes. A call over a bound is
+/// refused (nothing stored), an ack makes room, and what a queue holds is counted again when
+/// it is opened anew.
+#[tokio::test]
+async fn the_sqlite_queue_is_bounded() {
+    use sluice_store::QueueBounds;
+    let (dir, pool) = db().await;
+    let bounds = QueueBounds {
+        max_calls: 4,
+        max_bytes: 1000,
+        max_per_function: 2,
+    };
+    let lease = Duration::from_secs(30);
+    let q = SqliteQueue::with_bounds(pool.clone(), lease, bounds)
+        .await
+        .unwrap();
+    let of = |id: &str, function: &str, size: usize| {
+        let mut c = call(id, vec![b'x'; size]);
+        c.meta.function = FunctionRef::parse(function, None).unwrap();
+        c
+    };
+    assert!(q.enqueue(&of("a1", "a", 10)).await.unwrap());
+    assert!(q.enqueue(&of("a2", "a", 10)).await.unwrap());
+    assert!(matches!(
+        q.enqueue(&of("a3", "a", 10)).await,
+        Err(QueueError::FunctionFull(_))
+    ));
+    // A duplicate id stores nothing and takes no room.
+    assert!(!q.enqueue(&of("a1", "a", 10)).await.unwrap());
+    assert!(q.enqueue(&of("b1", "b", 10)).await.unwrap());
+    assert!(matches!(
+        q.enqueue(&of("c1", "c", 990)).await,
+        Err(QueueError::Full(_))
+    ));
+    assert!(q.enqueue(&of("c1", "c", 10)).await.unwrap());
+    assert!(matches!(
+        q.enqueue(&of("d1", "d", 1)).await,
+        Err(QueueError::Full(_))
+    ));
+    assert_eq!(q.pending().await.unwrap(), 4);
+    // Opened anew (a restart), the queue counts what it holds.
+    let again = SqliteQueue::with_bounds(pool, lease, bounds).await.unwrap();
+    assert!(matches!(
+        again.enqueue(&of("a3", "a", 10)).await,
+        Err(QueueError::FunctionFull(_))
+    ));
+    // An ack makes room for that function again.
+    loop {
+        let d = again
+            .next(Duration::from_secs(1))
+            .await
+            .unwrap()
+            .expect("a call");
+        let function = d.call.meta.function.name.clone();
+        d.lease.ack().await.unwrap();
+        if function == "a" {
+            break;
+        }
+    }
+    assert!(again.enqueue(&of("a3", "a", 10)).await.unwrap());
+    drop(dir);
 }

@@ -340,3 +340,141 @@ async fn rate_limits_answer_429() {
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("com.sluice.rate-limit"));
 }
+
+/// Finding 6: many large bodies at once grew the gateway without bound (64 sync calls of
+/// 16 MiB peaked at 2.7 GB), and the `429` came only after a body was read. Bodies are now
+/// admitted against a budget before they are read: past it, `503` with `Retry-After`, and the
+/// bodies that were taken go through whole.
+#[tokio::test]
+async fn large_bodies_beyond_the_budget_are_refused_before_they_are_read() {
+    let mib = 1024 * 1024;
+    let (_dir, sluice, http) = crate::harness::up_with_echo(&[
+        "--max-body-bytes",
+        &(8 * mib).to_string(),
+        "--max-body-buffer",
+        &(24 * mib).to_string(),
+    ])
+    .await;
+    let url = &sluice.url;
+    let sleeper = sample("sleep", "python3 -u sleep.py", true, &[]);
+    deploy(&http, url, &sleeper).await;
+    http.post(format!("{url}/function/sleep?seconds=0"))
+        .send()
+        .await
+        .unwrap();
+    // Eight 8 MiB bodies at once to a function that takes a second: three fit the budget.
+    let body = vec![b'x'; 8 * mib];
+    let sent = (0..8).map(|_| {
+        http.post(format!("{url}/function/sleep?seconds=1"))
+            .body(body.clone())
+            .send()
+    });
+    let mut statuses = Vec::new();
+    for r in futures_util::future::join_all(sent).await {
+        let r = r.unwrap();
+        let status = r.status().as_u16();
+        if status == 503 {
+            assert_eq!(r.headers()["x-sluice-error"], "overloaded");
+            assert_eq!(r.headers()["retry-after"], "1");
+            let body: Value = r.json().await.unwrap();
+            assert!(
+                body["message"].as_str().unwrap().contains("24 MiB"),
+                "{body}"
+            );
+        }
+        statuses.push(status);
+    }
+    let taken = statuses.iter().filter(|s| **s == 200).count();
+    assert!((1..=3).contains(&taken), "{statuses:?}");
+    assert_eq!(
+        taken + statuses.iter().filter(|s| **s == 503).count(),
+        8,
+        "{statuses:?}"
+    );
+    // Once they are done the budget is free again: a body taken whole, byte for byte.
+    let r = http
+        .post(format!("{url}/function/echo"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().len(), body.len());
+    // A setting that could never take the largest body is refused at start.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["up", "--max-body-bytes", "1000", "--max-body-buffer", "999"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-body-buffer"));
+}
+
+/// Finding 6, on disk: the embedded queue took whatever was submitted (535 MB in 15 s). It is
+/// bounded now, per function (`429 function_queue_full`) and in all (`503 queue_full`), with
+/// `Retry-After`, and nothing already accepted is lost.
+#[tokio::test]
+async fn the_embedded_queue_is_bounded_per_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(
+        &dir.path().join("data"),
+        &[
+            "--worker-concurrency",
+            "1",
+            "--max-queued-per-function",
+            "3",
+        ],
+    );
+    let url = &sluice.url;
+    let http = crate::harness::http();
+    deploy(
+        &http,
+        url,
+        &sample("sleep", "python3 -u sleep.py", true, &[]),
+    )
+    .await;
+    deploy(&http, url, &sample("echo", "python3 -u echo.py", true, &[])).await;
+    // One call runs (its row stays until it is acked), two wait: the fourth is refused.
+    let mut accepted = Vec::new();
+    for i in 0..3 {
+        let r = http
+            .post(format!("{url}/async-function/sleep?seconds=3"))
+            .header("x-call-id", format!("slow-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        accepted.push(format!("slow-{i}"));
+    }
+    let r = http
+        .post(format!("{url}/async-function/sleep?seconds=3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-sluice-error"], "function_queue_full");
+    assert!(r.headers().contains_key("retry-after"));
+    // Another function still gets in.
+    let r = http
+        .post(format!("{url}/async-function/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // A resubmission of a queued call is answered as before, not refused.
+    let r = http
+        .post(format!("{url}/async-function/sleep?seconds=3"))
+        .header("x-call-id", "slow-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // Every accepted call finishes.
+    for id in &accepted {
+        eventually("the accepted calls to finish", || async {
+            let call: Value =
+                crate::harness::try_get_json(&http, format!("{url}/system/calls/{id}")).await?;
+            (call["state"] == "succeeded").then_some(())
+        })
+        .await;
+    }
+}
