@@ -14,26 +14,13 @@ run.
 
 import argparse
 import concurrent.futures
-import json
 import os
 import statistics
 import subprocess
 import tempfile
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def request(url, body=None, method="POST"):
-    req = urllib.request.Request(url, data=body, method=method)
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return r.status, r.read()
-
-
-def get_json(url):
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return json.load(r)
+from common import ROOT, deploy, get_json, request, start
 
 
 def percentile(values, p):
@@ -96,13 +83,8 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         log = open(os.path.join(tmp, "sluice.log"), "w")
-        proc = subprocess.Popen(
-            [args.sluice, "up", "--listen", "127.0.0.1:0", "--data-dir", os.path.join(tmp, "data")],
-            stdout=subprocess.PIPE, stderr=log, text=True,
-        )
+        proc, base = start(args.sluice, os.path.join(tmp, "data"), log)
         try:
-            first = proc.stdout.readline().strip()
-            base = first.removeprefix("sluice listening on ")
             deployment = {
                 "service": "echo",
                 "image": "sluice/echo:latest",
@@ -114,7 +96,7 @@ def main():
                 },
                 "annotations": {"com.sluice.workdir": os.path.join(ROOT, "functions")},
             }
-            request(f"{base}/system/functions", json.dumps(deployment).encode())
+            deploy(base, deployment)
             url = f"{base}/function/echo"
             cold, warm = [], []
             for i in range(args.samples):

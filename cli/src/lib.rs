@@ -114,6 +114,10 @@ pub struct GatewayFlags {
     /// Bytes of all of a request's header names and values together at most (then 431).
     #[arg(long, env = "SLUICE_MAX_HEADER_BYTES", default_value_t = 32 * 1024, value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024))]
     pub max_header_bytes: u32,
+    /// Async calls of any one function queued or running at most (then 429
+    /// function_queue_full).
+    #[arg(long, env = "SLUICE_MAX_QUEUED_PER_FUNCTION", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queued_per_function: u64,
     /// Function requests per second across all functions (sync calls and async submissions);
     /// more get 429 [default: no limit]. A function's own: label com.sluice.rate-limit.
     #[arg(long, env = "SLUICE_RATE_LIMIT", value_parser = clap::value_parser!(u32).range(1..))]
@@ -368,10 +372,6 @@ pub struct UpArgs {
     /// Bytes of call bodies the embedded queue holds at most (then 503 queue_full).
     #[arg(long, env = "SLUICE_MAX_QUEUED_BYTES", default_value_t = 8 * 1024 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_queued_bytes: u64,
-    /// Calls of any one function the embedded queue holds at most (then 429
-    /// function_queue_full).
-    #[arg(long, env = "SLUICE_MAX_QUEUED_PER_FUNCTION", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_queued_per_function: u64,
 }
 
 #[derive(Debug, Args)]
@@ -509,8 +509,11 @@ impl UpArgs {
         config.queue_bounds = sluice_store::QueueBounds {
             max_calls: self.max_queued_calls,
             max_bytes: self.max_queued_bytes,
-            max_per_function: self.max_queued_per_function,
+            max_per_function: self.gateway.max_queued_per_function,
         };
+        if config.shared.is_some() {
+            config.gateway.max_queued_per_function = Some(self.gateway.max_queued_per_function);
+        }
         config.gateway.internal_token = internal_token(self.backends.internal_token.as_ref())?;
         config.shutdown_grace = self.shutdown_grace;
         config.process.stop_grace = self.shutdown_grace;
@@ -534,6 +537,7 @@ impl GatewayArgs {
         }
         config.shared = self.backends.shared(true)?;
         config.gateway.internal_token = internal_token(self.backends.internal_token.as_ref())?;
+        config.gateway.max_queued_per_function = Some(self.gateway.max_queued_per_function);
         config.shutdown_grace = self.shutdown_grace;
         config.process.stop_grace = self.shutdown_grace;
         Ok(config)

@@ -74,8 +74,12 @@ impl Stack {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        serde_yaml::from_str(&text)
-            .with_context(|| format!("{} is not a valid stack file", path.display()))
+        Self::parse(&text).with_context(|| format!("{} is not a valid stack file", path.display()))
+    }
+
+    /// Reads a stack file's text.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(serde_yaml::from_str(text)?)
     }
 }
 
@@ -141,6 +145,52 @@ mod tests {
         assert!(Path::new(workdir).join("echo.py").is_file());
         let sleep = stack.functions["sleep"].deployment("sleep", &dir).unwrap();
         assert_eq!(sleep.label("com.openfaas.scale.min"), Some("2"));
+    }
+
+    use proptest::prelude::Strategy as _;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any text as a stack file: read or refused with an error, never a panic; and so for
+        /// every function's deployment in what was read.
+        #[test]
+        fn any_text_reads_or_is_refused(text in ".{0,400}") {
+            if let Ok(stack) = Stack::parse(&text) {
+                for (name, f) in &stack.functions {
+                    let _ = f.deployment(name, Path::new("."));
+                }
+            }
+        }
+
+        /// Generated stack files with odd scalars: each function comes out with its name, its
+        /// command and its values as strings.
+        #[test]
+        fn generated_stacks_read_whole(
+            functions in proptest::collection::btree_map("[a-z][a-z0-9-]{0,10}", ("[a-z][a-z ]{0,19}", proptest::collection::btree_map("[a-z_]{1,8}", proptest::prop_oneof![
+                proptest::prelude::any::<i64>().prop_map(|n| n.to_string()),
+                proptest::prelude::any::<bool>().prop_map(|b| b.to_string()),
+                "[a-z]{0,8}".prop_map(|s| format!("'{s}'")),
+            ], 0..4)), 1..4),
+        ) {
+            let mut yaml = String::from("version: 1.0\nfunctions:\n");
+            for (name, (process, env)) in &functions {
+                yaml.push_str(&format!("  {name}:\n    fprocess: {process}\n    environment:\n"));
+                for (k, v) in env {
+                    yaml.push_str(&format!("      {k}: {v}\n"));
+                }
+            }
+            let stack = Stack::parse(&yaml).unwrap();
+            proptest::prop_assert_eq!(stack.functions.len(), functions.len());
+            for (name, (process, env)) in &functions {
+                let d = stack.functions[name].deployment(name, Path::new(".")).unwrap();
+                proptest::prop_assert_eq!(&d.service, name);
+                proptest::prop_assert_eq!(d.env_process.as_deref(), Some(process.trim()));
+                for (k, v) in env {
+                    proptest::prop_assert_eq!(&d.env_vars[k], v.trim_matches('\''));
+                }
+            }
+        }
     }
 
     #[test]

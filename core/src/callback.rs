@@ -48,6 +48,14 @@ impl FromStr for CallbackRule {
             None => (s, false),
         };
         let name = name.trim_end_matches('.').to_ascii_lowercase();
+        // `192.0.2.7.` is the address, not a host name that looks like one; an address has no
+        // subdomains.
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            return match subdomains {
+                false => Ok(Self::Net(IpNet::from(ip))),
+                true => Err(format!("{s:?}: an address has no subdomains")),
+            };
+        }
         let valid = !name.is_empty()
             && name.len() <= 253
             && name.split('.').all(|label| {
@@ -442,6 +450,14 @@ mod tests {
             "::1".parse::<CallbackRule>().unwrap().to_string(),
             "::1/128"
         );
+        // Found by the fuzzer: an address with a trailing dot is the address.
+        for spelled in ["82.2.2.2.", "82.2.2.2..", "82.2.2.2"] {
+            assert_eq!(
+                spelled.parse::<CallbackRule>().unwrap().to_string(),
+                "82.2.2.2/32"
+            );
+        }
+        assert!("*.82.2.2.2".parse::<CallbackRule>().is_err());
         for bad in ["", "a b", "exa mple.com", "x/33", "http://x", "a..b"] {
             assert!(bad.parse::<CallbackRule>().is_err(), "{bad:?}");
         }

@@ -192,6 +192,10 @@ pub trait CallStore: Send + Sync + Debug {
     async fn result(&self, id: &CallId) -> Result<Option<CallResult>, StoreError>;
     /// Drops responses and requests kept since before `before`; returns how many.
     async fn purge_results(&self, before: Timestamp) -> Result<u64, StoreError>;
+    /// How many of `function`'s calls are queued or running, counting no further than `up_to`
+    /// (so the answer costs at most that much however deep the backlog).
+    async fn count_unfinished(&self, function: &FunctionRef, up_to: u64)
+    -> Result<u64, StoreError>;
     /// Deletes at most `batch` calls that finished (succeeded, failed or were cancelled) before
     /// `before`, with their kept results and requests; returns how many. Queued and running
     /// calls are never deleted, however old.

@@ -362,6 +362,28 @@ pub(crate) async fn submit(
         }
         return accepted(&call.meta.id, existing.submitted_at);
     }
+    if let Some(max) = state.config.max_queued_per_function {
+        // Counted with this call's own record in, so concurrent submissions over the bound
+        // cannot all slip in; one refused here leaves no record behind.
+        let unfinished = match state
+            .calls
+            .count_unfinished(&call.meta.function, max + 1)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                forget(&state, &call.meta.id).await;
+                return Err(e.into());
+            }
+        };
+        if unfinished > max {
+            forget(&state, &call.meta.id).await;
+            return Err(ApiError::FunctionQueueFull(format!(
+                "function {} has {max} calls queued or running, the most taken for one function",
+                call.meta.function
+            )));
+        }
+    }
     match state.queue.enqueue(&call).await {
         Ok(true) => {}
         Ok(false) => {

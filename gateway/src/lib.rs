@@ -75,6 +75,9 @@ pub struct GatewayConfig {
     pub head: HeadLimits,
     /// How long a request body may take to arrive (then `408`).
     pub body_timeout: Duration,
+    /// Calls of one function queued or running at most, checked against the call store at
+    /// submit (`429` beyond); `None` where the queue bounds its own (the embedded one).
+    pub max_queued_per_function: Option<u64>,
     /// Bytes of request bodies held in memory at once, across all requests; a body that
     /// would go over is refused with `503` before it is read.
     pub max_body_buffer: usize,
@@ -102,6 +105,7 @@ impl Default for GatewayConfig {
             body_timeout: Duration::from_secs(60),
             rate_limit: None,
             max_body_buffer: 256 * 1024 * 1024,
+            max_queued_per_function: None,
         }
     }
 }

@@ -325,26 +325,14 @@ impl JetStreamQueue {
         &self,
         message: &jetstream::Message,
     ) -> Result<(QueuedCall, Option<String>), Undecodable> {
-        let payload = &message.payload;
-        let len = payload
-            .get(..4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-            .ok_or(Undecodable::Malformed(
-                "message shorter than its frame".into(),
-            ))?;
-        let meta_end = 4usize.checked_add(len).filter(|end| *end <= payload.len());
-        let meta_end = meta_end.ok_or(Undecodable::Malformed(
-            "meta length beyond the message".into(),
-        ))?;
-        let meta: CallMeta = serde_json::from_slice(&payload[4..meta_end])
-            .map_err(|e| Undecodable::Malformed(format!("meta: {e}")))?;
+        let (meta, inline_body) = unframe(&message.payload).map_err(Undecodable::Malformed)?;
         let object = message
             .headers
             .as_ref()
             .and_then(|h| h.get(BODY_OBJECT_HEADER))
             .map(|v| v.as_str().to_owned());
         let body = match &object {
-            None => payload.slice(meta_end..),
+            None => inline_body,
             Some(object) => {
                 let mut reader = self.inner.bodies.get(object).await.map_err(|e| {
                     let text = format!("body object {object}: {e}");
@@ -379,25 +367,15 @@ impl CallQueue for JetStreamQueue {
         // A fresh name each time, so a duplicate publish never overwrites the body the queued
         // message refers to.
         let object = (!inline).then(|| format!("{msg_id}.{}", uuid::Uuid::new_v4().simple()));
-        let mut payload =
-            BytesMut::with_capacity(4 + meta.len() + if inline { call.body.len() } else { 0 });
-        payload.put_u32(meta_len);
-        payload.put_slice(&meta);
-        match &object {
-            None => payload.put_slice(&call.body),
-            Some(object) => {
-                self.put_body(object, &call.body).await?;
-                headers.insert(BODY_OBJECT_HEADER, object.as_str());
-            }
+        let payload = frame(meta_len, &meta, inline.then_some(&call.body[..]));
+        if let Some(object) = &object {
+            self.put_body(object, &call.body).await?;
+            headers.insert(BODY_OBJECT_HEADER, object.as_str());
         }
         let published = async {
             self.inner
                 .js
-                .publish_with_headers(
-                    self.subject(call.meta.queue.as_ref()),
-                    headers,
-                    payload.freeze(),
-                )
+                .publish_with_headers(self.subject(call.meta.queue.as_ref()), headers, payload)
                 .await?
                 .await
         }
@@ -491,6 +469,33 @@ fn body_owner(object: &str) -> Option<CallId> {
 }
 
 /// Why a delivered message could not be turned back into a call.
+/// A queued call as a message: `u32 meta length (big-endian) | meta JSON | body`, the body
+/// left out when it travels in the object store.
+pub fn frame(meta_len: u32, meta: &[u8], body: Option<&[u8]>) -> Bytes {
+    let body = body.unwrap_or_default();
+    let mut payload = BytesMut::with_capacity(4 + meta.len() + body.len());
+    payload.put_u32(meta_len);
+    payload.put_slice(meta);
+    payload.put_slice(body);
+    payload.freeze()
+}
+
+/// A message's call metadata and the body after it (empty when the body is in the object
+/// store); a message this version did not write is an error saying why, never a panic.
+pub fn unframe(payload: &Bytes) -> Result<(CallMeta, Bytes), String> {
+    let len = payload
+        .get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or("message shorter than its frame")?;
+    let meta_end = 4usize
+        .checked_add(len)
+        .filter(|end| *end <= payload.len())
+        .ok_or("meta length beyond the message")?;
+    let meta: CallMeta =
+        serde_json::from_slice(&payload[4..meta_end]).map_err(|e| format!("meta: {e}"))?;
+    Ok((meta, payload.slice(meta_end..)))
+}
+
 enum Undecodable {
     /// Not a message this version wrote.
     Malformed(String),

@@ -353,6 +353,20 @@ macro_rules! sql_store {
                 Ok(purged)
             }
 
+            async fn count_unfinished(&self, function: &FunctionRef, up_to: u64) -> Result<u64, StoreError> {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM calls WHERE namespace = $1 AND function = $2 \
+                     AND state IN ('queued', 'running') LIMIT $3) AS unfinished",
+                )
+                .bind(&function.namespace)
+                .bind(&function.name)
+                .bind(i64::try_from(up_to).unwrap_or(i64::MAX))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            }
+
             async fn purge_calls(&self, before: Timestamp, batch: u32) -> Result<u64, StoreError> {
                 // One batch: its ids first, then everything kept for them, then the records,
                 // in one transaction so a batch goes whole or not at all.

@@ -319,6 +319,25 @@ async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
         store.start_attempt(&missing, Timestamp::now()).await,
         Err(StoreError::NotFound(_))
     ));
+    let echo = FunctionRef::parse("echo", None).unwrap();
+    let unfinished = store.count_unfinished(&echo, 1000).await.unwrap();
+    let queued = call("count-me", &b""[..]);
+    assert!(
+        CallStore::create(store, &CallRecord::queued(&queued.meta))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.count_unfinished(&echo, 1000).await.unwrap(),
+        unfinished + 1
+    );
+    assert_eq!(
+        store.count_unfinished(&echo, 1).await.unwrap(),
+        1,
+        "counts no further"
+    );
+    let other = FunctionRef::parse("nobody", None).unwrap();
+    assert_eq!(store.count_unfinished(&other, 1000).await.unwrap(), 0);
     retention_contract(store).await;
 }
 

@@ -411,11 +411,11 @@ async fn large_bodies_beyond_the_budget_are_refused_before_they_are_read() {
 
 /// Finding 6, on disk: the embedded queue took whatever was submitted (535 MB in 15 s). It is
 /// bounded now, per function (`429 function_queue_full`) and in all (`503 queue_full`), with
-/// `Retry-After`, and nothing already accepted is lost.
-#[tokio::test]
-async fn the_embedded_queue_is_bounded_per_function() {
+/// `Retry-After`, and nothing already accepted is lost. On JetStream the per-function bound is
+/// counted in the call store at submit.
+async fn the_queue_is_bounded_per_function(backend: crate::harness::Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let sluice = Sluice::start(
+    let sluice = backend.up(
         &dir.path().join("data"),
         &[
             "--worker-concurrency",
@@ -478,3 +478,5 @@ async fn the_embedded_queue_is_bounded_per_function() {
         .await;
     }
 }
+
+on_both_backends!(the_queue_is_bounded_per_function);

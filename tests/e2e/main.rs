@@ -28,6 +28,7 @@ mod async_calls;
 mod bad_input;
 mod cli;
 mod cluster;
+mod corpus;
 mod durability;
 mod harness;
 mod hostile;
