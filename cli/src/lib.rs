@@ -537,6 +537,12 @@ impl GatewayArgs {
         }
         config.shared = self.backends.shared(true)?;
         config.gateway.internal_token = internal_token(self.backends.internal_token.as_ref())?;
+        if config.gateway.internal_token.is_none() && config.gateway.rate_limit.is_some() {
+            anyhow::bail!(
+                "--rate-limit needs --internal-token (shared with the queue workers): without it \
+                 the workers' replays of accepted calls would be rate-limited too"
+            );
+        }
         config.gateway.max_queued_per_function = Some(self.gateway.max_queued_per_function);
         config.shutdown_grace = self.shutdown_grace;
         config.process.stop_grace = self.shutdown_grace;

@@ -138,7 +138,16 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<DataDirLock> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot make the data dir {} private", dir.display()))?;
     let path = dir.join("lock");
-    let file = File::create(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?
+    };
     match file.try_lock() {
         Ok(()) => Ok(DataDirLock(file)),
         Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
@@ -231,11 +240,6 @@ impl Prepared {
                 let pool = open_sqlite(&db_path)
                     .await
                     .with_context(|| format!("cannot open the database {}", db_path.display()))?;
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&db_path, std::fs::Permissions::from_mode(0o600))
-                        .with_context(|| format!("cannot make {} private", db_path.display()))?;
-                }
                 let store = SqliteStore::new(pool.clone());
                 let queue = SqliteQueue::with_bounds(pool, config.lease, config.queue_bounds)
                     .await
@@ -389,6 +393,12 @@ impl Prepared {
                 );
                 *wanted = fits;
             }
+        }
+        if matches!(role, Role::Gateway) && config.gateway.internal_token.is_none() {
+            tracing::warn!(
+                "no --internal-token: queue workers' calls count against --max-in-flight and \
+                 rate limits, and cannot call functions that require credentials"
+            );
         }
         let gateway_url = loopback_url(&listener)?;
         let gateway_shutdown = CancellationToken::new();

@@ -168,6 +168,9 @@ async fn proxy(
             ApiError::Upstream(function.to_string())
         }
     })?;
+    // The body has gone to the replica: it no longer counts against the budget while the
+    // response streams back.
+    drop(held);
     let mut out = Response::builder().status(response.status());
     for (k, v) in response
         .headers()
@@ -179,7 +182,7 @@ async fn proxy(
     // The endpoint travels with the body: the replica counts the request as in flight until the
     // response has been streamed to its end (or the client went away).
     let stream = response.bytes_stream().map_err(move |e| {
-        let _ = (&endpoint, &admitted, &tracked, &held);
+        let _ = (&endpoint, &admitted, &tracked);
         std::io::Error::other(e)
     });
     out.body(Body::from_stream(stream))
@@ -310,7 +313,7 @@ pub(crate) async fn submit(
     req: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    let _admitted = state.admit_async()?;
+    let admitted = state.admit_async()?;
     let (function, path) = target(&parts.uri, "/async-function/")?;
     check_method(&parts.method, parts.uri.path())?;
     // The registry, not this gateway's provider, says what is deployed: another gateway may
@@ -346,10 +349,28 @@ pub(crate) async fn submit(
         queue,
         redrive: 0,
     };
-    // The record is the arbiter of call ids: exactly one submission creates it. Only that one
-    // queues the call; any other with the same id is answered from the record.
     let record = CallRecord::queued(&meta);
     let call = QueuedCall { meta, body };
+    // Record, bound and queue run to their end in a task of their own: a client that hangs up
+    // mid-way must not leave a record without its queued call (or the other way round).
+    let stored = tokio::spawn(async move {
+        let answer = store(&state, record, call).await;
+        drop((held, admitted));
+        answer
+    });
+    stored
+        .await
+        .map_err(|e| ApiError::Internal(format!("storing a call: {e}")))?
+}
+
+/// Stores an accepted call: its record (the arbiter of call ids: exactly one submission creates
+/// it, only that one queues the call, any other with the same id is answered from the record),
+/// then the queue. Answers the `202`, or why not.
+async fn store(
+    state: &AppState,
+    record: CallRecord,
+    call: QueuedCall,
+) -> Result<Response, ApiError> {
     if !state.calls.create(&record).await? {
         let existing = state.calls.get(&call.meta.id).await?.ok_or_else(|| {
             ApiError::Conflict(format!("call id {} is being submitted", call.meta.id))
@@ -372,12 +393,12 @@ pub(crate) async fn submit(
         {
             Ok(n) => n,
             Err(e) => {
-                forget(&state, &call.meta.id).await;
+                forget(state, &call.meta.id).await;
                 return Err(e.into());
             }
         };
         if unfinished > max {
-            forget(&state, &call.meta.id).await;
+            forget(state, &call.meta.id).await;
             return Err(ApiError::FunctionQueueFull(format!(
                 "function {} has {max} calls queued or running, the most taken for one function",
                 call.meta.function
@@ -388,7 +409,7 @@ pub(crate) async fn submit(
         Ok(true) => {}
         Ok(false) => {
             // The queue already holds a call with this id whose record was lost: leave it be.
-            forget(&state, &call.meta.id).await;
+            forget(state, &call.meta.id).await;
             return Err(ApiError::Conflict(format!(
                 "call id {} is already queued",
                 call.meta.id
@@ -396,7 +417,7 @@ pub(crate) async fn submit(
         }
         Err(e) => {
             // Not queued, so not accepted: forget the record so the client can resubmit the id.
-            forget(&state, &call.meta.id).await;
+            forget(state, &call.meta.id).await;
             return Err(e.into());
         }
     }

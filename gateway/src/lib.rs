@@ -151,10 +151,10 @@ impl AppState {
     ) -> Self {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(60))
             // Replicas are reached directly: a proxy from the environment would see every
             // request, the client's credentials included.
             .no_proxy()
-            .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .expect("a reqwest client with static settings builds");
         let autoscaler = Autoscaler::new(

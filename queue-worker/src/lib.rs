@@ -156,6 +156,9 @@ pub async fn run(
         .redirect(reqwest::redirect::Policy::none())
         // The gateway is reached directly: its requests carry the internal token.
         .no_proxy()
+        // Idle connections are dropped before the gateway's header-read timeout (10 s by
+        // default) closes them, so a call is never sent on a connection being closed.
+        .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .expect("a reqwest client with static settings builds");
     let callback_http = callback::client(Arc::new(config.callbacks.clone()));
@@ -507,12 +510,24 @@ impl Worker {
     /// was cancelled.
     async fn start(&self, meta: &sluice_core::CallMeta) -> Result<Option<u32>, StoreError> {
         match self.calls.start_attempt(&meta.id, Timestamp::now()).await {
+            Err(StoreError::NotFound(_)) if self.past_retention(meta) => {
+                // A record can only be purged once its call finished (or was cancelled) and
+                // its retention passed: this is such a call, delivered once more. Not run.
+                tracing::warn!(call = %meta.id, "its record was purged after it finished; not run again");
+                Ok(None)
+            }
             Err(StoreError::NotFound(_)) => {
                 self.calls.create(&CallRecord::queued(meta)).await?;
                 self.calls.start_attempt(&meta.id, Timestamp::now()).await
             }
             other => other,
         }
+    }
+
+    /// Whether a call was submitted longer ago than finished calls are kept.
+    fn past_retention(&self, meta: &sluice_core::CallMeta) -> bool {
+        let kept_since = std::time::SystemTime::now() - self.config.call_retention;
+        meta.submitted_at.as_millis() < Timestamp::from_system_time(kept_since).as_millis()
     }
 }
 

@@ -368,36 +368,26 @@ macro_rules! sql_store {
             }
 
             async fn purge_calls(&self, before: Timestamp, batch: u32) -> Result<u64, StoreError> {
-                // One batch: its ids first, then everything kept for them, then the records,
-                // in one transaction so a batch goes whole or not at all.
-                let mut tx = self.pool.begin().await.map_err(unavailable)?;
-                let ids: Vec<String> = sqlx::query_scalar(
-                    "SELECT id FROM calls WHERE state IN ('succeeded', 'failed', 'cancelled') \
-                     AND finished_at < $1 ORDER BY finished_at LIMIT $2",
-                )
-                .bind(before.as_millis())
-                .bind(i64::from(batch))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-                let mut purged = 0;
-                for id in &ids {
-                    for table in ["call_results", "call_requests"] {
-                        sqlx::query(&format!("DELETE FROM {table} WHERE id = $1"))
-                            .bind(id)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(unavailable)?;
-                    }
-                    purged += sqlx::query("DELETE FROM calls WHERE id = $1")
-                        .bind(id)
-                        .execute(&mut *tx)
+                // Each statement picks the batch afresh under its own conditions, so a call
+                // re-driven meanwhile (queued again) is never deleted, and several workers
+                // purging at once only repeat each other's work.
+                let batch_ids = "SELECT id FROM calls WHERE state IN ('succeeded', 'failed', 'cancelled') \
+                                 AND finished_at < $1 ORDER BY finished_at LIMIT $2";
+                for table in ["call_results", "call_requests"] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE id IN ({batch_ids})"))
+                        .bind(before.as_millis())
+                        .bind(i64::from(batch))
+                        .execute(&self.pool)
                         .await
-                        .map_err(unavailable)?
-                        .rows_affected();
+                        .map_err(unavailable)?;
                 }
-                tx.commit().await.map_err(unavailable)?;
-                Ok(purged)
+                let done = sqlx::query(&format!("DELETE FROM calls WHERE id IN ({batch_ids})"))
+                    .bind(before.as_millis())
+                    .bind(i64::from(batch))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(done.rows_affected())
             }
 
             async fn keep_request(&self, call: &QueuedCall, at: Timestamp) -> Result<(), StoreError> {

@@ -15,6 +15,7 @@ use crate::sql::unavailable;
 /// Writes are fsynced before a statement returns (`synchronous = FULL`), which is what lets the
 /// gateway promise that a `202` means the call is on disk.
 pub async fn open_sqlite(path: &Path) -> Result<SqlitePool, StoreError> {
+    private_files(path)?;
     let options = SqliteConnectOptions::from_str("sqlite://")
         .map_err(unavailable)?
         .filename(path)
@@ -22,6 +23,9 @@ pub async fn open_sqlite(path: &Path) -> Result<SqlitePool, StoreError> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10))
+        // After a burst of large bodies the WAL is cut back to this size at each checkpoint,
+        // rather than keeping its largest size for ever.
+        .pragma("journal_size_limit", (64 * 1024 * 1024).to_string())
         .foreign_keys(true);
     let pool = SqlitePoolOptions::new()
         .max_connections(8)
@@ -33,6 +37,30 @@ pub async fn open_sqlite(path: &Path) -> Result<SqlitePool, StoreError> {
         .await
         .map_err(|e| StoreError::Unavailable(format!("migrating {}: {e}", path.display())))?;
     Ok(pool)
+}
+
+/// Makes the database readable by its owner only: created with mode 0600 before SQLite opens
+/// it (SQLite gives its `-wal` and `-shm` files the database's mode), and any of the three
+/// left by an earlier version made so too. The database holds deployments' environments and
+/// calls' bodies.
+fn private_files(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let cannot = |e: std::io::Error| unavailable(format!("making {} private: {e}", path.display()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(cannot)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{}{suffix}", path.display());
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(cannot(e)),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Function registry and call records in SQLite.

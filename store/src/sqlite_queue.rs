@@ -137,8 +137,10 @@ impl SqliteQueue {
     ) -> Result<Self, QueueError> {
         let mut held = Held::default();
         let rows = sqlx::query(
-            "SELECT json_extract(meta, '$.function.namespace') AS namespace, \
-                    json_extract(meta, '$.function.name') AS name, \
+            "SELECT CASE WHEN json_valid(meta) THEN json_extract(meta, '$.function.namespace') END \
+                      AS namespace, \
+                    CASE WHEN json_valid(meta) THEN json_extract(meta, '$.function.name') END \
+                      AS name, \
                     COUNT(*) AS calls, COALESCE(SUM(length(body)), 0) AS bytes \
              FROM queue GROUP BY 1, 2",
         )
@@ -243,6 +245,23 @@ impl SqliteQueue {
     }
 }
 
+/// A call counted in before it is written: counted out again when dropped, unless it was stored,
+/// so an enqueue cut short (its caller went away mid-write) leaves no count behind.
+struct Reservation<'a> {
+    queue: &'a SqliteQueue,
+    function: &'a FunctionRef,
+    bytes: u64,
+    kept: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.queue.held().release(self.function, self.bytes);
+        }
+    }
+}
+
 #[async_trait]
 impl CallQueue for SqliteQueue {
     async fn enqueue(&self, call: &QueuedCall) -> Result<bool, QueueError> {
@@ -250,18 +269,28 @@ impl CallQueue for SqliteQueue {
         let function = &call.meta.function;
         let bytes = call.body.len() as u64;
         let reserved = self.held().reserve(&self.inner.bounds, function, bytes);
-        if let Err(full) = reserved {
-            // A call already on the queue is not refused for being there: it is a duplicate.
-            let queued: Option<i64> = sqlx::query_scalar("SELECT seq FROM queue WHERE call_id = ?")
-                .bind(call.meta.id.as_str())
-                .fetch_optional(&self.inner.pool)
-                .await
-                .map_err(unavailable)?;
-            return match queued {
-                Some(_) => Ok(false),
-                None => Err(full),
-            };
-        }
+        let mut reservation = match reserved {
+            Ok(()) => Reservation {
+                queue: self,
+                function,
+                bytes,
+                kept: false,
+            },
+            Err(full) => {
+                // A call already on the queue is not refused for being there: it is a
+                // duplicate.
+                let queued: Option<i64> =
+                    sqlx::query_scalar("SELECT seq FROM queue WHERE call_id = ?")
+                        .bind(call.meta.id.as_str())
+                        .fetch_optional(&self.inner.pool)
+                        .await
+                        .map_err(unavailable)?;
+                return match queued {
+                    Some(_) => Ok(false),
+                    None => Err(full),
+                };
+            }
+        };
         let done = sqlx::query(
             "INSERT INTO queue (call_id, meta, body, available_at) VALUES (?, ?, ?, ?) \
              ON CONFLICT (call_id) DO NOTHING",
@@ -273,9 +302,7 @@ impl CallQueue for SqliteQueue {
         .execute(&self.inner.pool)
         .await;
         let stored = matches!(&done, Ok(done) if done.rows_affected() == 1);
-        if !stored {
-            self.held().release(function, bytes);
-        }
+        reservation.kept = stored;
         done.map_err(unavailable)?;
         self.inner.ready.notify_one();
         Ok(stored)

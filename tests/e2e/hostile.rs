@@ -91,6 +91,14 @@ async fn a_slowloris_does_not_stop_other_clients() {
     let (_dir, sluice, http) = crate::harness::up_with_echo(&["--header-read-timeout", "2s"]).await;
     let url = sluice.url.clone();
     let addr = url.strip_prefix("http://").unwrap().to_owned();
+    // The replica started and ready before the connections come, so timing below is the
+    // gateway's.
+    let r = http
+        .post(format!("{url}/function/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 
     // 250 connections that send nothing and 250 that trickle a head a byte at a time.
     let mut idle = Vec::new();
@@ -274,19 +282,22 @@ async fn a_flood_of_submissions_does_not_starve_sync_calls() {
     assert!(refused > 0, "the flood never reached the async limit");
 }
 
-/// Sends `n` requests at once; their statuses.
-async fn burst(http: &reqwest::Client, url: &str, n: usize) -> Vec<u16> {
+/// Sends `n` requests at once; their statuses, and what held back those refused.
+async fn burst(http: &reqwest::Client, url: &str, n: usize) -> (Vec<u16>, Vec<String>) {
     let sent = (0..n).map(|_| http.post(url).body("x").send());
-    let mut out = Vec::new();
+    let (mut statuses, mut limits) = (Vec::new(), Vec::new());
     for r in futures_util::future::join_all(sent).await {
         let r = r.unwrap();
-        if r.status() == 429 {
+        let status = r.status().as_u16();
+        if status == 429 {
             assert_eq!(r.headers()["x-sluice-error"], "rate_limited");
             assert_eq!(r.headers()["retry-after"], "1");
+            let body: Value = r.json().await.unwrap();
+            limits.push(body["message"].as_str().unwrap().to_owned());
         }
-        out.push(r.status().as_u16());
+        statuses.push(status);
     }
-    out
+    (statuses, limits)
 }
 
 /// Rate limits: a function's own (`com.sluice.rate-limit`, per second, sync calls and async
@@ -314,10 +325,17 @@ async fn rate_limits_answer_429() {
         format!("{url}/function/limited"),
         format!("{url}/async-function/limited"),
     );
-    let (sync, submitted) = tokio::join!(burst(&http, &sync_url, 6), burst(&http, &async_url, 6));
+    let ((sync, sync_limits), (submitted, async_limits)) =
+        tokio::join!(burst(&http, &sync_url, 6), burst(&http, &async_url, 6));
     let all: Vec<u16> = sync.iter().chain(&submitted).copied().collect();
-    assert!(all.contains(&429), "{all:?}");
     assert!(passed(&all) < all.len(), "{all:?}");
+    // Held back by the function's own limit, on both paths (not only the gateway's).
+    for limits in [&sync_limits, &async_limits] {
+        assert!(
+            limits.iter().any(|m| m.contains("function limited")),
+            "{limits:?}"
+        );
+    }
     // echo, without a limit of its own, is not held back by limited's.
     let r = http
         .post(format!("{url}/function/echo"))
@@ -326,9 +344,12 @@ async fn rate_limits_answer_429() {
         .unwrap();
     assert_eq!(r.status(), 200);
     // The gateway's own limit, 10 a second, holds everything back past it.
-    let echo = burst(&http, &format!("{url}/function/echo"), 40).await;
-    assert!(echo.contains(&429), "{echo:?}");
+    let (echo, limits) = burst(&http, &format!("{url}/function/echo"), 40).await;
     assert!(passed(&echo) >= 1, "{echo:?}");
+    assert!(
+        limits.iter().any(|x| x.contains("the gateway")),
+        "{limits:?}"
+    );
     // A bad label is refused at deploy, naming it.
     let bad = sample("bad", "cat", false, &[("com.sluice.rate-limit", "lots")]);
     let r = http
@@ -401,9 +422,16 @@ async fn large_bodies_beyond_the_budget_are_refused_before_they_are_read() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().len(), body.len());
     // A setting that could never take the largest body is refused at start.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["up", "--max-body-bytes", "1000", "--max-body-buffer", "999"])
-        .output()
+    let data = _dir.path().join("refused");
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["up", "--listen", "127.0.0.1:0", "--max-body-bytes", "1000"])
+        .args(["--max-body-buffer", "999", "--data-dir"])
+        .arg(&data)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), refused)
+        .await
+        .expect("refused at once, not started")
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-body-buffer"));

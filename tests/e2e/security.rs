@@ -289,7 +289,9 @@ async fn a_new_user_gets_a_private_data_dir_and_a_password_to_log_in_with() {
     let sluice = Sluice::start_as_new_user(&data, &[]);
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&data), 0o700);
-    assert_eq!(mode(&data.join("sluice.db")), 0o600);
+    for file in ["sluice.db", "sluice.db-wal", "sluice.db-shm", "lock"] {
+        assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+    }
     let password_file = data.join("basic-auth-password");
     assert_eq!(mode(&password_file), 0o600);
     let password = std::fs::read_to_string(&password_file).unwrap();
