@@ -8,7 +8,8 @@ Starts `sluice up` (release build) with the sample echo function, then:
   queue has run them all;
 sampling the gateway's resident memory (VmRSS) every 20 ms throughout, and once more --settle
 seconds after each burst. Prints the peak and settled RSS, the answers by status, and the
-database's size after the async burst.
+database's size after the async burst. Given several binaries (--sluice a b), measures each
+in turn in the same run, for a side-by-side comparison.
 
     cargo build --release && python3 bench/bodies.py
 """
@@ -63,16 +64,22 @@ def call(url, body):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sluice", default=os.path.join(ROOT, "target/release/sluice"))
+    ap.add_argument("--sluice", nargs="+", default=[os.path.join(ROOT, "target/release/sluice")])
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--size", type=int, default=16 * 1024 * 1024)
     ap.add_argument("--settle", type=float, default=10.0)
     args = ap.parse_args()
     body = b"x" * args.size
+    for sluice in args.sluice:
+        print(f"== {sluice}")
+        measure(sluice, args, body)
+
+
+def measure(sluice, args, body):
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "data")
         log = open(os.path.join(tmp, "sluice.log"), "w")
-        proc, base = start(args.sluice, data, log)
+        proc, base = start(sluice, data, log)
         try:
             deploy(base, {
                 "service": "echo", "envProcess": "python3 -u echo.py", "envVars": {"mode": "http"},
