@@ -187,9 +187,7 @@ impl Failures {
             self.limiter.retain_recent();
         }
         if let Err(not_until) = self.limiter.check_key(&client) {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(self.limiter.clock()));
             let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
             if blocked.len() >= FAILURE_ADDRESSES {
                 let now = tokio::time::Instant::now();

@@ -132,13 +132,14 @@ async fn proxy(
     let admitted = state.admit(&parts.headers)?;
     let state = state.clone();
     let function = function.clone();
-    ensure_deployed(&state, &function).await?;
+    // Who may call it (from the registry), before anything is started for the request.
     let policy = state.policies.get(&state, &function).await?;
     if policy.auth_required {
         crate::auth::check_origin(&parts.method, &parts.headers)?;
         crate::auth::check(&state, &parts.headers, &parts.extensions, true)?;
     }
     state.check_rates(&parts.headers, &function, &policy)?;
+    ensure_deployed(&state, &function).await?;
     let held = state.read_body(&parts.headers, body).await?;
     // Load for the autoscaler from here until the response has been streamed, held time included.
     let tracked = state.autoscaler.track(&function);
@@ -206,14 +207,14 @@ async fn callback_url(state: &AppState, headers: &HeaderMap) -> Result<Option<St
         return Err(bad(&format!("is longer than {CALLBACK_URL_MAX} bytes")));
     }
     let raw = raw.to_str().map_err(|_| bad("is not valid ASCII"))?;
-    let url = reqwest::Url::parse(raw).map_err(|e| bad(&format!("{raw:?} is not a URL: {e}")))?;
+    // The URL itself stays out of messages (they are logged): it may carry credentials or a
+    // secret path.
+    let url = reqwest::Url::parse(raw).map_err(|e| bad(&format!("is not a URL: {e}")))?;
     let Some(host) = url
         .host_str()
         .filter(|_| matches!(url.scheme(), "http" | "https"))
     else {
-        return Err(bad(&format!(
-            "{raw:?} must be an absolute http:// or https:// URL"
-        )));
+        return Err(bad("must be an absolute http:// or https:// URL"));
     };
     let port = url.port_or_known_default().unwrap_or(80);
     let literal = host

@@ -137,6 +137,9 @@ pub struct AppState {
     shutdown: CancellationToken,
 }
 
+/// Largest body of a management request (a deployment, a scale): far below a function's.
+const MANAGEMENT_BODY_LIMIT: usize = 1024 * 1024;
+
 /// How many locks management changes are striped over.
 const FUNCTION_LOCK_STRIPES: usize = 64;
 
@@ -254,12 +257,7 @@ impl AppState {
             .try_acquire_owned()
             .map_err(|_| ApiError::Overloaded(self.config.max_async_in_flight))
     }
-}
 
-/// Largest body of a management request (a deployment, a scale): far below a function's.
-const MANAGEMENT_BODY_LIMIT: usize = 1024 * 1024;
-
-impl AppState {
     /// A function request's whole body, within the gateway's limits; it counts against the
     /// body budget until the returned value is dropped.
     async fn read_body(

@@ -78,7 +78,13 @@ async fn sync_once(
                 .is_some_and(|r| r.desired != fresh.replicas),
         };
         let _scaling = state.autoscaler.exclusive().await;
-        state.policies.forget(&fresh.function);
+        // A new replica count keeps the policy (and its rate bucket); a new deployment not.
+        if seen
+            .get(&fresh.function)
+            .is_none_or(|(deployment, _)| *deployment != fresh.deployment)
+        {
+            state.policies.forget(&fresh.function);
+        }
         match state.provider.apply(&fresh).await {
             Ok(()) => {
                 tracing::debug!(function = %fresh.function, replicas = fresh.replicas, "applied from the registry");

@@ -526,8 +526,7 @@ impl Worker {
 
     /// Whether a call was submitted longer ago than finished calls are kept.
     fn past_retention(&self, meta: &sluice_core::CallMeta) -> bool {
-        let kept_since = std::time::SystemTime::now() - self.config.call_retention;
-        meta.submitted_at.as_millis() < Timestamp::from_system_time(kept_since).as_millis()
+        meta.submitted_at.as_millis() < ago(self.config.call_retention).as_millis()
     }
 }
 
@@ -543,6 +542,12 @@ fn retried(attempt: u32, policy: &RetryPolicy) -> Option<(u32, u32)> {
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 
 /// Drops kept results past their retention, now and then, until shutdown.
+/// The time `d` ago (the epoch if that is before it: a retention of centuries keeps all).
+fn ago(d: Duration) -> Timestamp {
+    let now = std::time::SystemTime::now();
+    Timestamp::from_system_time(now.checked_sub(d).unwrap_or(std::time::UNIX_EPOCH))
+}
+
 /// How often old results and calls are looked for: every [`PURGE_EVERY`], or a quarter of a
 /// shorter retention (at least a second), so nothing outlives its retention by much.
 fn purge_every(config: &WorkerConfig) -> Duration {
@@ -556,17 +561,13 @@ const PURGE_BATCH: u32 = 500;
 
 async fn purge_results(worker: Worker, shutdown: CancellationToken) {
     loop {
-        let before = Timestamp::from_system_time(
-            std::time::SystemTime::now() - worker.config.result_retention,
-        );
+        let before = ago(worker.config.result_retention);
         match worker.calls.purge_results(before).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(purged = n, "dropped kept results past their retention"),
             Err(error) => tracing::warn!(%error, "could not drop old results"),
         }
-        let before = Timestamp::from_system_time(
-            std::time::SystemTime::now() - worker.config.call_retention,
-        );
+        let before = ago(worker.config.call_retention);
         let mut purged = 0;
         loop {
             match worker.calls.purge_calls(before, PURGE_BATCH).await {

@@ -413,3 +413,16 @@ pub async fn callbacks(receiver: &Receiver, n: usize) {
     })
     .await;
 }
+
+/// Deploying a function with `label: value` is refused with a 400 that names the label.
+pub async fn bad_label_is_refused(http: &reqwest::Client, url: &str, label: &str, value: &str) {
+    let bad = sample("bad", "cat", false, &[(label, value)]);
+    let r = http
+        .post(format!("{url}/system/functions"))
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains(label));
+}

@@ -351,15 +351,7 @@ async fn rate_limits_answer_429() {
         "{limits:?}"
     );
     // A bad label is refused at deploy, naming it.
-    let bad = sample("bad", "cat", false, &[("com.sluice.rate-limit", "lots")]);
-    let r = http
-        .post(format!("{url}/system/functions"))
-        .json(&bad)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("com.sluice.rate-limit"));
+    crate::harness::bad_label_is_refused(&http, url, "com.sluice.rate-limit", "lots").await;
 }
 
 /// Finding 6: many large bodies at once grew the gateway without bound (64 sync calls of

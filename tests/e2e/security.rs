@@ -549,15 +549,7 @@ async fn a_function_can_require_credentials() {
     assert!(seen.get("authorization").is_none(), "{seen}");
 
     // A bad label value is refused at deploy, naming the label.
-    let bad = sample("bad", "cat", false, &[("com.sluice.auth", "yes")]);
-    let r = http
-        .post(format!("{url}/system/functions"))
-        .json(&bad)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("com.sluice.auth"));
+    crate::harness::bad_label_is_refused(&http, url, "com.sluice.auth", "yes").await;
 }
 
 /// Finding 8 and acceptance 4: credentials used in a run appear neither in the log nor in the
