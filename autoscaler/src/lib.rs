@@ -28,8 +28,7 @@ pub use kpa::{Decision, KpaState, Metric, ScaleConfig, decide};
 pub struct AutoscalerConfig {
     /// How often load is sampled and decisions are made.
     pub tick: Duration,
-    /// A function's `max` when it sets no `com.openfaas.scale.max`, and the hard ceiling.
-    pub default_max_replicas: u32,
+    /// The ceiling on every function's replicas (`com.openfaas.scale.max` is held to it).
     pub max_replicas_limit: u32,
 }
 
@@ -37,7 +36,6 @@ impl Default for AutoscalerConfig {
     fn default() -> Self {
         Self {
             tick: Duration::from_secs(1),
-            default_max_replicas: 20,
             max_replicas_limit: 64,
         }
     }
@@ -261,17 +259,10 @@ impl Autoscaler {
             if !running.contains(&spec.function) {
                 continue;
             }
-            let config = match ScaleConfig::for_deployment(
-                &spec.deployment,
-                self.inner.config.default_max_replicas,
-                self.inner.config.max_replicas_limit,
-            ) {
-                Ok(c) => c,
-                Err(error) => {
-                    tracing::warn!(function = %spec.function, %error, "bad scaling labels; not autoscaled");
-                    continue;
-                }
-            };
+            let config = spec
+                .config
+                .scale
+                .within(self.inner.config.max_replicas_limit);
             self.decide_for(&spec.function, &config, now).await;
         }
         // Forget functions that are gone.

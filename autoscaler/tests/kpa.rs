@@ -183,7 +183,15 @@ fn labels_are_read_and_bad_ones_named() {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    let c = ScaleConfig::from_labels(Some(&labels), 20, 64).unwrap();
+    let scale = |labels: BTreeMap<String, String>| {
+        sluice_core::FunctionConfig::from_deployment(&sluice_core::FunctionDeployment {
+            labels: Some(labels),
+            ..Default::default()
+        })
+        .map(|c| c.scale)
+        .map_err(|e| e.to_string())
+    };
+    let c = scale(labels).unwrap();
     assert_eq!((c.min, c.max, c.target, c.utilization), (2, 8, 10.0, 0.5));
     assert_eq!(c.metric, kpa::Metric::Rps);
     assert!(c.zero);
@@ -191,7 +199,7 @@ fn labels_are_read_and_bad_ones_named() {
     assert_eq!(c.stable_window, Duration::from_secs(20));
     assert_eq!(c.panic_window, Duration::from_secs(2));
 
-    let defaults = ScaleConfig::from_labels(None, 20, 64).unwrap();
+    let defaults = scale(BTreeMap::new()).unwrap();
     assert_eq!(defaults, ScaleConfig::default());
 
     for (key, value) in [
@@ -203,7 +211,7 @@ fn labels_are_read_and_bad_ones_named() {
         ("com.openfaas.scale.zero-duration", "0s"),
     ] {
         let labels = BTreeMap::from([(key.to_owned(), value.to_owned())]);
-        let err = ScaleConfig::from_labels(Some(&labels), 20, 64).unwrap_err();
+        let err = scale(labels).unwrap_err();
         assert!(err.contains(key), "{err}");
     }
 }
@@ -218,17 +226,19 @@ fn the_target_is_held_to_what_one_replica_is_sent() {
         )])),
         ..Default::default()
     };
-    assert_eq!(
-        ScaleConfig::for_deployment(&d, 20, 64).unwrap().target,
-        50.0
-    );
+    let scale = |d: &sluice_core::FunctionDeployment| {
+        sluice_core::FunctionConfig::from_deployment(d)
+            .unwrap()
+            .scale
+    };
+    assert_eq!(scale(&d).target, 50.0);
     d.env_vars.insert("max_inflight".into(), "4".into());
-    assert_eq!(ScaleConfig::for_deployment(&d, 20, 64).unwrap().target, 4.0);
+    assert_eq!(scale(&d).target, 4.0);
     d.labels
         .as_mut()
         .unwrap()
         .insert("com.sluice.concurrency".into(), "2".into());
-    let c = ScaleConfig::for_deployment(&d, 20, 64).unwrap();
+    let c = scale(&d);
     assert_eq!(c.target, 2.0);
     // 20 in flight on replicas that take 2 each: 10 replicas, not 1.
     let now = Duration::from_secs(100);

@@ -435,8 +435,6 @@ impl GatewayFlags {
         config.gateway.max_body_buffer = self.max_body_buffer;
         config.gateway.upstream_timeout = self.function_timeout;
         config.gateway.max_replicas_limit = self.max_replicas;
-        config.gateway.default_max_replicas =
-            config.gateway.default_max_replicas.min(self.max_replicas);
         config.gateway.max_in_flight = self.max_in_flight as usize;
         config.gateway.max_async_in_flight = self.max_async_in_flight as usize;
         config.gateway.readiness_wait = self.hold_timeout;

@@ -565,11 +565,7 @@ async fn run_workers(
         loop {
             match backends.functions.list().await {
                 Ok(specs) => {
-                    let named = specs.iter().filter_map(|s| {
-                        QueueName::from_annotations(s.deployment.annotations.as_ref())
-                            .ok()
-                            .flatten()
-                    });
+                    let named = specs.iter().filter_map(|s| s.config.queue.clone());
                     for queue in named.collect::<Vec<_>>() {
                         if serving.contains(&queue) {
                             continue;

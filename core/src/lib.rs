@@ -7,6 +7,7 @@
 pub mod api;
 pub mod call;
 pub mod callback;
+pub mod config;
 pub mod headers;
 pub mod name;
 pub mod retry;
@@ -19,6 +20,7 @@ pub use call::{
     QueuedCall, check_function_path,
 };
 pub use callback::{CallbackPolicy, CallbackRefusal, CallbackRule};
+pub use config::{ConfigError, FunctionConfig, Metric, Mode, ScaleConfig};
 pub use name::{DEFAULT_NAMESPACE, FunctionRef, NameError};
 pub use retry::RetryPolicy;
 pub use seams::{

@@ -10,6 +10,7 @@
 
 use std::fmt::Debug;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,16 +19,39 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::FunctionDeployment;
 use crate::call::{CallId, CallOutcome, CallRecord, CallResult, CallbackOutcome, QueuedCall};
+use crate::config::{ConfigError, FunctionConfig};
 use crate::name::FunctionRef;
 use crate::time::Timestamp;
 
-/// A deployed function as Sluice keeps it: the validated deployment and its replica count.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A deployed function as Sluice keeps it: the validated deployment, the configuration read from
+/// it, and its replica count.
+#[derive(Debug, Clone, PartialEq)]
 pub struct FunctionSpec {
     pub function: FunctionRef,
     pub deployment: FunctionDeployment,
+    /// Read from `deployment` by [`FunctionSpec::new`]; replace both together.
+    pub config: Arc<FunctionConfig>,
     pub replicas: u32,
     pub created_at: Timestamp,
+}
+
+impl FunctionSpec {
+    /// A function's spec, with its configuration read from the deployment (once, here).
+    pub fn new(
+        function: FunctionRef,
+        deployment: FunctionDeployment,
+        replicas: u32,
+        created_at: Timestamp,
+    ) -> Result<Self, ConfigError> {
+        let config = Arc::new(FunctionConfig::from_deployment(&deployment)?);
+        Ok(Self {
+            function,
+            deployment,
+            config,
+            replicas,
+            created_at,
+        })
+    }
 }
 
 /// Desired and ready replicas of one function.
@@ -93,8 +117,8 @@ pub enum ProviderError {
 /// Where functions run.
 #[async_trait]
 pub trait Provider: Send + Sync + Debug {
-    /// Rejects a deployment this provider cannot run, before anything is stored.
-    fn validate(&self, deployment: &FunctionDeployment) -> Result<(), ProviderError>;
+    /// Rejects a function this provider cannot run, before anything is stored.
+    fn validate(&self, spec: &FunctionSpec) -> Result<(), ProviderError>;
 
     /// Starts a function, or replaces a running one's configuration, with `spec.replicas` replicas.
     /// Applying the configuration a function already runs only sets its replica count.

@@ -27,9 +27,6 @@ use subtle::ConstantTimeEq;
 use crate::AppState;
 use crate::error::ApiError;
 
-/// The label that makes a function's routes require credentials.
-pub const AUTH_LABEL: &str = "com.sluice.auth";
-
 /// A secret kept only as its digest, so comparisons take the same time whatever it is.
 #[derive(Clone, PartialEq, Eq)]
 struct Secret([u8; 32]);
@@ -306,20 +303,6 @@ pub(crate) fn check_origin(method: &Method, headers: &HeaderMap) -> Result<(), A
     }
 }
 
-/// Whether a function's labels say its routes need credentials; an unknown value is an error
-/// naming the label.
-pub(crate) fn function_requires_auth(
-    labels: Option<&std::collections::BTreeMap<String, String>>,
-) -> Result<bool, String> {
-    match labels.and_then(|l| l.get(AUTH_LABEL)).map(|v| v.trim()) {
-        None | Some("" | "none") => Ok(false),
-        Some("required") => Ok(true),
-        Some(other) => Err(format!(
-            "label {AUTH_LABEL} must be \"required\" or \"none\", got {other:?}"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,15 +413,5 @@ mod tests {
         }
         assert!(failures.check(v6("2001:db8:1:2:ffff::1")).is_err());
         assert!(failures.check(v6("2001:db8:1:3::1")).is_ok());
-    }
-
-    #[test]
-    fn the_auth_label_is_validated() {
-        let labels =
-            |v: &str| std::collections::BTreeMap::from([(AUTH_LABEL.to_owned(), v.to_owned())]);
-        assert_eq!(function_requires_auth(None), Ok(false));
-        assert_eq!(function_requires_auth(Some(&labels("required"))), Ok(true));
-        assert_eq!(function_requires_auth(Some(&labels("none"))), Ok(false));
-        assert!(function_requires_auth(Some(&labels("yes"))).is_err());
     }
 }

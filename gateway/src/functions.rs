@@ -18,8 +18,7 @@ use sluice_core::{
 use crate::AppState;
 use crate::error::{ApiError, ApiPath, ApiQuery};
 
-pub(crate) const SCALE_MIN_LABEL: &str = "com.openfaas.scale.min";
-pub(crate) const SCALE_MAX_LABEL: &str = "com.openfaas.scale.max";
+use sluice_core::config::{SCALE_MAX_LABEL, SCALE_MIN_LABEL};
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct NamespaceQuery {
@@ -48,50 +47,24 @@ pub async fn restore(
     Ok(restored)
 }
 
-fn label_u32(d: &FunctionDeployment, key: &str) -> Result<Option<u32>, ApiError> {
-    d.label(key)
-        .map(|v| {
-            v.trim().parse::<u32>().map_err(|_| {
-                ApiError::BadRequest(format!("label {key} must be a whole number, got {v:?}"))
-            })
-        })
-        .transpose()
-}
-
-/// The replica bounds a deployment asks for, held to this gateway's limit. A function deployed
-/// under a higher limit is still scaled, within the current one.
-fn replica_bounds(state: &AppState, d: &FunctionDeployment) -> Result<(u32, u32), ApiError> {
+/// At deploy time, replica labels above this gateway's ceiling are refused (a function deployed
+/// under a higher ceiling is still scaled, within the current one).
+fn check_replica_labels(state: &AppState, spec: &FunctionSpec) -> Result<(), ApiError> {
     let limit = state.config.max_replicas_limit;
-    let min = label_u32(d, SCALE_MIN_LABEL)?.unwrap_or(1).min(limit);
-    let max = label_u32(d, SCALE_MAX_LABEL)?
-        .unwrap_or(state.config.default_max_replicas)
-        .min(limit);
-    if min > max {
-        return Err(ApiError::BadRequest(format!(
-            "label {SCALE_MIN_LABEL} ({min}) is above {SCALE_MAX_LABEL} ({max})"
-        )));
-    }
-    Ok((min, max))
-}
-
-/// At deploy time, labels asking for more replicas than this gateway allows are refused.
-fn check_replica_labels(state: &AppState, d: &FunctionDeployment) -> Result<(), ApiError> {
-    let limit = state.config.max_replicas_limit;
-    for key in [SCALE_MIN_LABEL, SCALE_MAX_LABEL] {
-        if let Some(n) = label_u32(d, key)?.filter(|n| *n > limit) {
+    let scale = &spec.config.scale;
+    for (key, n) in [(SCALE_MIN_LABEL, scale.min), (SCALE_MAX_LABEL, scale.max)] {
+        if spec.deployment.label(key).is_some() && n > limit {
             return Err(ApiError::BadRequest(format!(
                 "label {key} ({n}) is above this gateway's limit of {limit} replicas"
             )));
         }
     }
-    replica_bounds(state, d).map(drop)
+    Ok(())
 }
 
-/// Checks a deployment body and names the function it is for.
-fn checked(
-    state: &AppState,
-    mut d: FunctionDeployment,
-) -> Result<(FunctionRef, FunctionDeployment), ApiError> {
+/// Checks a deployment body, reads its configuration, and names the function it is for. The
+/// spec returned has no replicas yet.
+fn checked(state: &AppState, mut d: FunctionDeployment) -> Result<FunctionSpec, ApiError> {
     if d.service.is_empty() {
         return Err(ApiError::BadRequest(
             "field service (the function's name) is required".into(),
@@ -101,24 +74,11 @@ fn checked(
     d.check_bounds().map_err(ApiError::BadRequest)?;
     d.service = function.name.clone();
     d.namespace = Some(function.namespace.clone());
-    state.provider.validate(&d)?;
-    check_replica_labels(state, &d)?;
-    sluice_core::RetryPolicy::from_annotations(d.annotations.as_ref())
+    let spec = FunctionSpec::new(function, d, 0, Timestamp::now())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    sluice_autoscaler::ScaleConfig::for_deployment(
-        &d,
-        state.config.default_max_replicas,
-        state.config.max_replicas_limit,
-    )
-    .map_err(ApiError::BadRequest)?;
-    crate::policy::Policy::from_deployment(&d).map_err(ApiError::BadRequest)?;
-    sluice_core::QueueName::from_annotations(d.annotations.as_ref()).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "annotation {}: {e}",
-            sluice_core::call::QUEUE_ANNOTATION
-        ))
-    })?;
-    Ok((function, d))
+    state.provider.validate(&spec)?;
+    check_replica_labels(state, &spec)?;
+    Ok(spec)
 }
 
 pub(crate) async fn create(
@@ -127,15 +87,13 @@ pub(crate) async fn create(
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     let body = state.read_json(&headers, body).await?;
-    let (function, deployment) = checked(&state, body)?;
-    let (min, _) = replica_bounds(&state, &deployment)?;
-    let _serial = state.lock_function(&function).await;
-    let spec = FunctionSpec {
-        function,
-        deployment,
-        replicas: min,
-        created_at: Timestamp::now(),
-    };
+    let mut spec = checked(&state, body)?;
+    spec.replicas = spec
+        .config
+        .scale
+        .within(state.config.max_replicas_limit)
+        .min;
+    let _serial = state.lock_function(&spec.function).await;
     state.functions.create(&spec).await.map_err(|e| match e {
         sluice_core::StoreError::Conflict(_) => ApiError::Conflict(format!(
             "function {} already exists; update it with PUT /system/functions",
@@ -159,18 +117,14 @@ pub(crate) async fn update(
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     let body = state.read_json(&headers, body).await?;
-    let (function, deployment) = checked(&state, body)?;
-    let _serial = state.lock_function(&function).await;
-    let Some(existing) = state.functions.get(&function).await? else {
-        return Err(ApiError::FunctionNotFound(function.to_string()));
+    let mut spec = checked(&state, body)?;
+    let _serial = state.lock_function(&spec.function).await;
+    let Some(existing) = state.functions.get(&spec.function).await? else {
+        return Err(ApiError::FunctionNotFound(spec.function.to_string()));
     };
-    let (min, max) = replica_bounds(&state, &deployment)?;
-    let spec = FunctionSpec {
-        function,
-        deployment,
-        replicas: existing.replicas.clamp(min, max),
-        created_at: existing.created_at,
-    };
+    let scale = spec.config.scale.within(state.config.max_replicas_limit);
+    spec.replicas = existing.replicas.clamp(scale.min, scale.max);
+    spec.created_at = existing.created_at;
     state.functions.update(&spec).await?;
     state.policies.forget(&spec.function);
     state.provider.apply(&spec).await?;
@@ -294,7 +248,11 @@ pub(crate) async fn scale(
         .get(&function)
         .await?
         .ok_or_else(|| ApiError::FunctionNotFound(function.to_string()))?;
-    let (_, max) = replica_bounds(&state, &spec.deployment)?;
+    let max = spec
+        .config
+        .scale
+        .within(state.config.max_replicas_limit)
+        .max;
     let replicas = u32::try_from(req.replicas)
         .ok()
         .filter(|n| *n <= max)

@@ -7,9 +7,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use futures_util::TryStreamExt;
 use sluice_core::headers::{self, is_hop_by_hop};
-use sluice_core::{
-    CallId, CallMeta, CallRecord, CallState, FunctionRef, QueueName, QueuedCall, Timestamp,
-};
+use sluice_core::{CallId, CallMeta, CallRecord, CallState, FunctionRef, QueuedCall, Timestamp};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -324,8 +322,7 @@ pub(crate) async fn submit(
         .get(&function)
         .await?
         .ok_or_else(|| ApiError::FunctionNotFound(function.to_string()))?;
-    let queue = QueueName::from_annotations(spec.deployment.annotations.as_ref())
-        .map_err(|e| ApiError::Internal(format!("stored deployment of {function}: {e}")))?;
+    let queue = spec.config.queue.clone();
     let policy = state.policies.get(&state, &function).await?;
     if policy.auth_required {
         crate::auth::check_origin(&parts.method, &parts.headers)?;

@@ -32,11 +32,12 @@ use sluice_core::{CallQueue, CallStore, FunctionRef, FunctionStore, Provider};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use auth::{AUTH_LABEL, Credentials};
+pub use auth::Credentials;
 pub use error::ApiError;
 pub use functions::restore;
 pub use limits::HeadLimits;
 pub use serve::{ConnectionLimits, RESERVED_DESCRIPTORS, raise_open_file_limit};
+pub use sluice_core::config::AUTH_LABEL;
 pub use sync::sync_functions;
 
 /// Gateway settings; plain data, so tests build it directly.
@@ -51,8 +52,6 @@ pub struct GatewayConfig {
     pub readiness_wait: Duration,
     /// Requests held per function at most; more get `503`.
     pub activator_buffer: usize,
-    /// Replica ceiling when a function sets no `com.openfaas.scale.max`.
-    pub default_max_replicas: u32,
     /// Hard ceiling on any function's replicas, whatever its labels say.
     pub max_replicas_limit: u32,
     /// Sync function requests handled at once; more get a 503.
@@ -93,7 +92,6 @@ impl Default for GatewayConfig {
             upstream_timeout: Duration::from_secs(300),
             readiness_wait: Duration::from_secs(30),
             activator_buffer: 500,
-            default_max_replicas: 20,
             max_replicas_limit: 64,
             max_in_flight: 1024,
             max_async_in_flight: 256,
@@ -165,7 +163,6 @@ impl AppState {
             functions.clone(),
             AutoscalerConfig {
                 tick: Duration::from_secs(1),
-                default_max_replicas: config.default_max_replicas,
                 max_replicas_limit: config.max_replicas_limit,
             },
         );

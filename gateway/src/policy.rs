@@ -10,17 +10,10 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, RwLock};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use sluice_core::{FunctionDeployment, FunctionRef};
+use sluice_core::{FunctionConfig, FunctionRef};
 
 use crate::AppState;
 use crate::error::ApiError;
-
-/// The label that limits a function's requests per second (sync calls and async
-/// submissions together; bursts up to the same number).
-pub(crate) const RATE_LIMIT_LABEL: &str = "com.sluice.rate-limit";
-
-/// Highest rate limit a label may set.
-const MAX_RATE: u32 = 1_000_000;
 
 /// What one function's requests must satisfy.
 #[derive(Debug)]
@@ -56,29 +49,12 @@ impl Rate {
 }
 
 impl Policy {
-    /// The policy a deployment's labels ask for, or which label is wrong.
-    pub(crate) fn from_deployment(d: &FunctionDeployment) -> Result<Self, String> {
-        let rate = d
-            .label(RATE_LIMIT_LABEL)
-            .map(|v| {
-                v.trim()
-                    .parse::<u32>()
-                    .ok()
-                    .and_then(NonZeroU32::new)
-                    .filter(|n| n.get() <= MAX_RATE)
-                    .ok_or_else(|| {
-                        format!(
-                            "label {RATE_LIMIT_LABEL} must be a number of requests per second \
-                             from 1 to {MAX_RATE}, got {v:?}"
-                        )
-                    })
-            })
-            .transpose()?
-            .map(Rate::new);
-        Ok(Self {
-            auth_required: crate::auth::function_requires_auth(d.labels.as_ref())?,
-            rate,
-        })
+    /// The policy a function's configuration asks for.
+    pub(crate) fn of(config: &FunctionConfig) -> Self {
+        Self {
+            auth_required: config.auth_required,
+            rate: config.rate_limit.map(Rate::new),
+        }
     }
 }
 
@@ -112,10 +88,7 @@ impl Policies {
             .get(function)
             .await?
             .ok_or_else(|| ApiError::FunctionNotFound(function.to_string()))?;
-        let policy =
-            Arc::new(Policy::from_deployment(&spec.deployment).map_err(|e| {
-                ApiError::Internal(format!("stored deployment of {function}: {e}"))
-            })?);
+        let policy = Arc::new(Policy::of(&spec.config));
         let mut known = self.0.write().unwrap_or_else(|p| p.into_inner());
         if known.generation == generation {
             known.policies.insert(function.clone(), policy.clone());

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sluice_core::{
-    Endpoint, FunctionDeployment, FunctionRef, FunctionSpec, LogStream, Provider, ProviderError,
-    Replicas,
+    Endpoint, FunctionRef, FunctionSpec, LogStream, Provider, ProviderError, Replicas,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -122,13 +121,12 @@ impl ProcessProvider {
 
 #[async_trait]
 impl Provider for ProcessProvider {
-    fn validate(&self, deployment: &FunctionDeployment) -> Result<(), ProviderError> {
-        RunSpec::from_deployment(deployment, self.inner.config.default_exec_timeout).map(drop)
+    fn validate(&self, spec: &FunctionSpec) -> Result<(), ProviderError> {
+        RunSpec::from_spec(spec, self.inner.config.default_exec_timeout).map(drop)
     }
 
     async fn apply(&self, spec: &FunctionSpec) -> Result<(), ProviderError> {
-        let run =
-            RunSpec::from_deployment(&spec.deployment, self.inner.config.default_exec_timeout)?;
+        let run = RunSpec::from_spec(spec, self.inner.config.default_exec_timeout)?;
         let mut functions = self
             .inner
             .functions

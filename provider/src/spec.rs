@@ -4,30 +4,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sluice_core::{FunctionDeployment, ProviderError};
+use sluice_core::{FunctionSpec, ProviderError};
 
 /// Annotation naming the directory the function's command runs in. `sluice deploy -f stack.yml`
 /// sets it to the function's `handler` directory; without it the command runs in Sluice's own.
 pub const WORKDIR_ANNOTATION: &str = "com.sluice.workdir";
 
-/// Annotation naming the path an HTTP-mode replica is probed on (default `/_/health`). Any answer
-/// below 500 means ready.
-pub const READINESS_PATH_ANNOTATION: &str = "com.sluice.readiness-path";
-
-const DEFAULT_READINESS_PATH: &str = "/_/health";
-
-/// Classic mode's cap on concurrent runs per replica when `max_inflight` is not set, so a burst
-/// cannot fork without bound.
-pub const DEFAULT_MAX_INFLIGHT: usize = 100;
-
-/// How a function's replicas serve requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Fork the command per request (classic watchdog).
-    Classic,
-    /// Run the command once; it serves HTTP on `$PORT` (of-watchdog `mode=http`).
-    Http,
-}
+pub use sluice_core::config::{DEFAULT_MAX_INFLIGHT, Mode, READINESS_PATH_ANNOTATION};
 
 /// Everything needed to start a function's replicas, parsed and checked once at deploy time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,19 +29,19 @@ pub struct RunSpec {
     pub concurrency: Option<usize>,
 }
 
-/// The label that caps requests in flight per replica.
-pub(crate) const CONCURRENCY_LABEL: &str = "com.sluice.concurrency";
-
 fn invalid(msg: String) -> ProviderError {
     ProviderError::InvalidSpec(msg)
 }
 
 impl RunSpec {
-    /// Checks a deployment and turns it into a [`RunSpec`], or says exactly what is wrong.
-    pub fn from_deployment(
-        d: &FunctionDeployment,
+    /// Checks that a function can run here and turns it into a [`RunSpec`], or says exactly
+    /// what is wrong. The settings every provider shares come from the spec's configuration;
+    /// the command and its directory are this provider's own.
+    pub fn from_spec(
+        spec: &FunctionSpec,
         default_exec_timeout: Duration,
     ) -> Result<Self, ProviderError> {
+        let (d, config) = (&spec.deployment, &spec.config);
         let command = d.env_process.as_deref().map(str::trim).unwrap_or_default();
         if command.is_empty() {
             return Err(invalid(format!(
@@ -70,49 +53,6 @@ impl RunSpec {
         let argv = shlex::split(command)
             .filter(|a| !a.is_empty())
             .ok_or_else(|| invalid(format!("envProcess {command:?} has unbalanced quotes")))?;
-        let mode = match d.env_vars.get("mode").map(String::as_str) {
-            Some("http") => Mode::Http,
-            None | Some("" | "classic" | "streaming" | "serializing") => Mode::Classic,
-            Some(other) => {
-                return Err(invalid(format!(
-                    "envVars.mode {other:?} is not supported: use \"http\" for a long-running \
-                     server, or leave it unset for fork-per-request"
-                )));
-            }
-        };
-        let exec_timeout = match d.env_vars.get("exec_timeout") {
-            None => default_exec_timeout,
-            Some(v) => sluice_core::retry::parse_go_duration(v)
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| {
-                    invalid(format!(
-                        "envVars.exec_timeout {v:?} is not a duration such as \"30s\" or \"2m\""
-                    ))
-                })?,
-        };
-        let max_inflight = match d.env_vars.get("max_inflight") {
-            None => DEFAULT_MAX_INFLIGHT,
-            Some(v) => v.parse().map_err(|_| {
-                invalid(format!("envVars.max_inflight {v:?} is not a whole number"))
-            })?,
-        };
-        let concurrency = match d.label(CONCURRENCY_LABEL) {
-            Some(v) => Some(
-                v.trim()
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| {
-                        invalid(format!(
-                            "label {CONCURRENCY_LABEL} {v:?} is not a whole number above zero"
-                        ))
-                    })?,
-            ),
-            None if d.env_vars.contains_key("max_inflight") && max_inflight > 0 => {
-                Some(max_inflight)
-            }
-            None => None,
-        };
         let workdir = match d.annotation(WORKDIR_ANNOTATION) {
             None => None,
             Some(dir) => {
@@ -126,23 +66,15 @@ impl RunSpec {
                 Some(path)
             }
         };
-        let readiness_path = d
-            .annotation(READINESS_PATH_ANNOTATION)
-            .unwrap_or(DEFAULT_READINESS_PATH);
-        if !readiness_path.starts_with('/') || readiness_path.chars().any(char::is_whitespace) {
-            return Err(invalid(format!(
-                "annotation {READINESS_PATH_ANNOTATION} {readiness_path:?} must be a path starting with '/'"
-            )));
-        }
         Ok(Self {
-            mode,
+            mode: config.mode,
             argv,
             env: d.env_vars.clone(),
             workdir,
-            exec_timeout,
-            max_inflight,
-            concurrency,
-            readiness_path: readiness_path.to_owned(),
+            exec_timeout: config.exec_timeout.unwrap_or(default_exec_timeout),
+            max_inflight: config.max_inflight,
+            concurrency: config.concurrency,
+            readiness_path: config.readiness_path.clone(),
         })
     }
 }
@@ -150,6 +82,7 @@ impl RunSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_core::FunctionDeployment;
 
     fn deployment(cmd: &str, env: &[(&str, &str)]) -> FunctionDeployment {
         FunctionDeployment {
@@ -163,15 +96,22 @@ mod tests {
         }
     }
 
+    fn run_spec(d: &FunctionDeployment, t: Duration) -> Result<RunSpec, String> {
+        let f = sluice_core::FunctionRef::parse("f", None).unwrap();
+        let spec = FunctionSpec::new(f, d.clone(), 1, sluice_core::Timestamp::now())
+            .map_err(|e| e.to_string())?;
+        RunSpec::from_spec(&spec, t).map_err(|e| e.to_string())
+    }
+
     #[test]
     fn modes_and_errors() {
         let t = Duration::from_secs(60);
-        let s = RunSpec::from_deployment(&deployment("sha512sum", &[]), t).unwrap();
+        let s = run_spec(&deployment("sha512sum", &[]), t).unwrap();
         assert_eq!(
             (s.mode, s.argv.as_slice()),
             (Mode::Classic, &["sha512sum".to_owned()][..])
         );
-        let s = RunSpec::from_deployment(
+        let s = run_spec(
             &deployment(
                 "python3 'my server.py'",
                 &[("mode", "http"), ("exec_timeout", "2m")],
@@ -195,7 +135,7 @@ mod tests {
             ),
             (deployment("cat", &[("max_inflight", "-1")]), "whole number"),
         ] {
-            let err = RunSpec::from_deployment(&d, t).unwrap_err().to_string();
+            let err = run_spec(&d, t).unwrap_err();
             assert!(err.contains(needle), "{err:?} lacks {needle:?}");
         }
     }

@@ -15,9 +15,9 @@ const WAIT: Duration = Duration::from_secs(20);
 fn spec(name: &str, command: &str, env: &[(&str, &str)], replicas: u32) -> FunctionSpec {
     let functions_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../functions");
     let functions_dir = functions_dir.canonicalize().unwrap();
-    FunctionSpec {
-        function: FunctionRef::parse(name, None).unwrap(),
-        deployment: FunctionDeployment {
+    FunctionSpec::new(
+        FunctionRef::parse(name, None).unwrap(),
+        FunctionDeployment {
             service: name.into(),
             image: "local".into(),
             env_process: Some(command.into()),
@@ -32,8 +32,9 @@ fn spec(name: &str, command: &str, env: &[(&str, &str)], replicas: u32) -> Funct
             ..Default::default()
         },
         replicas,
-        created_at: Timestamp::now(),
-    }
+        Timestamp::now(),
+    )
+    .unwrap()
 }
 
 fn provider() -> ProcessProvider {
@@ -255,7 +256,7 @@ async fn invalid_deployments_are_refused() {
     let p = provider();
     let mut bad = spec("bad", "cat", &[], 1);
     bad.deployment.env_process = None;
-    let err = p.validate(&bad.deployment).unwrap_err();
+    let err = p.validate(&bad).unwrap_err();
     assert!(err.to_string().contains("envProcess is required"), "{err}");
     bad.deployment.env_process = Some("cat".into());
     bad.deployment
@@ -263,7 +264,7 @@ async fn invalid_deployments_are_refused() {
         .as_mut()
         .unwrap()
         .insert(WORKDIR_ANNOTATION.into(), "/definitely/not/here".into());
-    assert!(p.validate(&bad.deployment).is_err());
+    assert!(p.validate(&bad).is_err());
 }
 
 #[tokio::test]

@@ -496,8 +496,7 @@ impl Worker {
     /// The function's retry policy; the default if it cannot be read (the function may be gone).
     async fn policy(&self, function: &sluice_core::FunctionRef) -> RetryPolicy {
         match self.functions.get(function).await {
-            Ok(Some(spec)) => RetryPolicy::from_annotations(spec.deployment.annotations.as_ref())
-                .unwrap_or_default(),
+            Ok(Some(spec)) => spec.config.retry.clone(),
             Ok(None) => RetryPolicy::default(),
             Err(error) => {
                 tracing::warn!(%function, %error, "cannot read the retry policy; using the default");

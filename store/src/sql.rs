@@ -27,12 +27,10 @@ macro_rules! sql_store {
             let deployment: String = row.get("deployment");
             let deployment: FunctionDeployment = serde_json::from_str(&deployment)
                 .map_err(|e| unavailable(format!("stored deployment of {name} is unreadable: {e}")))?;
-            Ok(FunctionSpec {
-                function: FunctionRef { name, namespace },
-                deployment,
-                replicas: u32::try_from(row.get::<i64, _>("replicas")).unwrap_or(0),
-                created_at: Timestamp::from_millis(row.get("created_at")),
-            })
+            let replicas = u32::try_from(row.get::<i64, _>("replicas")).unwrap_or(0);
+            let created_at = Timestamp::from_millis(row.get("created_at"));
+            FunctionSpec::new(FunctionRef { name, namespace }, deployment, replicas, created_at)
+                .map_err(|e| unavailable(format!("stored deployment is no longer valid: {e}")))
         }
 
         #[async_trait]

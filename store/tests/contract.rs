@@ -49,16 +49,17 @@ async fn pg_store(db: &FreshDatabase) -> PgStore {
 
 async fn functions_contract<S: FunctionStore + CallStore>(store: &S) {
     let f = FunctionRef::parse("echo", None).unwrap();
-    let spec = FunctionSpec {
-        function: f.clone(),
-        deployment: FunctionDeployment {
+    let spec = FunctionSpec::new(
+        f.clone(),
+        FunctionDeployment {
             service: "echo".into(),
             env_process: Some("cat".into()),
             ..Default::default()
         },
-        replicas: 1,
-        created_at: Timestamp::now(),
-    };
+        1,
+        Timestamp::now(),
+    )
+    .unwrap();
     FunctionStore::create(store, &spec).await.unwrap();
     assert!(matches!(
         FunctionStore::create(store, &spec).await,

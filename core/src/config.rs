@@ -1,0 +1,477 @@
+//! A function's configuration, read once from its deployment's labels, annotations and
+//! environment: how it scales, how its async calls are retried and queued, how many requests a
+//! replica takes, how it is run and probed, and who may call it.
+//!
+//! Every component reads these settings from [`FunctionConfig`], never from the labels
+//! themselves, so one label means the same thing to the gateway, the activator, the autoscaler,
+//! the queue worker and every provider. It is parsed when a deployment is checked and again when
+//! a stored one is read ([`crate::FunctionSpec::new`]); it depends on nothing but the deployment.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use crate::api::FunctionDeployment;
+use crate::call::{QUEUE_ANNOTATION, QueueName};
+use crate::retry::{RetryPolicy, parse_go_duration};
+
+pub const SCALE_MIN_LABEL: &str = "com.openfaas.scale.min";
+pub const SCALE_MAX_LABEL: &str = "com.openfaas.scale.max";
+pub const SCALE_TARGET_LABEL: &str = "com.openfaas.scale.target";
+pub const SCALE_TYPE_LABEL: &str = "com.openfaas.scale.type";
+pub const SCALE_PROPORTION_LABEL: &str = "com.openfaas.scale.target-proportion";
+pub const SCALE_ZERO_LABEL: &str = "com.openfaas.scale.zero";
+pub const SCALE_ZERO_DURATION_LABEL: &str = "com.openfaas.scale.zero-duration";
+/// Sluice's own: the stable window (the panic window is a tenth of it).
+pub const SCALE_WINDOW_LABEL: &str = "com.sluice.scale.window";
+/// Sluice's own: requests one replica is sent at once; more wait in the activator.
+pub const CONCURRENCY_LABEL: &str = "com.sluice.concurrency";
+/// Sluice's own: `required` makes the function's routes need the gateway's credentials.
+pub const AUTH_LABEL: &str = "com.sluice.auth";
+/// Sluice's own: requests per second to the function on each gateway (sync calls and async
+/// submissions together; bursts up to the same number).
+pub const RATE_LIMIT_LABEL: &str = "com.sluice.rate-limit";
+/// Sluice's own: the path a replica is probed on for readiness (default `/_/health`); any answer
+/// below 500 means ready.
+pub const READINESS_PATH_ANNOTATION: &str = "com.sluice.readiness-path";
+
+/// A function's `max` replicas when it sets no `com.openfaas.scale.max` (OpenFaaS's default).
+pub const DEFAULT_MAX_REPLICAS: u32 = 20;
+/// Highest rate limit a label may set.
+pub const MAX_RATE_LIMIT: u32 = 1_000_000;
+/// Classic mode's cap on concurrent runs per replica when `max_inflight` is not set, so a burst
+/// cannot fork without bound.
+pub const DEFAULT_MAX_INFLIGHT: usize = 100;
+const DEFAULT_READINESS_PATH: &str = "/_/health";
+
+/// A label, annotation or environment setting the deployment got wrong, named in the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// How a function's replicas serve requests, chosen the way OpenFaaS's of-watchdog chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Fork `fprocess` per request, the body on stdin, the response from stdout (classic
+    /// watchdog; `mode` unset, `classic`, `streaming` or `serializing`).
+    Classic,
+    /// Run `fprocess` once; it serves HTTP on `$PORT` (`mode: http`).
+    Http,
+}
+
+/// What load is measured in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Requests in flight (held ones included): `com.openfaas.scale.type: capacity`, the default.
+    Concurrency,
+    /// Requests per second: `com.openfaas.scale.type: rps`.
+    Rps,
+}
+
+/// How one function scales.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScaleConfig {
+    pub min: u32,
+    pub max: u32,
+    pub metric: Metric,
+    /// Load one replica is meant to carry.
+    pub target: f64,
+    /// Share of `target` aimed at, in (0, 1].
+    pub utilization: f64,
+    /// Whether the function may go to zero replicas when idle, and after how long.
+    pub zero: bool,
+    pub zero_after: Duration,
+    pub stable_window: Duration,
+    pub panic_window: Duration,
+    pub panic_threshold: f64,
+    pub max_scale_up_rate: f64,
+    pub max_scale_down_rate: f64,
+}
+
+impl Default for ScaleConfig {
+    fn default() -> Self {
+        Self {
+            min: 1,
+            max: DEFAULT_MAX_REPLICAS,
+            metric: Metric::Concurrency,
+            target: 50.0,
+            utilization: 1.0,
+            zero: false,
+            zero_after: Duration::from_secs(15 * 60),
+            stable_window: Duration::from_secs(60),
+            panic_window: Duration::from_secs(6),
+            panic_threshold: 2.0,
+            max_scale_up_rate: 1000.0,
+            max_scale_down_rate: 2.0,
+        }
+    }
+}
+
+impl ScaleConfig {
+    /// The same, with `min` and `max` held to a platform's ceiling (`--max-replicas`).
+    pub fn within(&self, limit: u32) -> Self {
+        Self {
+            min: self.min.min(limit).max(1),
+            max: self.max.min(limit).max(1),
+            ..self.clone()
+        }
+    }
+
+    /// Load one replica is aimed at.
+    pub fn per_replica(&self) -> f64 {
+        (self.target * self.utilization).max(f64::MIN_POSITIVE)
+    }
+}
+
+/// Everything Sluice reads from a deployment besides its name, image and command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionConfig {
+    pub scale: ScaleConfig,
+    /// How failed async calls are retried (`com.openfaas.retry.*` annotations).
+    pub retry: RetryPolicy,
+    /// The named queue its async calls go to (`com.openfaas.queue`); `None`: the platform's
+    /// default queue.
+    pub queue: Option<QueueName>,
+    /// Requests one replica is sent at once (`com.sluice.concurrency`, else an explicit
+    /// `max_inflight`); `None`: no limit.
+    pub concurrency: Option<usize>,
+    pub mode: Mode,
+    /// Classic mode: how long one run of the command may take (`exec_timeout`); `None`: the
+    /// platform's function timeout.
+    pub exec_timeout: Option<Duration>,
+    /// Classic mode: runs at once per replica (`max_inflight`; 0 = no limit).
+    pub max_inflight: usize,
+    pub readiness_path: String,
+    /// Its routes need the gateway's credentials (`com.sluice.auth: required`).
+    pub auth_required: bool,
+    /// Its requests per second on each gateway (`com.sluice.rate-limit`).
+    pub rate_limit: Option<NonZeroU32>,
+}
+
+impl Default for FunctionConfig {
+    fn default() -> Self {
+        Self {
+            scale: ScaleConfig::default(),
+            retry: RetryPolicy::default(),
+            queue: None,
+            concurrency: None,
+            mode: Mode::Classic,
+            exec_timeout: None,
+            max_inflight: DEFAULT_MAX_INFLIGHT,
+            readiness_path: DEFAULT_READINESS_PATH.to_owned(),
+            auth_required: false,
+            rate_limit: None,
+        }
+    }
+}
+
+fn bad(msg: String) -> ConfigError {
+    ConfigError(msg)
+}
+
+impl FunctionConfig {
+    /// Reads a deployment's settings, with defaults for what it leaves out, or says which
+    /// setting is wrong.
+    pub fn from_deployment(d: &FunctionDeployment) -> Result<Self, ConfigError> {
+        let mut c = Self {
+            retry: RetryPolicy::from_annotations(d.annotations.as_ref())
+                .map_err(|e| bad(e.to_string()))?,
+            queue: QueueName::from_annotations(d.annotations.as_ref())
+                .map_err(|e| bad(format!("annotation {QUEUE_ANNOTATION}: {e}")))?,
+            ..Self::default()
+        };
+        c.mode = match d.env_vars.get("mode").map(|m| m.trim()) {
+            Some("http") => Mode::Http,
+            None | Some("" | "classic" | "streaming" | "serializing") => Mode::Classic,
+            Some(other) => {
+                return Err(bad(format!(
+                    "envVars.mode {other:?} is not supported: use \"http\" for a long-running \
+                     server, or leave it unset for fork-per-request"
+                )));
+            }
+        };
+        if let Some(v) = d.env_vars.get("exec_timeout") {
+            c.exec_timeout = Some(parse_go_duration(v).filter(|d| !d.is_zero()).ok_or_else(
+                || {
+                    bad(format!(
+                        "envVars.exec_timeout {v:?} is not a duration such as \"30s\" or \"2m\""
+                    ))
+                },
+            )?);
+        }
+        let explicit_inflight =
+            match d.env_vars.get("max_inflight") {
+                None => None,
+                Some(v) => Some(v.trim().parse::<usize>().map_err(|_| {
+                    bad(format!("envVars.max_inflight {v:?} is not a whole number"))
+                })?),
+            };
+        c.max_inflight = explicit_inflight.unwrap_or(DEFAULT_MAX_INFLIGHT);
+        c.concurrency = match d.label(CONCURRENCY_LABEL) {
+            Some(v) => Some(
+                v.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "label {CONCURRENCY_LABEL} {v:?} is not a whole number above zero"
+                        ))
+                    })?,
+            ),
+            None => explicit_inflight.filter(|n| *n > 0),
+        };
+        let readiness_path = d
+            .annotation(READINESS_PATH_ANNOTATION)
+            .unwrap_or(DEFAULT_READINESS_PATH);
+        if !readiness_path.starts_with('/') || readiness_path.chars().any(char::is_whitespace) {
+            return Err(bad(format!(
+                "annotation {READINESS_PATH_ANNOTATION} {readiness_path:?} must be a path \
+                 starting with '/'"
+            )));
+        }
+        c.readiness_path = readiness_path.to_owned();
+        c.auth_required = match d.label(AUTH_LABEL).map(str::trim) {
+            None | Some("" | "none") => false,
+            Some("required") => true,
+            Some(other) => {
+                return Err(bad(format!(
+                    "label {AUTH_LABEL} must be \"required\" or \"none\", got {other:?}"
+                )));
+            }
+        };
+        c.rate_limit = d
+            .label(RATE_LIMIT_LABEL)
+            .map(|v| {
+                v.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .and_then(NonZeroU32::new)
+                    .filter(|n| n.get() <= MAX_RATE_LIMIT)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "label {RATE_LIMIT_LABEL} must be a number of requests per second \
+                             from 1 to {MAX_RATE_LIMIT}, got {v:?}"
+                        ))
+                    })
+            })
+            .transpose()?;
+        c.scale = scale_config(d, c.concurrency)?;
+        Ok(c)
+    }
+}
+
+/// The OpenFaaS scaling labels, with the concurrency target held to what one replica is sent at
+/// once: a replica cannot carry more than it is given.
+fn scale_config(
+    d: &FunctionDeployment,
+    concurrency: Option<usize>,
+) -> Result<ScaleConfig, ConfigError> {
+    let get = |key: &str| d.label(key).map(str::trim);
+    let whole = |key: &str| -> Result<Option<u32>, ConfigError> {
+        get(key)
+            .map(|v| {
+                v.parse::<u32>()
+                    .map_err(|_| bad(format!("label {key} must be a whole number, got {v:?}")))
+            })
+            .transpose()
+    };
+    let positive = |key: &str| -> Result<Option<f64>, ConfigError> {
+        get(key)
+            .map(|v| match v.parse::<f64>() {
+                Ok(x) if x > 0.0 && x.is_finite() => Ok(x),
+                _ => Err(bad(format!(
+                    "label {key} must be a number above zero, got {v:?}"
+                ))),
+            })
+            .transpose()
+    };
+    let duration = |key: &str| -> Result<Option<Duration>, ConfigError> {
+        get(key)
+            .map(|v| {
+                parse_go_duration(v).ok_or_else(|| {
+                    bad(format!(
+                        "label {key} must be a duration such as 30s or 15m, got {v:?}"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let mut c = ScaleConfig {
+        max: whole(SCALE_MAX_LABEL)?.unwrap_or(DEFAULT_MAX_REPLICAS),
+        min: whole(SCALE_MIN_LABEL)?.unwrap_or(1).max(1),
+        ..ScaleConfig::default()
+    };
+    if c.max == 0 {
+        return Err(bad(format!("label {SCALE_MAX_LABEL} must be at least 1")));
+    }
+    if c.min > c.max {
+        return Err(bad(format!(
+            "label {SCALE_MIN_LABEL} ({}) is above {SCALE_MAX_LABEL} ({})",
+            c.min, c.max
+        )));
+    }
+    c.metric = match get(SCALE_TYPE_LABEL) {
+        None | Some("capacity") => Metric::Concurrency,
+        Some("rps") => Metric::Rps,
+        Some(other) => {
+            return Err(bad(format!(
+                "label {SCALE_TYPE_LABEL} must be capacity or rps, got {other:?}"
+            )));
+        }
+    };
+    if let Some(t) = positive(SCALE_TARGET_LABEL)? {
+        c.target = t;
+    }
+    if let Some(p) = positive(SCALE_PROPORTION_LABEL)? {
+        if p > 1.0 {
+            return Err(bad(format!(
+                "label {SCALE_PROPORTION_LABEL} must be at most 1, got {p}"
+            )));
+        }
+        c.utilization = p;
+    }
+    c.zero = match get(SCALE_ZERO_LABEL) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(bad(format!(
+                "label {SCALE_ZERO_LABEL} must be true or false, got {other:?}"
+            )));
+        }
+    };
+    if let Some(z) = duration(SCALE_ZERO_DURATION_LABEL)? {
+        if z < Duration::from_secs(1) {
+            return Err(bad(format!(
+                "label {SCALE_ZERO_DURATION_LABEL} must be at least 1s, got {z:?}"
+            )));
+        }
+        c.zero_after = z;
+    }
+    if let Some(w) = duration(SCALE_WINDOW_LABEL)? {
+        if w < Duration::from_secs(2) {
+            return Err(bad(format!(
+                "label {SCALE_WINDOW_LABEL} must be at least 2s, got {w:?}"
+            )));
+        }
+        c.stable_window = w;
+        c.panic_window = (w / 10).max(Duration::from_secs(1));
+    }
+    if let (Some(cap), Metric::Concurrency) = (concurrency, c.metric) {
+        c.target = c.target.min(cap as f64);
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn deployment(labels: &[(&str, &str)], env: &[(&str, &str)]) -> FunctionDeployment {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        FunctionDeployment {
+            service: "f".into(),
+            labels: Some(map(labels)),
+            env_vars: map(env),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_when_nothing_is_set() {
+        let c = FunctionConfig::from_deployment(&FunctionDeployment::default()).unwrap();
+        assert_eq!(c, FunctionConfig::default());
+        assert_eq!(c.queue, None);
+        assert_eq!(c.scale.max, DEFAULT_MAX_REPLICAS);
+    }
+
+    #[test]
+    fn reads_every_setting_once() {
+        let d = deployment(
+            &[
+                (SCALE_MIN_LABEL, "2"),
+                (SCALE_MAX_LABEL, "8"),
+                (SCALE_TARGET_LABEL, "10"),
+                (CONCURRENCY_LABEL, "4"),
+                (AUTH_LABEL, "required"),
+                (RATE_LIMIT_LABEL, "50"),
+            ],
+            &[
+                ("mode", "http"),
+                ("exec_timeout", "2m"),
+                ("max_inflight", "7"),
+            ],
+        );
+        let c = FunctionConfig::from_deployment(&d).unwrap();
+        assert_eq!((c.scale.min, c.scale.max), (2, 8));
+        // The target is held to what one replica is sent at once.
+        assert_eq!(c.scale.target, 4.0);
+        assert_eq!(c.concurrency, Some(4));
+        assert_eq!(c.max_inflight, 7);
+        assert_eq!(c.mode, Mode::Http);
+        assert_eq!(c.exec_timeout, Some(Duration::from_secs(120)));
+        assert!(c.auth_required);
+        assert_eq!(c.rate_limit.map(NonZeroU32::get), Some(50));
+        // An explicit max_inflight caps concurrency when the label is absent.
+        let d = deployment(&[], &[("max_inflight", "3")]);
+        assert_eq!(
+            FunctionConfig::from_deployment(&d).unwrap().concurrency,
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn within_holds_bounds_to_the_ceiling() {
+        let d = deployment(&[(SCALE_MIN_LABEL, "5"), (SCALE_MAX_LABEL, "50")], &[]);
+        let c = FunctionConfig::from_deployment(&d).unwrap().scale.within(4);
+        assert_eq!((c.min, c.max), (4, 4));
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        for (labels, env, needle) in [
+            (
+                vec![(SCALE_MIN_LABEL, "3"), (SCALE_MAX_LABEL, "2")],
+                vec![],
+                "is above",
+            ),
+            (vec![(SCALE_MAX_LABEL, "0")], vec![], SCALE_MAX_LABEL),
+            (vec![(SCALE_TYPE_LABEL, "cpu")], vec![], SCALE_TYPE_LABEL),
+            (vec![(CONCURRENCY_LABEL, "0")], vec![], CONCURRENCY_LABEL),
+            (vec![(AUTH_LABEL, "yes")], vec![], AUTH_LABEL),
+            (vec![(RATE_LIMIT_LABEL, "0")], vec![], RATE_LIMIT_LABEL),
+            (vec![], vec![("mode", "afterburner")], "envVars.mode"),
+            (
+                vec![],
+                vec![("exec_timeout", "soon")],
+                "envVars.exec_timeout",
+            ),
+            (vec![], vec![("max_inflight", "-1")], "envVars.max_inflight"),
+        ] {
+            let err = FunctionConfig::from_deployment(&deployment(&labels, &env))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+        }
+        let mut d = FunctionDeployment {
+            annotations: Some(BTreeMap::from([(
+                READINESS_PATH_ANNOTATION.to_owned(),
+                "health".to_owned(),
+            )])),
+            ..Default::default()
+        };
+        assert!(FunctionConfig::from_deployment(&d).is_err());
+        d.annotations = Some(BTreeMap::from([(
+            QUEUE_ANNOTATION.to_owned(),
+            "a b".to_owned(),
+        )]));
+        let err = FunctionConfig::from_deployment(&d).unwrap_err().to_string();
+        assert!(err.contains(QUEUE_ANNOTATION), "{err}");
+    }
+}
