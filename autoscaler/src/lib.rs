@@ -1,10 +1,11 @@
 //! `sluice-autoscaler`: scales every function up, down and to zero from the load it sees.
 //!
-//! The gateway reports each request to a function ([`Autoscaler::track`]) for as long as it is
-//! in flight, held ones included. Once a second the autoscaler samples each function's load,
-//! asks [`kpa::decide`] for a replica count and applies it to the provider, logging why. A
-//! request for a function at zero wakes it at once ([`Autoscaler::wake`]): concurrent first
-//! requests share one scale-up.
+//! [`EmbeddedAutoscaler`] is the [`sluice_core::Autoscaler`] of a process that runs its own
+//! replicas (`sluice up`, `sluice gateway` with local processes). The gateway reports each
+//! request to a function (`track`) for as long as it is in flight, held ones included. Once a
+//! second the autoscaler samples each function's load, asks [`kpa::decide`] for a replica count
+//! and applies it to the orchestrator, logging why. A request for a function at zero wakes it
+//! at once (`wake`): concurrent first requests share one scale-up.
 //!
 //! The autoscaler only changes the provider's replica count. The registry keeps what was
 //! deployed or set by hand; a manual scale pins the count for one stable window before the
@@ -17,7 +18,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_core::{FunctionRef, FunctionStore, Provider};
+use async_trait::async_trait;
+use sluice_core::{FunctionRef, FunctionStore, Orchestrator, ScaleStatus, ScalingGuard};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +57,7 @@ struct Load {
 
 /// Counts one request as in flight on its function until dropped.
 #[derive(Debug)]
-pub struct Tracked {
+struct Tracked {
     load: Arc<Load>,
     origin: Instant,
 }
@@ -73,12 +75,7 @@ fn ms_since(origin: Instant) -> u64 {
 }
 
 /// What the autoscaler last decided for a function.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Status {
-    pub target: u32,
-    pub reason: String,
-    pub panic: bool,
-}
+pub type Status = ScaleStatus;
 
 /// Per-function memory of the decision loop.
 #[derive(Debug, Default)]
@@ -92,32 +89,32 @@ struct Memory {
     status: Option<Status>,
 }
 
-/// The autoscaler. Cheap to clone.
+/// The embedded autoscaler: decides for the replicas one process runs. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Autoscaler {
+pub struct EmbeddedAutoscaler {
     inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
 struct Inner {
-    provider: Arc<dyn Provider>,
+    provider: Arc<dyn Orchestrator>,
     functions: Arc<dyn FunctionStore>,
     config: AutoscalerConfig,
     origin: Instant,
     loads: Mutex<HashMap<FunctionRef, Arc<Load>>>,
     memory: Mutex<HashMap<FunctionRef, Memory>>,
     /// Serialises every change of a replica count made through the autoscaler (wake-ups,
-    /// decisions, [`Autoscaler::exclusive`] holders), across all functions.
-    scaling: tokio::sync::Mutex<()>,
+    /// decisions, [`sluice_core::Autoscaler::exclusive`] holders), across all functions.
+    scaling: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Autoscaler {
+impl EmbeddedAutoscaler {
     pub fn new(
-        provider: Arc<dyn Provider>,
+        provider: Arc<dyn Orchestrator>,
         functions: Arc<dyn FunctionStore>,
         config: AutoscalerConfig,
     ) -> Self {
@@ -129,7 +126,7 @@ impl Autoscaler {
                 origin: Instant::now(),
                 loads: Mutex::default(),
                 memory: Mutex::default(),
-                scaling: tokio::sync::Mutex::new(()),
+                scaling: Arc::default(),
             }),
         }
     }
@@ -149,82 +146,6 @@ impl Autoscaler {
                 })
             })
             .clone()
-    }
-
-    /// Held while a replica count is changed from outside the autoscaler (by hand, from the
-    /// registry), so a decision made before the change is not applied after it.
-    pub async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.inner.scaling.lock().await
-    }
-
-    /// Counts a request to `function` as in flight until the returned guard is dropped.
-    pub fn track(&self, function: &FunctionRef) -> Tracked {
-        let load = self.load(function);
-        let now = load.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
-        load.peak.fetch_max(now, Ordering::AcqRel);
-        load.started.fetch_add(1, Ordering::AcqRel);
-        Tracked {
-            load,
-            origin: self.inner.origin,
-        }
-    }
-
-    /// Scales `function` from zero to one replica now, if it is at zero. Call it with the
-    /// request already [tracked](Self::track), so the next decision sees it and keeps the
-    /// replica. Returns whether this call started the scale-up.
-    pub async fn wake(&self, function: &FunctionRef) -> bool {
-        let _serial = self.inner.scaling.lock().await;
-        let at_zero = self
-            .inner
-            .provider
-            .replicas(function)
-            .is_some_and(|r| r.desired == 0);
-        if !at_zero {
-            return false;
-        }
-        if let Some(memory) = lock(&self.inner.memory).get_mut(function) {
-            memory.pinned_at = None;
-        }
-        match self.inner.provider.scale(function, 1).await {
-            Ok(()) => {
-                tracing::info!(%function, from = 0, to = 1, reason = "a request is waiting", "scaled");
-                self.remember(
-                    function,
-                    Status {
-                        target: 1,
-                        reason: "scale from zero: a request is waiting".into(),
-                        panic: false,
-                    },
-                );
-                true
-            }
-            Err(error) => {
-                tracing::warn!(%function, %error, "cannot scale from zero");
-                false
-            }
-        }
-    }
-
-    /// The replica count was set from outside (by hand, restored at start-up, from the
-    /// registry): leave it for one stable window, then decide from the load seen meanwhile.
-    /// Call it under [`Self::exclusive`] with the change.
-    pub fn pin(&self, function: &FunctionRef, replicas: u32, why: &str) {
-        let now = self.now();
-        let mut memory = lock(&self.inner.memory);
-        let m = memory.entry(function.clone()).or_default();
-        m.pinned_at = Some(now);
-        m.status = Some(Status {
-            target: replicas,
-            reason: format!("{why}; the autoscaler resumes after one stable window"),
-            panic: false,
-        });
-    }
-
-    /// What the autoscaler last decided for `function`.
-    pub fn status(&self, function: &FunctionRef) -> Option<Status> {
-        lock(&self.inner.memory)
-            .get(function)
-            .and_then(|m| m.status.clone())
     }
 
     fn remember(&self, function: &FunctionRef, status: Status) {
@@ -344,5 +265,77 @@ impl Autoscaler {
             ),
             Err(error) => tracing::warn!(%function, %error, "cannot scale"),
         }
+    }
+}
+
+#[async_trait]
+impl sluice_core::Autoscaler for EmbeddedAutoscaler {
+    fn track(&self, function: &FunctionRef) -> sluice_core::Tracked {
+        let load = self.load(function);
+        let now = load.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        load.peak.fetch_max(now, Ordering::AcqRel);
+        load.started.fetch_add(1, Ordering::AcqRel);
+        sluice_core::Tracked::new(Tracked {
+            load,
+            origin: self.inner.origin,
+        })
+    }
+
+    /// Scales `function` from zero to one replica now, if it is at zero. The request is already
+    /// tracked, so the next decision sees it and keeps the replica.
+    async fn wake(&self, function: &FunctionRef) -> bool {
+        let _serial = self.inner.scaling.lock().await;
+        let at_zero = self
+            .inner
+            .provider
+            .replicas(function)
+            .is_some_and(|r| r.desired == 0);
+        if !at_zero {
+            return false;
+        }
+        if let Some(memory) = lock(&self.inner.memory).get_mut(function) {
+            memory.pinned_at = None;
+        }
+        match self.inner.provider.scale(function, 1).await {
+            Ok(()) => {
+                tracing::info!(%function, from = 0, to = 1, reason = "a request is waiting", "scaled");
+                self.remember(
+                    function,
+                    Status {
+                        target: 1,
+                        reason: "scale from zero: a request is waiting".into(),
+                        panic: false,
+                    },
+                );
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%function, %error, "cannot scale from zero");
+                false
+            }
+        }
+    }
+
+    async fn exclusive(&self) -> ScalingGuard {
+        Box::new(self.inner.scaling.clone().lock_owned().await)
+    }
+
+    /// Leaves the count for one stable window, then decides from the load seen meanwhile.
+    fn pin(&self, function: &FunctionRef, replicas: u32, why: &str) {
+        let now = self.now();
+        let mut memory = lock(&self.inner.memory);
+        let m = memory.entry(function.clone()).or_default();
+        m.pinned_at = Some(now);
+        m.status = Some(Status {
+            target: replicas,
+            reason: format!("{why}; the autoscaler resumes after one stable window"),
+            panic: false,
+        });
+    }
+
+    fn status(&self, function: &FunctionRef) -> Option<Status> {
+        lock(&self.inner.memory)
+            .get(function)
+            .and_then(|m| m.status.clone())
     }
 }

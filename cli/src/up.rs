@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use sluice_autoscaler::{AutoscalerConfig, EmbeddedAutoscaler};
 use sluice_core::{CallQueue, CallStore, FunctionStore, QueueName};
+use sluice_gateway::Platform;
 use sluice_gateway::{AppState, GatewayConfig};
 use sluice_nats::{JetStreamConfig, JetStreamQueue};
 use sluice_provider::{ProcessConfig, ProcessProvider};
@@ -370,9 +372,23 @@ impl Prepared {
                 "stopped function processes a previous run left behind"
             );
         }
+        let provider = Arc::new(provider);
+        let autoscaler = EmbeddedAutoscaler::new(
+            provider.clone(),
+            backends.functions.clone(),
+            AutoscalerConfig {
+                max_replicas_limit: config.gateway.max_replicas_limit,
+                ..AutoscalerConfig::default()
+            },
+        );
+        let platform = Platform {
+            orchestrator: provider.clone(),
+            endpoints: provider.clone(),
+            autoscaler: Arc::new(autoscaler.clone()),
+        };
         let restored = sluice_gateway::restore(
             backends.functions.as_ref(),
-            &provider,
+            &platform,
             config.gateway.max_replicas_limit,
         )
         .await
@@ -406,8 +422,9 @@ impl Prepared {
         if matches!(role, Role::All) && gateway_config.internal_token.is_none() {
             gateway_config.internal_token = Some(uuid::Uuid::new_v4().simple().to_string());
         }
+        tokio::spawn(autoscaler.run(gateway_shutdown.clone()));
         let state = AppState::new(
-            Arc::new(provider.clone()),
+            platform,
             backends.functions.clone(),
             backends.calls.clone(),
             backends.queue.clone(),

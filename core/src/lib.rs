@@ -24,8 +24,9 @@ pub use config::{ConfigError, FunctionConfig, Metric, Mode, ScaleConfig};
 pub use name::{DEFAULT_NAMESPACE, FunctionRef, NameError};
 pub use retry::RetryPolicy;
 pub use seams::{
-    CallFilter, CallQueue, CallStore, Delivery, Endpoint, FunctionSpec, FunctionStore, Lease,
-    LogLine, LogStream, Provider, ProviderError, QueueError, Replicas, StoreError,
+    Autoscaler, CallFilter, CallQueue, CallStore, Delivery, Endpoint, EndpointSource, FunctionSpec,
+    FunctionStore, InFlight, Lease, LogLine, LogStream, Orchestrator, ProviderError, QueueError,
+    ReadyReplica, ReadySet, ReplicaLoad, Replicas, ScaleStatus, ScalingGuard, StoreError, Tracked,
 };
 pub use time::Timestamp;
 

@@ -11,11 +11,13 @@
 use std::fmt::Debug;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
 
 use crate::api::FunctionDeployment;
 use crate::call::{CallId, CallOutcome, CallRecord, CallResult, CallbackOutcome, QueuedCall};
@@ -66,13 +68,13 @@ pub struct Replicas {
 /// Hold it until the response has been read to its end.
 pub struct Endpoint {
     /// Base URL of the replica, `http://host:port`.
-    pub url: String,
+    pub url: Arc<str>,
     _in_flight: Box<dyn std::any::Any + Send + Sync>,
 }
 
 impl Endpoint {
     /// `guard` is dropped when the request is over.
-    pub fn new(url: String, guard: impl std::any::Any + Send + Sync) -> Self {
+    pub fn new(url: Arc<str>, guard: impl std::any::Any + Send + Sync) -> Self {
         Self {
             url,
             _in_flight: Box::new(guard),
@@ -86,6 +88,102 @@ impl std::fmt::Debug for Endpoint {
             .field("url", &self.url)
             .finish_non_exhaustive()
     }
+}
+
+/// The top bit of [`ReplicaLoad`]'s count: the replica takes no new requests.
+const CLOSED: usize = 1 << (usize::BITS - 1);
+
+/// Requests in flight on one replica. The endpoint source that reports the replica owns it; the
+/// activator counts each request it sends there; the source closes it when the replica leaves
+/// rotation and waits for it to drain before stopping the replica.
+#[derive(Debug, Default)]
+pub struct ReplicaLoad {
+    /// In-flight count, with [`CLOSED`] set once the replica left rotation.
+    state: AtomicUsize,
+    idle: Notify,
+}
+
+/// One request counted on a replica until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<ReplicaLoad>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.state.fetch_sub(1, Ordering::AcqRel) & !CLOSED == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl ReplicaLoad {
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.state.load(Ordering::Acquire) & !CLOSED
+    }
+
+    /// Counts one more request if fewer than `limit` are in flight and the replica is still in
+    /// rotation; else `None`, and the request must go elsewhere. Checked and counted in one
+    /// step, so a replica is never sent more than `limit`, nor anything once found drained.
+    pub fn begin(self: &Arc<Self>, limit: usize) -> Option<InFlight> {
+        self.state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s & CLOSED == 0 && s < limit).then_some(s + 1)
+            })
+            .ok()
+            .map(|_| InFlight(self.clone()))
+    }
+
+    /// Takes the replica out of rotation: no request begins on it any more.
+    pub fn close(&self) {
+        if self.state.fetch_or(CLOSED, Ordering::AcqRel) & !CLOSED == 0 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state.load(Ordering::Acquire) & CLOSED != 0
+    }
+
+    /// Returns once no request is in flight (call it after [`Self::close`]).
+    pub async fn drained(&self) {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.in_flight() == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// A replica ready for traffic, as an [`EndpointSource`] reports it.
+#[derive(Debug, Clone)]
+pub struct ReadyReplica {
+    /// Base URL, `http://host:port`.
+    pub url: Arc<str>,
+    pub load: Arc<ReplicaLoad>,
+}
+
+/// A function's replicas as its endpoint source sees them now.
+#[derive(Debug, Clone, Default)]
+pub struct ReadySet {
+    /// Replicas the function should have; zero means it is scaled to zero.
+    pub desired: u32,
+    /// The ones ready for traffic (possibly more than `desired` while a new configuration rolls
+    /// out beside the old one).
+    pub ready: Vec<ReadyReplica>,
+}
+
+/// Which replicas of a function are ready, and where: local processes, or pods' addresses from
+/// their EndpointSlices. The activator picks among them for each request.
+pub trait EndpointSource: Send + Sync + Debug {
+    /// The function's replicas now; `None` for a function this source does not know.
+    fn ready(&self, function: &FunctionRef) -> Option<ReadySet>;
+    /// Changes whenever `function`'s [`ReadySet`] may have changed (and when it is removed);
+    /// `None` for a function this source does not know.
+    fn changes(&self, function: &FunctionRef) -> Option<watch::Receiver<u64>>;
 }
 
 /// One line a replica wrote, in the NDJSON shape of OpenFaaS's `/system/logs`.
@@ -106,17 +204,14 @@ pub enum ProviderError {
     NotFound(String),
     #[error("{0}")]
     InvalidSpec(String),
-    #[error("function {function} has no ready replica after waiting {waited:?}")]
-    NoReadyReplica { function: String, waited: Duration },
-    #[error("function {0} is scaled to zero")]
-    ScaledToZero(String),
     #[error("provider failure: {0}")]
     Internal(String),
 }
 
-/// Where functions run.
+/// What runs: starts, updates, scales and removes functions' replicas (local processes, or
+/// Kubernetes Deployments). Which replica serves a request is an [`EndpointSource`]'s concern.
 #[async_trait]
-pub trait Provider: Send + Sync + Debug {
+pub trait Orchestrator: Send + Sync + Debug {
     /// Rejects a function this provider cannot run, before anything is stored.
     fn validate(&self, spec: &FunctionSpec) -> Result<(), ProviderError>;
 
@@ -136,14 +231,6 @@ pub trait Provider: Send + Sync + Debug {
     /// Every function this provider runs.
     fn functions(&self) -> Vec<FunctionRef>;
 
-    /// A ready replica, chosen round-robin, counted as busy until the [`Endpoint`] is dropped.
-    /// Waits up to `wait` for one to become ready when replicas are starting.
-    async fn endpoint(
-        &self,
-        function: &FunctionRef,
-        wait: Duration,
-    ) -> Result<Endpoint, ProviderError>;
-
     /// The last `tail` lines the function's replicas wrote, then (with `follow`) new ones as they
     /// come, until the function is removed or the stream is dropped.
     fn logs(
@@ -152,6 +239,57 @@ pub trait Provider: Send + Sync + Debug {
         tail: usize,
         follow: bool,
     ) -> Result<LogStream, ProviderError>;
+}
+
+/// How the autoscaler last decided for a function, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScaleStatus {
+    pub target: u32,
+    pub reason: String,
+    pub panic: bool,
+}
+
+/// Counts one request as load on its function until dropped.
+pub struct Tracked {
+    _guard: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl Tracked {
+    pub fn new(guard: impl std::any::Any + Send + Sync) -> Self {
+        Self {
+            _guard: Box::new(guard),
+        }
+    }
+}
+
+impl std::fmt::Debug for Tracked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracked").finish_non_exhaustive()
+    }
+}
+
+/// Held while a replica count is changed from outside the autoscaler.
+pub type ScalingGuard = Box<dyn std::any::Any + Send>;
+
+/// What a gateway needs of the autoscaler: its load counted, functions at zero woken, and counts
+/// set by hand respected. Embedded (one process decides for the replicas it runs) or shared (the
+/// gateway reports its load to one autoscaler that decides for every gateway).
+#[async_trait]
+pub trait Autoscaler: Send + Sync + Debug {
+    /// Counts a request to `function` as load (in flight, held ones included) until the guard
+    /// is dropped. Call it before [`Self::wake`], and hold it until the response has ended, so a
+    /// function with a request in flight or held is never idle.
+    fn track(&self, function: &FunctionRef) -> Tracked;
+    /// A request is held for `function`, which may be at zero: scale it to one now. Returns
+    /// whether this call started a scale-up.
+    async fn wake(&self, function: &FunctionRef) -> bool;
+    /// Hold while changing a replica count from outside (by hand, from the registry), so a
+    /// decision made before the change is not applied after it.
+    async fn exclusive(&self) -> ScalingGuard;
+    /// The replica count was set from outside: leave it for one stable window.
+    fn pin(&self, function: &FunctionRef, replicas: u32, why: &str);
+    /// What was last decided for `function`.
+    fn status(&self, function: &FunctionRef) -> Option<ScaleStatus>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

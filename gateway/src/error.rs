@@ -229,15 +229,23 @@ impl From<QueueError> for ApiError {
     }
 }
 
+impl From<sluice_activator::ActivatorError> for ApiError {
+    fn from(e: sluice_activator::ActivatorError) -> Self {
+        use sluice_activator::ActivatorError as E;
+        match e {
+            E::Gone(f) => Self::FunctionNotFound(f),
+            E::Full { function, limit } => Self::ActivatorFull { function, limit },
+            E::NotReady { function, waited } => Self::NotReady { function, waited },
+            E::ScaledToZero(f) => Self::ScaledToZero(f),
+        }
+    }
+}
+
 impl From<ProviderError> for ApiError {
     fn from(e: ProviderError) -> Self {
         match e {
             ProviderError::NotFound(f) => Self::FunctionNotFound(f),
             ProviderError::InvalidSpec(msg) => Self::BadRequest(msg),
-            ProviderError::ScaledToZero(f) => Self::ScaledToZero(f),
-            ProviderError::NoReadyReplica { function, waited } => {
-                Self::NotReady { function, waited }
-            }
             ProviderError::Internal(detail) => Self::Internal(detail),
         }
     }

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use sluice_core::{
     DEFAULT_NAMESPACE, FunctionDeployment, FunctionRef, FunctionSpec, FunctionStatus,
-    FunctionStore, Provider, Timestamp,
+    FunctionStore, Timestamp,
 };
 
 use crate::AppState;
@@ -26,19 +26,25 @@ pub(crate) struct NamespaceQuery {
 }
 
 /// Brings back every function in the registry at start-up, with at most `max_replicas` each.
-/// A function the provider can no longer run (its directory is gone, say) is logged and left in
-/// the registry for the operator.
+/// What was restored keeps its count until the autoscaler has seen a window of load. A
+/// function the orchestrator can no longer run (its directory is gone, say) is logged and left
+/// in the registry for the operator.
 pub async fn restore(
     functions: &dyn FunctionStore,
-    provider: &dyn Provider,
+    platform: &crate::Platform,
     max_replicas: u32,
 ) -> Result<usize, ApiError> {
     let specs = functions.list().await?;
     let mut restored = 0;
     for mut spec in specs {
         spec.replicas = spec.replicas.min(max_replicas);
-        match provider.apply(&spec).await {
-            Ok(()) => restored += 1,
+        match platform.orchestrator.apply(&spec).await {
+            Ok(()) => {
+                platform
+                    .autoscaler
+                    .pin(&spec.function, spec.replicas, "restored at start-up");
+                restored += 1;
+            }
             Err(error) => {
                 tracing::error!(function = %spec.function, %error, "could not restore function")
             }
@@ -76,7 +82,7 @@ fn checked(state: &AppState, mut d: FunctionDeployment) -> Result<FunctionSpec, 
     d.namespace = Some(function.namespace.clone());
     let spec = FunctionSpec::new(function, d, 0, Timestamp::now())
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    state.provider.validate(&spec)?;
+    state.orchestrator.validate(&spec)?;
     check_replica_labels(state, &spec)?;
     Ok(spec)
 }
@@ -101,7 +107,7 @@ pub(crate) async fn create(
         )),
         other => other.into(),
     })?;
-    if let Err(e) = state.provider.apply(&spec).await {
+    if let Err(e) = state.orchestrator.apply(&spec).await {
         // Nothing half-deployed: the registry forgets what the provider could not start.
         let _ = state.functions.delete(&spec.function).await;
         return Err(e.into());
@@ -127,7 +133,7 @@ pub(crate) async fn update(
     spec.created_at = existing.created_at;
     state.functions.update(&spec).await?;
     state.policies.forget(&spec.function);
-    state.provider.apply(&spec).await?;
+    state.orchestrator.apply(&spec).await?;
     tracing::info!(function = %spec.function, replicas = spec.replicas, "updated");
     Ok(StatusCode::ACCEPTED)
 }
@@ -154,9 +160,9 @@ pub(crate) async fn delete(
         return Err(ApiError::FunctionNotFound(function.to_string()));
     }
     state.metrics.forget(&function);
-    state.held.forget(&function);
+    state.activator.forget(&function);
     state.policies.forget(&function);
-    match state.provider.remove(&function).await {
+    match state.orchestrator.remove(&function).await {
         Ok(()) | Err(sluice_core::ProviderError::NotFound(_)) => {}
         Err(e) => return Err(e.into()),
     }
@@ -165,7 +171,10 @@ pub(crate) async fn delete(
 }
 
 fn status_of(state: &AppState, spec: FunctionSpec) -> FunctionStatus {
-    let replicas = state.provider.replicas(&spec.function).unwrap_or_default();
+    let replicas = state
+        .orchestrator
+        .replicas(&spec.function)
+        .unwrap_or_default();
     let invocations = state.metrics.invocations(&spec.function);
     let scaling = state.autoscaler.status(&spec.function);
     let d = spec.deployment;
@@ -267,7 +276,7 @@ pub(crate) async fn scale(
     }
     {
         let _scaling = state.autoscaler.exclusive().await;
-        state.provider.scale(&function, replicas).await?;
+        state.orchestrator.scale(&function, replicas).await?;
         state.autoscaler.pin(&function, replicas, "set by hand");
     }
     tracing::info!(%function, replicas, "scaled by hand");

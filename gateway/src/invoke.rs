@@ -75,7 +75,7 @@ const CREDENTIAL_HEADERS: &[HeaderName] = &[
 /// The function runs on this gateway's provider, or is in the registry and is applied to it now
 /// (deployed through another gateway a moment ago, before this one's next look).
 async fn ensure_deployed(state: &AppState, function: &FunctionRef) -> Result<(), ApiError> {
-    if state.provider.replicas(function).is_some() {
+    if state.orchestrator.replicas(function).is_some() {
         return Ok(());
     }
     if crate::sync::apply_from_registry(state, function).await? {
@@ -141,7 +141,10 @@ async fn proxy(
     let held = state.read_body(&parts.headers, body).await?;
     // Load for the autoscaler from here until the response has been streamed, held time included.
     let tracked = state.autoscaler.track(&function);
-    let endpoint = crate::activator::endpoint(&state, &function).await?;
+    let endpoint = state
+        .activator
+        .endpoint(&function, policy.concurrency)
+        .await?;
     let base = &endpoint.url;
     let url = match parts.uri.query() {
         Some(q) => format!("{base}{path}?{q}"),

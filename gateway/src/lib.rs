@@ -8,7 +8,6 @@
 //! The gateway meets the rest of Sluice only through `sluice-core`'s traits, so the same code
 //! serves the single-machine and the cluster form.
 
-mod activator;
 mod auth;
 mod body;
 mod calls;
@@ -27,8 +26,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{any, get, post};
-use sluice_autoscaler::{Autoscaler, AutoscalerConfig};
-use sluice_core::{CallQueue, CallStore, FunctionRef, FunctionStore, Provider};
+use sluice_activator::{Activator, ActivatorConfig};
+use sluice_core::{
+    Autoscaler, CallQueue, CallStore, EndpointSource, FunctionRef, FunctionStore, Orchestrator,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -108,10 +109,22 @@ impl Default for GatewayConfig {
     }
 }
 
+/// Where a gateway's functions run and how their traffic is steered: the three seams a
+/// provider fills (the process provider fills the first two itself).
+#[derive(Debug, Clone)]
+pub struct Platform {
+    /// What runs: apply, scale, remove, logs.
+    pub orchestrator: Arc<dyn Orchestrator>,
+    /// Which replicas are ready, and where.
+    pub endpoints: Arc<dyn EndpointSource>,
+    /// Told of every request; wakes functions at zero.
+    pub autoscaler: Arc<dyn Autoscaler>,
+}
+
 /// What the gateway's handlers share. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub provider: Arc<dyn Provider>,
+    pub orchestrator: Arc<dyn Orchestrator>,
     pub functions: Arc<dyn FunctionStore>,
     pub calls: Arc<dyn CallStore>,
     pub queue: Arc<dyn CallQueue>,
@@ -122,9 +135,10 @@ pub struct AppState {
     function_locks: Arc<[tokio::sync::Mutex<()>]>,
     in_flight: Arc<tokio::sync::Semaphore>,
     async_in_flight: Arc<tokio::sync::Semaphore>,
-    /// Scales this gateway's provider from the load it sees.
-    pub autoscaler: Autoscaler,
-    held: Arc<activator::Held>,
+    /// Counts the load and wakes functions at zero.
+    pub autoscaler: Arc<dyn Autoscaler>,
+    /// Holds requests while no replica has room, and picks one when there is.
+    activator: Activator,
     failures: Arc<auth::Failures>,
     policies: Arc<policy::Policies>,
     /// What request bodies may hold in memory at once.
@@ -143,7 +157,7 @@ const FUNCTION_LOCK_STRIPES: usize = 64;
 
 impl AppState {
     pub fn new(
-        provider: Arc<dyn Provider>,
+        platform: Platform,
         functions: Arc<dyn FunctionStore>,
         calls: Arc<dyn CallStore>,
         queue: Arc<dyn CallQueue>,
@@ -158,19 +172,19 @@ impl AppState {
             .no_proxy()
             .build()
             .expect("a reqwest client with static settings builds");
-        let autoscaler = Autoscaler::new(
-            provider.clone(),
-            functions.clone(),
-            AutoscalerConfig {
-                tick: Duration::from_secs(1),
-                max_replicas_limit: config.max_replicas_limit,
+        let activator = Activator::new(
+            platform.endpoints,
+            platform.autoscaler.clone(),
+            ActivatorConfig {
+                buffer: config.activator_buffer,
+                hold_timeout: config.readiness_wait,
             },
         );
         Self {
-            provider,
+            orchestrator: platform.orchestrator,
             functions,
-            autoscaler,
-            held: Arc::default(),
+            autoscaler: platform.autoscaler,
+            activator,
             failures: Arc::default(),
             policies: Arc::default(),
             rate: config.rate_limit.map(|n| Arc::new(policy::Rate::new(n))),
@@ -338,19 +352,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the gateway (and runs its autoscaler) on `listener` until `shutdown`, then lets
-/// in-flight requests finish.
+/// Serves the gateway on `listener` until `shutdown`, then lets in-flight requests finish.
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
-    // What was restored keeps its count until the autoscaler has seen a window of load.
-    for function in state.provider.functions() {
-        if let Some(replicas) = state.provider.replicas(&function) {
-            state
-                .autoscaler
-                .pin(&function, replicas.desired, "restored at start-up");
-        }
-    }
-    tokio::spawn(state.autoscaler.clone().run(shutdown.clone()));
     let limits = state.config.connections.clone();
     serve::serve_connections(listener, router(state), limits, shutdown).await
 }

@@ -47,7 +47,7 @@ pub(crate) async fn logs(
         Some(n) => usize::try_from(n).unwrap_or(ALL),
     };
     let lines = state
-        .provider
+        .orchestrator
         .logs(&function, tail, q.follow.unwrap_or(false))?;
     let shutdown = state.shutdown.clone();
     let ndjson = lines

@@ -123,11 +123,11 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
             s.count
         );
     }
-    let mut functions = state.provider.functions();
+    let mut functions = state.orchestrator.functions();
     functions.sort();
     let replicas: Vec<_> = functions
         .iter()
-        .filter_map(|f| state.provider.replicas(f).map(|r| (f, r)))
+        .filter_map(|f| state.orchestrator.replicas(f).map(|r| (f, r)))
         .collect();
     let per_function = |rows: Vec<(&FunctionRef, u32)>| -> Vec<(String, u32)> {
         rows.into_iter().map(|(f, n)| (label(f), n)).collect()

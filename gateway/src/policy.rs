@@ -1,5 +1,5 @@
-//! Per-function request policy: what the gateway checks before a function is called, read once
-//! from the function's labels and kept while the function is deployed.
+//! Per-function request policy: what the gateway checks before a function is called and how
+//! many requests a replica takes, from the function's configuration, kept while it is deployed.
 //!
 //! The registry is the source: a policy is read from it the first time a function is called on
 //! this gateway and forgotten whenever the function is deployed, updated or removed (here or, in
@@ -22,6 +22,8 @@ pub(crate) struct Policy {
     pub(crate) auth_required: bool,
     /// Its requests per second on this gateway (`com.sluice.rate-limit`).
     pub(crate) rate: Option<Rate>,
+    /// Requests one replica is sent at once (`com.sluice.concurrency`).
+    pub(crate) concurrency: Option<usize>,
 }
 
 /// A rate limit and its bucket.
@@ -54,6 +56,7 @@ impl Policy {
         Self {
             auth_required: config.auth_required,
             rate: config.rate_limit.map(Rate::new),
+            concurrency: config.concurrency,
         }
     }
 }

@@ -33,14 +33,14 @@ pub(crate) async fn apply_from_registry(
     function: &FunctionRef,
 ) -> Result<bool, crate::ApiError> {
     let _serial = state.lock_function(function).await;
-    if state.provider.replicas(function).is_some() {
+    if state.orchestrator.replicas(function).is_some() {
         return Ok(true);
     }
     let Some(mut spec) = state.functions.get(function).await? else {
         return Ok(false);
     };
     spec.replicas = spec.replicas.min(state.config.max_replicas_limit);
-    state.provider.apply(&spec).await?;
+    state.orchestrator.apply(&spec).await?;
     tracing::info!(%function, "applied from the registry on first request");
     Ok(true)
 }
@@ -56,7 +56,7 @@ async fn sync_once(
         let unchanged = seen.get(&spec.function).is_some_and(|(d, r)| {
             *d == spec.deployment
                 && *r == replicas
-                && state.provider.replicas(&spec.function).is_some()
+                && state.orchestrator.replicas(&spec.function).is_some()
         });
         if unchanged {
             continue;
@@ -73,7 +73,7 @@ async fn sync_once(
         let rescaled = match seen.get(&fresh.function) {
             Some((_, replicas)) => *replicas != fresh.replicas,
             None => state
-                .provider
+                .orchestrator
                 .replicas(&fresh.function)
                 .is_some_and(|r| r.desired != fresh.replicas),
         };
@@ -85,7 +85,7 @@ async fn sync_once(
         {
             state.policies.forget(&fresh.function);
         }
-        match state.provider.apply(&fresh).await {
+        match state.orchestrator.apply(&fresh).await {
             Ok(()) => {
                 tracing::debug!(function = %fresh.function, replicas = fresh.replicas, "applied from the registry");
                 if rescaled {
@@ -112,11 +112,11 @@ async fn sync_once(
         if state.functions.get(&function).await?.is_some() {
             continue;
         }
-        match state.provider.remove(&function).await {
+        match state.orchestrator.remove(&function).await {
             Ok(()) | Err(ProviderError::NotFound(_)) => {
                 tracing::info!(%function, "removed: no longer in the registry");
                 state.metrics.forget(&function);
-                state.held.forget(&function);
+                state.activator.forget(&function);
                 state.policies.forget(&function);
                 seen.remove(&function);
             }

@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sluice_core::{
-    Endpoint, FunctionRef, FunctionSpec, LogStream, Provider, ProviderError, Replicas,
+    EndpointSource, FunctionRef, FunctionSpec, LogStream, Orchestrator, ProviderError, ReadySet,
+    Replicas,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::logs::LogBuffer;
-use crate::runtime::{EndpointError, FunctionRuntime, RuntimeConfig};
+use crate::runtime::{FunctionRuntime, RuntimeConfig};
 use crate::spec::RunSpec;
 
 /// Settings of the process provider.
@@ -120,7 +121,7 @@ impl ProcessProvider {
 }
 
 #[async_trait]
-impl Provider for ProcessProvider {
+impl Orchestrator for ProcessProvider {
     fn validate(&self, spec: &FunctionSpec) -> Result<(), ProviderError> {
         RunSpec::from_spec(spec, self.inner.config.default_exec_timeout).map(drop)
     }
@@ -187,24 +188,6 @@ impl Provider for ProcessProvider {
         self.runtime(function).ok().map(|rt| rt.counts())
     }
 
-    async fn endpoint(
-        &self,
-        function: &FunctionRef,
-        wait: Duration,
-    ) -> Result<Endpoint, ProviderError> {
-        let rt = self.runtime(function)?;
-        match rt.endpoint(wait).await {
-            Ok((addr, guard)) => Ok(Endpoint::new(format!("http://{addr}"), guard)),
-            Err(EndpointError::ScaledToZero) => {
-                Err(ProviderError::ScaledToZero(function.to_string()))
-            }
-            Err(EndpointError::NotReady) => Err(ProviderError::NoReadyReplica {
-                function: function.to_string(),
-                waited: wait,
-            }),
-        }
-    }
-
     fn logs(
         &self,
         function: &FunctionRef,
@@ -212,5 +195,16 @@ impl Provider for ProcessProvider {
         follow: bool,
     ) -> Result<LogStream, ProviderError> {
         Ok(self.runtime(function)?.logs.stream(tail, follow))
+    }
+}
+
+/// Ready replicas are the provider's own: each answers on a loopback port once probed.
+impl EndpointSource for ProcessProvider {
+    fn ready(&self, function: &FunctionRef) -> Option<ReadySet> {
+        self.runtime(function).ok()?.ready_set()
+    }
+
+    fn changes(&self, function: &FunctionRef) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.runtime(function).ok()?.changes())
     }
 }

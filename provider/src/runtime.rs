@@ -1,15 +1,14 @@
 //! One function's replicas on this machine: starting, probing, restarting and stopping them.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_core::{FunctionRef, Replicas};
+use sluice_core::{FunctionRef, ReadyReplica, ReadySet, ReplicaLoad, Replicas};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Child;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -28,37 +27,14 @@ pub(crate) struct RuntimeConfig {
     pub(crate) restart_backoff_max: Duration,
 }
 
-/// Requests in flight on one replica, so it can be drained before it is stopped.
-#[derive(Debug, Default)]
-struct InFlight {
-    count: AtomicUsize,
-    idle: Notify,
-}
-
-/// Held for the length of one request on a replica (see [`sluice_core::Endpoint`]).
-#[derive(Debug)]
-pub(crate) struct InFlightGuard {
-    replica: Arc<InFlight>,
-    /// The function's: wakes a request waiting for a replica with room.
-    freed: Arc<Notify>,
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        if self.replica.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.replica.idle.notify_waiters();
-        }
-        // One slot freed: wake one waiting request (the longest waiting), not all of them.
-        self.freed.notify_one();
-    }
-}
-
 /// A replica as the runtime tracks it.
 #[derive(Debug, Clone)]
 struct Replica {
     cancel: CancellationToken,
-    ready: Arc<Mutex<Option<SocketAddr>>>,
-    in_flight: Arc<InFlight>,
+    /// Its base URL while it is ready.
+    ready: Arc<Mutex<Option<Arc<str>>>>,
+    /// Requests the activator sent it; drained before it is stopped.
+    load: Arc<ReplicaLoad>,
 }
 
 /// Replicas in rotation.
@@ -75,14 +51,10 @@ struct Rotation {
 pub(crate) struct FunctionRuntime {
     function: FunctionRef,
     spec: Mutex<Arc<RunSpec>>,
-    /// The function's replicas. Under one lock with the outgoing ones, so a request never picks a
-    /// replica that is being stopped.
+    /// The function's replicas, current and outgoing.
     replicas: Mutex<Rotation>,
     /// Bumped whenever a replica becomes ready or stops being ready, or the set changes.
     changes: watch::Sender<u64>,
-    next: AtomicUsize,
-    /// Notified (one waiter at a time) whenever a request on any replica ends.
-    freed: Arc<Notify>,
     pub(crate) logs: Arc<LogBuffer>,
     /// Cancelled when the provider shuts down: every replica stops at once.
     root: CancellationToken,
@@ -110,8 +82,6 @@ impl FunctionRuntime {
             spec: Mutex::new(Arc::new(spec)),
             replicas: Mutex::new(Rotation::default()),
             changes: watch::channel(0).0,
-            next: AtomicUsize::new(0),
-            freed: Arc::default(),
             logs,
             root,
             removed: CancellationToken::new(),
@@ -153,10 +123,7 @@ impl FunctionRuntime {
             let mut order: Vec<usize> = (0..rotation.current.len()).collect();
             order.sort_by_key(|&i| {
                 let r = &rotation.current[i];
-                (
-                    lock(&r.ready).is_some(),
-                    r.in_flight.count.load(Ordering::Acquire),
-                )
+                (lock(&r.ready).is_some(), r.load.in_flight())
             });
             let mut leaving: Vec<usize> = order.into_iter().take(surplus).collect();
             leaving.sort_unstable_by(|a, b| b.cmp(a));
@@ -243,19 +210,11 @@ impl FunctionRuntime {
     /// Stops a replica that is already out of rotation, once its in-flight requests are done
     /// (at most the drain timeout; at once if the provider is shutting down).
     fn retire(&self, replica: Replica) {
+        replica.load.close();
         let (drain, root) = (self.config.drain_timeout, self.root.clone());
         self.tracker.spawn(async move {
-            let idle = async {
-                loop {
-                    let notified = replica.in_flight.idle.notified();
-                    if replica.in_flight.count.load(Ordering::Acquire) == 0 {
-                        return;
-                    }
-                    notified.await;
-                }
-            };
             tokio::select! {
-                () = idle => {}
+                () = replica.load.drained() => {}
                 _ = tokio::time::sleep(drain) => {}
                 () = root.cancelled() => {}
             }
@@ -263,60 +222,32 @@ impl FunctionRuntime {
         });
     }
 
-    /// The least busy ready replica with room for one more request (round-robin among equals),
-    /// waiting up to `wait` while replicas start or are full. The guard counts the request as in
-    /// flight on that replica.
-    pub(crate) async fn endpoint(
-        &self,
-        wait: Duration,
-    ) -> Result<(SocketAddr, InFlightGuard), EndpointError> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut changes = self.changes.subscribe();
-        loop {
-            changes.borrow_and_update();
-            // Registered before looking, so a request ending after the look wakes us.
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            let limit = lock(&self.spec).concurrency.unwrap_or(usize::MAX);
-            let desired = {
-                let rotation = lock(&self.replicas);
-                let ready: Vec<&Replica> = rotation
-                    .current
-                    .iter()
-                    .chain(&rotation.outgoing)
-                    .filter(|r| lock(&r.ready).is_some())
-                    .collect();
-                if !ready.is_empty() {
-                    let start = self.next.fetch_add(1, Ordering::Relaxed);
-                    let picked = (0..ready.len())
-                        .map(|k| ready[(start + k) % ready.len()])
-                        .map(|r| (r.in_flight.count.load(Ordering::Acquire), r))
-                        .filter(|(busy, _)| *busy < limit)
-                        .min_by_key(|(busy, _)| *busy);
-                    if let Some((_, r)) = picked {
-                        let addr = lock(&r.ready).expect("filtered on ready");
-                        // Counted under the rotation lock: a replica cannot leave rotation (and
-                        // be found idle) between being picked and being counted.
-                        r.in_flight.count.fetch_add(1, Ordering::AcqRel);
-                        let guard = InFlightGuard {
-                            replica: r.in_flight.clone(),
-                            freed: self.freed.clone(),
-                        };
-                        return Ok((addr, guard));
-                    }
-                }
-                rotation.current.len()
-            };
-            if desired == 0 || self.removed.is_cancelled() {
-                return Err(EndpointError::ScaledToZero);
-            }
-            tokio::select! {
-                r = changes.changed() => if r.is_err() { return Err(EndpointError::NotReady) },
-                () = &mut freed => {}
-                () = tokio::time::sleep_until(deadline) => return Err(EndpointError::NotReady),
-            }
+    /// The replicas ready for traffic, current and outgoing; `None` once the function is removed.
+    pub(crate) fn ready_set(&self) -> Option<ReadySet> {
+        if self.removed.is_cancelled() {
+            return None;
         }
+        let rotation = lock(&self.replicas);
+        let ready = rotation
+            .current
+            .iter()
+            .chain(&rotation.outgoing)
+            .filter_map(|r| {
+                lock(&r.ready).clone().map(|url| ReadyReplica {
+                    url,
+                    load: r.load.clone(),
+                })
+            })
+            .collect();
+        Some(ReadySet {
+            desired: u32::try_from(rotation.current.len()).unwrap_or(u32::MAX),
+            ready,
+        })
+    }
+
+    /// Bumped whenever the ready set may have changed.
+    pub(crate) fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     fn start_replica(self: &Arc<Self>, spec: Arc<RunSpec>) -> Replica {
@@ -338,12 +269,12 @@ impl FunctionRuntime {
         Replica {
             cancel,
             ready,
-            in_flight: Arc::default(),
+            load: Arc::default(),
         }
     }
 
-    fn set_ready(&self, slot: &Mutex<Option<SocketAddr>>, addr: Option<SocketAddr>) {
-        *lock(slot) = addr;
+    fn set_ready(&self, slot: &Mutex<Option<Arc<str>>>, addr: Option<SocketAddr>) {
+        *lock(slot) = addr.map(|a| Arc::from(format!("http://{a}")));
         self.bump();
     }
 
@@ -351,7 +282,7 @@ impl FunctionRuntime {
         &self,
         id: String,
         spec: Arc<RunSpec>,
-        ready: Arc<Mutex<Option<SocketAddr>>>,
+        ready: Arc<Mutex<Option<Arc<str>>>>,
         cancel: CancellationToken,
     ) {
         let listener = match TcpListener::bind("127.0.0.1:0").await {
@@ -389,7 +320,7 @@ impl FunctionRuntime {
         &self,
         id: String,
         spec: Arc<RunSpec>,
-        ready: Arc<Mutex<Option<SocketAddr>>>,
+        ready: Arc<Mutex<Option<Arc<str>>>>,
         cancel: CancellationToken,
     ) {
         let mut backoff = self.config.restart_backoff_min;
@@ -418,7 +349,7 @@ impl FunctionRuntime {
         &self,
         id: &str,
         spec: &RunSpec,
-        ready: &Mutex<Option<SocketAddr>>,
+        ready: &Mutex<Option<Arc<str>>>,
         cancel: &CancellationToken,
     ) -> Exit {
         let port = match free_port().await {
@@ -530,13 +461,6 @@ impl FunctionRuntime {
 enum Exit {
     Cancelled,
     Ended(String),
-}
-
-/// Why no endpoint could be had.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum EndpointError {
-    ScaledToZero,
-    NotReady,
 }
 
 fn describe_exit(status: std::io::Result<std::process::ExitStatus>) -> String {

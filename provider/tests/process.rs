@@ -5,8 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use std::sync::Arc;
+
+use sluice_activator::{Activator, ActivatorConfig, ActivatorError};
 use sluice_core::{
-    FunctionDeployment, FunctionRef, FunctionSpec, Provider, ProviderError, Timestamp,
+    Autoscaler, FunctionDeployment, FunctionRef, FunctionSpec, Orchestrator, ProviderError,
+    ScaleStatus, ScalingGuard, Timestamp, Tracked,
 };
 use sluice_provider::{ProcessConfig, ProcessProvider, WORKDIR_ANNOTATION};
 
@@ -37,6 +41,39 @@ fn spec(name: &str, command: &str, env: &[(&str, &str)], replicas: u32) -> Funct
     .unwrap()
 }
 
+/// An autoscaler that never wakes anything: these tests scale by hand.
+#[derive(Debug)]
+struct Manual;
+
+#[async_trait::async_trait]
+impl Autoscaler for Manual {
+    fn track(&self, _: &FunctionRef) -> Tracked {
+        Tracked::new(())
+    }
+    async fn wake(&self, _: &FunctionRef) -> bool {
+        false
+    }
+    async fn exclusive(&self) -> ScalingGuard {
+        Box::new(())
+    }
+    fn pin(&self, _: &FunctionRef, _: u32, _: &str) {}
+    fn status(&self, _: &FunctionRef) -> Option<ScaleStatus> {
+        None
+    }
+}
+
+/// Picks replicas the way the gateway does, holding a request at most `hold`.
+fn activator(p: &ProcessProvider, hold: Duration) -> Activator {
+    Activator::new(
+        Arc::new(p.clone()),
+        Arc::new(Manual),
+        ActivatorConfig {
+            buffer: 1000,
+            hold_timeout: hold,
+        },
+    )
+}
+
 fn provider() -> ProcessProvider {
     ProcessProvider::new(ProcessConfig {
         stop_grace: Duration::from_secs(2),
@@ -64,10 +101,11 @@ where
 #[tokio::test]
 async fn classic_function_hashes_stdin_and_sees_http_env() {
     let p = provider();
+    let a = activator(&p, WAIT);
     let http = reqwest::Client::new();
     let sha = spec("sha", "sha512sum", &[], 1);
     p.apply(&sha).await.unwrap();
-    let base = p.endpoint(&sha.function, WAIT).await.unwrap().url;
+    let base = a.endpoint(&sha.function, None).await.unwrap().url;
     let resp = http
         .post(format!("{base}/"))
         .body("hello")
@@ -84,7 +122,7 @@ async fn classic_function_hashes_stdin_and_sees_http_env() {
 
     let env = spec("env", "env", &[("greeting", "hi")], 1);
     p.apply(&env).await.unwrap();
-    let base = p.endpoint(&env.function, WAIT).await.unwrap().url;
+    let base = a.endpoint(&env.function, None).await.unwrap().url;
     let resp = http
         .put(format!("{base}/a/b?x=1"))
         .header("X-Custom", "yes")
@@ -123,10 +161,11 @@ async fn classic_function_hashes_stdin_and_sees_http_env() {
 #[tokio::test]
 async fn classic_failures_and_timeouts() {
     let p = provider();
+    let a = activator(&p, WAIT);
     let http = reqwest::Client::new();
     let failing = spec("failing", "sh -c 'echo broken >&2; exit 3'", &[], 1);
     p.apply(&failing).await.unwrap();
-    let base = p.endpoint(&failing.function, WAIT).await.unwrap().url;
+    let base = a.endpoint(&failing.function, None).await.unwrap().url;
     let resp = http.get(format!("{base}/")).send().await.unwrap();
     assert_eq!(resp.status(), 500);
     assert!(
@@ -146,7 +185,7 @@ async fn classic_failures_and_timeouts() {
 
     let slow = spec("slow", "sleep 30", &[("exec_timeout", "300ms")], 1);
     p.apply(&slow).await.unwrap();
-    let base = p.endpoint(&slow.function, WAIT).await.unwrap().url;
+    let base = a.endpoint(&slow.function, None).await.unwrap().url;
     let started = tokio::time::Instant::now();
     let resp = http.get(format!("{base}/")).send().await.unwrap();
     assert_eq!(resp.status(), 504);
@@ -163,7 +202,7 @@ async fn classic_failures_and_timeouts() {
         1,
     );
     p.apply(&single).await.unwrap();
-    let base = p.endpoint(&single.function, WAIT).await.unwrap().url;
+    let base = a.endpoint(&single.function, None).await.unwrap().url;
     let first = tokio::spawn(http.get(format!("{base}/")).send());
     eventually("the first run to start", || async { started_mark.exists() }).await;
     let second = http.get(format!("{base}/")).send().await.unwrap();
@@ -174,7 +213,7 @@ async fn classic_failures_and_timeouts() {
 
     let missing = spec("missing", "/no/such/binary", &[], 1);
     p.apply(&missing).await.unwrap();
-    let base = p.endpoint(&missing.function, WAIT).await.unwrap().url;
+    let base = a.endpoint(&missing.function, None).await.unwrap().url;
     let resp = http.get(format!("{base}/")).send().await.unwrap();
     assert_eq!(resp.status(), 500);
     assert_eq!(resp.headers()["x-sluice-error"], "spawn_failed");
@@ -185,10 +224,11 @@ async fn classic_failures_and_timeouts() {
 #[tokio::test]
 async fn http_mode_serves_after_readiness_scales_and_restarts() {
     let p = provider();
+    let a = activator(&p, WAIT);
     let http = reqwest::Client::new();
     let echo = spec("echo", "python3 -u echo.py", &[("mode", "http")], 1);
     p.apply(&echo).await.unwrap();
-    let base = p.endpoint(&echo.function, WAIT).await.unwrap().url;
+    let base = a.endpoint(&echo.function, None).await.unwrap().url;
     let resp = http
         .delete(format!("{base}/x/y?q=2"))
         .body("payload")
@@ -208,13 +248,13 @@ async fn http_mode_serves_after_readiness_scales_and_restarts() {
     .await;
     let mut seen = std::collections::HashSet::new();
     for _ in 0..6 {
-        seen.insert(p.endpoint(&echo.function, WAIT).await.unwrap().url);
+        seen.insert(a.endpoint(&echo.function, None).await.unwrap().url);
     }
     assert_eq!(seen.len(), 3, "not balanced across replicas: {seen:?}");
     p.scale(&echo.function, 0).await.unwrap();
     assert!(matches!(
-        p.endpoint(&echo.function, WAIT).await,
-        Err(ProviderError::ScaledToZero(_))
+        a.endpoint(&echo.function, None).await,
+        Err(ActivatorError::ScaledToZero(_))
     ));
 
     // A server that dies at once is restarted with backoff, and never reported ready.
@@ -237,9 +277,10 @@ async fn http_mode_serves_after_readiness_scales_and_restarts() {
     .await;
     assert_eq!(p.replicas(&crashy.function).unwrap().ready, 0);
     assert!(matches!(
-        p.endpoint(&crashy.function, Duration::from_millis(100))
+        activator(&p, Duration::from_millis(100))
+            .endpoint(&crashy.function, None)
             .await,
-        Err(ProviderError::NoReadyReplica { .. })
+        Err(ActivatorError::NotReady { .. })
     ));
 
     p.remove(&echo.function).await.unwrap();
@@ -270,11 +311,12 @@ async fn invalid_deployments_are_refused() {
 #[tokio::test]
 async fn replicas_leaving_rotation_finish_their_requests_first() {
     let p = provider();
+    let a = activator(&p, WAIT);
     let http = reqwest::Client::new();
     let echo = spec("echo", "python3 -u echo.py", &[("mode", "http")], 1);
     p.apply(&echo).await.unwrap();
-    let busy = p.endpoint(&echo.function, WAIT).await.unwrap();
-    let alive = |url: String| {
+    let busy = a.endpoint(&echo.function, None).await.unwrap();
+    let alive = |url: Arc<str>| {
         let http = http.clone();
         async move { http.get(format!("{url}/_/health")).send().await.is_ok() }
     };
@@ -282,8 +324,8 @@ async fn replicas_leaving_rotation_finish_their_requests_first() {
     // Scaled to zero while a request is in flight: out of rotation at once, stopped only after.
     p.scale(&echo.function, 0).await.unwrap();
     assert!(matches!(
-        p.endpoint(&echo.function, Duration::ZERO).await,
-        Err(ProviderError::ScaledToZero(_))
+        a.endpoint(&echo.function, None).await,
+        Err(ActivatorError::ScaledToZero(_))
     ));
     assert!(alive(busy.url.clone()).await, "a busy replica was stopped");
     let old = busy.url.clone();
@@ -297,7 +339,7 @@ async fn replicas_leaving_rotation_finish_their_requests_first() {
 
     // A redeploy starts the new replica first; the old one serves until drained.
     p.scale(&echo.function, 1).await.unwrap();
-    let busy = p.endpoint(&echo.function, WAIT).await.unwrap();
+    let busy = a.endpoint(&echo.function, None).await.unwrap();
     let mut changed = echo.clone();
     changed
         .deployment
@@ -306,7 +348,7 @@ async fn replicas_leaving_rotation_finish_their_requests_first() {
     p.apply(&changed).await.unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
     let fresh = loop {
-        let e = p.endpoint(&echo.function, WAIT).await.unwrap();
+        let e = a.endpoint(&echo.function, None).await.unwrap();
         if e.url != busy.url {
             break e;
         }
@@ -336,6 +378,7 @@ async fn replicas_leaving_rotation_finish_their_requests_first() {
 #[tokio::test]
 async fn scaling_during_a_redeploy_counts_only_the_new_replicas() {
     let p = provider();
+    let a = activator(&p, WAIT);
     let echo = spec("echo", "python3 -u echo.py", &[("mode", "http")], 2);
     p.apply(&echo).await.unwrap();
     eventually("2 ready", || async {
@@ -356,7 +399,7 @@ async fn scaling_during_a_redeploy_counts_only_the_new_replicas() {
         }
         let mut seen = std::collections::HashSet::new();
         for _ in 0..12 {
-            seen.insert(p.endpoint(&echo.function, WAIT).await.unwrap().url);
+            seen.insert(a.endpoint(&echo.function, None).await.unwrap().url);
         }
         seen.len() == 3
     })
