@@ -205,6 +205,9 @@ pub async fn describe(args: NameArgs) -> anyhow::Result<()> {
             "Not Ready"
         }
     );
+    if let Some(problem) = &f.problem {
+        println!("Problem:            {problem}");
+    }
     println!("Replicas:           {}", f.replicas);
     println!("Available replicas: {}", f.available_replicas);
     println!("Invocations:        {}", f.invocation_count);

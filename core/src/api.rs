@@ -118,6 +118,10 @@ pub struct FunctionStatus {
     pub target_replicas: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_reason: Option<String>,
+    /// Sluice's: what stops the function's replicas from running, in the orchestrator's words
+    /// (an image that cannot be pulled, a crash loop, a quota).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 impl FunctionDeployment {

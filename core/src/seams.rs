@@ -204,6 +204,17 @@ pub enum ProviderError {
     NotFound(String),
     #[error("{0}")]
     InvalidSpec(String),
+    /// The orchestrator's API refused the change (permissions, a quota, an invalid object, a
+    /// conflicting write); `code` is its HTTP status, `message` its own words.
+    #[error("{message}")]
+    Refused {
+        code: u16,
+        reason: String,
+        message: String,
+    },
+    /// The orchestrator's API could not be reached.
+    #[error("orchestrator unavailable: {0}")]
+    Unavailable(String),
     #[error("provider failure: {0}")]
     Internal(String),
 }
@@ -230,6 +241,20 @@ pub trait Orchestrator: Send + Sync + Debug {
 
     /// Every function this provider runs.
     fn functions(&self) -> Vec<FunctionRef>;
+
+    /// Whether every gateway sees the same replicas through this orchestrator (Kubernetes), as
+    /// opposed to each running its own (local processes). A shared orchestrator keeps a running
+    /// function's replica count when it is applied again (the autoscaler owns the count), and
+    /// gateways neither restore nor sync replica counts into it.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// What stops the function's replicas from running, in the orchestrator's words (an image
+    /// that cannot be pulled, a container crash-looping, a quota), if anything.
+    fn problem(&self, _function: &FunctionRef) -> Option<String> {
+        None
+    }
 
     /// The last `tail` lines the function's replicas wrote, then (with `follow`) new ones as they
     /// come, until the function is removed or the stream is dropped.

@@ -72,6 +72,11 @@ pub enum ApiError {
     QueueFull(String),
     #[error("{0}; the call was not accepted, try again later")]
     FunctionQueueFull(String),
+    /// The orchestrator (Kubernetes) refused a change, in its own words.
+    #[error("the orchestrator refused: {0}")]
+    OrchestratorRefused(String),
+    #[error("the orchestrator is unavailable; try again shortly")]
+    OrchestratorUnavailable(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -100,7 +105,8 @@ impl ApiError {
             | Self::QueueUnavailable(_)
             | Self::QueueFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout(_) | Self::NotReady { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::Upstream(_) | Self::OrchestratorRefused(_) => StatusCode::BAD_GATEWAY,
+            Self::OrchestratorUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -133,6 +139,8 @@ impl ApiError {
             Self::QueueUnavailable(_) => "queue_unavailable",
             Self::QueueFull(_) => "queue_full",
             Self::FunctionQueueFull(_) => "function_queue_full",
+            Self::OrchestratorRefused(_) => "orchestrator_refused",
+            Self::OrchestratorUnavailable(_) => "orchestrator_unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -145,6 +153,7 @@ impl ApiError {
             | Self::BodiesOverBudget(_)
             | Self::RateLimited { .. }
             | Self::StoreUnavailable(_)
+            | Self::OrchestratorUnavailable(_)
             | Self::QueueUnavailable(_) => Some(1),
             Self::QueueFull(_) | Self::FunctionQueueFull(_) => Some(5),
             Self::TooManyAttempts(wait) => {
@@ -162,6 +171,7 @@ impl IntoResponse for ApiError {
             Self::StoreUnavailable(detail)
             | Self::QueueUnavailable(detail)
             | Self::QueueFull(detail)
+            | Self::OrchestratorUnavailable(detail)
             | Self::Internal(detail) => {
                 tracing::error!(code = self.code(), %detail, "request failed");
             }
@@ -246,6 +256,18 @@ impl From<ProviderError> for ApiError {
         match e {
             ProviderError::NotFound(f) => Self::FunctionNotFound(f),
             ProviderError::InvalidSpec(msg) => Self::BadRequest(msg),
+            // The object was invalid: the deployment's fault, in the API server's words.
+            ProviderError::Refused {
+                code: 400 | 422,
+                message,
+                ..
+            } => Self::BadRequest(message),
+            ProviderError::Refused {
+                code: 409, message, ..
+            } => Self::Conflict(message),
+            // Permissions, quotas, admission webhooks: the platform's, not the caller's.
+            ProviderError::Refused { message, .. } => Self::OrchestratorRefused(message),
+            ProviderError::Unavailable(detail) => Self::OrchestratorUnavailable(detail),
             ProviderError::Internal(detail) => Self::Internal(detail),
         }
     }

@@ -177,6 +177,7 @@ fn status_of(state: &AppState, spec: FunctionSpec) -> FunctionStatus {
         .unwrap_or_default();
     let invocations = state.metrics.invocations(&spec.function);
     let scaling = state.autoscaler.status(&spec.function);
+    let problem = state.orchestrator.problem(&spec.function);
     let d = spec.deployment;
     FunctionStatus {
         name: spec.function.name,
@@ -197,6 +198,7 @@ fn status_of(state: &AppState, spec: FunctionSpec) -> FunctionStatus {
         created_at: Some(spec.created_at),
         target_replicas: scaling.as_ref().map(|s| u64::from(s.target)),
         scale_reason: scaling.map(|s| s.reason),
+        problem,
     }
 }
 

@@ -1,0 +1,641 @@
+//! [`KubeProvider`]: functions as Deployments and Services through the Kubernetes API.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures_util::{AsyncBufReadExt, StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use sluice_core::{
+    EndpointSource, FunctionRef, FunctionSpec, LogLine, LogStream, Orchestrator, ProviderError,
+    Replicas, Timestamp,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{self, Cache};
+use crate::error::{from_kube, is_conflict, is_not_found};
+use crate::objects::{self, FUNCTION_LABEL, SecretMount};
+
+/// The label (or annotation, as faas-netes reads it) that opens a namespace to functions.
+pub const NAMESPACE_LABEL: &str = "openfaas";
+
+/// Where the provider puts functions.
+#[derive(Debug, Clone)]
+pub struct KubeConfig {
+    /// Functions go here unless they name another namespace (default `openfaas-fn`).
+    pub namespace: String,
+}
+
+impl Default for KubeConfig {
+    fn default() -> Self {
+        Self {
+            namespace: "openfaas-fn".into(),
+        }
+    }
+}
+
+/// Runs functions as Deployments. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct KubeProvider {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    config: KubeConfig,
+    cache: Arc<Cache>,
+    /// Namespaces whose functions are watched, once started.
+    followed: Mutex<Option<HashSet<String>>>,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeProvider")
+            .field("namespace", &self.config.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn invalid(msg: String) -> ProviderError {
+    ProviderError::InvalidSpec(msg)
+}
+
+/// Kubernetes' rule for a label value: at most 63 characters, alphanumerics with `-`, `_`, `.`
+/// inside.
+fn valid_label_value(v: &str) -> bool {
+    v.len() <= 63
+        && (v.is_empty()
+            || (v.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && v.ends_with(|c: char| c.is_ascii_alphanumeric())
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))))
+}
+
+/// Kubernetes' rule for a label or annotation key: an optional DNS-subdomain prefix and `/`,
+/// then a name as a label value (not empty).
+fn valid_key(k: &str) -> bool {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|part| {
+                !part.is_empty()
+                    && part.len() <= 63
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+            })
+    });
+    prefix_ok && !name.is_empty() && valid_label_value(name)
+}
+
+/// A resource quantity as Kubernetes writes them (`128Mi`, `0.5`, `250m`, `1e3`).
+fn valid_quantity(q: &str) -> bool {
+    let number_end = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(number_end);
+    let number_ok = number.trim_start_matches(['+', '-']).parse::<f64>().is_ok();
+    let suffix_ok = matches!(
+        suffix,
+        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
+    ) || suffix
+        .strip_prefix(['e', 'E'])
+        .is_some_and(|e| e.parse::<i32>().is_ok());
+    number_ok && suffix_ok
+}
+
+impl KubeProvider {
+    /// A provider on `client`; nothing is watched until [`Self::start`].
+    pub fn new(client: Client, config: KubeConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                cache: Arc::default(),
+                followed: Mutex::default(),
+                stop: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// A client from a kubeconfig file, or else the usual places (`$KUBECONFIG`,
+    /// `~/.kube/config`, then the pod's service account).
+    pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, ProviderError> {
+        use kube::config::{KubeConfigOptions, Kubeconfig};
+        let config = match kubeconfig {
+            Some(path) => {
+                let file = Kubeconfig::read_from(path).map_err(|e| {
+                    ProviderError::Unavailable(format!(
+                        "cannot read kubeconfig {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| ProviderError::Unavailable(e.to_string()))?
+            }
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| ProviderError::Unavailable(e.to_string()))?,
+        };
+        Client::try_from(config).map_err(from_kube)
+    }
+
+    /// Starts watching the function namespace (and every other one functions are applied to
+    /// from now on).
+    pub fn start(&self) {
+        self.inner
+            .followed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(HashSet::new);
+        self.follow(&self.inner.config.namespace);
+    }
+
+    /// Stops the watchers.
+    pub fn shutdown(&self) {
+        self.inner.stop.cancel();
+    }
+
+    /// The ready pods of every followed function, for the activator.
+    pub fn endpoints(&self) -> Arc<dyn EndpointSource> {
+        self.inner.cache.clone()
+    }
+
+    /// The function namespace (where functions go by default).
+    pub fn namespace(&self) -> &str {
+        &self.inner.config.namespace
+    }
+
+    fn follow(&self, namespace: &str) {
+        let mut followed = self
+            .inner
+            .followed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(followed) = followed.as_mut() else {
+            return;
+        };
+        if followed.insert(namespace.to_owned()) {
+            cache::follow(
+                self.inner.cache.clone(),
+                self.inner.client.clone(),
+                namespace,
+                self.inner.stop.child_token(),
+            );
+        }
+    }
+
+    fn deployments(&self, namespace: &str) -> Api<Deployment> {
+        Api::namespaced(self.inner.client.clone(), namespace)
+    }
+
+    fn services(&self, namespace: &str) -> Api<Service> {
+        Api::namespaced(self.inner.client.clone(), namespace)
+    }
+
+    /// Functions may go to the function namespace, or to one labelled (or annotated)
+    /// `openfaas: "1"` as OpenFaaS asks; never to the system's own.
+    async fn check_namespace(&self, namespace: &str) -> Result<(), ProviderError> {
+        if namespace == self.inner.config.namespace {
+            return Ok(());
+        }
+        let refused = || {
+            invalid(format!(
+                "namespace {namespace:?} is not open to functions: use {:?}, or label the \
+                 namespace openfaas=1",
+                self.inner.config.namespace
+            ))
+        };
+        if namespace.starts_with("kube-") {
+            return Err(refused());
+        }
+        let api: Api<Namespace> = Api::all(self.inner.client.clone());
+        let ns = api
+            .get_opt(namespace)
+            .await
+            .map_err(from_kube)?
+            .ok_or_else(refused)?;
+        let marked = |m: Option<&std::collections::BTreeMap<String, String>>| {
+            m.and_then(|m| m.get(NAMESPACE_LABEL))
+                .is_some_and(|v| v == "1" || v == "true")
+        };
+        if marked(ns.metadata.labels.as_ref()) || marked(ns.metadata.annotations.as_ref()) {
+            self.follow(namespace);
+            Ok(())
+        } else {
+            Err(refused())
+        }
+    }
+
+    /// The secrets a function names, as they are in its namespace; a missing one is refused
+    /// by name before anything is created.
+    async fn secret_mounts(&self, spec: &FunctionSpec) -> Result<Vec<SecretMount>, ProviderError> {
+        let api: Api<Secret> = Api::namespaced(self.inner.client.clone(), &spec.function.namespace);
+        let mut mounts = Vec::new();
+        for name in &spec.deployment.secrets {
+            let secret = api.get_opt(name).await.map_err(from_kube)?.ok_or_else(|| {
+                invalid(format!(
+                    "secret {name:?} was not found in namespace {}: create it first \
+                     (POST /system/secrets)",
+                    spec.function.namespace
+                ))
+            })?;
+            let pull = matches!(
+                secret.type_.as_deref(),
+                Some("kubernetes.io/dockerconfigjson" | "kubernetes.io/dockercfg")
+            );
+            let mut keys: Vec<String> = secret
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.extend(secret.string_data.iter().flatten().map(|(k, _)| k.clone()));
+            keys.sort();
+            keys.dedup();
+            mounts.push(SecretMount {
+                name: name.clone(),
+                keys,
+                pull,
+            });
+        }
+        Ok(mounts)
+    }
+
+    /// Creates the function's Service, or brings an existing one to what it should be.
+    async fn apply_service(&self, spec: &FunctionSpec) -> Result<(), ProviderError> {
+        let api = self.services(&spec.function.namespace);
+        let mut wanted = objects::service(spec);
+        match api.get_opt(&spec.function.name).await.map_err(from_kube)? {
+            None => match api.create(&PostParams::default(), &wanted).await {
+                Ok(_) => Ok(()),
+                // Created meanwhile by another gateway applying the same function.
+                Err(e) if is_conflict(&e) => Ok(()),
+                Err(e) => Err(from_kube(e)),
+            },
+            Some(live)
+                if live.spec.as_ref().map(|s| (&s.selector, &s.ports))
+                    == wanted.spec.as_ref().map(|s| (&s.selector, &s.ports))
+                    && live.metadata.annotations == wanted.metadata.annotations =>
+            {
+                Ok(())
+            }
+            Some(live) => {
+                wanted.metadata.resource_version = live.metadata.resource_version;
+                // The cluster assigns these; a replace must keep them.
+                if let (Some(w), Some(l)) = (wanted.spec.as_mut(), live.spec) {
+                    w.cluster_ip = l.cluster_ip;
+                    w.cluster_ips = l.cluster_ips;
+                }
+                api.replace(&spec.function.name, &PostParams::default(), &wanted)
+                    .await
+                    .map(drop)
+                    .map_err(from_kube)
+            }
+        }
+    }
+
+    /// One attempt at bringing the Deployment to `spec`; `Ok(false)` if it lost a race.
+    async fn apply_deployment(
+        &self,
+        spec: &FunctionSpec,
+        secrets: &[SecretMount],
+    ) -> Result<bool, ProviderError> {
+        let f = &spec.function;
+        let api = self.deployments(&f.namespace);
+        let live = api.get_opt(&f.name).await.map_err(from_kube)?;
+        let stored = match live {
+            None => {
+                let wanted = objects::deployment(spec, secrets, spec.replicas);
+                match api.create(&PostParams::default(), &wanted).await {
+                    Ok(d) => d,
+                    Err(e) if is_conflict(&e) => return Ok(false),
+                    Err(e) => return Err(from_kube(e)),
+                }
+            }
+            Some(live) => {
+                if live
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(FUNCTION_LABEL))
+                    != Some(&f.name)
+                {
+                    return Err(ProviderError::Refused {
+                        code: 409,
+                        reason: "AlreadyExists".into(),
+                        message: format!(
+                            "deployment {f} exists and is not a function (it has no \
+                             {FUNCTION_LABEL} label); Sluice leaves it alone"
+                        ),
+                    });
+                }
+                // The replica count is the autoscaler's: kept, within the function's bounds.
+                let scale = &spec.config.scale;
+                let live_replicas = cache::view(&live).desired;
+                let replicas = if live_replicas == 0 && scale.zero {
+                    0
+                } else {
+                    live_replicas.clamp(scale.min, scale.max)
+                };
+                let wanted = objects::deployment(spec, secrets, replicas);
+                if objects::hash_of(&live) == objects::hash_of(&wanted) && live_replicas == replicas
+                {
+                    live
+                } else {
+                    let mut wanted = wanted;
+                    wanted.metadata.resource_version = live.metadata.resource_version.clone();
+                    match api.replace(&f.name, &PostParams::default(), &wanted).await {
+                        Ok(d) => d,
+                        Err(e) if is_conflict(&e) => return Ok(false),
+                        Err(e) => return Err(from_kube(e)),
+                    }
+                }
+            }
+        };
+        // Read your writes: this gateway knows the function before its watcher hears of it.
+        self.inner
+            .cache
+            .set_deployment(f, Some(cache::view(&stored)));
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl Orchestrator for KubeProvider {
+    fn validate(&self, spec: &FunctionSpec) -> Result<(), ProviderError> {
+        let d = &spec.deployment;
+        if d.image.trim().is_empty() {
+            return Err(invalid(
+                "image is required: on Kubernetes a function runs its own image".into(),
+            ));
+        }
+        if spec.function.namespace.starts_with("kube-") {
+            return Err(invalid(format!(
+                "namespace {:?} is the system's, not open to functions",
+                spec.function.namespace
+            )));
+        }
+        for (what, map, values) in [
+            ("label", d.labels.as_ref(), true),
+            ("annotation", d.annotations.as_ref(), false),
+        ] {
+            for (k, v) in map.into_iter().flatten() {
+                if !valid_key(k) {
+                    return Err(invalid(format!(
+                        "{what} key {k:?} is not a valid Kubernetes {what} key"
+                    )));
+                }
+                if values && !valid_label_value(v) {
+                    return Err(invalid(format!(
+                        "label {k}: value {v:?} is not a valid Kubernetes label value (at \
+                         most 63 letters, digits, '-', '_' or '.')"
+                    )));
+                }
+            }
+        }
+        for (what, r) in [
+            ("limits", d.limits.as_ref()),
+            ("requests", d.requests.as_ref()),
+        ] {
+            for (key, q) in r
+                .into_iter()
+                .flat_map(|r| [("memory", &r.memory), ("cpu", &r.cpu)])
+            {
+                if !q.is_empty() && !valid_quantity(q) {
+                    return Err(invalid(format!(
+                        "{what}.{key} {q:?} is not a Kubernetes quantity such as 128Mi or 250m"
+                    )));
+                }
+            }
+        }
+        for secret in &d.secrets {
+            FunctionRef::parse(secret, None).map_err(|_| {
+                invalid(format!(
+                    "secret name {secret:?} is not a valid Kubernetes name"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, spec: &FunctionSpec) -> Result<(), ProviderError> {
+        self.check_namespace(&spec.function.namespace).await?;
+        let secrets = self.secret_mounts(spec).await?;
+        // A write that raced another gateway's (a stale resourceVersion) is done again from a
+        // fresh read, a few times at most.
+        let mut applied = false;
+        for _ in 0..3 {
+            if self.apply_deployment(spec, &secrets).await? {
+                applied = true;
+                break;
+            }
+        }
+        if !applied {
+            return Err(ProviderError::Refused {
+                code: 409,
+                reason: "Conflict".into(),
+                message: format!(
+                    "deployment {} kept changing under this update; try again",
+                    spec.function
+                ),
+            });
+        }
+        self.apply_service(spec).await
+    }
+
+    async fn remove(&self, function: &FunctionRef) -> Result<(), ProviderError> {
+        let api = self.deployments(&function.namespace);
+        let gone = match api.get_opt(&function.name).await.map_err(from_kube)? {
+            Some(d)
+                if d.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(FUNCTION_LABEL))
+                    == Some(&function.name) =>
+            {
+                match api
+                    .delete(&function.name, &DeleteParams::background())
+                    .await
+                {
+                    Ok(_) => false,
+                    Err(e) if is_not_found(&e) => true,
+                    Err(e) => return Err(from_kube(e)),
+                }
+            }
+            _ => true,
+        };
+        let service = self
+            .services(&function.namespace)
+            .delete(&function.name, &DeleteParams::background())
+            .await;
+        match service {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(from_kube(e)),
+        }
+        self.inner.cache.set_deployment(function, None);
+        if gone {
+            Err(ProviderError::NotFound(function.to_string()))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn scale(&self, function: &FunctionRef, replicas: u32) -> Result<(), ProviderError> {
+        let patch = serde_json::json!({ "spec": { "replicas": replicas } });
+        self.deployments(&function.namespace)
+            .patch_scale(
+                &function.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(|e| {
+                if is_not_found(&e) {
+                    ProviderError::NotFound(function.to_string())
+                } else {
+                    from_kube(e)
+                }
+            })?;
+        if let Some(mut view) = self.inner.cache.deployment(function) {
+            view.desired = replicas;
+            self.inner.cache.set_deployment(function, Some(view));
+        }
+        Ok(())
+    }
+
+    fn replicas(&self, function: &FunctionRef) -> Option<Replicas> {
+        self.inner.cache.replicas(function)
+    }
+
+    fn functions(&self) -> Vec<FunctionRef> {
+        self.inner.cache.functions()
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn problem(&self, function: &FunctionRef) -> Option<String> {
+        self.inner.cache.problem(function)
+    }
+
+    fn logs(
+        &self,
+        function: &FunctionRef,
+        tail: usize,
+        follow: bool,
+    ) -> Result<LogStream, ProviderError> {
+        if self.inner.cache.deployment(function).is_none() {
+            return Err(ProviderError::NotFound(function.to_string()));
+        }
+        let pods: Api<Pod> = Api::namespaced(self.inner.client.clone(), &function.namespace);
+        let function = function.clone();
+        let selector = format!("{FUNCTION_LABEL}={}", function.name);
+        let lines = async move {
+            let listed = match pods.list(&ListParams::default().labels(&selector)).await {
+                Ok(l) => l.items,
+                Err(error) => {
+                    tracing::warn!(%function, %error, "cannot list the function's pods");
+                    Vec::new()
+                }
+            };
+            let params = LogParams {
+                follow,
+                tail_lines: Some(i64::try_from(tail).unwrap_or(i64::MAX)),
+                timestamps: true,
+                ..LogParams::default()
+            };
+            let mut streams = Vec::new();
+            for pod in listed {
+                let Some(name) = pod.metadata.name.clone() else {
+                    continue;
+                };
+                match pods.log_stream(&name, &params).await {
+                    Ok(reader) => {
+                        let function = function.clone();
+                        let stream = reader
+                            .lines()
+                            .map_ok(move |line| log_line(&function, &name, &line))
+                            .take_while(|r| std::future::ready(r.is_ok()))
+                            .filter_map(|r| std::future::ready(r.ok()));
+                        streams.push(stream.boxed());
+                    }
+                    Err(error) => {
+                        tracing::warn!(%function, pod = %name, %error, "cannot read the pod's log")
+                    }
+                }
+            }
+            futures_util::stream::select_all(streams)
+        };
+        Ok(futures_util::stream::once(lines).flatten().boxed())
+    }
+}
+
+/// A line of `kubectl logs --timestamps` output as OpenFaaS's log line.
+fn log_line(function: &FunctionRef, pod: &str, line: &str) -> LogLine {
+    let (timestamp, text) = match line.split_once(' ') {
+        Some((ts, text)) => match ts.parse::<k8s_openapi::jiff::Timestamp>() {
+            Ok(t) => (Timestamp::from_millis(t.as_millisecond()), text),
+            Err(_) => (Timestamp::now(), line),
+        },
+        None => (Timestamp::now(), line),
+    };
+    LogLine {
+        name: function.name.clone(),
+        namespace: function.namespace.clone(),
+        instance: pod.to_owned(),
+        timestamp,
+        text: text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubernetes_names_and_quantities() {
+        for ok in [
+            "com.openfaas.scale.min",
+            "faas_function",
+            "example.com/tier",
+            "a",
+        ] {
+            assert!(valid_key(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a b", "Example.com/x", "x/", &"a".repeat(64)] {
+            assert!(!valid_key(bad), "{bad}");
+        }
+        for ok in ["", "2", "true", "a-b_c.d"] {
+            assert!(valid_label_value(ok), "{ok}");
+        }
+        for bad in ["two words", "-x", "x-", &"a".repeat(64)] {
+            assert!(!valid_label_value(bad), "{bad}");
+        }
+        for ok in ["128Mi", "0.5", "250m", "1", "1e3", "2Gi"] {
+            assert!(valid_quantity(ok), "{ok}");
+        }
+        for bad in ["lots", "12 Mi", "Mi", "1.2.3", "5x"] {
+            assert!(!valid_quantity(bad), "{bad}");
+        }
+    }
+}
