@@ -6,6 +6,7 @@ pub mod commands;
 pub mod login;
 pub mod stack;
 pub mod up;
+pub mod watchdog;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -40,6 +41,9 @@ pub enum Command {
     Gateway(GatewayArgs),
     /// Run a queue worker on Postgres and NATS; run as many as you like.
     QueueWorker(QueueWorkerArgs),
+    /// Run a function inside its container image: what the image's CMD runs (configured by
+    /// the environment, as OpenFaaS's watchdogs are: fprocess, mode, port, ...).
+    Watchdog(watchdog::WatchdogArgs),
     /// Deploy functions from a stack file, or one function from flags.
     Deploy(commands::DeployArgs),
     /// List deployed functions.
@@ -590,6 +594,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let (config, role) = args.config()?;
             serve(config, role, None).await
         }
+        Command::Watchdog(args) => args.run().await,
         Command::Deploy(args) => commands::deploy(args).await,
         Command::List(args) => commands::list(args).await,
         Command::Describe(args) => commands::describe(args).await,

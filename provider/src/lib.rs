@@ -1,4 +1,5 @@
-//! `sluice-provider`: where functions run. Today, local child processes ([`ProcessProvider`]).
+//! `sluice-provider`: where functions run: local child processes ([`ProcessProvider`]), and
+//! inside a function's own container image, behind `sluice watchdog` ([`run_watchdog`]).
 //!
 //! A function runs in one of two modes, chosen the way OpenFaaS's of-watchdog chooses:
 //! - **classic** (default): `envProcess` is run once per request, the request body on stdin, the
@@ -8,6 +9,7 @@
 //!   port given in `PORT`. Each replica is one child process, sent traffic only after its readiness
 //!   probe succeeds and restarted with backoff if it dies.
 
+mod container;
 mod logs;
 mod process;
 mod runtime;
@@ -15,6 +17,7 @@ mod spec;
 mod sys;
 mod watchdog;
 
+pub use container::{WatchdogConfig, WatchdogError, run_watchdog};
 pub use process::{ProcessConfig, ProcessProvider};
 pub use spec::{
     DEFAULT_MAX_INFLIGHT, Mode, READINESS_PATH_ANNOTATION, RunSpec, WORKDIR_ANNOTATION,

@@ -1,7 +1,9 @@
-//! Replica output: a bounded ring of recent lines per function, and live followers.
+//! Function output: a bounded ring of recent lines per function with live followers (local
+//! replicas), or this process's own stdout and stderr (the container watchdog).
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
 
 use sluice_core::{FunctionRef, LogLine, LogStream, Timestamp};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -71,6 +73,39 @@ impl LogBuffer {
             }
         }
     }
+}
+
+/// Where the lines a function writes (and what its watchdog says about it) go.
+#[derive(Debug, Clone)]
+pub(crate) enum LogSink {
+    /// A local replica's: the function's ring, each line tagged with the replica.
+    Ring {
+        buffer: Arc<LogBuffer>,
+        instance: Arc<str>,
+    },
+    /// A container's: this process's own stdout or stderr, one line as written, with nothing
+    /// added (the container runtime keeps and timestamps them). The write is a blocking one,
+    /// as the `tracing` subscriber's own writes to stderr are; lines are bounded.
+    Stdout,
+    Stderr,
+}
+
+impl LogSink {
+    pub(crate) fn push(&self, line: String) {
+        match self {
+            Self::Ring { buffer, instance } => buffer.push(instance, line),
+            Self::Stdout => write_line(std::io::stdout().lock(), line),
+            Self::Stderr => write_line(std::io::stderr().lock(), line),
+        }
+    }
+}
+
+/// One line in one write, so lines from concurrent runs never interleave.
+fn write_line(mut out: impl Write, mut line: String) {
+    line.push('\n');
+    // Nowhere to report a closed stdout or stderr to.
+    let _ = out.write_all(line.as_bytes());
+    let _ = out.flush();
 }
 
 /// Reads `reader` to its end, handing each line (without its newline, cut at

@@ -369,34 +369,7 @@ impl FunctionRuntime {
         };
         self.capture_output(id, &mut child);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let probe = async {
-            let mut waited = Duration::ZERO;
-            let mut warned = false;
-            loop {
-                if probe_http(addr, &spec.readiness_path).await {
-                    return;
-                }
-                // Often at first, when a request may be waiting on this cold start; less so
-                // for a replica that is slow to come up.
-                let step = if waited < Duration::from_secs(2) {
-                    Duration::from_millis(5)
-                } else {
-                    Duration::from_millis(50)
-                };
-                tokio::time::sleep(step).await;
-                waited += step;
-                if !warned && waited >= Duration::from_secs(30) {
-                    warned = true;
-                    self.logs.push(
-                        id,
-                        format!(
-                            "not ready after 30s: nothing answers GET {} on port {port}",
-                            spec.readiness_path
-                        ),
-                    );
-                }
-            }
-        };
+        let probe = wait_ready(addr, &spec.readiness_path, |msg| self.logs.push(id, msg));
         tokio::select! {
             () = probe => {
                 // Another process may have taken the port between our check and the child's
@@ -445,16 +418,18 @@ impl FunctionRuntime {
         }
     }
 
-    /// SIGTERM to the replica's process group, SIGKILL if it is still there after the grace.
     async fn terminate(&self, child: &mut Child) {
-        sys::signal_group(child, libc::SIGTERM);
-        if tokio::time::timeout(self.config.stop_grace, child.wait())
-            .await
-            .is_err()
-        {
-            sys::signal_group(child, libc::SIGKILL);
-            let _ = child.kill().await;
-        }
+        terminate(child, self.config.stop_grace).await;
+    }
+}
+
+/// SIGTERM to a long-running function's process group, SIGKILL if it is still there after
+/// `grace`.
+pub(crate) async fn terminate(child: &mut Child, grace: Duration) {
+    sys::signal_group(child, libc::SIGTERM);
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        sys::signal_group(child, libc::SIGKILL);
+        let _ = child.kill().await;
     }
 }
 
@@ -463,16 +438,45 @@ enum Exit {
     Ended(String),
 }
 
-fn describe_exit(status: std::io::Result<std::process::ExitStatus>) -> String {
+pub(crate) fn describe_exit(status: std::io::Result<std::process::ExitStatus>) -> String {
     match status {
         Ok(s) => format!("exited with {s}"),
         Err(e) => format!("could not be waited for: {e}"),
     }
 }
 
-async fn free_port() -> std::io::Result<u16> {
+/// A loopback port free a moment ago, for a long-running function to listen on.
+pub(crate) async fn free_port() -> std::io::Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").await?;
     Ok(l.local_addr()?.port())
+}
+
+/// Returns once a long-running function answers `GET path` on `addr` (see [`probe_http`]);
+/// says so through `warn`, once, if that takes more than 30 seconds.
+pub(crate) async fn wait_ready(addr: SocketAddr, path: &str, mut warn: impl FnMut(String)) {
+    let mut waited = Duration::ZERO;
+    let mut warned = false;
+    loop {
+        if probe_http(addr, path).await {
+            return;
+        }
+        // Often at first, when a request may be waiting on this cold start; less so for a
+        // function that is slow to come up.
+        let step = if waited < Duration::from_secs(2) {
+            Duration::from_millis(5)
+        } else {
+            Duration::from_millis(50)
+        };
+        tokio::time::sleep(step).await;
+        waited += step;
+        if !warned && waited >= Duration::from_secs(30) {
+            warned = true;
+            warn(format!(
+                "not ready after 30s: nothing answers GET {path} on port {}",
+                addr.port()
+            ));
+        }
+    }
 }
 
 /// One readiness probe: any HTTP answer below 500 within a second means ready.

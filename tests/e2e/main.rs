@@ -34,3 +34,4 @@ mod harness;
 mod hostile;
 mod scaling;
 mod security;
+mod watchdog;
