@@ -1,6 +1,7 @@
 //! `sluice-cli`: the `sluice` command. `sluice up` runs the platform; the other commands talk to a
 //! gateway's OpenFaaS-compatible API the way faas-cli does.
 
+pub mod autoscaler;
 pub mod client;
 pub mod commands;
 pub mod login;
@@ -41,6 +42,9 @@ pub enum Command {
     Gateway(GatewayArgs),
     /// Run a queue worker on Postgres and NATS; run as many as you like.
     QueueWorker(QueueWorkerArgs),
+    /// Run the autoscaler of the Kubernetes form: one leader (elected on a Lease) decides every
+    /// function's scale from the load all gateways report.
+    Autoscaler(AutoscalerArgs),
     /// Run a function inside its container image: what the image's CMD runs (configured by
     /// the environment, as OpenFaaS's watchdogs are: fprocess, mode, port, ...).
     Watchdog(watchdog::WatchdogArgs),
@@ -380,6 +384,13 @@ pub struct UpArgs {
 
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
+    /// Where functions run: `process` (each gateway runs every function's replicas as local
+    /// processes) or `kubernetes` (functions are Deployments in --function-namespace, shared by
+    /// every gateway; one `sluice autoscaler` decides their scale).
+    #[arg(long, env = "SLUICE_PROVIDER", value_enum, default_value = "process")]
+    pub provider: ProviderKind,
+    #[command(flatten)]
+    pub kubernetes: KubernetesFlags,
     #[command(flatten)]
     pub gateway: GatewayFlags,
     #[command(flatten)]
@@ -391,8 +402,72 @@ pub struct GatewayArgs {
     pub shutdown_grace: Duration,
 }
 
+/// Where functions run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProviderKind {
+    Process,
+    Kubernetes,
+}
+
+/// How to reach Kubernetes, and where functions go there.
+#[derive(Debug, Clone, Args)]
+pub struct KubernetesFlags {
+    /// The namespace functions go to (others only when labelled openfaas=1).
+    #[arg(long, env = "SLUICE_FUNCTION_NAMESPACE", default_value = "openfaas-fn")]
+    pub function_namespace: String,
+    /// A kubeconfig file, to run outside the cluster [default: $KUBECONFIG, ~/.kube/config,
+    /// then the pod's service account].
+    #[arg(long, env = "SLUICE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl KubernetesFlags {
+    fn settings(&self) -> anyhow::Result<up::KubeSettings> {
+        sluice_core::FunctionRef::parse("x", Some(&self.function_namespace))
+            .map_err(|e| anyhow::anyhow!("--function-namespace: {e}"))?;
+        Ok(up::KubeSettings {
+            namespace: self.function_namespace.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+        })
+    }
+}
+
+/// `sluice autoscaler`: decides the scale of every function for all gateways.
+#[derive(Debug, Args)]
+pub struct AutoscalerArgs {
+    /// Address of the health endpoint (GET /healthz; healthy on standbys too).
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "0.0.0.0:8082")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub kubernetes: KubernetesFlags,
+    /// The Lease the autoscalers elect their leader on.
+    #[arg(long, env = "SLUICE_LEASE_NAME", default_value = "sluice-autoscaler")]
+    pub lease_name: String,
+    /// The Lease's namespace [default: the pod's, $POD_NAMESPACE].
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: String,
+    /// This candidate's name in the election [default: the pod's, $POD_NAME].
+    #[arg(long, env = "POD_NAME")]
+    pub identity: String,
+    /// Ceiling on any function's replicas (com.openfaas.scale.max is held to it).
+    #[arg(long, env = "SLUICE_MAX_REPLICAS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_replicas: u32,
+    /// Postgres URL (the function registry), e.g. postgres://sluice@db/sluice.
+    #[arg(long, env = "SLUICE_DATABASE_URL")]
+    pub database_url: String,
+    /// NATS URL(s) the gateways report their load on.
+    #[arg(long, env = "SLUICE_NATS_URL")]
+    pub nats: String,
+    /// How long start-up keeps trying to reach Postgres, NATS and Kubernetes.
+    #[arg(long, env = "SLUICE_CONNECT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+}
+
 #[derive(Debug, Args)]
 pub struct QueueWorkerArgs {
+    /// Address of a health endpoint (GET /healthz), for probes; none when unset.
+    #[arg(long, env = "SLUICE_WORKER_LISTEN")]
+    pub listen: Option<SocketAddr>,
     /// The gateway the worker invokes functions through.
     #[arg(long, env = "SLUICE_GATEWAY_URL")]
     pub gateway_url: String,
@@ -538,6 +613,12 @@ impl GatewayArgs {
             );
         }
         config.shared = self.backends.shared(true)?;
+        if self.provider == ProviderKind::Kubernetes {
+            let settings = self.kubernetes.settings()?;
+            // Functions that name no namespace go to the function namespace.
+            sluice_core::name::set_default_namespace(&settings.namespace);
+            config.kubernetes = Some(settings);
+        }
         config.gateway.internal_token = internal_token(self.backends.internal_token.as_ref())?;
         if config.gateway.internal_token.is_none() && config.gateway.rate_limit.is_some() {
             anyhow::bail!(
@@ -571,6 +652,7 @@ impl QueueWorkerArgs {
         if queues.is_empty() {
             anyhow::bail!("--queue names no queue");
         }
+        config.health = self.listen;
         let role = up::Role::QueueWorker {
             gateway_url: self.gateway_url.trim_end_matches('/').to_owned(),
             queues,
@@ -595,6 +677,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             serve(config, role, None).await
         }
         Command::Watchdog(args) => args.run().await,
+        Command::Autoscaler(args) => autoscaler::run(args).await,
         Command::Deploy(args) => commands::deploy(args).await,
         Command::List(args) => commands::list(args).await,
         Command::Describe(args) => commands::describe(args).await,
@@ -655,7 +738,7 @@ async fn serve(
     prepared.serve(listener, shutdown).await
 }
 
-async fn stop_on_signal(shutdown: tokio_util::sync::CancellationToken) {
+pub(crate) async fn stop_on_signal(shutdown: tokio_util::sync::CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

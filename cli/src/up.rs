@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use sluice_autoscaler::shared::LoadReporter;
 use sluice_autoscaler::{AutoscalerConfig, EmbeddedAutoscaler};
 use sluice_core::{CallQueue, CallStore, FunctionStore, QueueName};
 use sluice_gateway::Platform;
@@ -98,6 +99,18 @@ pub struct UpConfig {
     pub callback_signing_key: Option<String>,
     /// What the embedded queue takes at most.
     pub queue_bounds: sluice_store::QueueBounds,
+    /// Functions as Kubernetes Deployments instead of local processes.
+    pub kubernetes: Option<KubeSettings>,
+    /// A health endpoint (`GET /healthz`) for a queue worker's probes.
+    pub health: Option<std::net::SocketAddr>,
+}
+
+/// Where functions go on Kubernetes, and how to reach it.
+#[derive(Debug, Clone)]
+pub struct KubeSettings {
+    pub namespace: String,
+    /// A kubeconfig file; else the usual places, then the pod's service account.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl UpConfig {
@@ -120,6 +133,8 @@ impl UpConfig {
             },
             callback_signing_key: None,
             queue_bounds: sluice_store::QueueBounds::default(),
+            kubernetes: None,
+            health: None,
         }
     }
 }
@@ -217,6 +232,8 @@ pub struct Prepared {
     backends: Backends,
     /// Where the admin password Sluice keeps is, when it keeps one.
     password_file: Option<PathBuf>,
+    /// The Kubernetes provider (not started yet), when functions are Deployments.
+    kube: Option<sluice_kube::KubeProvider>,
 }
 
 impl Prepared {
@@ -275,12 +292,28 @@ impl Prepared {
                 }
             }
         };
+        let kube = match (&config.kubernetes, runs_functions) {
+            (Some(settings), true) => {
+                let client = sluice_kube::KubeProvider::client(settings.kubeconfig.as_deref())
+                    .await
+                    .context("cannot reach Kubernetes")?;
+                Some(sluice_kube::KubeProvider::new(
+                    client,
+                    sluice_kube::KubeConfig {
+                        namespace: settings.namespace.clone(),
+                        ..sluice_kube::KubeConfig::default()
+                    },
+                ))
+            }
+            _ => None,
+        };
         Ok(Self {
             config,
             role,
             _lock: lock,
             backends,
             password_file,
+            kube,
         })
     }
 
@@ -316,6 +349,7 @@ impl Prepared {
             _lock,
             backends,
             password_file: _,
+            kube,
         } = self;
         if let Role::QueueWorker {
             gateway_url,
@@ -344,6 +378,9 @@ impl Prepared {
                 ));
             }
             spawn_body_sweeper(&backends, shutdown.clone());
+            if let Some(addr) = config.health {
+                serve_health(addr, shutdown.clone()).await?;
+            }
             tracing::info!(queues = ?queues, "queue worker started");
             while let Some(joined) = workers.join_next().await {
                 joined.context("queue worker panicked")?;
@@ -360,31 +397,16 @@ impl Prepared {
             released = queue.release_all_leases().await?;
             pending = Some(queue.pending().await?);
         }
-        let mut process = config.process.clone();
-        process.run_dir = Some(config.data_dir.join("run"));
-        let provider = ProcessProvider::new(process);
-        let reaped = provider
-            .reap_leftovers()
-            .context("preparing the run dir for function processes")?;
-        if reaped > 0 {
-            tracing::warn!(
-                reaped,
-                "stopped function processes a previous run left behind"
-            );
-        }
-        let provider = Arc::new(provider);
-        let autoscaler = EmbeddedAutoscaler::new(
-            provider.clone(),
-            backends.functions.clone(),
-            AutoscalerConfig {
-                max_replicas_limit: config.gateway.max_replicas_limit,
-                ..AutoscalerConfig::default()
-            },
-        );
-        let platform = Platform {
-            orchestrator: provider.clone(),
-            endpoints: provider.clone(),
-            autoscaler: Arc::new(autoscaler.clone()),
+        let gateway_shutdown = CancellationToken::new();
+        let (platform, runtime) = match (&config.kubernetes, kube) {
+            (Some(_), Some(provider)) => {
+                let shared = config
+                    .shared
+                    .as_ref()
+                    .context("the Kubernetes provider needs --database-url and --nats")?;
+                kubernetes_platform(provider, shared).await?
+            }
+            _ => process_platform(&config, &backends)?,
         };
         let restored = sluice_gateway::restore(
             backends.functions.as_ref(),
@@ -417,12 +439,11 @@ impl Prepared {
             );
         }
         let gateway_url = loopback_url(&listener)?;
-        let gateway_shutdown = CancellationToken::new();
         let mut gateway_config = config.gateway.clone();
         if matches!(role, Role::All) && gateway_config.internal_token.is_none() {
             gateway_config.internal_token = Some(uuid::Uuid::new_v4().simple().to_string());
         }
-        tokio::spawn(autoscaler.run(gateway_shutdown.clone()));
+        runtime.start(gateway_shutdown.clone());
         let state = AppState::new(
             platform,
             backends.functions.clone(),
@@ -461,10 +482,125 @@ impl Prepared {
             Ok(joined) => joined.context("gateway panicked")??,
             Err(_) => tracing::warn!("in-flight requests outlived the grace period"),
         }
-        provider.shutdown().await;
+        runtime.shutdown().await;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// What runs beside the gateway for its platform, started after the registry is restored.
+enum Runtime {
+    /// Local processes, scaled by the embedded autoscaler.
+    Process {
+        provider: ProcessProvider,
+        autoscaler: EmbeddedAutoscaler,
+    },
+    /// Kubernetes: this gateway reports its load to the shared autoscaler.
+    Kubernetes {
+        provider: sluice_kube::KubeProvider,
+        reporter: LoadReporter,
+    },
+}
+
+impl Runtime {
+    fn start(&self, shutdown: CancellationToken) {
+        match self {
+            Self::Process { autoscaler, .. } => {
+                tokio::spawn(autoscaler.clone().run(shutdown));
+            }
+            Self::Kubernetes { reporter, .. } => {
+                tokio::spawn(reporter.clone().run(shutdown));
+            }
+        }
+    }
+
+    async fn shutdown(self) {
+        match self {
+            Self::Process { provider, .. } => provider.shutdown().await,
+            Self::Kubernetes { provider, .. } => provider.shutdown(),
+        }
+    }
+}
+
+/// Local processes: the process provider (its leftovers from a killed run stopped first) and
+/// the embedded autoscaler.
+fn process_platform(config: &UpConfig, backends: &Backends) -> anyhow::Result<(Platform, Runtime)> {
+    let mut process = config.process.clone();
+    process.run_dir = Some(config.data_dir.join("run"));
+    let provider = ProcessProvider::new(process);
+    let reaped = provider
+        .reap_leftovers()
+        .context("preparing the run dir for function processes")?;
+    if reaped > 0 {
+        tracing::warn!(
+            reaped,
+            "stopped function processes a previous run left behind"
+        );
+    }
+    let shared = Arc::new(provider.clone());
+    let autoscaler = EmbeddedAutoscaler::new(
+        shared.clone(),
+        backends.functions.clone(),
+        AutoscalerConfig {
+            max_replicas_limit: config.gateway.max_replicas_limit,
+            ..AutoscalerConfig::default()
+        },
+    );
+    let platform = Platform {
+        orchestrator: shared.clone(),
+        endpoints: shared,
+        autoscaler: Arc::new(autoscaler.clone()),
+    };
+    Ok((
+        platform,
+        Runtime::Process {
+            provider,
+            autoscaler,
+        },
+    ))
+}
+
+/// Kubernetes: Deployments through the API server (watched from now on), ready pods from their
+/// EndpointSlices, and load reported over NATS to `sluice autoscaler`.
+async fn kubernetes_platform(
+    provider: sluice_kube::KubeProvider,
+    shared: &SharedBackends,
+) -> anyhow::Result<(Platform, Runtime)> {
+    provider.start();
+    let nats = retrying(shared.connect_timeout, || async {
+        sluice_nats::connect_client(&shared.nats.url, shared.connect_timeout)
+            .await
+            .context("cannot reach NATS (--nats)")
+    })
+    .await?;
+    let gateway = std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| format!("gateway-{}", uuid::Uuid::new_v4().simple()));
+    let reporter = LoadReporter::new(nats, gateway, Duration::from_secs(1));
+    let platform = Platform {
+        orchestrator: Arc::new(provider.clone()),
+        endpoints: provider.endpoints(),
+        autoscaler: Arc::new(reporter.clone()),
+    };
+    Ok((platform, Runtime::Kubernetes { provider, reporter }))
+}
+
+/// Answers `GET /healthz` on `addr` until `shutdown`, for a process's probes.
+pub async fn serve_health(
+    addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for health checks"))?;
+    let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "OK" }));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+    });
+    Ok(())
 }
 
 /// How often, and past what age, large-body objects no call needs any more are deleted.
@@ -507,7 +643,7 @@ fn loopback_url(listener: &TcpListener) -> anyhow::Result<String> {
 
 /// Runs `attempt` until it succeeds or `timeout` has passed, waiting a little longer after each
 /// failure and saying why; the last error is returned.
-async fn retrying<T, F, Fut>(timeout: Duration, mut attempt: F) -> anyhow::Result<T>
+pub(crate) async fn retrying<T, F, Fut>(timeout: Duration, mut attempt: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,

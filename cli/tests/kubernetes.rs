@@ -160,3 +160,79 @@ async fn the_sample_functions_become_valid_kubernetes_objects() {
         "{stdout}"
     );
 }
+
+/// Every way the chart runs `sluice` (defaults and production values) parses with the real
+/// command line: no flag the binary lacks, no required one left unset (a flag read from the
+/// environment counts as set when the container's environment names its variable).
+#[test]
+fn the_chart_runs_sluice_with_flags_it_takes() {
+    use clap::{CommandFactory, Parser};
+
+    let output = Command::new("python3")
+        .arg(repo_root().join("charts/sluice/tests/commands.py"))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        report("commands.py", &output)
+    );
+    let containers: Vec<serde_json::Value> =
+        serde_json::from_slice(&output.stdout).expect("commands.py prints JSON");
+    let mut seen = std::collections::BTreeSet::new();
+    for c in &containers {
+        let object = c["object"].as_str().unwrap();
+        let mut argv: Vec<String> = c["argv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect();
+        let env: Vec<&str> = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap())
+            .collect();
+        let subcommand = argv[1].clone();
+        seen.insert(subcommand.clone());
+        let cli = sluice_cli::Cli::command();
+        let sub = cli
+            .find_subcommand(&subcommand)
+            .unwrap_or_else(|| panic!("{object}: sluice has no subcommand {subcommand:?}"));
+        // What the container's environment sets, given as the flags it stands for.
+        for arg in sub.get_arguments() {
+            let (Some(long), Some(var)) = (arg.get_long(), arg.get_env()) else {
+                continue;
+            };
+            let given = argv
+                .iter()
+                .any(|a| a == &format!("--{long}") || a.starts_with(&format!("--{long}=")));
+            if !given && env.iter().any(|e| std::ffi::OsStr::new(e) == var) {
+                // A value of the right shape: the flag's default, else a sample.
+                let default = arg
+                    .get_default_values()
+                    .first()
+                    .map(|v| v.to_string_lossy().into_owned());
+                let placeholder = default.unwrap_or_else(|| {
+                    match long {
+                        "database-url" => "postgres://sluice@db/sluice",
+                        "nats" => "nats://nats:4222",
+                        "internal-token" => "an-internal-token-of-32-characters",
+                        "callback-signing-key" => "a-signing-key-of-32-characters!!",
+                        _ => "placeholder",
+                    }
+                    .to_owned()
+                });
+                argv.push(format!("--{long}={placeholder}"));
+            }
+        }
+        if let Err(error) = sluice_cli::Cli::try_parse_from(&argv) {
+            panic!("{object}: sluice refuses the chart's command line {argv:?}:\n{error}");
+        }
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["autoscaler", "gateway", "queue-worker"]
+    );
+}

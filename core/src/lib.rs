@@ -21,7 +21,7 @@ pub use call::{
 };
 pub use callback::{CallbackPolicy, CallbackRefusal, CallbackRule};
 pub use config::{ConfigError, FunctionConfig, Metric, Mode, ScaleConfig};
-pub use name::{DEFAULT_NAMESPACE, FunctionRef, NameError};
+pub use name::{DEFAULT_NAMESPACE, FunctionRef, NameError, default_namespace};
 pub use retry::RetryPolicy;
 pub use seams::{
     Autoscaler, CallFilter, CallQueue, CallStore, Delivery, Endpoint, EndpointSource, FunctionSpec,

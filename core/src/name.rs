@@ -7,6 +7,23 @@ use serde::{Deserialize, Serialize};
 /// The namespace a function lives in when none is given, as in OpenFaaS.
 pub const DEFAULT_NAMESPACE: &str = "openfaas-fn";
 
+static FUNCTION_NAMESPACE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The namespace a function goes to when it names none: [`DEFAULT_NAMESPACE`] unless the
+/// process set another at start-up ([`set_default_namespace`]).
+pub fn default_namespace() -> &'static str {
+    FUNCTION_NAMESPACE
+        .get()
+        .map_or(DEFAULT_NAMESPACE, String::as_str)
+}
+
+/// Sets this process's default function namespace (`--function-namespace`), once, before any
+/// name is parsed; `false` (and no change) if one was set already or it is not a valid name.
+pub fn set_default_namespace(namespace: &str) -> bool {
+    validate_label("namespace", namespace).is_ok()
+        && FUNCTION_NAMESPACE.set(namespace.to_owned()).is_ok()
+}
+
 /// Longest DNS-1123 label.
 const MAX_LABEL_LEN: usize = 63;
 
@@ -36,7 +53,7 @@ impl FunctionRef {
     pub fn new(name: &str, namespace: Option<&str>) -> Result<Self, NameError> {
         let namespace = match namespace {
             Some(ns) if !ns.is_empty() => ns,
-            _ => DEFAULT_NAMESPACE,
+            _ => default_namespace(),
         };
         validate_label("function name", name)?;
         validate_label("namespace", namespace)?;
@@ -62,7 +79,7 @@ impl FunctionRef {
 
 impl fmt::Display for FunctionRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.namespace == DEFAULT_NAMESPACE {
+        if self.namespace == default_namespace() {
             f.write_str(&self.name)
         } else {
             write!(f, "{}.{}", self.name, self.namespace)

@@ -215,6 +215,9 @@ pub enum ProviderError {
     /// The orchestrator's API could not be reached.
     #[error("orchestrator unavailable: {0}")]
     Unavailable(String),
+    /// This provider does not do that.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("provider failure: {0}")]
     Internal(String),
 }
@@ -264,7 +267,36 @@ pub trait Orchestrator: Send + Sync + Debug {
         tail: usize,
         follow: bool,
     ) -> Result<LogStream, ProviderError>;
+
+    /// The namespaces functions may go to, if the orchestrator decides that (Kubernetes: the
+    /// function namespace and those labelled `openfaas=1`); `None`: any valid name.
+    async fn namespaces(&self) -> Result<Option<Vec<String>>, ProviderError> {
+        Ok(None)
+    }
+
+    /// The secrets functions in `namespace` may name (never their values).
+    async fn secrets(&self, _namespace: &str) -> Result<Vec<String>, ProviderError> {
+        Err(ProviderError::Unsupported(NO_SECRETS.into()))
+    }
+
+    /// Stores a secret: creates it (`create`), or replaces the value of an existing one.
+    async fn put_secret(
+        &self,
+        _namespace: &str,
+        _name: &str,
+        _value: &[u8],
+        _create: bool,
+    ) -> Result<(), ProviderError> {
+        Err(ProviderError::Unsupported(NO_SECRETS.into()))
+    }
+
+    /// Deletes a secret.
+    async fn delete_secret(&self, _namespace: &str, _name: &str) -> Result<(), ProviderError> {
+        Err(ProviderError::Unsupported(NO_SECRETS.into()))
+    }
 }
+
+const NO_SECRETS: &str = "this provider keeps no secrets: they come with the Kubernetes provider";
 
 /// How the autoscaler last decided for a function, and why.
 #[derive(Debug, Clone, PartialEq)]

@@ -72,6 +72,8 @@ pub enum ApiError {
     QueueFull(String),
     #[error("{0}; the call was not accepted, try again later")]
     FunctionQueueFull(String),
+    #[error("{0}")]
+    NotImplemented(String),
     /// The orchestrator (Kubernetes) refused a change, in its own words.
     #[error("the orchestrator refused: {0}")]
     OrchestratorRefused(String),
@@ -106,6 +108,7 @@ impl ApiError {
             | Self::QueueFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout(_) | Self::NotReady { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) | Self::OrchestratorRefused(_) => StatusCode::BAD_GATEWAY,
+            Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::OrchestratorUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -140,6 +143,7 @@ impl ApiError {
             Self::QueueFull(_) => "queue_full",
             Self::FunctionQueueFull(_) => "function_queue_full",
             Self::OrchestratorRefused(_) => "orchestrator_refused",
+            Self::NotImplemented(_) => "not_implemented",
             Self::OrchestratorUnavailable(_) => "orchestrator_unavailable",
             Self::Internal(_) => "internal",
         }
@@ -268,6 +272,7 @@ impl From<ProviderError> for ApiError {
             // Permissions, quotas, admission webhooks: the platform's, not the caller's.
             ProviderError::Refused { message, .. } => Self::OrchestratorRefused(message),
             ProviderError::Unavailable(detail) => Self::OrchestratorUnavailable(detail),
+            ProviderError::Unsupported(what) => Self::NotImplemented(what),
             ProviderError::Internal(detail) => Self::Internal(detail),
         }
     }

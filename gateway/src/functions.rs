@@ -11,8 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use sluice_core::{
-    DEFAULT_NAMESPACE, FunctionDeployment, FunctionRef, FunctionSpec, FunctionStatus,
-    FunctionStore, Timestamp,
+    FunctionDeployment, FunctionRef, FunctionSpec, FunctionStatus, FunctionStore, Timestamp,
 };
 
 use crate::AppState;
@@ -22,7 +21,7 @@ use sluice_core::config::{SCALE_MAX_LABEL, SCALE_MIN_LABEL};
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct NamespaceQuery {
-    namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
 }
 
 /// Brings back every function in the registry at start-up, with at most `max_replicas` each.
@@ -40,9 +39,12 @@ pub async fn restore(
         spec.replicas = spec.replicas.min(max_replicas);
         match platform.orchestrator.apply(&spec).await {
             Ok(()) => {
-                platform
-                    .autoscaler
-                    .pin(&spec.function, spec.replicas, "restored at start-up");
+                // A shared orchestrator's counts are the shared autoscaler's, running still.
+                if !platform.orchestrator.shared() {
+                    platform
+                        .autoscaler
+                        .pin(&spec.function, spec.replicas, "restored at start-up");
+                }
                 restored += 1;
             }
             Err(error) => {
@@ -210,7 +212,7 @@ pub(crate) async fn list(
         .namespace
         .as_deref()
         .filter(|n| !n.is_empty())
-        .unwrap_or(DEFAULT_NAMESPACE);
+        .unwrap_or(sluice_core::default_namespace());
     sluice_core::name::validate_label("namespace", namespace)?;
     let specs = state.functions.list().await?;
     Ok(Json(
@@ -288,6 +290,10 @@ pub(crate) async fn scale(
 pub(crate) async fn namespaces(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<String>>, ApiError> {
+    // Kubernetes says which namespaces are open to functions.
+    if let Some(names) = state.orchestrator.namespaces().await? {
+        return Ok(Json(names));
+    }
     let mut names: BTreeSet<String> = state
         .functions
         .list()
@@ -295,15 +301,15 @@ pub(crate) async fn namespaces(
         .into_iter()
         .map(|s| s.function.namespace)
         .collect();
-    names.insert(DEFAULT_NAMESPACE.to_owned());
+    names.insert(sluice_core::default_namespace().to_owned());
     Ok(Json(names.into_iter().collect()))
 }
 
-pub(crate) async fn info() -> Json<serde_json::Value> {
+pub(crate) async fn info(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "provider": {
             "provider": "sluice",
-            "orchestration": "process",
+            "orchestration": if state.orchestrator.shared() { "kubernetes" } else { "process" },
             "version": { "release": env!("CARGO_PKG_VERSION"), "sha": "" },
         },
         "version": { "release": env!("CARGO_PKG_VERSION"), "sha": "", "commit_message": "" },

@@ -18,6 +18,7 @@ mod limits;
 mod logs;
 mod metrics;
 mod policy;
+mod secrets;
 mod serve;
 mod sync;
 
@@ -318,6 +319,13 @@ pub fn router(state: AppState) -> Router {
         .route("/system/function/{name}", get(functions::describe))
         .route("/system/scale-function/{name}", post(functions::scale))
         .route("/system/namespaces", get(functions::namespaces))
+        .route(
+            "/system/secrets",
+            get(secrets::list)
+                .post(secrets::create)
+                .put(secrets::update)
+                .delete(secrets::delete),
+        )
         .route("/system/logs", get(logs::logs))
         .route("/system/calls", get(calls::list))
         .route("/system/calls/{id}", get(calls::get).delete(calls::cancel))

@@ -61,6 +61,18 @@ async fn sync_once(
         if unchanged {
             continue;
         }
+        if state.orchestrator.shared() {
+            // Every gateway sees the same Deployments: only what this gateway keeps of a
+            // function (its policy) follows a change made through another one.
+            if seen
+                .get(&spec.function)
+                .is_some_and(|(deployment, _)| *deployment != spec.deployment)
+            {
+                state.policies.forget(&spec.function);
+            }
+            seen.insert(spec.function.clone(), (spec.deployment, replicas));
+            continue;
+        }
         // Under the function's lock, from a fresh read: a change made through this gateway
         // meanwhile is already applied and must not be undone by an older read.
         let _serial = state.lock_function(&spec.function).await;

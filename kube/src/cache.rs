@@ -358,8 +358,15 @@ fn function_of<K: Resource>(object: &K, label: &str) -> Option<(FunctionRef, Str
     ))
 }
 
-/// Follows one namespace's function Deployments, EndpointSlices and pods until `stop`.
-pub(crate) fn follow(cache: Arc<Cache>, client: Client, namespace: &str, stop: CancellationToken) {
+/// Follows one namespace's function Deployments, EndpointSlices and pods (or Deployments only)
+/// until `stop`.
+pub(crate) fn follow(
+    cache: Arc<Cache>,
+    client: Client,
+    namespace: &str,
+    deployments_only: bool,
+    stop: CancellationToken,
+) {
     let functions = watcher::Config::default().labels(FUNCTION_LABEL);
     let slices = watcher::Config::default().labels(SERVICE_NAME_LABEL);
     tokio::spawn(run(
@@ -370,6 +377,9 @@ pub(crate) fn follow(cache: Arc<Cache>, client: Client, namespace: &str, stop: C
         Kind::Deployment,
         stop.clone(),
     ));
+    if deployments_only {
+        return;
+    }
     tokio::spawn(run(
         cache.clone(),
         Api::<EndpointSlice>::namespaced(client.clone(), namespace),

@@ -13,4 +13,4 @@ mod error;
 pub mod lease;
 mod provider;
 
-pub use provider::{KubeConfig, KubeProvider, NAMESPACE_LABEL};
+pub use provider::{KubeConfig, KubeProvider, NAMESPACE_LABEL, SECRET_LABEL};

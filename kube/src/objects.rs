@@ -97,6 +97,22 @@ fn liveness() -> Probe {
     }
 }
 
+/// How long a pod may take to stop: the watchdog's drain (`healthcheck_interval`, then in-flight
+/// requests within `write_timeout`, then the function's own grace), so Kubernetes does not kill
+/// it mid-request. The watchdog's defaults when unset (5 s, `exec_timeout` or 5 min, 5 s).
+fn termination_grace(env: &BTreeMap<String, String>) -> i64 {
+    let setting = |key: &str| {
+        env.get(key)
+            .and_then(|v| sluice_core::retry::parse_go_duration(v))
+    };
+    let interval = setting("healthcheck_interval").unwrap_or(std::time::Duration::from_secs(5));
+    let write = setting("write_timeout")
+        .or_else(|| setting("exec_timeout"))
+        .unwrap_or(std::time::Duration::from_secs(300));
+    let total = interval + write + std::time::Duration::from_secs(10);
+    i64::try_from(total.as_secs()).unwrap_or(i64::MAX)
+}
+
 /// The pod template of a function.
 fn pod_template(spec: &FunctionSpec, secrets: &[SecretMount]) -> PodTemplateSpec {
     let d = &spec.deployment;
@@ -228,6 +244,7 @@ fn pod_template(spec: &FunctionSpec, secrets: &[SecretMount]) -> PodTemplateSpec
             // Functions get no Kubernetes credentials and no other services' addresses in their
             // environment.
             automount_service_account_token: Some(false),
+            termination_grace_period_seconds: Some(termination_grace(&d.env_vars)),
             enable_service_links: Some(false),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),

@@ -21,18 +21,24 @@ use crate::objects::{self, FUNCTION_LABEL, SecretMount};
 
 /// The label (or annotation, as faas-netes reads it) that opens a namespace to functions.
 pub const NAMESPACE_LABEL: &str = "openfaas";
+/// The label on the Secrets the secrets API manages, as faas-netes labels them (so secrets made
+/// through OpenFaaS are seen, and the other way round); other Secrets are never touched.
+pub const SECRET_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "openfaas");
 
 /// Where the provider puts functions.
 #[derive(Debug, Clone)]
 pub struct KubeConfig {
     /// Functions go here unless they name another namespace (default `openfaas-fn`).
     pub namespace: String,
+    /// Watch only Deployments (the autoscaler's need), not EndpointSlices and pods.
+    pub deployments_only: bool,
 }
 
 impl Default for KubeConfig {
     fn default() -> Self {
         Self {
             namespace: "openfaas-fn".into(),
+            deployments_only: false,
         }
     }
 }
@@ -197,6 +203,7 @@ impl KubeProvider {
                 self.inner.cache.clone(),
                 self.inner.client.clone(),
                 namespace,
+                self.inner.config.deployments_only,
                 self.inner.stop.child_token(),
             );
         }
@@ -277,6 +284,28 @@ impl KubeProvider {
             });
         }
         Ok(mounts)
+    }
+
+    fn secret_api(&self, namespace: &str) -> Api<Secret> {
+        Api::namespaced(self.inner.client.clone(), namespace)
+    }
+
+    /// A Secret the secrets API manages; any other is not found, as far as it is concerned.
+    async fn managed_secret(&self, namespace: &str, name: &str) -> Result<Secret, ProviderError> {
+        let missing = || ProviderError::NotFound(format!("secret {name} in {namespace}"));
+        let secret = self
+            .secret_api(namespace)
+            .get_opt(name)
+            .await
+            .map_err(from_kube)?
+            .ok_or_else(missing)?;
+        let managed = secret
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SECRET_LABEL.0))
+            .is_some_and(|v| v == SECRET_LABEL.1);
+        if managed { Ok(secret) } else { Err(missing()) }
     }
 
     /// Creates the function's Service, or brings an existing one to what it should be.
@@ -536,6 +565,97 @@ impl Orchestrator for KubeProvider {
 
     fn problem(&self, function: &FunctionRef) -> Option<String> {
         self.inner.cache.problem(function)
+    }
+
+    async fn namespaces(&self) -> Result<Option<Vec<String>>, ProviderError> {
+        let mut names = vec![self.inner.config.namespace.clone()];
+        let api: Api<Namespace> = Api::all(self.inner.client.clone());
+        let selector = format!("{NAMESPACE_LABEL}=1");
+        match api.list(&ListParams::default().labels(&selector)).await {
+            Ok(list) => names.extend(list.items.into_iter().filter_map(|n| n.metadata.name)),
+            // Listing namespaces is a cluster-wide permission the chart grants only when asked
+            // (rbac.listNamespaces): without it, the function namespace is the one there is.
+            Err(kube::Error::Api(s)) if s.is_forbidden() => {
+                tracing::debug!("may not list namespaces; only the function namespace is open");
+            }
+            Err(e) => return Err(from_kube(e)),
+        }
+        names.sort();
+        names.dedup();
+        Ok(Some(names))
+    }
+
+    async fn secrets(&self, namespace: &str) -> Result<Vec<String>, ProviderError> {
+        self.check_namespace(namespace).await?;
+        let selector = format!("{}={}", SECRET_LABEL.0, SECRET_LABEL.1);
+        let list = self
+            .secret_api(namespace)
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(from_kube)?;
+        let mut names: Vec<String> = list
+            .items
+            .into_iter()
+            .filter_map(|s| s.metadata.name)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn put_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        value: &[u8],
+        create: bool,
+    ) -> Result<(), ProviderError> {
+        self.check_namespace(namespace).await?;
+        let api = self.secret_api(namespace);
+        let data = std::collections::BTreeMap::from([(
+            name.to_owned(),
+            k8s_openapi::ByteString(value.to_vec()),
+        )]);
+        if create {
+            let secret = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.to_owned()),
+                    namespace: Some(namespace.to_owned()),
+                    labels: Some([(SECRET_LABEL.0.to_owned(), SECRET_LABEL.1.to_owned())].into()),
+                    ..Default::default()
+                },
+                type_: Some("Opaque".into()),
+                data: Some(data),
+                ..Default::default()
+            };
+            return api
+                .create(&PostParams::default(), &secret)
+                .await
+                .map(drop)
+                .map_err(from_kube);
+        }
+        let mut secret = self.managed_secret(namespace, name).await?;
+        secret.data = Some(data);
+        secret.string_data = None;
+        api.replace(name, &PostParams::default(), &secret)
+            .await
+            .map(drop)
+            .map_err(from_kube)
+    }
+
+    async fn delete_secret(&self, namespace: &str, name: &str) -> Result<(), ProviderError> {
+        self.check_namespace(namespace).await?;
+        self.managed_secret(namespace, name).await?;
+        match self
+            .secret_api(namespace)
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(ProviderError::NotFound(format!(
+                "secret {name} in {namespace}"
+            ))),
+            Err(e) => Err(from_kube(e)),
+        }
     }
 
     fn logs(

@@ -123,6 +123,21 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> QueueError {
     QueueError::Unavailable(format!("{what}: {e}"))
 }
 
+/// A NATS client as Sluice's processes connect one: named, reconnecting for ever once
+/// connected. `url` may list several servers, comma-separated.
+pub async fn connect_client(
+    url: &str,
+    timeout: Duration,
+) -> Result<async_nats::Client, QueueError> {
+    async_nats::ConnectOptions::new()
+        .name("sluice")
+        .connection_timeout(timeout)
+        .max_reconnects(None)
+        .connect(url)
+        .await
+        .map_err(|e| unavailable(&format!("connecting to NATS at {url}"), e))
+}
+
 impl JetStreamQueue {
     /// Connects, and creates the stream and the bucket if they do not exist yet (existing ones
     /// are left as they are, so an operator may tune them, e.g. their replicas).
@@ -130,13 +145,7 @@ impl JetStreamQueue {
     /// Fails if NATS cannot be reached; once connected, the client reconnects by itself after
     /// the server restarts, and operations fail with [`QueueError::Unavailable`] meanwhile.
     pub async fn connect(config: JetStreamConfig) -> Result<Self, QueueError> {
-        let client = async_nats::ConnectOptions::new()
-            .name("sluice")
-            .connection_timeout(config.request_timeout)
-            .max_reconnects(None)
-            .connect(config.url.as_str())
-            .await
-            .map_err(|e| unavailable(&format!("connecting to NATS at {}", config.url), e))?;
+        let client = connect_client(&config.url, config.request_timeout).await?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(config.request_timeout);
 

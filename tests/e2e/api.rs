@@ -230,3 +230,44 @@ async fn metrics_count_invocations_by_function_and_code_in_openfaas_names() {
     }
     assert!(!text.contains("nope"), "{text}");
 }
+
+/// `/system/secrets` is a management route (credentials first); on the process provider, which
+/// keeps no secrets, it says so plainly instead of pretending.
+#[tokio::test]
+async fn the_secrets_api_needs_credentials_and_says_where_secrets_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let anonymous = reqwest::Client::new();
+    let r = anonymous
+        .get(format!("{url}/system/secrets"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let http = crate::harness::http();
+    let r = http
+        .post(format!("{url}/system/secrets"))
+        .header("content-type", "application/json")
+        .body(r#"{"name":"api-key","value":"s3cr3t"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 501);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "not_implemented");
+    assert!(
+        body["message"].as_str().unwrap().contains("Kubernetes"),
+        "{body}"
+    );
+    let r = http
+        .post(format!("{url}/system/secrets"))
+        .header("content-type", "application/json")
+        .body(r#"{"name":"Bad Name","value":"x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r: Value = get_json(&http, format!("{url}/system/info")).await;
+    assert_eq!(r["provider"]["orchestration"], "process");
+}

@@ -86,6 +86,8 @@ async fn a_new_function_becomes_a_deployment_and_a_service() {
         json!([{"key": "api-key", "path": "api-key"}])
     );
     assert_eq!(template["spec"]["automountServiceAccountToken"], false);
+    // Long enough for the watchdog's drain: 5 s unready, 5 min of in-flight requests, 10 s.
+    assert_eq!(template["spec"]["terminationGracePeriodSeconds"], 315);
     create.reply(201, &stored(d, 10));
 
     api.expect("GET", ECHO_SERVICE)

@@ -2,7 +2,9 @@
 //! `kube::Client`): every call is checked for method, path and body, and answered as the API
 //! server would, refusals included.
 
+mod lease;
 mod lifecycle;
+mod secrets;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -44,6 +46,7 @@ pub(crate) fn provider() -> (KubeProvider, ApiServer) {
         client,
         KubeConfig {
             namespace: NS.into(),
+            ..KubeConfig::default()
         },
     );
     (provider, ApiServer(handle))
@@ -68,6 +71,23 @@ impl ApiServer {
             body,
             respond,
         }
+    }
+
+    /// The next call, or `None` once the client is gone.
+    pub(crate) async fn next_or_end(&mut self) -> Option<Call> {
+        let (request, respond) = self.0.next_request().await?;
+        let (parts, body) = request.into_parts();
+        let bytes = body.collect_bytes().await.ok()?;
+        let body = (!bytes.is_empty())
+            .then(|| serde_json::from_slice(&bytes).ok())
+            .flatten();
+        Some(Call {
+            method: parts.method,
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().unwrap_or_default().to_owned(),
+            body,
+            respond,
+        })
     }
 
     /// The next call, checked to be `method path`.
