@@ -324,4 +324,60 @@ mod tests {
         let (_, _, _, body) = render(ApiError::Internal("secret detail".into())).await;
         assert_eq!(body, r#"{"code":"internal","message":"internal error"}"#);
     }
+
+    #[tokio::test]
+    async fn orchestrator_refusals_keep_their_words_and_their_kind() {
+        let refused = |code: u16, reason: &str, message: &str| ProviderError::Refused {
+            code,
+            reason: reason.into(),
+            message: message.into(),
+        };
+        let forbidden = "deployments.apps is forbidden: User \"system:serviceaccount:openfaas:gw\" cannot create resource \"deployments\"";
+        for (error, status, code, words) in [
+            (
+                refused(403, "Forbidden", forbidden),
+                StatusCode::BAD_GATEWAY,
+                "orchestrator_refused",
+                forbidden,
+            ),
+            (
+                refused(403, "Forbidden", "exceeded quota: functions"),
+                StatusCode::BAD_GATEWAY,
+                "orchestrator_refused",
+                "exceeded quota",
+            ),
+            (
+                refused(422, "Invalid", "Deployment.apps \"x\" is invalid: spec"),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "is invalid",
+            ),
+            (
+                refused(409, "Conflict", "the object has been modified"),
+                StatusCode::CONFLICT,
+                "conflict",
+                "has been modified",
+            ),
+            (
+                ProviderError::Unsupported("no secrets here".into()),
+                StatusCode::NOT_IMPLEMENTED,
+                "not_implemented",
+                "no secrets here",
+            ),
+        ] {
+            let (s, marker, _, body) = render(error.into()).await;
+            assert_eq!((s, marker.as_deref()), (status, Some(code)), "{body}");
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert!(body["message"].as_str().unwrap().contains(words), "{body}");
+        }
+        // Unreachable: a 503 to retry, without the transport's details.
+        let (s, _, retry, body) =
+            render(ProviderError::Unavailable("tcp connect error 10.0.0.1:443".into()).into())
+                .await;
+        assert_eq!(
+            (s, retry.as_deref()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("1"))
+        );
+        assert!(!body.contains("10.0.0.1"), "{body}");
+    }
 }

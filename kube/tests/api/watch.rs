@@ -71,6 +71,18 @@ async fn ready_pods_from_endpoint_slices_feed_the_activator() {
                 "message": "Back-off pulling image \"ghcr.io/example/echo:1\""}},
         }]},
     });
+    let crashing_pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "echo-7d9f-fghij", "namespace": NS, "resourceVersion": "102",
+                     "labels": {"faas_function": "echo"}},
+        "status": {"containerStatuses": [{
+            "name": "echo", "image": "ghcr.io/example/echo:1", "imageID": "", "ready": false,
+            "restartCount": 5,
+            "state": {"waiting": {"reason": "CrashLoopBackOff",
+                "message": "back-off 2m40s restarting failed container=echo"}},
+            "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}},
+        }]},
+    });
 
     // Each watcher lists, then watches from the list's version; their order is their own.
     let (mut deployments, mut slices) = (None, None);
@@ -136,7 +148,10 @@ async fn ready_pods_from_endpoint_slices_feed_the_activator() {
     // The listed Deployment is known; its pod's trouble is said.
     let f = spec.function.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while provider.problem(&f).is_none() {
+    while !provider
+        .problem(&f)
+        .is_some_and(|p| p.contains("ImagePullBackOff") && p.contains("CrashLoopBackOff"))
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the pod's trouble was not seen"
