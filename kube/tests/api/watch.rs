@@ -123,7 +123,7 @@ async fn ready_pods_from_endpoint_slices_feed_the_activator() {
                 call.reply(
                     200,
                     &json!({"apiVersion": "v1", "kind": "PodList",
-                    "metadata": {"resourceVersion": "103"}, "items": [stuck_pod.clone()]}),
+                    "metadata": {"resourceVersion": "103"}, "items": [stuck_pod.clone(), crashing_pod.clone()]}),
                 );
             }
             ("/apis/apps/v1/namespaces/openfaas-fn/deployments", true) => {
@@ -145,7 +145,7 @@ async fn ready_pods_from_endpoint_slices_feed_the_activator() {
     let (deployments, slices) = (deployments.unwrap(), slices.unwrap());
     let _pods_watch = pods_watch.unwrap();
 
-    // The listed Deployment is known; its pod's trouble is said.
+    // The listed Deployment is known; its pods' troubles are said.
     let f = spec.function.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !provider
@@ -154,7 +154,8 @@ async fn ready_pods_from_endpoint_slices_feed_the_activator() {
     {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the pod's trouble was not seen"
+            "the pods' troubles were not seen: {:?}",
+            provider.problem(&f)
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
