@@ -194,7 +194,17 @@ impl Activator {
                 Pick::Got(endpoint) => return Ok(endpoint),
                 Pick::Unknown => return Err(ActivatorError::Gone(function.to_string())),
                 Pick::AtZero => {
-                    if self.inner.autoscaler.wake(function).await {
+                    // Bounded by the hold timeout like the rest of the wait.
+                    let woke =
+                        tokio::time::timeout_at(deadline, self.inner.autoscaler.wake(function))
+                            .await;
+                    let Ok(woke) = woke else {
+                        return Err(ActivatorError::NotReady {
+                            function: function.to_string(),
+                            waited,
+                        });
+                    };
+                    if woke {
                         tracing::debug!(%function, "woken from zero by a request");
                     } else {
                         // At zero, and the wake-up did not take: look again once (someone else

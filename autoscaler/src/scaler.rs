@@ -23,7 +23,15 @@ struct Memory {
     /// A count set from outside holds for one stable window from then.
     pinned_at: Option<Duration>,
     status: Option<ScaleStatus>,
+    /// The count this autoscaler last set, and for how many ticks in a row the orchestrator
+    /// has said otherwise (a count changed by someone else: `kubectl scale`, a lost pin).
+    last_set: Option<u32>,
+    differs: u32,
 }
+
+/// How long one scale call may take before the autoscaler gives up on it (and moves on to the
+/// other functions).
+const SCALE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub(crate) struct Scaler {
@@ -35,6 +43,8 @@ pub(crate) struct Scaler {
     /// Serialises every change of a replica count made through the autoscaler (wake-ups,
     /// decisions, [`sluice_core::Autoscaler::exclusive`] holders), across all functions.
     pub(crate) scaling: Arc<tokio::sync::Mutex<()>>,
+    /// While it says `false`, nothing is scaled (a shared autoscaler that is not the leader).
+    gate: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -54,6 +64,37 @@ impl Scaler {
             origin: Instant::now(),
             memory: Mutex::default(),
             scaling: Arc::default(),
+            gate: None,
+        }
+    }
+
+    /// Scales only while `gate` says `true`, checked just before each change.
+    pub(crate) fn gated(mut self, gate: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    fn may_scale(&self) -> bool {
+        self.gate.as_ref().is_none_or(|g| *g.borrow())
+    }
+
+    /// Sets `function`'s count through the orchestrator, within [`SCALE_TIMEOUT`], if this
+    /// autoscaler may scale now; remembers it as its own.
+    async fn scale(&self, function: &FunctionRef, replicas: u32) -> Result<(), String> {
+        if !self.may_scale() {
+            return Err("not the leader any more".into());
+        }
+        match tokio::time::timeout(SCALE_TIMEOUT, self.orchestrator.scale(function, replicas)).await
+        {
+            Ok(Ok(())) => {
+                let mut memory = lock(&self.memory);
+                let m = memory.entry(function.clone()).or_default();
+                m.last_set = Some(replicas);
+                m.differs = 0;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {SCALE_TIMEOUT:?}")),
         }
     }
 
@@ -100,11 +141,15 @@ impl Scaler {
         let (decision, pinned) = {
             let mut memory = lock(&self.memory);
             let m = memory.entry(function.clone()).or_default();
-            let elapsed = m
-                .last_sample
-                .map_or(self.config.tick, |at| now.saturating_sub(at));
-            let requests = observed.started.saturating_sub(m.last_started) as f64
-                / elapsed.as_secs_f64().max(0.001);
+            // The first sample of a function has no rate yet: the counter may have grown for a
+            // long time before (a standby taking over), not in one tick.
+            let requests = match m.last_sample {
+                None => 0.0,
+                Some(at) => {
+                    observed.started.saturating_sub(m.last_started) as f64
+                        / now.saturating_sub(at).as_secs_f64().max(0.001)
+                }
+            };
             m.last_started = observed.started;
             m.last_sample = Some(now);
             m.samples.push_back(kpa::Sample {
@@ -115,6 +160,25 @@ impl Scaler {
             let horizon = now.saturating_sub(config.stable_window);
             while m.samples.front().is_some_and(|s| s.at <= horizon) {
                 m.samples.pop_front();
+            }
+            // A count someone else set (seen twice, so a late watch event is not taken for
+            // one) holds for a stable window, as a count set by hand through a gateway does.
+            if m.last_set.is_some_and(|set| set != current) {
+                m.differs += 1;
+                if m.differs >= 2 {
+                    m.last_set = Some(current);
+                    m.differs = 0;
+                    m.pinned_at = Some(now);
+                    m.status = Some(ScaleStatus {
+                        target: current,
+                        reason:
+                            "set from outside the autoscaler; it resumes after one stable window"
+                                .into(),
+                        panic: false,
+                    });
+                }
+            } else {
+                m.differs = 0;
             }
             let pinned = m
                 .pinned_at
@@ -150,7 +214,7 @@ impl Scaler {
         if pinned || decision.desired == current {
             return;
         }
-        match self.orchestrator.scale(function, decision.desired).await {
+        match self.scale(function, decision.desired).await {
             Ok(()) => tracing::info!(
                 %function,
                 from = current,
@@ -177,7 +241,7 @@ impl Scaler {
         if let Some(memory) = lock(&self.memory).get_mut(function) {
             memory.pinned_at = None;
         }
-        match self.orchestrator.scale(function, 1).await {
+        match self.scale(function, 1).await {
             Ok(()) => {
                 tracing::info!(%function, from = 0, to = 1, reason = "a request is waiting", "scaled");
                 lock(&self.memory)
@@ -203,6 +267,8 @@ impl Scaler {
         let mut memory = lock(&self.memory);
         let m = memory.entry(function.clone()).or_default();
         m.pinned_at = Some(now);
+        m.last_set = Some(replicas);
+        m.differs = 0;
         m.status = Some(ScaleStatus {
             target: replicas,
             reason: format!("{why}; the autoscaler resumes after one stable window"),

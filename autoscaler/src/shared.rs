@@ -46,6 +46,15 @@ const FORGET_IDLE: Duration = Duration::from_secs(600);
 const WAKE_EVERY: Duration = Duration::from_millis(250);
 /// The leader sends every status (not only changed ones) this many ticks apart.
 const FULL_STATUS_TICKS: u32 = 30;
+/// Most functions taken from one report; the rest of a larger one is ignored.
+const MAX_REPORT: usize = 5000;
+/// Longest reason a pin carries.
+const MAX_WHY: usize = 200;
+/// How long a wake-up may take to leave this gateway: a NATS server that is away does not
+/// hold requests past it (the next report carries the held request's load anyway).
+const WAKE_SEND: Duration = Duration::from_millis(100);
+/// A function nobody has reported for this long is forgotten by the autoscaler.
+const FORGET_UNHEARD: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct FunctionLoad {
@@ -244,6 +253,10 @@ impl sluice_core::Autoscaler for LoadReporter {
             }
             woken.insert(function.clone(), Instant::now());
         }
+        if self.inner.nats.connection_state() != async_nats::connection::State::Connected {
+            lock(&self.inner.woken).remove(function);
+            return false;
+        }
         let wake = WakeMessage {
             name: function.name.clone(),
             namespace: function.namespace.clone(),
@@ -251,14 +264,25 @@ impl sluice_core::Autoscaler for LoadReporter {
         let Ok(payload) = serde_json::to_vec(&wake) else {
             return false;
         };
-        match self.inner.nats.publish(WAKE_SUBJECT, payload.into()).await {
-            Ok(()) => {
-                // Out now, not with the next batch of writes.
-                let _ = self.inner.nats.flush().await;
-                true
-            }
-            Err(error) => {
+        let sent = tokio::time::timeout(WAKE_SEND, async {
+            self.inner
+                .nats
+                .publish(WAKE_SUBJECT, payload.into())
+                .await
+                .map_err(|e| e.to_string())?;
+            // Out now, not with the next batch of writes.
+            self.inner.nats.flush().await.map_err(|e| e.to_string())
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => true,
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e,
+                    _ => format!("not sent within {WAKE_SEND:?}"),
+                };
                 tracing::warn!(%function, %error, "cannot ask the autoscaler to wake a function");
+                lock(&self.inner.woken).remove(function);
                 false
             }
         }
@@ -313,7 +337,7 @@ struct Aggregate {
 
 impl Aggregate {
     fn ingest(&mut self, report: Report, now: Duration) {
-        for load in report.functions {
+        for load in report.functions.into_iter().take(MAX_REPORT) {
             let Some(f) = function(&load.name, &load.namespace) else {
                 continue;
             };
@@ -329,12 +353,24 @@ impl Aggregate {
             });
             heard.last_busy = heard.last_busy.max(busy_at);
             if let Some(previous) = heard.gateways.get(&report.gateway) {
-                heard.started += load.started.saturating_sub(previous.load.started);
+                heard.started = heard
+                    .started
+                    .saturating_add(load.started.saturating_sub(previous.load.started));
             }
             heard
                 .gateways
                 .insert(report.gateway.clone(), GatewayLoad { load, at: now });
         }
+    }
+
+    /// Drops what went stale: gateways silent for `stale`, functions unheard of for a day.
+    fn prune(&mut self, now: Duration, stale: Duration) {
+        self.functions.retain(|_, heard| {
+            heard
+                .gateways
+                .retain(|_, g| now.saturating_sub(g.at) <= stale);
+            !heard.gateways.is_empty() || now.saturating_sub(heard.last_busy) < FORGET_UNHEARD
+        });
     }
 
     fn observe(&mut self, function: &FunctionRef, now: Duration, stale: Duration) -> Observation {
@@ -372,6 +408,8 @@ pub struct SharedAutoscaler {
     nats: async_nats::Client,
     heard: Arc<Mutex<Aggregate>>,
     leading: watch::Receiver<bool>,
+    /// Functions being woken now: a burst of wake-ups for one makes one scale call.
+    waking: Arc<Mutex<std::collections::HashSet<FunctionRef>>>,
 }
 
 impl SharedAutoscaler {
@@ -385,10 +423,11 @@ impl SharedAutoscaler {
         leading: watch::Receiver<bool>,
     ) -> Self {
         Self {
-            scaler: Arc::new(Scaler::new(orchestrator, functions, config)),
+            scaler: Arc::new(Scaler::new(orchestrator, functions, config).gated(leading.clone())),
             nats,
             heard: Arc::default(),
             leading,
+            waking: Arc::default(),
         }
     }
 
@@ -423,23 +462,30 @@ impl SharedAutoscaler {
                 Some(m) = wakes.next() => {
                     let Ok(wake) = serde_json::from_slice::<WakeMessage>(&m.payload) else { continue };
                     let Some(f) = function(&wake.name, &wake.namespace) else { continue };
-                    if self.leads() {
+                    if self.leads() && lock(&self.waking).insert(f.clone()) {
                         // Its own task: one slow API call does not hold up other wake-ups.
                         let this = self.clone();
                         tokio::spawn(async move {
                             if this.scaler.wake(&f).await {
                                 this.publish(vec![(f.clone(), this.scaler.status(&f))]).await;
                             }
+                            lock(&this.waking).remove(&f);
                         });
                     }
                 }
                 Some(m) = pins.next() => {
                     let Ok(pin) = serde_json::from_slice::<PinMessage>(&m.payload) else { continue };
-                    if let Some(f) = function(&pin.name, &pin.namespace) {
-                        self.scaler.pin(&f, pin.replicas, &pin.why);
+                    // Only for a function that runs, with a reason of bounded length.
+                    if let Some(f) = function(&pin.name, &pin.namespace)
+                        .filter(|f| self.scaler.orchestrator.replicas(f).is_some())
+                    {
+                        let why: String = pin.why.chars().take(MAX_WHY).collect();
+                        self.scaler.pin(&f, pin.replicas, &why);
                     }
                 }
                 _ = tick.tick() => {
+                    // Standbys too: what they keep stays bounded.
+                    lock(&self.heard).prune(self.scaler.now(), stale);
                     if !self.leads() {
                         continue;
                     }

@@ -271,3 +271,85 @@ async fn only_the_leader_scales_and_a_standby_takes_over() {
         "the old leader still scaled"
     );
 }
+
+#[tokio::test]
+async fn a_standby_taking_over_scales_a_request_rate_from_the_rate_not_the_total() {
+    let p = Platform::start().await;
+    let f = p
+        .deploy(
+            "rated",
+            &[
+                ("com.openfaas.scale.type", "rps"),
+                ("com.openfaas.scale.target", "10"),
+            ],
+        )
+        .await;
+    let orchestrator = Recorder::with(&[(&f, 1)]);
+    let (lead, leads) = watch::channel(false);
+    p.autoscaler(orchestrator.clone(), leads).await;
+    let gateway = p.gateway("gateway-a").await;
+
+    // About 100 requests a second, heard by the standby for a while before it leads.
+    let load = tokio::spawn({
+        let (gateway, f) = (gateway.clone(), f.clone());
+        async move {
+            let mut every = tokio::time::interval(Duration::from_millis(10));
+            loop {
+                every.tick().await;
+                drop(gateway.track(&f));
+            }
+        }
+    });
+    tokio::time::sleep(TICK * 10).await;
+    assert!(orchestrator.scales_of(&f).is_empty(), "the standby scaled");
+    lead.send(true).unwrap();
+    eventually("a decision", || !orchestrator.scales_of(&f).is_empty()).await;
+    tokio::time::sleep(TICK * 6).await;
+    load.abort();
+    // 100 req/s at 10 each: about 10, not the count of everything heard since it started.
+    let most = orchestrator
+        .scales_of(&f)
+        .iter()
+        .map(|(n, _)| *n)
+        .max()
+        .unwrap();
+    assert!(
+        (5..=14).contains(&most),
+        "scaled to {most} for about 100 req/s"
+    );
+}
+
+#[tokio::test]
+async fn a_count_set_from_outside_holds_for_a_stable_window() {
+    let p = Platform::start().await;
+    let f = p
+        .deploy(
+            "echo",
+            &[
+                ("com.openfaas.scale.target", "5"),
+                ("com.sluice.scale.window", "30s"),
+            ],
+        )
+        .await;
+    let orchestrator = Recorder::with(&[(&f, 1)]);
+    let (_lead, leads) = watch::channel(true);
+    let autoscaler = p.autoscaler(orchestrator.clone(), leads).await;
+    let gateway = p.gateway("gateway-a").await;
+    let held: Vec<_> = (0..10).map(|_| gateway.track(&f)).collect();
+    eventually("2 replicas", || orchestrator.current(&f) == 2).await;
+    // Someone scales the Deployment by hand (kubectl scale): the autoscaler leaves it.
+    orchestrator.replicas.lock().unwrap().insert(f.clone(), 7);
+    eventually("the outside count seen", || {
+        autoscaler
+            .status(&f)
+            .is_some_and(|s| s.reason.contains("set from outside"))
+    })
+    .await;
+    tokio::time::sleep(TICK * 5).await;
+    assert_eq!(
+        orchestrator.current(&f),
+        7,
+        "the autoscaler undid a count set by hand"
+    );
+    drop(held);
+}

@@ -30,9 +30,13 @@ pub async fn run(args: AutoscalerArgs) -> anyhow::Result<()> {
         KubeConfig {
             namespace: settings.namespace.clone(),
             deployments_only: true,
+            ..KubeConfig::default()
         },
     );
-    provider.start();
+    provider
+        .start(args.connect_timeout)
+        .await
+        .context("cannot follow the function namespace's Deployments")?;
     let pool = retrying(args.connect_timeout, || async {
         open_postgres(&args.database_url, 4)
             .await
@@ -46,6 +50,27 @@ pub async fn run(args: AutoscalerArgs) -> anyhow::Result<()> {
     })
     .await?;
     serve_health(args.listen, shutdown.clone()).await?;
+    let functions = Arc::new(PgStore::new(pool));
+    // Functions deployed to other namespaces (labelled openfaas=1) are watched once seen in
+    // the registry.
+    tokio::spawn({
+        let (provider, functions, shutdown) =
+            (provider.clone(), functions.clone(), shutdown.clone());
+        async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                if let Ok(specs) = sluice_core::FunctionStore::list(functions.as_ref()).await {
+                    for spec in specs {
+                        provider.follow_namespace(&spec.function.namespace);
+                    }
+                }
+            }
+        }
+    });
 
     let (leading_tx, leading) = watch::channel(false);
     let leases = kube::Api::namespaced(client, &args.lease_namespace);
@@ -58,7 +83,7 @@ pub async fn run(args: AutoscalerArgs) -> anyhow::Result<()> {
     let autoscaler = SharedAutoscaler::new(
         nats,
         Arc::new(provider.clone()),
-        Arc::new(PgStore::new(pool)),
+        functions,
         AutoscalerConfig {
             max_replicas_limit: args.max_replicas,
             ..AutoscalerConfig::default()

@@ -419,6 +419,10 @@ pub struct KubernetesFlags {
     /// then the pod's service account].
     #[arg(long, env = "SLUICE_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// Run every function's pods as this numeric user, required to be non-root (the restricted
+    /// Pod Security Standard) [default: the image's user].
+    #[arg(long, env = "SLUICE_FUNCTION_RUN_AS_USER", value_parser = clap::value_parser!(i64).range(1..))]
+    pub function_run_as_user: Option<i64>,
 }
 
 impl KubernetesFlags {
@@ -428,6 +432,7 @@ impl KubernetesFlags {
         Ok(up::KubeSettings {
             namespace: self.function_namespace.clone(),
             kubeconfig: self.kubeconfig.clone(),
+            run_as_user: self.function_run_as_user,
         })
     }
 }
@@ -616,7 +621,14 @@ impl GatewayArgs {
         if self.provider == ProviderKind::Kubernetes {
             let settings = self.kubernetes.settings()?;
             // Functions that name no namespace go to the function namespace.
-            sluice_core::name::set_default_namespace(&settings.namespace);
+            if !sluice_core::name::set_default_namespace(&settings.namespace)
+                && sluice_core::default_namespace() != settings.namespace
+            {
+                anyhow::bail!(
+                    "--function-namespace {:?} cannot be used",
+                    settings.namespace
+                );
+            }
             config.kubernetes = Some(settings);
         }
         config.gateway.internal_token = internal_token(self.backends.internal_token.as_ref())?;

@@ -111,6 +111,8 @@ pub struct KubeSettings {
     pub namespace: String,
     /// A kubeconfig file; else the usual places, then the pod's service account.
     pub kubeconfig: Option<PathBuf>,
+    /// Functions' pods run as this user (non-root required); else as their images say.
+    pub run_as_user: Option<i64>,
 }
 
 impl UpConfig {
@@ -301,6 +303,9 @@ impl Prepared {
                     client,
                     sluice_kube::KubeConfig {
                         namespace: settings.namespace.clone(),
+                        pods: sluice_kube::objects::PodOptions {
+                            run_as_user: settings.run_as_user,
+                        },
                         ..sluice_kube::KubeConfig::default()
                     },
                 ))
@@ -566,7 +571,10 @@ async fn kubernetes_platform(
     provider: sluice_kube::KubeProvider,
     shared: &SharedBackends,
 ) -> anyhow::Result<(Platform, Runtime)> {
-    provider.start();
+    provider
+        .start(shared.connect_timeout)
+        .await
+        .context("cannot follow the function namespace")?;
     let nats = retrying(shared.connect_timeout, || async {
         sluice_nats::connect_client(&shared.nats.url, shared.connect_timeout)
             .await

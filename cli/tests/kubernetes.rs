@@ -139,11 +139,17 @@ async fn the_sample_functions_become_valid_kubernetes_objects() {
                 pull: true,
             },
         ];
-        for (spec, secrets) in [(&plain, &secrets[..0]), (&full, &secrets[..])] {
+        // The full one runs as a set user (the restricted Pod Security Standard).
+        let user = objects::PodOptions {
+            run_as_user: Some(12000),
+        };
+        for (spec, secrets, pods) in [
+            (&plain, &secrets[..0], objects::PodOptions::default()),
+            (&full, &secrets[..], user),
+        ] {
             provider.validate(spec).expect("the provider takes it");
-            manifests.push(
-                serde_json::to_value(objects::deployment(spec, secrets, spec.replicas)).unwrap(),
-            );
+            let deployment = objects::deployment_with(spec, secrets, spec.replicas, &pods);
+            manifests.push(serde_json::to_value(deployment).unwrap());
             manifests.push(serde_json::to_value(objects::service(spec)).unwrap());
         }
     }

@@ -33,18 +33,20 @@ pub async fn restore(
     platform: &crate::Platform,
     max_replicas: u32,
 ) -> Result<usize, ApiError> {
+    // A shared orchestrator (Kubernetes) keeps what was deployed itself; a function missing
+    // there is applied from the registry when it is first called.
+    if platform.orchestrator.shared() {
+        return Ok(0);
+    }
     let specs = functions.list().await?;
     let mut restored = 0;
     for mut spec in specs {
         spec.replicas = spec.replicas.min(max_replicas);
         match platform.orchestrator.apply(&spec).await {
             Ok(()) => {
-                // A shared orchestrator's counts are the shared autoscaler's, running still.
-                if !platform.orchestrator.shared() {
-                    platform
-                        .autoscaler
-                        .pin(&spec.function, spec.replicas, "restored at start-up");
-                }
+                platform
+                    .autoscaler
+                    .pin(&spec.function, spec.replicas, "restored at start-up");
                 restored += 1;
             }
             Err(error) => {

@@ -21,8 +21,9 @@ pub(crate) struct SecretRef {
     namespace: String,
 }
 
-/// The body of `POST`, `PUT` and `DELETE /system/secrets` (OpenFaaS's `types.Secret`).
-#[derive(Debug, Deserialize)]
+/// The body of `POST`, `PUT` and `DELETE /system/secrets` (OpenFaaS's `types.Secret`). Its
+/// `Debug` leaves the value out.
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct SecretBody {
     name: String,
@@ -33,6 +34,15 @@ pub(crate) struct SecretBody {
     /// The value in base64, for bytes that are not text; wins over `value`.
     #[serde(default)]
     raw_value: Option<String>,
+}
+
+impl std::fmt::Debug for SecretBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretBody")
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The secret a body names, checked as a function name is (a DNS label), in its namespace.

@@ -124,6 +124,15 @@ async fn sync_once(
         if state.functions.get(&function).await?.is_some() {
             continue;
         }
+        if state.orchestrator.shared() {
+            // The gateway that removed it removed its Deployment too; removing it again from
+            // here could delete one re-created meanwhile through a third gateway.
+            state.metrics.forget(&function);
+            state.activator.forget(&function);
+            state.policies.forget(&function);
+            seen.remove(&function);
+            continue;
+        }
         match state.orchestrator.remove(&function).await {
             Ok(()) | Err(ProviderError::NotFound(_)) => {
                 tracing::info!(%function, "removed: no longer in the registry");

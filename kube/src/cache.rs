@@ -358,15 +358,30 @@ fn function_of<K: Resource>(object: &K, label: &str) -> Option<(FunctionRef, Str
     ))
 }
 
+/// How a watcher's first list went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Synced {
+    Pending,
+    Done,
+    /// The API server refused the list (permissions, most likely), in its words.
+    Refused(String),
+}
+
 /// Follows one namespace's function Deployments, EndpointSlices and pods (or Deployments only)
-/// until `stop`.
+/// until `stop`. Returns each watcher's first-list state.
 pub(crate) fn follow(
     cache: Arc<Cache>,
     client: Client,
     namespace: &str,
     deployments_only: bool,
     stop: CancellationToken,
-) {
+) -> Vec<watch::Receiver<Synced>> {
+    let mut synced = Vec::new();
+    let mut state = || {
+        let (tx, rx) = watch::channel(Synced::Pending);
+        synced.push(rx);
+        tx
+    };
     let functions = watcher::Config::default().labels(FUNCTION_LABEL);
     let slices = watcher::Config::default().labels(SERVICE_NAME_LABEL);
     tokio::spawn(run(
@@ -376,9 +391,10 @@ pub(crate) fn follow(
         namespace.to_owned(),
         Kind::Deployment,
         stop.clone(),
+        state(),
     ));
     if deployments_only {
-        return;
+        return synced;
     }
     tokio::spawn(run(
         cache.clone(),
@@ -387,6 +403,7 @@ pub(crate) fn follow(
         namespace.to_owned(),
         Kind::Slice,
         stop.clone(),
+        state(),
     ));
     tokio::spawn(run(
         cache,
@@ -395,7 +412,9 @@ pub(crate) fn follow(
         namespace.to_owned(),
         Kind::Pod,
         stop,
+        state(),
     ));
+    synced
 }
 
 /// What one watched object means for the cache.
@@ -456,6 +475,7 @@ async fn run<K>(
     namespace: String,
     kind: Kind,
     stop: CancellationToken,
+    synced: watch::Sender<Synced>,
 ) where
     K: Watched + serde::de::DeserializeOwned,
     K::DynamicType: Default,
@@ -478,6 +498,7 @@ async fn run<K>(
                 object.apply(&cache);
             }
             Ok(watcher::Event::InitDone) => {
+                synced.send_if_modified(|s| std::mem::replace(s, Synced::Done) != Synced::Done);
                 let seen = relisting.take().unwrap_or_default();
                 for (f, name) in cache.retain_seen(&namespace, &seen, kind) {
                     K::forget(&cache, &f, &name);
@@ -490,6 +511,12 @@ async fn run<K>(
                 }
             }
             Err(error) => {
+                if let watcher::Error::InitialListFailed(kube::Error::Api(status)) = &error
+                    && status.is_forbidden()
+                {
+                    let refused = Synced::Refused(status.message.clone());
+                    synced.send_if_modified(|s| std::mem::replace(s, refused.clone()) != refused);
+                }
                 tracing::warn!(%namespace, ?kind, %error, "watch failed; it is retried with backoff");
             }
         }

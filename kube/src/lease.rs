@@ -35,6 +35,14 @@ pub struct LeaseConfig {
 }
 
 impl LeaseConfig {
+    /// Whether the timings can keep one leader at a time (client-go's rule:
+    /// lease duration > renew deadline > 1.2 × retry period).
+    pub fn is_sound(&self) -> bool {
+        self.lease_duration > self.renew_deadline
+            && self.renew_deadline > self.retry_period.mul_f64(1.2)
+            && !self.retry_period.is_zero()
+    }
+
     pub fn new(name: impl Into<String>, identity: impl Into<String>) -> Self {
         Self {
             name: name.into(),
@@ -175,6 +183,11 @@ impl Elector {
 
 /// Runs for the Lease until `stop`: `leading` is `true` while this candidate is the leader.
 /// On `stop` a leader hands the Lease back before returning.
+///
+/// Every call to the API server is bounded: a leader whose renewal hangs steps down when its
+/// renew deadline passes (counted from the start of its last successful round, as client-go
+/// counts it), well before a standby may take the Lease (one lease duration after it last saw
+/// it change), so two leaders never act at once.
 pub async fn campaign(
     api: Api<Lease>,
     config: LeaseConfig,
@@ -188,37 +201,48 @@ pub async fn campaign(
         config,
         observed: None,
     };
-    let mut last_renewal: Option<Instant> = None;
+    // When the last successful round started, while leading.
+    let mut renewed: Option<Instant> = None;
     loop {
-        let result = elector.try_acquire_or_renew().await;
-        let at = Instant::now();
+        let started = Instant::now();
+        // A leader's round may last until its deadline; a candidate's, one renew deadline.
+        let until = renewed.map_or(started + deadline, |r| r + deadline);
+        let result = tokio::select! {
+            () = stop.cancelled() => break,
+            r = tokio::time::timeout_at(until, elector.try_acquire_or_renew()) => r,
+        };
         match result {
-            Ok(true) => {
-                if last_renewal.is_none() {
+            Ok(Ok(true)) => {
+                if renewed.is_none() {
                     tracing::info!(lease = %elector.config.name, identity = %elector.config.identity, "leading");
                 }
-                last_renewal = Some(at);
+                renewed = Some(started);
                 leading.send_if_modified(|l| !std::mem::replace(l, true));
             }
-            Ok(false) | Err(_) => {
-                if let Err(error) = &result {
-                    tracing::warn!(lease = %elector.config.name, %error, "cannot reach the lease");
+            other => {
+                match &other {
+                    Ok(Err(error)) => {
+                        tracing::warn!(lease = %elector.config.name, %error, "cannot reach the lease")
+                    }
+                    Err(_) => {
+                        tracing::warn!(lease = %elector.config.name, "the API server did not answer in time")
+                    }
+                    Ok(Ok(_)) => {}
                 }
-                // A leader that could not renew within the deadline steps down.
-                if last_renewal.is_some_and(|r| at.duration_since(r) >= deadline)
-                    || (last_renewal.is_some() && matches!(result, Ok(false)))
-                {
+                // Taken by another, or not renewed within the deadline: step down.
+                let lost = matches!(other, Ok(Ok(false)));
+                if renewed.is_some_and(|r| lost || Instant::now() >= r + deadline) {
                     tracing::warn!(lease = %elector.config.name, "lost the lease; standing by");
-                    last_renewal = None;
+                    renewed = None;
                     leading.send_if_modified(|l| std::mem::replace(l, false));
                 }
             }
         }
         // Candidates spread their tries a little, so they do not all ask at once.
-        let pause = if last_renewal.is_some() {
+        let pause = if renewed.is_some() {
             retry
         } else {
-            retry.mul_f64(1.0 + rand_fraction() * 0.2)
+            retry.mul_f64(1.0 + rand_fraction() * 1.2)
         };
         tokio::select! {
             () = stop.cancelled() => break,
@@ -226,7 +250,7 @@ pub async fn campaign(
         }
     }
     if leading.send_if_modified(|l| std::mem::replace(l, false)) || elector.is_leader() {
-        elector.release().await;
+        let _ = tokio::time::timeout(deadline, elector.release()).await;
     }
 }
 

@@ -34,6 +34,16 @@ pub const WATCHDOG_PORT: i32 = 8080;
 /// What the watchdog answers readiness on (OpenFaaS's and Sluice's watchdogs alike).
 pub const HEALTH_PATH: &str = "/_/health";
 
+/// How function pods run, as the operator set it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodOptions {
+    /// Run every function as this numeric user, and require it to be non-root (the restricted
+    /// Pod Security Standard). `None`: as the image says; OpenFaaS's templates name a user
+    /// (`USER app`) that Kubernetes cannot check to be non-root, so requiring it would refuse
+    /// them.
+    pub run_as_user: Option<i64>,
+}
+
 /// A secret a function names, as found in its namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretMount {
@@ -114,7 +124,11 @@ fn termination_grace(env: &BTreeMap<String, String>) -> i64 {
 }
 
 /// The pod template of a function.
-fn pod_template(spec: &FunctionSpec, secrets: &[SecretMount]) -> PodTemplateSpec {
+fn pod_template(
+    spec: &FunctionSpec,
+    secrets: &[SecretMount],
+    options: &PodOptions,
+) -> PodTemplateSpec {
     let d = &spec.deployment;
     let name = &spec.function.name;
     let mut labels = d.labels.clone().unwrap_or_default();
@@ -224,12 +238,13 @@ fn pod_template(spec: &FunctionSpec, secrets: &[SecretMount]) -> PodTemplateSpec
                 }),
                 readiness_probe: Some(readiness()),
                 liveness_probe: Some(liveness()),
-                // The restricted Pod Security Standard: the image must run as a non-root user
-                // (OpenFaaS's templates and Sluice's function image do).
+                // No privilege to gain, no capability, the runtime's seccomp profile; and with
+                // a user set, the whole restricted Pod Security Standard.
                 security_context: Some(SecurityContext {
                     read_only_root_filesystem: Some(d.read_only_root_filesystem),
                     allow_privilege_escalation: Some(false),
-                    run_as_non_root: Some(true),
+                    run_as_non_root: options.run_as_user.map(|_| true),
+                    run_as_user: options.run_as_user,
                     capabilities: Some(Capabilities {
                         drop: Some(vec!["ALL".into()]),
                         ..Default::default()
@@ -247,7 +262,8 @@ fn pod_template(spec: &FunctionSpec, secrets: &[SecretMount]) -> PodTemplateSpec
             termination_grace_period_seconds: Some(termination_grace(&d.env_vars)),
             enable_service_links: Some(false),
             security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
+                run_as_non_root: options.run_as_user.map(|_| true),
+                run_as_user: options.run_as_user,
                 seccomp_profile: Some(SeccompProfile {
                     type_: "RuntimeDefault".into(),
                     ..Default::default()
@@ -290,8 +306,18 @@ pub fn service(spec: &FunctionSpec) -> Service {
 
 /// The function's Deployment at `replicas`, its template digest in an annotation.
 pub fn deployment(spec: &FunctionSpec, secrets: &[SecretMount], replicas: u32) -> Deployment {
+    deployment_with(spec, secrets, replicas, &PodOptions::default())
+}
+
+/// [`deployment`], with pods run as `options` say.
+pub fn deployment_with(
+    spec: &FunctionSpec,
+    secrets: &[SecretMount],
+    replicas: u32,
+    options: &PodOptions,
+) -> Deployment {
     let name = &spec.function.name;
-    let template = pod_template(spec, secrets);
+    let template = pod_template(spec, secrets, options);
     let mut labels = selector(name);
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     let mut annotations = annotations(spec);

@@ -32,6 +32,8 @@ pub struct KubeConfig {
     pub namespace: String,
     /// Watch only Deployments (the autoscaler's need), not EndpointSlices and pods.
     pub deployments_only: bool,
+    /// How function pods run.
+    pub pods: objects::PodOptions,
 }
 
 impl Default for KubeConfig {
@@ -39,6 +41,7 @@ impl Default for KubeConfig {
         Self {
             namespace: "openfaas-fn".into(),
             deployments_only: false,
+            pods: objects::PodOptions::default(),
         }
     }
 }
@@ -74,6 +77,38 @@ impl Drop for Inner {
 
 fn invalid(msg: String) -> ProviderError {
     ProviderError::InvalidSpec(msg)
+}
+
+/// Whether an object carries the function label naming `name`: Sluice touches no other.
+fn is_function(meta: &kube::api::ObjectMeta, name: &str) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(FUNCTION_LABEL))
+        .is_some_and(|v| v == name)
+}
+
+/// Whether a Service is a function's: labelled as Sluice labels them, or selecting the
+/// function's pods as faas-netes's do (they carry no labels), so functions deployed by OpenFaaS
+/// are taken over, and nothing else is.
+fn is_function_service(service: &Service, name: &str) -> bool {
+    let selects_function = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .is_some_and(|s| s.len() == 1 && s.get(FUNCTION_LABEL).is_some_and(|v| v == name));
+    is_function(&service.metadata, name) || selects_function
+}
+
+fn not_a_function(kind: &str, f: &FunctionRef) -> ProviderError {
+    ProviderError::Refused {
+        code: 409,
+        reason: "AlreadyExists".into(),
+        message: format!(
+            "a {kind} named {} exists in {} and is not a function (it has no \
+             {FUNCTION_LABEL} label); Sluice leaves it alone",
+            f.name, f.namespace
+        ),
+    }
 }
 
 /// Kubernetes' rule for a label value: at most 63 characters, alphanumerics with `-`, `_`, `.`
@@ -164,14 +199,44 @@ impl KubeProvider {
     }
 
     /// Starts watching the function namespace (and every other one functions are applied to
-    /// from now on).
-    pub fn start(&self) {
+    /// from now on), and waits, up to `timeout`, until the first lists are in: a gateway serves
+    /// knowing the functions. A list the API server refuses (missing permissions) fails here,
+    /// in its words, rather than leaving every request waiting.
+    pub async fn start(&self, timeout: std::time::Duration) -> Result<(), ProviderError> {
         self.inner
             .followed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get_or_insert_with(HashSet::new);
-        self.follow(&self.inner.config.namespace);
+        let watchers = self.follow(&self.inner.config.namespace);
+        let synced = async {
+            for mut w in watchers {
+                let state = w
+                    .wait_for(|s| *s != cache::Synced::Pending)
+                    .await
+                    .map(|s| s.clone())
+                    .unwrap_or(cache::Synced::Done);
+                if let cache::Synced::Refused(message) = state {
+                    return Err(ProviderError::Refused {
+                        code: 403,
+                        reason: "Forbidden".into(),
+                        message,
+                    });
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(timeout, synced).await.map_err(|_| {
+            ProviderError::Unavailable(format!(
+                "the Kubernetes API did not list namespace {}'s functions within {timeout:?}",
+                self.inner.config.namespace
+            ))
+        })?
+    }
+
+    /// Watches `namespace`'s functions too (from now on; not waiting for the first list).
+    pub fn follow_namespace(&self, namespace: &str) {
+        drop(self.follow(namespace));
     }
 
     /// Stops the watchers.
@@ -189,24 +254,25 @@ impl KubeProvider {
         &self.inner.config.namespace
     }
 
-    fn follow(&self, namespace: &str) {
+    fn follow(&self, namespace: &str) -> Vec<tokio::sync::watch::Receiver<cache::Synced>> {
         let mut followed = self
             .inner
             .followed
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let Some(followed) = followed.as_mut() else {
-            return;
+            return Vec::new();
         };
-        if followed.insert(namespace.to_owned()) {
-            cache::follow(
-                self.inner.cache.clone(),
-                self.inner.client.clone(),
-                namespace,
-                self.inner.config.deployments_only,
-                self.inner.stop.child_token(),
-            );
+        if !followed.insert(namespace.to_owned()) {
+            return Vec::new();
         }
+        cache::follow(
+            self.inner.cache.clone(),
+            self.inner.client.clone(),
+            namespace,
+            self.inner.config.deployments_only,
+            self.inner.stop.child_token(),
+        )
     }
 
     fn deployments(&self, namespace: &str) -> Api<Deployment> {
@@ -244,7 +310,7 @@ impl KubeProvider {
                 .is_some_and(|v| v == "1" || v == "true")
         };
         if marked(ns.metadata.labels.as_ref()) || marked(ns.metadata.annotations.as_ref()) {
-            self.follow(namespace);
+            drop(self.follow(namespace));
             Ok(())
         } else {
             Err(refused())
@@ -312,33 +378,42 @@ impl KubeProvider {
     async fn apply_service(&self, spec: &FunctionSpec) -> Result<(), ProviderError> {
         let api = self.services(&spec.function.namespace);
         let mut wanted = objects::service(spec);
-        match api.get_opt(&spec.function.name).await.map_err(from_kube)? {
-            None => match api.create(&PostParams::default(), &wanted).await {
+        let Some(live) = api.get_opt(&spec.function.name).await.map_err(from_kube)? else {
+            return match api.create(&PostParams::default(), &wanted).await {
                 Ok(_) => Ok(()),
                 // Created meanwhile by another gateway applying the same function.
                 Err(e) if is_conflict(&e) => Ok(()),
                 Err(e) => Err(from_kube(e)),
-            },
-            Some(live)
-                if live.spec.as_ref().map(|s| (&s.selector, &s.ports))
-                    == wanted.spec.as_ref().map(|s| (&s.selector, &s.ports))
-                    && live.metadata.annotations == wanted.metadata.annotations =>
-            {
-                Ok(())
-            }
-            Some(live) => {
-                wanted.metadata.resource_version = live.metadata.resource_version;
-                // The cluster assigns these; a replace must keep them.
-                if let (Some(w), Some(l)) = (wanted.spec.as_mut(), live.spec) {
-                    w.cluster_ip = l.cluster_ip;
-                    w.cluster_ips = l.cluster_ips;
-                }
-                api.replace(&spec.function.name, &PostParams::default(), &wanted)
-                    .await
-                    .map(drop)
-                    .map_err(from_kube)
-            }
+            };
+        };
+        if !is_function_service(&live, &spec.function.name) {
+            return Err(not_a_function("service", &spec.function));
         }
+        // Annotations others added (tools, meshes) are kept; only Sluice's own must be there.
+        let annotations_in_place = wanted
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .all(|(k, v)| live.metadata.annotations.as_ref().and_then(|a| a.get(k)) == Some(v));
+        let spec_in_place = live.spec.as_ref().map(|s| (&s.selector, &s.ports))
+            == wanted.spec.as_ref().map(|s| (&s.selector, &s.ports));
+        if annotations_in_place && spec_in_place {
+            return Ok(());
+        }
+        let mut annotations = live.metadata.annotations.clone().unwrap_or_default();
+        annotations.extend(wanted.metadata.annotations.take().unwrap_or_default());
+        wanted.metadata.annotations = Some(annotations);
+        wanted.metadata.resource_version = live.metadata.resource_version;
+        // The cluster assigns these; a replace must keep them.
+        if let (Some(w), Some(l)) = (wanted.spec.as_mut(), live.spec) {
+            w.cluster_ip = l.cluster_ip;
+            w.cluster_ips = l.cluster_ips;
+        }
+        api.replace(&spec.function.name, &PostParams::default(), &wanted)
+            .await
+            .map(drop)
+            .map_err(from_kube)
     }
 
     /// One attempt at bringing the Deployment to `spec`; `Ok(false)` if it lost a race.
@@ -352,7 +427,8 @@ impl KubeProvider {
         let live = api.get_opt(&f.name).await.map_err(from_kube)?;
         let stored = match live {
             None => {
-                let wanted = objects::deployment(spec, secrets, spec.replicas);
+                let wanted =
+                    objects::deployment_with(spec, secrets, spec.replicas, &self.inner.config.pods);
                 match api.create(&PostParams::default(), &wanted).await {
                     Ok(d) => d,
                     Err(e) if is_conflict(&e) => return Ok(false),
@@ -360,21 +436,8 @@ impl KubeProvider {
                 }
             }
             Some(live) => {
-                if live
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(FUNCTION_LABEL))
-                    != Some(&f.name)
-                {
-                    return Err(ProviderError::Refused {
-                        code: 409,
-                        reason: "AlreadyExists".into(),
-                        message: format!(
-                            "deployment {f} exists and is not a function (it has no \
-                             {FUNCTION_LABEL} label); Sluice leaves it alone"
-                        ),
-                    });
+                if !is_function(&live.metadata, &f.name) {
+                    return Err(not_a_function("deployment", f));
                 }
                 // The replica count is the autoscaler's: kept, within the function's bounds.
                 let scale = &spec.config.scale;
@@ -384,7 +447,8 @@ impl KubeProvider {
                 } else {
                     live_replicas.clamp(scale.min, scale.max)
                 };
-                let wanted = objects::deployment(spec, secrets, replicas);
+                let wanted =
+                    objects::deployment_with(spec, secrets, replicas, &self.inner.config.pods);
                 if objects::hash_of(&live) == objects::hash_of(&wanted) && live_replicas == replicas
                 {
                     live
@@ -491,41 +555,38 @@ impl Orchestrator for KubeProvider {
     }
 
     async fn remove(&self, function: &FunctionRef) -> Result<(), ProviderError> {
+        let gone = || ProviderError::NotFound(function.to_string());
         let api = self.deployments(&function.namespace);
-        let gone = match api.get_opt(&function.name).await.map_err(from_kube)? {
-            Some(d)
-                if d.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(FUNCTION_LABEL))
-                    == Some(&function.name) =>
-            {
-                match api
-                    .delete(&function.name, &DeleteParams::background())
-                    .await
-                {
-                    Ok(_) => false,
-                    Err(e) if is_not_found(&e) => true,
-                    Err(e) => return Err(from_kube(e)),
-                }
+        let mut removed = false;
+        if let Some(d) = api.get_opt(&function.name).await.map_err(from_kube)? {
+            if !is_function(&d.metadata, &function.name) {
+                // Someone else's Deployment (and Service) of that name: not ours to delete.
+                return Err(gone());
             }
-            _ => true,
-        };
-        let service = self
-            .services(&function.namespace)
-            .delete(&function.name, &DeleteParams::background())
-            .await;
-        match service {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(from_kube(e)),
+            match api
+                .delete(&function.name, &DeleteParams::background())
+                .await
+            {
+                Ok(_) => removed = true,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(from_kube(e)),
+            }
+        }
+        let services = self.services(&function.namespace);
+        if let Some(service) = services.get_opt(&function.name).await.map_err(from_kube)?
+            && is_function_service(&service, &function.name)
+        {
+            match services
+                .delete(&function.name, &DeleteParams::background())
+                .await
+            {
+                Ok(_) => removed = true,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(from_kube(e)),
+            }
         }
         self.inner.cache.set_deployment(function, None);
-        if gone {
-            Err(ProviderError::NotFound(function.to_string()))
-        } else {
-            Ok(())
-        }
+        if removed { Ok(()) } else { Err(gone()) }
     }
 
     async fn scale(&self, function: &FunctionRef, replicas: u32) -> Result<(), ProviderError> {

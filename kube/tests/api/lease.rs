@@ -20,18 +20,31 @@ use crate::{Reply, not_found, status};
 const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/openfaas/leases/sluice-autoscaler";
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/openfaas/leases";
 
-/// The Lease as the API server keeps it: `None` until created.
-type Stored = Arc<Mutex<Option<Value>>>;
+/// The API server's state.
+#[derive(Default)]
+struct Server {
+    /// The Lease as the API server keeps it: `None` until created.
+    lease: Mutex<Option<Value>>,
+    /// While set, the API server takes calls and never answers them.
+    hang: std::sync::atomic::AtomicBool,
+}
+
+type Stored = Arc<Server>;
 
 /// A client whose every call is answered from `stored`, with the API server's rules.
 fn client(stored: Stored) -> Client {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Reply>();
     tokio::spawn(async move {
         let mut api = crate::ApiServer(handle);
+        let mut unanswered = Vec::new();
         loop {
             let call = api.next_or_end().await;
             let Some(call) = call else { return };
-            let mut lease = stored.lock().unwrap();
+            if stored.hang.load(std::sync::atomic::Ordering::SeqCst) {
+                unanswered.push(call);
+                continue;
+            }
+            let mut lease = stored.lease.lock().unwrap();
             let (method, path) = (call.method.to_string(), call.path.clone());
             match (method.as_str(), path.as_str()) {
                 ("GET", LEASE) => match lease.clone() {
@@ -118,7 +131,7 @@ async fn until_leading(c: &Candidate, within: Duration) -> Duration {
 }
 
 fn holder(stored: &Stored) -> String {
-    stored.lock().unwrap().as_ref().unwrap()["spec"]["holderIdentity"]
+    stored.lease.lock().unwrap().as_ref().unwrap()["spec"]["holderIdentity"]
         .as_str()
         .unwrap_or_default()
         .to_owned()
@@ -135,7 +148,8 @@ async fn one_leader_and_a_standby_takes_over_within_a_lease_period() {
     assert!(*first.leading.borrow());
     assert!(!*second.leading.borrow(), "two leaders at once");
     assert_eq!(holder(&stored), "autoscaler-0");
-    let transitions = stored.lock().unwrap().as_ref().unwrap()["spec"]["leaseTransitions"].clone();
+    let transitions =
+        stored.lease.lock().unwrap().as_ref().unwrap()["spec"]["leaseTransitions"].clone();
 
     // The leader stops cleanly: it hands the Lease back and the standby takes it at its next
     // try, well within one lease period.
@@ -145,7 +159,7 @@ async fn one_leader_and_a_standby_takes_over_within_a_lease_period() {
     assert!(took < Duration::from_secs(1), "took over after {took:?}");
     assert_eq!(holder(&stored), "autoscaler-1");
     assert_ne!(
-        stored.lock().unwrap().as_ref().unwrap()["spec"]["leaseTransitions"],
+        stored.lease.lock().unwrap().as_ref().unwrap()["spec"]["leaseTransitions"],
         transitions
     );
 
@@ -162,4 +176,30 @@ async fn one_leader_and_a_standby_takes_over_within_a_lease_period() {
     );
     assert_eq!(holder(&stored), "autoscaler-2");
     third.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_leader_whose_renewal_hangs_steps_down_by_its_deadline() {
+    let stored: Stored = Arc::default();
+    let leader = candidate(&stored, "autoscaler-0");
+    until_leading(&leader, Duration::from_secs(5)).await;
+    // The API server stops answering: the renewal hangs, and the leader must not go on
+    // believing it leads past its renew deadline (a standby may take over one lease duration
+    // after it last saw the Lease change).
+    stored.hang.store(true, std::sync::atomic::Ordering::SeqCst);
+    let hung = Instant::now();
+    let mut leading = leader.leading.clone();
+    tokio::time::timeout(Duration::from_secs(3), leading.wait_for(|l| !*l))
+        .await
+        .expect("still leading while its renewals hang")
+        .unwrap();
+    let stepped_down = hung.elapsed();
+    stored
+        .hang
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        stepped_down < Duration::from_millis(700 + 200),
+        "stepped down {stepped_down:?} after the API server stopped answering"
+    );
+    leader.stop.cancel();
 }

@@ -70,7 +70,9 @@ async fn a_new_function_becomes_a_deployment_and_a_service() {
     );
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/_/health");
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
-    assert_eq!(c["securityContext"]["runAsNonRoot"], true);
+    // The image's own user unless the operator sets one (OpenFaaS's images name theirs).
+    assert_eq!(c["securityContext"]["runAsNonRoot"], Value::Null);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
     let mounts = c["volumeMounts"].as_array().unwrap();
     assert!(
@@ -227,16 +229,23 @@ async fn removing_deletes_the_deployment_and_service_and_leaves_others_alone() {
         let (provider, f) = (provider.clone(), spec.function.clone());
         async move { provider.remove(&f).await }
     });
+    let live_service = stored(
+        serde_json::to_value(sluice_kube::objects::service(&spec)).unwrap(),
+        41,
+    );
     api.expect("GET", ECHO).await.reply(200, &live);
     api.expect("DELETE", ECHO)
         .await
         .reply(200, &crate::status(200, "", ""));
+    api.expect("GET", ECHO_SERVICE)
+        .await
+        .reply(200, &live_service);
     api.expect("DELETE", ECHO_SERVICE)
         .await
         .reply(200, &crate::status(200, "", ""));
     removed.await.unwrap().unwrap();
 
-    // A Deployment of the same name that is not a function is not touched.
+    // A Deployment of the same name that is not a function is not touched, nor its Service.
     let removed = tokio::spawn({
         let (provider, f) = (provider.clone(), spec.function.clone());
         async move { provider.remove(&f).await }
@@ -244,13 +253,46 @@ async fn removing_deletes_the_deployment_and_service_and_leaves_others_alone() {
     let mut foreign = live.clone();
     foreign["metadata"]["labels"] = json!({"app": "echo"});
     api.expect("GET", ECHO).await.reply(200, &foreign);
-    api.expect("DELETE", ECHO_SERVICE)
-        .await
-        .reply(404, &not_found("services", "echo"));
     assert!(matches!(
         removed.await.unwrap(),
         Err(ProviderError::NotFound(_))
     ));
+    api.expect_silence().await;
+
+    // A Service of that name that is not a function's is neither deleted nor taken over.
+    let removed = tokio::spawn({
+        let (provider, f) = (provider.clone(), spec.function.clone());
+        async move { provider.remove(&f).await }
+    });
+    let mut foreign_service = live_service.clone();
+    foreign_service["metadata"]["labels"] = json!({"app": "echo"});
+    foreign_service["spec"]["selector"] = json!({"app": "echo"});
+    api.expect("GET", ECHO)
+        .await
+        .reply(404, &not_found("deployments.apps", "echo"));
+    api.expect("GET", ECHO_SERVICE)
+        .await
+        .reply(200, &foreign_service);
+    assert!(matches!(
+        removed.await.unwrap(),
+        Err(ProviderError::NotFound(_))
+    ));
+    let applied = tokio::spawn({
+        let (provider, spec) = (provider.clone(), spec.clone());
+        async move { provider.apply(&spec).await }
+    });
+    api.expect("GET", ECHO)
+        .await
+        .reply(404, &not_found("deployments.apps", "echo"));
+    let create = api.expect("POST", DEPLOYMENTS).await;
+    let body = create.body().clone();
+    create.reply(201, &stored(body, 42));
+    api.expect("GET", ECHO_SERVICE)
+        .await
+        .reply(200, &foreign_service);
+    let err = applied.await.unwrap().unwrap_err().to_string();
+    assert!(err.contains("a service named echo exists"), "{err}");
+    api.expect_silence().await;
 }
 
 #[tokio::test]

@@ -54,7 +54,10 @@ async fn send(tx: &mpsc::Sender<Bytes>, kind: &str, object: Value) {
 #[tokio::test]
 async fn ready_pods_from_endpoint_slices_feed_the_activator() {
     let (provider, mut api) = provider();
-    provider.start();
+    let started = tokio::spawn({
+        let provider = provider.clone();
+        async move { provider.start(Duration::from_secs(10)).await }
+    });
     let spec = echo();
     let deployment = stored(
         serde_json::to_value(sluice_kube::objects::deployment(&spec, &[], 1)).unwrap(),
@@ -143,6 +146,8 @@ async fn ready_pods_from_endpoint_slices_feed_the_activator() {
         }
     }
     let (deployments, slices) = (deployments.unwrap(), slices.unwrap());
+    // Started once every first list is in.
+    started.await.unwrap().unwrap();
     let _pods_watch = pods_watch.unwrap();
 
     // The listed Deployment is known; its pods' troubles are said.
@@ -231,5 +236,48 @@ async fn ready_pods_from_endpoint_slices_feed_the_activator() {
     assert!(provider.replicas(&f).is_none());
     assert!(provider.functions().is_empty());
     drop(second);
+    provider.shutdown();
+}
+
+#[tokio::test]
+async fn a_watch_the_api_server_refuses_fails_the_start_in_its_words() {
+    let (provider, mut api) = provider();
+    let started = tokio::spawn({
+        let provider = provider.clone();
+        async move { provider.start(Duration::from_secs(10)).await }
+    });
+    let forbidden = "endpointslices.discovery.k8s.io is forbidden: User \"system:serviceaccount:openfaas:sluice-gateway\" cannot list resource \"endpointslices\" in API group \"discovery.k8s.io\" in the namespace \"openfaas-fn\"";
+    let mut refused = false;
+    while !refused {
+        let call = api.next().await;
+        if call.query.contains("watch=true") {
+            let (_tx, rx) = mpsc::channel(1);
+            call.reply_stream(rx);
+            continue;
+        }
+        match call.path.as_str() {
+            "/apis/discovery.k8s.io/v1/namespaces/openfaas-fn/endpointslices" => {
+                call.refuse(403, "Forbidden", forbidden);
+                refused = true;
+            }
+            _ => call.reply(
+                200,
+                &json!({"apiVersion": "v1", "kind": "List",
+                    "metadata": {"resourceVersion": "1"}, "items": []}),
+            ),
+        }
+    }
+    let result = tokio::time::timeout(Duration::from_secs(10), started)
+        .await
+        .unwrap()
+        .unwrap();
+    match result {
+        Err(sluice_core::ProviderError::Refused {
+            code: 403, message, ..
+        }) => {
+            assert_eq!(message, forbidden)
+        }
+        other => panic!("expected the refusal, got {other:?}"),
+    }
     provider.shutdown();
 }
