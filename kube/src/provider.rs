@@ -416,22 +416,24 @@ impl KubeProvider {
             .map_err(from_kube)
     }
 
-    /// One attempt at bringing the Deployment to `spec`; `Ok(false)` if it lost a race.
+    /// One attempt at bringing the Deployment to `spec`: `Ok(None)` if it lost a race, else
+    /// whether it created the Deployment.
     async fn apply_deployment(
         &self,
         spec: &FunctionSpec,
         secrets: &[SecretMount],
-    ) -> Result<bool, ProviderError> {
+    ) -> Result<Option<bool>, ProviderError> {
         let f = &spec.function;
         let api = self.deployments(&f.namespace);
         let live = api.get_opt(&f.name).await.map_err(from_kube)?;
+        let created = live.is_none();
         let stored = match live {
             None => {
                 let wanted =
                     objects::deployment_with(spec, secrets, spec.replicas, &self.inner.config.pods);
                 match api.create(&PostParams::default(), &wanted).await {
                     Ok(d) => d,
-                    Err(e) if is_conflict(&e) => return Ok(false),
+                    Err(e) if is_conflict(&e) => return Ok(None),
                     Err(e) => return Err(from_kube(e)),
                 }
             }
@@ -457,7 +459,7 @@ impl KubeProvider {
                     wanted.metadata.resource_version = live.metadata.resource_version.clone();
                     match api.replace(&f.name, &PostParams::default(), &wanted).await {
                         Ok(d) => d,
-                        Err(e) if is_conflict(&e) => return Ok(false),
+                        Err(e) if is_conflict(&e) => return Ok(None),
                         Err(e) => return Err(from_kube(e)),
                     }
                 }
@@ -467,7 +469,7 @@ impl KubeProvider {
         self.inner
             .cache
             .set_deployment(f, Some(cache::view(&stored)));
-        Ok(true)
+        Ok(Some(created))
     }
 }
 
@@ -534,14 +536,14 @@ impl Orchestrator for KubeProvider {
         let secrets = self.secret_mounts(spec).await?;
         // A write that raced another gateway's (a stale resourceVersion) is done again from a
         // fresh read, a few times at most.
-        let mut applied = false;
+        let mut applied = None;
         for _ in 0..3 {
-            if self.apply_deployment(spec, &secrets).await? {
-                applied = true;
+            applied = self.apply_deployment(spec, &secrets).await?;
+            if applied.is_some() {
                 break;
             }
         }
-        if !applied {
+        let Some(created) = applied else {
             return Err(ProviderError::Refused {
                 code: 409,
                 reason: "Conflict".into(),
@@ -550,8 +552,22 @@ impl Orchestrator for KubeProvider {
                     spec.function
                 ),
             });
+        };
+        let serviced = self.apply_service(spec).await;
+        if serviced.is_err() && created {
+            // Nothing half-deployed: a Deployment made by this call goes again when its
+            // Service cannot be made, or it would run with no way to remove it through Sluice.
+            let f = &spec.function;
+            if let Err(error) = self
+                .deployments(&f.namespace)
+                .delete(&f.name, &DeleteParams::background())
+                .await
+            {
+                tracing::warn!(function = %f, %error, "cannot take back a half-made function");
+            }
+            self.inner.cache.set_deployment(f, None);
         }
-        self.apply_service(spec).await
+        serviced
     }
 
     async fn remove(&self, function: &FunctionRef) -> Result<(), ProviderError> {

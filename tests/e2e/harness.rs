@@ -426,3 +426,33 @@ pub async fn bad_label_is_refused(http: &reqwest::Client, url: &str, label: &str
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains(label));
 }
+
+impl Sluice {
+    /// Runs `sluice <args>` that says nothing when it is up (`sluice autoscaler`), with its log
+    /// in `log` and the test admin's credentials; the caller waits for it (its health endpoint).
+    pub fn spawn_quiet(args: &[&str], log: &Path) -> Self {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .env("SLUICE_LOG", "info")
+            .env("SLUICE_ADMIN_USER", ADMIN_USER)
+            .env("SLUICE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("sluice starts");
+        Self {
+            url: String::new(),
+            child,
+        }
+    }
+
+    /// How it exited, if it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}

@@ -32,6 +32,7 @@ mod corpus;
 mod durability;
 mod harness;
 mod hostile;
+mod kubernetes;
 mod scaling;
 mod security;
 mod watchdog;

@@ -290,6 +290,10 @@ async fn removing_deletes_the_deployment_and_service_and_leaves_others_alone() {
     api.expect("GET", ECHO_SERVICE)
         .await
         .reply(200, &foreign_service);
+    // The Deployment this deploy made goes again: nothing is left half-made.
+    api.expect("DELETE", ECHO)
+        .await
+        .reply(200, &crate::status(200, "", ""));
     let err = applied.await.unwrap().unwrap_err().to_string();
     assert!(err.contains("a service named echo exists"), "{err}");
     api.expect_silence().await;
