@@ -229,3 +229,21 @@ Offline rendering (helm template, --dry-run) cannot look, and makes a new one ea
 {{- randAlphaNum (int .length) -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The pods NetworkPolicies let reach NATS and Postgres: this release's gateways, queue workers
+and autoscalers, as their own selectors pick them, and never a function's pod (faas_function),
+should functions run in the release namespace and carry these labels (a function's labels are
+the deployer's to choose). A peer with only a podSelector matches pods of the policy's own
+namespace, so nothing from the function namespace or any other matches.
+*/}}
+{{- define "sluice.backendClients" -}}
+{{- range $component := list "gateway" "queue-worker" "autoscaler" }}
+- podSelector:
+    matchLabels:
+      {{- include "sluice.selectorLabels" (dict "root" $.root "component" $component) | nindent 6 }}
+    matchExpressions:
+      - key: faas_function
+        operator: DoesNotExist
+{{- end }}
+{{- end -}}

@@ -4,8 +4,9 @@
 Renders charts/sluice with Helm's own library (defaults, ci/production-values.yaml, and a few
 variants), validates every object against the Kubernetes 1.30 API schemas, lints the chart, and
 checks what the chart promises: the components and their wiring, least-privilege RBAC, non-root
-containers, secrets kept out of plain values, generated passwords kept across upgrades, a schema
-that refuses bad values, and a README that documents every value.
+containers, secrets kept out of plain values, NetworkPolicies that keep functions away from the
+bundled NATS and Postgres, generated passwords kept across upgrades, a schema that refuses bad
+values, and a README that documents every value.
 
     python3 charts/sluice/tests/test_chart.py [CHART_DIR]
 
@@ -68,10 +69,25 @@ failures = Failures()
 class Rendered:
     """One render of the chart: the values it was given and the objects it made."""
 
+    # The chart's own values.yaml, set by main(): what a value is when a render does not give it.
+    defaults = {}
+
     def __init__(self, label, values, objects):
         self.label = label
         self.values = values
         self.objects = objects
+
+    def setting(self, dotted):
+        """The value `dotted` (e.g. "nats.enabled") had in this render: given, else the default."""
+        for source in (self.values, self.defaults):
+            node = source
+            for part in dotted.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    break
+                node = node[part]
+            else:
+                return node
+        raise KeyError(dotted)
 
     def all(self, kind):
         return [o for o in self.objects if o.get("kind") == kind]
@@ -356,6 +372,136 @@ def bindings_to(rendered, kind, name, namespace):
     return found
 
 
+def selector_matches(selector, labels):
+    """Whether a Kubernetes LabelSelector selects a pod with `labels` (an empty one selects all)."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        ok = {"In": key in labels and labels[key] in values,
+              "NotIn": key not in labels or labels[key] not in values,
+              "Exists": key in labels,
+              "DoesNotExist": key not in labels}.get(op)
+        if not ok:
+            return False
+    return True
+
+
+# Who may reach the bundled services, and on what: the Sluice processes, on the services' ports.
+BACKEND_CLIENTS = {"gateway", "queue-worker", "autoscaler"}
+BACKEND_PORTS = {"nats": {4222, 8222}, "postgresql": {5432}}
+
+
+def component_of(workload):
+    return workload["spec"]["template"]["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+
+
+def check_network_policies(rendered):
+    """The bundled NATS and Postgres each have a NetworkPolicy (when networkPolicy.enabled) that
+    selects their pods and lets in only this release's gateways, queue workers and autoscalers, on
+    the service's ports; no policy otherwise, and none selecting any other pod."""
+    policies = rendered.all("NetworkPolicy")
+    enabled = rendered.setting("networkPolicy.enabled")
+    workloads = {component_of(o): o for o, _ in pod_specs(rendered)}
+    bundled = [c for c in BACKEND_PORTS if rendered.setting(f"{c}.enabled")]
+    if not enabled:
+        failures.check(not policies, rendered.label,
+                       f"networkPolicy.enabled is false, yet NetworkPolicies are rendered: {[p['metadata']['name'] for p in policies]}")
+        return
+    failures.check(len(policies) == len(bundled), rendered.label,
+                   f"{len(policies)} NetworkPolicies for the bundled {bundled or 'nothing'}; want one each")
+
+    # The pods a peer might match: every pod the chart runs, and some it must never let in.
+    clients = {c: workloads[c]["spec"]["template"]["metadata"]["labels"] for c in BACKEND_CLIENTS if c in workloads}
+    gateway_labels = clients.get("gateway", {})
+    candidates = {f"the {c} pods": labels for c, labels in
+                  ((component_of(o), o["spec"]["template"]["metadata"].get("labels", {})) for o, _ in pod_specs(rendered))}
+    candidates.update({
+        "a function's pod": {"faas_function": "evil", "app.kubernetes.io/managed-by": "sluice"},
+        "a function's pod wearing the gateway's labels": {**gateway_labels, "faas_function": "evil"},
+        "another release's gateway pods": {**gateway_labels, "app.kubernetes.io/instance": "another-release"},
+        "an unlabelled pod": {},
+    })
+    allowed = {f"the {c} pods" for c in BACKEND_CLIENTS}
+
+    for policy in policies:
+        at = where(rendered, policy)
+        spec = policy.get("spec", {})
+        selector = spec.get("podSelector") or {}
+        selected = [c for c, o in workloads.items() if selector_matches(selector, o["spec"]["template"]["metadata"].get("labels", {}))]
+        failures.check(selector and len(selected) == 1 and selected[0] in bundled, at,
+                       f"its podSelector selects the pods of {selected or 'no workload'}; want exactly one bundled service's")
+        types = spec.get("policyTypes") or ["Ingress"] + (["Egress"] if "egress" in spec else [])
+        failures.check("Ingress" in types, at, "does not restrict ingress (policyTypes lacks Ingress)")
+        failures.check("Egress" not in types, at, "restricts egress too, which the bundled services' answers do not need")
+
+    for component in bundled:
+        workload = workloads.get(component)
+        if not failures.check(workload is not None, rendered.label, f"{component} is enabled, yet no workload runs it"):
+            continue
+        pod_labels = workload["spec"]["template"]["metadata"].get("labels", {})
+        named_ports = {p["name"]: p["containerPort"] for c in containers(workload["spec"]["template"]["spec"])
+                       for p in c.get("ports", []) if "name" in p}
+        guarding = [p for p in policies if selector_matches(p.get("spec", {}).get("podSelector") or {}, pod_labels)]
+        at = f"{rendered.label}: NetworkPolicy for {component}"
+        if not failures.check(guarding, at, f"no NetworkPolicy selects the {component} pods ({pod_labels})"):
+            continue
+        reached, ports_open = set(), set()
+        # Policies add up: every rule of every policy selecting the pods must be narrow.
+        for policy in guarding:
+            pat = where(rendered, policy)
+            failures.check(policy["metadata"].get("namespace") == workload["metadata"].get("namespace"), pat,
+                           f"is not in the {component} pods' namespace {workload['metadata'].get('namespace')}")
+            for rule in policy["spec"].get("ingress") or []:
+                peers = rule.get("from") or []
+                failures.check(peers, pat, "an ingress rule without `from` lets every source in")
+                for peer in peers:
+                    failures.check("ipBlock" not in peer, pat, f"lets in an address block: {peer}")
+                    failures.check("namespaceSelector" not in peer, pat, f"lets in pods of other namespaces: {peer}")
+                    if not failures.check("podSelector" in peer, pat, f"a peer without podSelector: {peer}"):
+                        continue
+                    matched = {name for name, labels in candidates.items() if selector_matches(peer["podSelector"], labels)}
+                    failures.check(matched <= allowed, pat, f"lets in {sorted(matched - allowed)}; only {sorted(BACKEND_CLIENTS)} may reach {component}")
+                    reached |= matched & allowed
+                ports = rule.get("ports") or []
+                failures.check(ports, pat, "an ingress rule without `ports` opens every port")
+                for port in ports:
+                    number = named_ports.get(port.get("port"), port.get("port"))
+                    failures.check(port.get("protocol", "TCP") == "TCP" and "endPort" not in port, pat, f"a port that is not one TCP port: {port}")
+                    failures.check(number in named_ports.values(), pat, f"opens port {port.get('port')}, which the {component} container does not serve")
+                    ports_open.add(number)
+        failures.check(reached == allowed, at, f"lets in only {sorted(reached)}; all of {sorted(allowed)} need {component}")
+        failures.check(ports_open == BACKEND_PORTS[component], at,
+                       f"opens ports {sorted(ports_open, key=str)}; want exactly {sorted(BACKEND_PORTS[component])}")
+
+
+def check_max_replicas(rendered):
+    """One ceiling: the gateways and the autoscaler both take --max-replicas=gateway.maxReplicas."""
+    want = str(rendered.setting("gateway.maxReplicas"))
+    for name in ("gateway", "autoscaler"):
+        for obj in rendered.all("Deployment"):
+            if component_of(obj) != name:
+                continue
+            c = obj["spec"]["template"]["spec"]["containers"][0]
+            failures.check(arg_value(c, "--max-replicas") == want, where(rendered, obj),
+                           f"--max-replicas is {arg_value(c, '--max-replicas')!r}, want gateway.maxReplicas ({want})")
+
+
+def check_function_user(rendered):
+    """functions.runAsUser reaches the gateway as --function-run-as-user, and nothing else."""
+    try:
+        uid = rendered.setting("functions.runAsUser")
+    except KeyError:  # Helm drops a value set to null
+        uid = None
+    for obj, pod in pod_specs(rendered):
+        for c in containers(pod):
+            got = arg_value(c, "--function-run-as-user")
+            want = str(uid) if uid is not None and component_of(obj) == "gateway" else None
+            failures.check(got == want, f"{where(rendered, obj)} container {c['name']}",
+                           f"--function-run-as-user is {got!r}, want {want!r} (functions.runAsUser {uid!r})")
+
+
 def generic_checks(rendered):
     validate_against_kubernetes(rendered)
     check_names(rendered)
@@ -364,6 +510,9 @@ def generic_checks(rendered):
     check_selectors(rendered)
     check_probes_and_ports(rendered)
     check_no_wildcards(rendered)
+    check_network_policies(rendered)
+    check_max_replicas(rendered)
+    check_function_user(rendered)
     for obj, pod in pod_specs(rendered):
         sa = pod.get("serviceAccountName")
         if sa:
@@ -427,6 +576,10 @@ def check_defaults(r):
                            f"/var/openfaas/secrets is not the {fullname}-basic-auth Secret")
         data_dir = arg_value(c, "--data-dir")
         failures.check(data_dir in mounts, at, f"--data-dir {data_dir} is not a mounted volume (the root filesystem is read-only)")
+        got = env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        failures.check(got == "metadata.name", at, "env POD_NAME (its identity in load reports) does not come from the downward API (metadata.name)")
+        failures.check(arg_value(c, "--max-replicas") == "64", at, f"--max-replicas is {arg_value(c, '--max-replicas')!r}, want 64")
+        failures.check(arg_value(c, "--function-run-as-user") is None, at, "--function-run-as-user is given, but functions.runAsUser is null by default")
     svc = r.need("Service", f"{fullname}-gateway")
     if svc:
         port = svc["spec"]["ports"][0]
@@ -470,6 +623,8 @@ def check_defaults(r):
         for name, field in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
             got = env.get(name, {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
             failures.check(got == field, at, f"env {name} does not come from the downward API ({field})")
+        failures.check(arg_value(c, "--max-replicas") == "64", at,
+                       f"--max-replicas is {arg_value(c, '--max-replicas')!r}, want 64 (gateway.maxReplicas, the gateway's ceiling)")
         for name in ("SLUICE_DATABASE_URL", "SLUICE_NATS_URL"):
             failures.check(name in env, at, f"env {name} is not set")
 
@@ -524,6 +679,10 @@ def check_defaults(r):
     # PodDisruptionBudgets.
     for component in ("gateway", "queue-worker"):
         r.need("PodDisruptionBudget", f"{fullname}-{component}")
+
+    # NetworkPolicies guard the bundled NATS and Postgres (check_network_policies says how).
+    for name in (f"{fullname}-nats", f"{fullname}-postgresql"):
+        r.need("NetworkPolicy", name)
 
     # RBAC.
     gateway_role = r.need("Role", f"{fullname}-gateway")
@@ -588,6 +747,13 @@ def check_production(r):
         failures.check(arg_value(c, "--queue") == "default,batch", where(r, qw), f"--queue is {arg_value(c, '--queue')!r}")
     failures.check(not r.all("StatefulSet"), r.label,
                    f"NATS and Postgres are external, yet StatefulSets are rendered: {[s['metadata']['name'] for s in r.all('StatefulSet')]}")
+    failures.check(not r.all("NetworkPolicy"), r.label, "NATS and Postgres are external, yet NetworkPolicies are rendered")
+    auto = r.need("Deployment", f"{fullname}-autoscaler")
+    if auto:
+        c = auto["spec"]["template"]["spec"]["containers"][0]
+        want = str(r.values["gateway"]["maxReplicas"])
+        failures.check(arg_value(c, "--max-replicas") == want, where(r, auto),
+                       f"--max-replicas is {arg_value(c, '--max-replicas')!r}, want {want} (gateway.maxReplicas)")
     for name in (f"{fullname}-nats", f"{fullname}-postgresql"):
         failures.check(r.get("Service", name) is None and r.get("Secret", name) is None, r.label, f"{name} is rendered though disabled")
     for obj, pod in pod_specs(r):
@@ -741,6 +907,7 @@ ALTERNATIVES = {
     "gateway": {"service": {"type": "NodePort", "nodePort": 31112}, "podDisruptionBudget": {"enabled": False}},
     "nats": {"persistence": {"storageClass": "-"}},
     "postgresql": {"persistence": {"storageClass": "fast"}},
+    "functions": {"runAsUser": 12000},
 }
 LONG_RELEASE = "a-release-name-as-long-as-helm-allows-fifty-three-chr"
 
@@ -755,6 +922,33 @@ def check_alternatives(r):
     check_secret_refs(r, external={"my-auth", "my-token", "my-signing-key"})
     failures.check(not r.all("Role") and not r.all("Namespace"), r.label,
                    "rbac.create and createFunctionNamespace are false, yet Roles or a Namespace are rendered")
+    gw = next((o for o in r.all("Deployment") if component_of(o) == "gateway"), None)
+    if failures.check(gw is not None, r.label, "no gateway"):
+        c = gw["spec"]["template"]["spec"]["containers"][0]
+        failures.check(arg_value(c, "--function-run-as-user") == "12000", where(r, gw),
+                       f"--function-run-as-user is {arg_value(c, '--function-run-as-user')!r}, want '12000' (functions.runAsUser)")
+
+
+# One bundled service, the other external: only the bundled one gets a NetworkPolicy.
+EXTERNAL_NATS = {"nats": EXTERNAL_URLS["nats"], "gateway": {"maxReplicas": 200}}
+EXTERNAL_POSTGRESQL = {"postgresql": EXTERNAL_URLS["postgresql"], "functions": {"runAsUser": None}}
+NO_NETWORK_POLICY = {"networkPolicy": {"enabled": False}}
+
+
+def check_one_bundled(r):
+    generic_checks(r)
+    check_secret_refs(r)
+    kept, gone = ("postgresql", "nats") if not r.setting("nats.enabled") else ("nats", "postgresql")
+    r.need("NetworkPolicy", f"{RELEASE}-{kept}")
+    failures.check(r.get("NetworkPolicy", f"{RELEASE}-{gone}") is None, r.label,
+                   f"{gone} is external, yet NetworkPolicy/{RELEASE}-{gone} is rendered")
+
+
+def check_no_network_policy(r):
+    generic_checks(r)
+    check_secret_refs(r)
+    failures.check(r.all("StatefulSet"), r.label, "the bundled NATS and Postgres are missing")
+    failures.check(not r.all("NetworkPolicy"), r.label, "networkPolicy.enabled is false, yet NetworkPolicies are rendered")
 
 
 def check_refusals(chart, chart_dir):
@@ -765,6 +959,10 @@ def check_refusals(chart, chart_dir):
     expect_refused(chart, "schema: functionTimeout", {"functionTimeout": "five minutes"}, "/functionTimeout")
     expect_refused(chart, "schema: nats without external", {"nats": {"enabled": False}}, "/nats/external")
     expect_refused(chart, "schema: postgresql without external", {"postgresql": {"enabled": False}}, "/postgresql/external")
+    expect_refused(chart, "schema: functions.runAsUser 0 (root)", {"functions": {"runAsUser": 0}}, "/functions/runAsUser")
+    expect_refused(chart, "schema: functions.runAsUser by name", {"functions": {"runAsUser": "app"}}, "/functions/runAsUser")
+    expect_refused(chart, "schema: functions.runAsUser fraction", {"functions": {"runAsUser": 1.5}}, "/functions/runAsUser")
+    expect_refused(chart, "schema: networkPolicy.enabled", {"networkPolicy": {"enabled": "yes"}}, "/networkPolicy/enabled")
     # Without the schema, the templates' `fail` must still refuse them. (Lint cannot show this:
     # in lint mode Helm logs a `fail` and carries on.)
     with tempfile.TemporaryDirectory() as scratch:
@@ -796,6 +994,7 @@ def main(argv):
         production = yaml.safe_load((chart_dir / "ci" / "production-values.yaml").read_text())
     except (helm_python.HelmError, OSError, yaml.YAMLError) as error:
         sys.exit(f"test_chart.py: cannot load the chart at {chart_dir}: {error}")
+    Rendered.defaults = chart.values
 
     renders = []
     for label, values, check, release in (
@@ -803,6 +1002,9 @@ def main(argv):
         ("production", production, check_production, RELEASE),
         ("external-url", EXTERNAL_URLS, check_external_url, RELEASE),
         ("alternatives", ALTERNATIVES, check_alternatives, LONG_RELEASE),
+        ("external-nats", EXTERNAL_NATS, check_one_bundled, RELEASE),
+        ("external-postgresql", EXTERNAL_POSTGRESQL, check_one_bundled, RELEASE),
+        ("no-network-policy", NO_NETWORK_POLICY, check_no_network_policy, RELEASE),
     ):
         rendered = render(chart, label, values, release=release)
         renders.append(rendered)
