@@ -153,7 +153,8 @@ impl Default for FunctionConfig {
             scale: ScaleConfig::default(),
             retry: RetryPolicy::default(),
             queue: None,
-            concurrency: None,
+            // Classic mode's replicas run at most `max_inflight` at once.
+            concurrency: Some(DEFAULT_MAX_INFLIGHT),
             mode: Mode::Classic,
             exec_timeout: None,
             max_inflight: DEFAULT_MAX_INFLIGHT,
@@ -206,9 +207,13 @@ impl FunctionConfig {
                 })?),
             };
         c.max_inflight = explicit_inflight.unwrap_or(DEFAULT_MAX_INFLIGHT);
+        // A classic replica refuses runs beyond its max_inflight itself (429): the activator
+        // holds requests at that number instead, whatever else is asked.
+        let replica_cap = (c.mode == Mode::Classic && c.max_inflight > 0).then_some(c.max_inflight);
         c.concurrency = match d.label(CONCURRENCY_LABEL) {
-            Some(v) => Some(
-                v.trim()
+            Some(v) => {
+                let n = v
+                    .trim()
                     .parse::<usize>()
                     .ok()
                     .filter(|n| *n > 0)
@@ -216,9 +221,10 @@ impl FunctionConfig {
                         bad(format!(
                             "label {CONCURRENCY_LABEL} {v:?} is not a whole number above zero"
                         ))
-                    })?,
-            ),
-            None => explicit_inflight.filter(|n| *n > 0),
+                    })?;
+                Some(replica_cap.map_or(n, |cap| n.min(cap)))
+            }
+            None => explicit_inflight.filter(|n| *n > 0).or(replica_cap),
         };
         let readiness_path = d
             .annotation(READINESS_PATH_ANNOTATION)
@@ -381,6 +387,28 @@ mod tests {
             env_vars: map(env),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_classic_replica_is_sent_no_more_than_it_runs_at_once() {
+        let c = FunctionConfig::from_deployment(&FunctionDeployment::default()).unwrap();
+        assert_eq!(c.concurrency, Some(DEFAULT_MAX_INFLIGHT));
+        let d = deployment(&[(CONCURRENCY_LABEL, "500")], &[("max_inflight", "20")]);
+        assert_eq!(
+            FunctionConfig::from_deployment(&d).unwrap().concurrency,
+            Some(20)
+        );
+        // An HTTP server limits itself, if at all: no limit unless one is asked for.
+        let d = deployment(&[], &[("mode", "http")]);
+        assert_eq!(
+            FunctionConfig::from_deployment(&d).unwrap().concurrency,
+            None
+        );
+        let d = deployment(&[(CONCURRENCY_LABEL, "500")], &[("mode", "http")]);
+        assert_eq!(
+            FunctionConfig::from_deployment(&d).unwrap().concurrency,
+            Some(500)
+        );
     }
 
     #[test]

@@ -322,3 +322,53 @@ async fn held_requests_go_through_at_the_replicas_concurrency() {
         started.elapsed()
     );
 }
+
+/// A classic function's replica runs at most `max_inflight` commands at once (100 unless set)
+/// and refuses more itself; waking from zero, 200 requests at once are held at that number by
+/// the activator instead, and every one is answered.
+#[tokio::test]
+async fn two_hundred_requests_to_a_classic_function_at_zero_are_all_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = crate::harness::http();
+    // Slow enough that 200 at once would overlap on one replica.
+    let slow_cat = sample(
+        "slowcat",
+        "sh -c 'sleep 0.3; cat'",
+        false,
+        &at_zero_after("1h"),
+    );
+    deploy(&http, url, &slow_cat).await;
+    crate::harness::scale(&http, url, "slowcat", 0).await;
+    replicas_become(&http, url, "slowcat", 0).await;
+
+    let results: Vec<(u16, String, String)> = futures_util::stream::iter(0..200)
+        .map(|i| {
+            let http = http.clone();
+            let url = url.clone();
+            async move {
+                let body = format!("request {i}");
+                let r = http
+                    .post(format!("{url}/function/slowcat"))
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.text().await.unwrap(), body)
+            }
+        })
+        .buffer_unordered(200)
+        .collect()
+        .await;
+    let refused: Vec<_> = results.iter().filter(|(s, _, _)| *s != 200).collect();
+    assert!(
+        refused.is_empty(),
+        "{} not answered: {:?}",
+        refused.len(),
+        refused.first()
+    );
+    for (_, got, sent) in &results {
+        assert_eq!(got, sent);
+    }
+}
