@@ -32,6 +32,29 @@ fn scale_ups_from_zero(log: &Path) -> usize {
         .count()
 }
 
+/// `n` requests to `function` at once, each with its own body: (status, answer, body sent).
+async fn all_at_once(
+    http: &reqwest::Client,
+    url: &str,
+    function: &str,
+    n: usize,
+) -> Vec<(u16, String, String)> {
+    futures_util::stream::iter(0..n)
+        .map(|i| async move {
+            let body = format!("request {i}");
+            let r = http
+                .post(format!("{url}/function/{function}"))
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap(), body)
+        })
+        .buffer_unordered(n)
+        .collect()
+        .await
+}
+
 fn at_zero_after(seconds: &str) -> [(&'static str, &str); 2] {
     [
         ("com.openfaas.scale.zero", "true"),
@@ -67,24 +90,7 @@ async fn an_idle_function_goes_to_zero_and_200_concurrent_requests_wake_it_once(
     assert!(f["scaleReason"].as_str().unwrap().contains("idle"), "{f}");
 
     let before = scale_ups_from_zero(&data.with_extension("log"));
-    let results: Vec<(u16, String, String)> = futures_util::stream::iter(0..200)
-        .map(|i| {
-            let http = http.clone();
-            let url = url.clone();
-            async move {
-                let body = format!("request {i}");
-                let r = http
-                    .post(format!("{url}/function/echo"))
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .unwrap();
-                (r.status().as_u16(), r.text().await.unwrap(), body)
-            }
-        })
-        .buffer_unordered(200)
-        .collect()
-        .await;
+    let results = all_at_once(&http, url, "echo", 200).await;
     for (status, got, sent) in &results {
         assert_eq!(*status, 200, "{got}");
         assert_eq!(got, sent);
@@ -343,24 +349,7 @@ async fn two_hundred_requests_to_a_classic_function_at_zero_are_all_answered() {
     crate::harness::scale(&http, url, "slowcat", 0).await;
     replicas_become(&http, url, "slowcat", 0).await;
 
-    let results: Vec<(u16, String, String)> = futures_util::stream::iter(0..200)
-        .map(|i| {
-            let http = http.clone();
-            let url = url.clone();
-            async move {
-                let body = format!("request {i}");
-                let r = http
-                    .post(format!("{url}/function/slowcat"))
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .unwrap();
-                (r.status().as_u16(), r.text().await.unwrap(), body)
-            }
-        })
-        .buffer_unordered(200)
-        .collect()
-        .await;
+    let results = all_at_once(&http, url, "slowcat", 200).await;
     let refused: Vec<_> = results.iter().filter(|(s, _, _)| *s != 200).collect();
     assert!(
         refused.is_empty(),
