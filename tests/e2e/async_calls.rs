@@ -676,3 +676,56 @@ async fn finished_calls_are_deleted_after_their_retention() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+on_both_backends!(clients_cut_off_mid_submit_leave_no_call_stuck_queued);
+/// Clients that hang up mid-submission (before, while and after the call is stored) leave no
+/// record behind that nothing will run: every call recorded as queued is on the queue, and runs.
+async fn clients_cut_off_mid_submit_leave_no_call_stuck_queued(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = backend.up(&dir.path().join("data"), &[]);
+    let url = sluice.url.clone();
+    let http = crate::harness::http();
+    deploy(
+        &http,
+        &url,
+        &sample("echo", "python3 -u echo.py", true, &[]),
+    )
+    .await;
+
+    let impatient = reqwest::Client::new();
+    let outcomes: Vec<bool> = futures_util::stream::iter(0..400u64)
+        .map(|i| {
+            let (impatient, url) = (impatient.clone(), url.clone());
+            async move {
+                impatient
+                    .post(format!("{url}/async-function/echo"))
+                    .header("X-Call-Id", format!("cut-{i}"))
+                    .body(vec![b'x'; 64 * 1024])
+                    // Cut off somewhere between sending and the answer.
+                    .timeout(std::time::Duration::from_millis(1 + i * 7 % 25))
+                    .send()
+                    .await
+                    .is_ok()
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let cut = outcomes.iter().filter(|ok| !**ok).count();
+    assert!(cut > 0, "no client was cut off: the test tested nothing");
+
+    // Whatever was recorded runs to its end: nothing stays queued (or running) for ever.
+    eventually("no call left queued or running", || async {
+        let mut open = 0;
+        for status in ["queued", "running"] {
+            let page: Value = try_get_json(
+                &http,
+                format!("{url}/system/calls?status={status}&limit=1000"),
+            )
+            .await?;
+            open += page["calls"].as_array()?.len();
+        }
+        (open == 0).then_some(())
+    })
+    .await;
+}
