@@ -63,9 +63,14 @@ pub async fn run(args: AutoscalerArgs) -> anyhow::Result<()> {
                     () = shutdown.cancelled() => return,
                     _ = every.tick() => {}
                 }
-                if let Ok(specs) = sluice_core::FunctionStore::list(functions.as_ref()).await {
-                    for spec in specs {
-                        provider.follow_namespace(&spec.function.namespace);
+                match sluice_core::FunctionStore::list(functions.as_ref()).await {
+                    Ok(specs) => {
+                        for spec in specs {
+                            provider.follow_namespace(&spec.function.namespace);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read the function registry's namespaces")
                     }
                 }
             }

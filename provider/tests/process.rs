@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use sluice_activator::{Activator, ActivatorConfig, ActivatorError};
 use sluice_core::{
-    Autoscaler, FunctionDeployment, FunctionRef, FunctionSpec, Orchestrator, ProviderError,
-    ScaleStatus, ScalingGuard, Timestamp, Tracked,
+    FunctionDeployment, FunctionRef, FunctionSpec, Orchestrator, ProviderError, Timestamp,
 };
 use sluice_provider::{ProcessConfig, ProcessProvider, WORKDIR_ANNOTATION};
 
@@ -41,32 +40,11 @@ fn spec(name: &str, command: &str, env: &[(&str, &str)], replicas: u32) -> Funct
     .unwrap()
 }
 
-/// An autoscaler that never wakes anything: these tests scale by hand.
-#[derive(Debug)]
-struct Manual;
-
-#[async_trait::async_trait]
-impl Autoscaler for Manual {
-    fn track(&self, _: &FunctionRef) -> Tracked {
-        Tracked::new(())
-    }
-    async fn wake(&self, _: &FunctionRef) -> bool {
-        false
-    }
-    async fn exclusive(&self) -> ScalingGuard {
-        Box::new(())
-    }
-    fn pin(&self, _: &FunctionRef, _: u32, _: &str) {}
-    fn status(&self, _: &FunctionRef) -> Option<ScaleStatus> {
-        None
-    }
-}
-
 /// Picks replicas the way the gateway does, holding a request at most `hold`.
 fn activator(p: &ProcessProvider, hold: Duration) -> Activator {
     Activator::new(
         Arc::new(p.clone()),
-        Arc::new(Manual),
+        Arc::new(sluice_testkit::ManualAutoscaler),
         ActivatorConfig {
             buffer: 1000,
             hold_timeout: hold,

@@ -7,31 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use sluice_activator::{Activator, ActivatorConfig, ActivatorError};
-use sluice_core::{Autoscaler, FunctionRef, Orchestrator, ScaleStatus, ScalingGuard, Tracked};
+use sluice_core::Orchestrator;
 use tokio::sync::mpsc;
 
 use crate::{NS, echo, provider, stored};
-
-/// These tests scale nothing: a function at zero is not woken.
-#[derive(Debug)]
-struct Manual;
-
-#[async_trait::async_trait]
-impl Autoscaler for Manual {
-    fn track(&self, _: &FunctionRef) -> Tracked {
-        Tracked::new(())
-    }
-    async fn wake(&self, _: &FunctionRef) -> bool {
-        false
-    }
-    async fn exclusive(&self) -> ScalingGuard {
-        Box::new(())
-    }
-    fn pin(&self, _: &FunctionRef, _: u32, _: &str) {}
-    fn status(&self, _: &FunctionRef) -> Option<ScaleStatus> {
-        None
-    }
-}
 
 fn slice(version: u32, endpoints: &[(&str, bool)]) -> Value {
     json!({
@@ -174,7 +153,7 @@ async fn ready_pods_from_endpoint_slices_feed_the_activator() {
 
     let activator = Activator::new(
         provider.endpoints(),
-        Arc::new(Manual),
+        Arc::new(sluice_testkit::ManualAutoscaler),
         ActivatorConfig {
             buffer: 10,
             hold_timeout: Duration::from_secs(10),
