@@ -122,4 +122,8 @@ impl sluice_core::Autoscaler for EmbeddedAutoscaler {
     fn status(&self, function: &FunctionRef) -> Option<Status> {
         self.scaler.status(function)
     }
+
+    fn last_tick(&self) -> Option<sluice_core::TickReport> {
+        Some(self.scaler.last_tick())
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_core::{FunctionRef, FunctionStore, Orchestrator, ScaleStatus};
+use sluice_core::{FunctionRef, FunctionStore, Orchestrator, ScaleStatus, TickReport};
 use tokio::time::Instant;
 
 use crate::AutoscalerConfig;
@@ -45,6 +45,7 @@ pub(crate) struct Scaler {
     pub(crate) scaling: Arc<tokio::sync::Mutex<()>>,
     /// While it says `false`, nothing is scaled (a shared autoscaler that is not the leader).
     gate: Option<tokio::sync::watch::Receiver<bool>>,
+    last_tick: Mutex<TickReport>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -65,6 +66,7 @@ impl Scaler {
             memory: Mutex::default(),
             scaling: Arc::default(),
             gate: None,
+            last_tick: Mutex::default(),
         }
     }
 
@@ -109,8 +111,10 @@ impl Scaler {
         &self,
         observe: impl Fn(&FunctionRef) -> Observation,
     ) -> Result<HashSet<FunctionRef>, sluice_core::StoreError> {
+        let started = Instant::now();
         let specs = self.functions.list().await?;
         let now = self.now();
+        let mut decided = 0;
         let running: HashSet<FunctionRef> = self.orchestrator.functions().into_iter().collect();
         for spec in specs {
             if !running.contains(&spec.function) {
@@ -121,10 +125,22 @@ impl Scaler {
             let observed = observe(&spec.function);
             self.decide_for(&spec.function, &config, now, observed)
                 .await;
+            decided += 1;
         }
         // Forget functions that are gone.
         lock(&self.memory).retain(|f, _| running.contains(f));
+        let mut last = lock(&self.last_tick);
+        *last = TickReport {
+            ticks: last.ticks + 1,
+            functions: decided,
+            took: started.elapsed(),
+        };
         Ok(running)
+    }
+
+    /// How the last round went.
+    pub(crate) fn last_tick(&self) -> TickReport {
+        *lock(&self.last_tick)
     }
 
     async fn decide_for(

@@ -20,13 +20,15 @@ use std::time::Duration;
 use anyhow::Context;
 use sluice_autoscaler::shared::LoadReporter;
 use sluice_autoscaler::{AutoscalerConfig, EmbeddedAutoscaler};
-use sluice_core::{CallQueue, CallStore, FunctionStore, QueueName};
-use sluice_gateway::Platform;
+use sluice_core::{CallIntake, CallQueue, CallStore, FunctionStore, QueueName};
 use sluice_gateway::{AppState, GatewayConfig};
+use sluice_gateway::{BatchedIntake, Platform};
 use sluice_nats::{JetStreamConfig, JetStreamQueue};
 use sluice_provider::{ProcessConfig, ProcessProvider};
 use sluice_queue_worker::WorkerConfig;
-use sluice_store::{PgStore, SqliteQueue, SqliteStore, open_postgres, open_sqlite};
+use sluice_store::{
+    PgStore, SqliteIntake, SqliteQueue, SqliteStore, SqliteWriter, open_postgres, open_sqlite,
+};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -185,6 +187,8 @@ struct Backends {
     functions: Arc<dyn FunctionStore>,
     calls: Arc<dyn CallStore>,
     queue: Arc<dyn CallQueue>,
+    /// Where the gateway's async submissions go.
+    intake: Arc<dyn CallIntake>,
     /// Set on the embedded default, which has leases to release at start-up.
     sqlite_queue: Option<SqliteQueue>,
     /// Set on JetStream, whose left-behind bodies the workers sweep.
@@ -261,14 +265,18 @@ impl Prepared {
                 let pool = open_sqlite(&db_path)
                     .await
                     .with_context(|| format!("cannot open the database {}", db_path.display()))?;
-                let store = SqliteStore::new(pool.clone());
-                let queue = SqliteQueue::with_bounds(pool, config.lease, config.queue_bounds)
-                    .await
-                    .context("cannot open the embedded queue")?;
+                // One writer for the store and the queue: their writes share transactions.
+                let writer = SqliteWriter::new(pool.clone());
+                let store = SqliteStore::with_writer(pool.clone(), writer.clone());
+                let queue =
+                    SqliteQueue::with_writer(pool, writer, config.lease, config.queue_bounds)
+                        .await
+                        .context("cannot open the embedded queue")?;
                 Backends {
                     functions: Arc::new(store.clone()),
-                    calls: Arc::new(store),
+                    calls: Arc::new(store.clone()),
                     queue: Arc::new(queue.clone()),
+                    intake: Arc::new(SqliteIntake::new(queue.clone(), store)),
                     sqlite_queue: Some(queue),
                     jetstream: None,
                 }
@@ -285,10 +293,14 @@ impl Prepared {
                     connect_queue(shared, &config, None)
                 })
                 .await?;
+                let calls: Arc<dyn CallStore> = Arc::new(store.clone());
+                let queued: Arc<dyn CallQueue> = Arc::new(queue.clone());
+                let bound = config.gateway.max_queued_per_function;
                 Backends {
-                    functions: Arc::new(store.clone()),
-                    calls: Arc::new(store),
-                    queue: Arc::new(queue.clone()),
+                    functions: Arc::new(store),
+                    intake: Arc::new(BatchedIntake::new(calls.clone(), queued.clone(), bound)),
+                    calls,
+                    queue: queued,
                     sqlite_queue: None,
                     jetstream: Some(queue),
                 }
@@ -454,6 +466,7 @@ impl Prepared {
             backends.functions.clone(),
             backends.calls.clone(),
             backends.queue.clone(),
+            backends.intake.clone(),
             gateway_config.clone(),
             gateway_shutdown.clone(),
         );

@@ -5,6 +5,7 @@
 //! at start-up (`Arc<dyn CallQueue>` and friends).
 
 pub mod api;
+pub mod batch;
 pub mod call;
 pub mod callback;
 pub mod config;
@@ -24,9 +25,10 @@ pub use config::{ConfigError, FunctionConfig, Metric, Mode, ScaleConfig};
 pub use name::{DEFAULT_NAMESPACE, FunctionRef, NameError, default_namespace};
 pub use retry::RetryPolicy;
 pub use seams::{
-    Autoscaler, CallFilter, CallQueue, CallStore, Delivery, Endpoint, EndpointSource, FunctionSpec,
-    FunctionStore, InFlight, Lease, LogLine, LogStream, Orchestrator, ProviderError, QueueError,
-    ReadyReplica, ReadySet, ReplicaLoad, Replicas, ScaleStatus, ScalingGuard, StoreError, Tracked,
+    Autoscaler, CallFilter, CallIntake, CallQueue, CallStore, Delivery, Endpoint, EndpointSource,
+    FunctionSpec, FunctionStore, InFlight, Lease, LogLine, LogStream, Orchestrator, ProviderError,
+    QueueError, ReadyReplica, ReadySet, ReplicaLoad, Replicas, ScaleStatus, ScalingGuard,
+    StoreError, SubmitError, Submitted, TickReport, Tracked,
 };
 pub use time::Timestamp;
 

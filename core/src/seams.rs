@@ -347,6 +347,19 @@ pub trait Autoscaler: Send + Sync + Debug {
     fn pin(&self, function: &FunctionRef, replicas: u32, why: &str);
     /// What was last decided for `function`.
     fn status(&self, function: &FunctionRef) -> Option<ScaleStatus>;
+    /// How this autoscaler's last round over every function went, if it decides here.
+    fn last_tick(&self) -> Option<TickReport> {
+        None
+    }
+}
+
+/// The autoscaler's rounds: how many, and the last one's size and duration (for `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TickReport {
+    pub ticks: u64,
+    /// Functions the last round decided for.
+    pub functions: usize,
+    pub took: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -392,17 +405,39 @@ pub trait CallStore: Send + Sync + Debug {
     async fn list_calls(&self, filter: &CallFilter) -> Result<Vec<CallRecord>, StoreError>;
     /// Records a newly accepted call; `false` (and no change) if a call with that id exists.
     async fn create(&self, record: &CallRecord) -> Result<bool, StoreError>;
+    /// [`Self::create`] for many calls in one statement: whether each was created.
+    async fn create_many(&self, records: &[CallRecord]) -> Result<Vec<bool>, StoreError> {
+        let mut created = Vec::with_capacity(records.len());
+        for record in records {
+            created.push(self.create(record).await?);
+        }
+        Ok(created)
+    }
     async fn get(&self, id: &CallId) -> Result<Option<CallRecord>, StoreError>;
     /// Deletes a call's record: only for a call whose submission failed (it was never queued).
     async fn forget(&self, id: &CallId) -> Result<bool, StoreError>;
-    /// Marks the call running and counts an attempt; returns the attempt number (1-based), or
-    /// `None` if the call was cancelled (it must not run).
+    /// Marks a queued (or running: its last attempt was cut short) call running and counts an
+    /// attempt; returns the attempt number (1-based), or `None` if the call must not run: it
+    /// was cancelled, or it has finished.
     async fn start_attempt(&self, id: &CallId, at: Timestamp) -> Result<Option<u32>, StoreError>;
     /// Cancels a call that is still queued. Returns the record as it now is, `None` if there is
     /// no such call; a call past `queued` is returned unchanged.
     async fn cancel(&self, id: &CallId, at: Timestamp) -> Result<Option<CallRecord>, StoreError>;
     /// Records how the invocation ended.
     async fn finish(&self, id: &CallId, outcome: &CallOutcome) -> Result<(), StoreError>;
+    /// Keeps the response (if any), then records how the invocation ended: a finished call
+    /// always has the response it was meant to keep.
+    async fn finish_with_result(
+        &self,
+        id: &CallId,
+        outcome: &CallOutcome,
+        result: Option<&CallResult>,
+    ) -> Result<(), StoreError> {
+        if let Some(result) = result {
+            self.store_result(id, result).await?;
+        }
+        self.finish(id, outcome).await
+    }
     /// Keeps the function's response to a finished call (replacing any kept before).
     async fn store_result(&self, id: &CallId, result: &CallResult) -> Result<(), StoreError>;
     /// Drops a kept response.
@@ -468,6 +503,38 @@ pub trait Lease: Send + Sync + Debug {
     async fn release(self: Box<Self>, delay: Duration) -> Result<(), QueueError>;
 }
 
+/// What became of a submitted call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submitted {
+    /// Its record and its queued call are stored: it will run.
+    Queued,
+    /// The call id already belongs to this call. If it is a call to the same function and is
+    /// still queued, it has been queued again (the queue keeps one call per id), so it runs;
+    /// nothing is queued for a call to another function.
+    Existing(Box<CallRecord>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The call id is taken in a way that cannot be answered from its record (the queue holds
+    /// a call with this id whose record is gone); nothing was stored.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// Takes accepted async calls. When [`CallIntake::submit`] returns `Ok`, the call's record
+/// (state `queued`) and its queued call are both durable, so it will run; when it returns an
+/// error, neither is left behind. Concurrent submissions are committed together (group
+/// commit), and a submission whose caller goes away mid-way still completes or leaves nothing.
+#[async_trait]
+pub trait CallIntake: Send + Sync + Debug {
+    async fn submit(&self, call: QueuedCall) -> Result<Submitted, SubmitError>;
+}
+
 /// The durable queue of async calls.
 #[async_trait]
 pub trait CallQueue: Send + Sync + Debug {
@@ -476,6 +543,12 @@ pub trait CallQueue: Send + Sync + Debug {
     async fn enqueue(&self, call: &QueuedCall) -> Result<bool, QueueError>;
     /// The next call that is due, waiting up to `max_wait` for one.
     async fn next(&self, max_wait: Duration) -> Result<Option<Delivery>, QueueError>;
+    /// Up to `max` calls that are due now, in one go; if none is, the first to come within
+    /// `max_wait`. A worker with room for several calls takes them together.
+    async fn next_many(&self, max: usize, max_wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+        let _ = max;
+        Ok(self.next(max_wait).await?.into_iter().collect())
+    }
     /// How long a lease lasts without [`Lease::keep_alive`].
     fn lease_duration(&self) -> Duration;
 }

@@ -243,6 +243,17 @@ impl From<QueueError> for ApiError {
     }
 }
 
+impl From<sluice_core::SubmitError> for ApiError {
+    fn from(e: sluice_core::SubmitError) -> Self {
+        use sluice_core::SubmitError as E;
+        match e {
+            E::Store(e) => e.into(),
+            E::Queue(e) => e.into(),
+            E::Conflict(message) => Self::Conflict(message),
+        }
+    }
+}
+
 impl From<sluice_activator::ActivatorError> for ApiError {
     fn from(e: sluice_activator::ActivatorError) -> Self {
         use sluice_activator::ActivatorError as E;

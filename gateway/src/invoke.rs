@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use futures_util::TryStreamExt;
 use sluice_core::headers::{self, is_hop_by_hop};
-use sluice_core::{CallId, CallMeta, CallRecord, CallState, FunctionRef, QueuedCall, Timestamp};
+use sluice_core::{CallId, CallMeta, CallRecord, FunctionRef, QueuedCall, Submitted, Timestamp};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -350,12 +350,11 @@ pub(crate) async fn submit(
         queue,
         redrive: 0,
     };
-    let record = CallRecord::queued(&meta);
     let call = QueuedCall { meta, body };
-    // Record, bound and queue run to their end in a task of their own: a client that hangs up
-    // mid-way must not leave a record without its queued call (or the other way round).
+    // The body stays counted against the budget until the intake has answered, even if the
+    // client hangs up meanwhile (the intake finishes what it started either way).
     let stored = tokio::spawn(async move {
-        let answer = store(&state, record, call).await;
+        let answer = store(&state, call).await;
         drop((held, admitted));
         answer
     });
@@ -364,80 +363,34 @@ pub(crate) async fn submit(
         .map_err(|e| ApiError::Internal(format!("storing a call: {e}")))?
 }
 
-/// Stores an accepted call: its record (the arbiter of call ids: exactly one submission creates
-/// it, only that one queues the call, any other with the same id is answered from the record),
-/// then the queue. Answers the `202`, or why not.
-async fn store(
-    state: &AppState,
-    record: CallRecord,
-    call: QueuedCall,
-) -> Result<Response, ApiError> {
-    if !state.calls.create(&record).await? {
-        let existing = state.calls.get(&call.meta.id).await?.ok_or_else(|| {
-            ApiError::Conflict(format!("call id {} is being submitted", call.meta.id))
-        })?;
-        check_same_function(&call.meta, &existing)?;
-        if existing.state == CallState::Queued {
-            // Its first submission may have died between record and queue, or may still be
-            // on its way: queue it (again; the queue keeps one per id) before promising it.
-            state.queue.enqueue(&call).await?;
+/// Stores an accepted call through the intake (its record, the arbiter of call ids, and its
+/// queued call, together) and answers the `202`, or why not. A client resubmitting its own
+/// `X-Call-Id` is answered from the existing record.
+async fn store(state: &AppState, call: QueuedCall) -> Result<Response, ApiError> {
+    let (id, function) = (call.meta.id.clone(), call.meta.function.clone());
+    let submitted_at = call.meta.submitted_at;
+    match state.intake.submit(call).await? {
+        Submitted::Queued => {
+            tracing::debug!(call = %id, %function, "queued");
+            accepted(&id, submitted_at)
         }
-        return accepted(&call.meta.id, existing.submitted_at);
-    }
-    if let Some(max) = state.config.max_queued_per_function {
-        // Counted with this call's own record in, so concurrent submissions over the bound
-        // cannot all slip in; one refused here leaves no record behind.
-        let unfinished = match state
-            .calls
-            .count_unfinished(&call.meta.function, max + 1)
-            .await
-        {
-            Ok(n) => n,
-            Err(e) => {
-                forget(state, &call.meta.id).await;
-                return Err(e.into());
-            }
-        };
-        if unfinished > max {
-            forget(state, &call.meta.id).await;
-            return Err(ApiError::FunctionQueueFull(format!(
-                "function {} has {max} calls queued or running, the most taken for one function",
-                call.meta.function
-            )));
+        Submitted::Existing(existing) => {
+            check_same_function(&id, &function, &existing)?;
+            accepted(&id, existing.submitted_at)
         }
-    }
-    match state.queue.enqueue(&call).await {
-        Ok(true) => {}
-        Ok(false) => {
-            // The queue already holds a call with this id whose record was lost: leave it be.
-            forget(state, &call.meta.id).await;
-            return Err(ApiError::Conflict(format!(
-                "call id {} is already queued",
-                call.meta.id
-            )));
-        }
-        Err(e) => {
-            // Not queued, so not accepted: forget the record so the client can resubmit the id.
-            forget(state, &call.meta.id).await;
-            return Err(e.into());
-        }
-    }
-    tracing::debug!(call = %record.id, function = %call.meta.function, "queued");
-    accepted(&record.id, record.submitted_at)
-}
-
-async fn forget(state: &AppState, id: &CallId) {
-    if let Err(error) = state.calls.forget(id).await {
-        tracing::error!(call = %id, %error, "could not forget an unqueued call");
     }
 }
 
 /// A call id already belongs to a call; it may only be resubmitted for the same function.
-fn check_same_function(meta: &CallMeta, existing: &CallRecord) -> Result<(), ApiError> {
-    if existing.function != meta.function.name || existing.namespace != meta.function.namespace {
+fn check_same_function(
+    id: &CallId,
+    function: &FunctionRef,
+    existing: &CallRecord,
+) -> Result<(), ApiError> {
+    if existing.function != function.name || existing.namespace != function.namespace {
         return Err(ApiError::Conflict(format!(
-            "call id {} is already used by a call to {}",
-            meta.id, existing.function
+            "call id {id} is already used by a call to {}",
+            existing.function
         )));
     }
     Ok(())

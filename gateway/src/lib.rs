@@ -13,6 +13,7 @@ mod body;
 mod calls;
 mod error;
 mod functions;
+mod intake;
 mod invoke;
 mod limits;
 mod logs;
@@ -29,7 +30,8 @@ use axum::Router;
 use axum::routing::{any, get, post};
 use sluice_activator::{Activator, ActivatorConfig};
 use sluice_core::{
-    Autoscaler, CallQueue, CallStore, EndpointSource, FunctionRef, FunctionStore, Orchestrator,
+    Autoscaler, CallIntake, CallQueue, CallStore, EndpointSource, FunctionRef, FunctionStore,
+    Orchestrator,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 pub use auth::Credentials;
 pub use error::ApiError;
 pub use functions::restore;
+pub use intake::BatchedIntake;
 pub use limits::HeadLimits;
 pub use serve::{ConnectionLimits, RESERVED_DESCRIPTORS, raise_open_file_limit};
 pub use sluice_core::config::AUTH_LABEL;
@@ -129,6 +132,8 @@ pub struct AppState {
     pub functions: Arc<dyn FunctionStore>,
     pub calls: Arc<dyn CallStore>,
     pub queue: Arc<dyn CallQueue>,
+    /// Where async submissions go: their records and queued calls, committed together.
+    pub intake: Arc<dyn CallIntake>,
     pub config: Arc<GatewayConfig>,
     http: reqwest::Client,
     /// Serialises management changes to one function (registry write + provider apply), striped
@@ -162,6 +167,7 @@ impl AppState {
         functions: Arc<dyn FunctionStore>,
         calls: Arc<dyn CallStore>,
         queue: Arc<dyn CallQueue>,
+        intake: Arc<dyn CallIntake>,
         config: GatewayConfig,
         shutdown: CancellationToken,
     ) -> Self {
@@ -193,6 +199,7 @@ impl AppState {
             metrics: Arc::default(),
             calls,
             queue,
+            intake,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
             async_in_flight: Arc::new(tokio::sync::Semaphore::new(
                 config.max_async_in_flight.max(1),

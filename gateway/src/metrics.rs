@@ -6,7 +6,9 @@
 //! - `gateway_functions_seconds{function_name,code}`: their duration up to the response headers,
 //!   a histogram;
 //! - `gateway_service_count{function_name}`: replicas;
-//! - Sluice's own `sluice_function_ready_replicas` and `sluice_function_target_replicas`.
+//! - Sluice's own `sluice_function_ready_replicas` and `sluice_function_target_replicas`;
+//! - where the autoscaler decides in this process: `autoscaler_ticks_total`, and the last
+//!   round's `autoscaler_last_tick_seconds` and `autoscaler_last_tick_functions`.
 //!
 //! `function_name` is `<name>.<namespace>`, as recent OpenFaaS gateways label it.
 
@@ -155,6 +157,23 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
                 .collect(),
         ),
     );
+    if let Some(tick) = state.autoscaler.last_tick() {
+        let _ = write!(
+            out,
+            "# HELP autoscaler_ticks_total Rounds the autoscaler made over every function.\n\
+             # TYPE autoscaler_ticks_total counter\n\
+             autoscaler_ticks_total {}\n\
+             # HELP autoscaler_last_tick_seconds How long the last round took.\n\
+             # TYPE autoscaler_last_tick_seconds gauge\n\
+             autoscaler_last_tick_seconds {}\n\
+             # HELP autoscaler_last_tick_functions Functions the last round decided for.\n\
+             # TYPE autoscaler_last_tick_functions gauge\n\
+             autoscaler_last_tick_functions {}\n",
+            tick.ticks,
+            tick.took.as_secs_f64(),
+            tick.functions
+        );
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -297,6 +297,40 @@ impl JetStreamQueue {
     }
 
     /// Refuses at once, instead of buffering a publish until NATS is back.
+    /// A delivered message as a call; `None` (and the message dealt with) if it cannot be one.
+    async fn delivery(&self, message: jetstream::Message) -> Option<Delivery> {
+        let delivery_count = message
+            .info()
+            .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
+            .unwrap_or(1);
+        match self.decode(&message).await {
+            Ok((call, object)) => Some(Delivery {
+                call,
+                delivery_count,
+                lease: Box::new(JetStreamLease {
+                    queue: self.clone(),
+                    message,
+                    object,
+                }),
+            }),
+            Err(Undecodable::BodyUnavailable(error)) => {
+                // The object store is unavailable for now: try again later.
+                tracing::warn!(%error, "cannot read a queued call's body; it will come back");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                    .await;
+                None
+            }
+            Err(Undecodable::Malformed(error) | Undecodable::BodyMissing(error)) => {
+                // A message this version cannot read, or whose body is gone, would come back
+                // forever: drop it, loudly.
+                tracing::error!(%error, "unreadable queued call; terminating it");
+                let _ = message.ack_with(AckKind::Term).await;
+                None
+            }
+        }
+    }
+
     fn ensure_connected(&self) -> Result<(), QueueError> {
         match self.inner.client.connection_state() {
             State::Connected => Ok(()),
@@ -433,36 +467,33 @@ impl CallQueue for JetStreamQueue {
             return Ok(None);
         };
         let message = message.map_err(|e| unavailable("receiving a call", e))?;
-        let delivery_count = message
-            .info()
-            .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
-            .unwrap_or(1);
-        match self.decode(&message).await {
-            Ok((call, object)) => Ok(Some(Delivery {
-                call,
-                delivery_count,
-                lease: Box::new(JetStreamLease {
-                    queue: self.clone(),
-                    message,
-                    object,
-                }),
-            })),
-            Err(Undecodable::BodyUnavailable(error)) => {
-                // The object store is unavailable for now: try again later.
-                tracing::warn!(%error, "cannot read a queued call's body; it will come back");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                    .await;
-                Ok(None)
-            }
-            Err(Undecodable::Malformed(error) | Undecodable::BodyMissing(error)) => {
-                // A message this version cannot read, or whose body is gone, would come back
-                // forever: drop it, loudly.
-                tracing::error!(%error, "unreadable queued call; terminating it");
-                let _ = message.ack_with(AckKind::Term).await;
-                Ok(None)
-            }
+        Ok(self.delivery(message).await)
+    }
+
+    async fn next_many(&self, max: usize, max_wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+        if max <= 1 {
+            return Ok(self.next(max_wait).await?.into_iter().collect());
         }
+        self.ensure_connected()?;
+        // What is there now, without waiting (a pull that expires at once)…
+        let mut ready = self
+            .consumer()
+            .await?
+            .fetch()
+            .max_messages(max)
+            .messages()
+            .await
+            .map_err(|e| unavailable("asking for calls", e))?;
+        let mut deliveries = Vec::new();
+        while let Some(message) = ready.next().await {
+            let message = message.map_err(|e| unavailable("receiving a call", e))?;
+            deliveries.extend(self.delivery(message).await);
+        }
+        if !deliveries.is_empty() {
+            return Ok(deliveries);
+        }
+        // …else the first to come.
+        Ok(self.next(max_wait).await?.into_iter().collect())
     }
 
     fn lease_duration(&self) -> Duration {

@@ -214,3 +214,9 @@ async fn bodies_no_call_needs_are_swept_and_queued_ones_kept() {
     assert_eq!(d.call.body, big.body);
     d.lease.ack().await.unwrap();
 }
+
+#[tokio::test]
+async fn jetstream_takes_several_at_once() {
+    let nats = NatsServer::start();
+    queue_contract::takes_several_at_once(&queue(&nats, Duration::from_secs(30)).await).await;
+}

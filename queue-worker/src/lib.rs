@@ -138,9 +138,9 @@ impl Drop for FunctionSlot {
 /// again (plus up to as much again, at random, so they do not come back together).
 const FUNCTION_BUSY_WAIT: Duration = Duration::from_millis(500);
 
-/// After each call in a row put back for its function's cap, the worker waits this much longer
-/// (up to [`FUNCTION_BUSY_WAIT`]) before taking the next, so a backlog of one capped function
-/// is not cycled through the queue as fast as the network allows.
+/// After each round in a row whose calls were all put back for their functions' caps, the
+/// worker waits this much longer (up to [`FUNCTION_BUSY_WAIT`]) before taking more, so a
+/// backlog of capped functions is not cycled through the queue as fast as the network allows.
 const CAPPED_PACE: Duration = Duration::from_millis(20);
 
 /// Works the queue until `shutdown`; then stops taking calls, lets in-flight ones finish within
@@ -187,48 +187,61 @@ pub async fn run(
                 () = tokio::time::sleep(pause) => {}
             }
         }
-        let permit = tokio::select! {
+        let first = tokio::select! {
             () = shutdown.cancelled() => break,
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
+        // As many calls as there are free slots, taken off the queue in one go.
+        let mut permits = vec![first];
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
         let next = tokio::select! {
             () = shutdown.cancelled() => break,
-            n = queue.next(Duration::from_secs(5)) => n,
+            n = queue.next_many(permits.len(), Duration::from_secs(5)) => n,
         };
-        match next {
-            Ok(Some(delivery)) => {
-                let function = &delivery.call.meta.function;
-                let Some(slot) = worker
-                    .busy
-                    .take(function, worker.config.function_concurrency)
-                else {
-                    // Not an attempt: the call goes back untouched, and this slot takes the
-                    // next call, which may well be another function's.
-                    tracing::debug!(call = %delivery.call.meta.id, %function, "function at its concurrency cap; offered again shortly");
-                    let wait = FUNCTION_BUSY_WAIT.mul_f64(1.0 + rand::random::<f64>());
-                    tracker.spawn(async move {
-                        let _ = delivery.lease.release(wait).await;
-                        drop(permit);
-                    });
-                    capped_in_a_row = capped_in_a_row.saturating_add(1);
-                    continue;
-                };
-                capped_in_a_row = 0;
-                let worker = worker.clone();
-                tracker.spawn(async move {
-                    worker.handle(delivery).await;
-                    drop((slot, permit));
-                });
-            }
-            Ok(None) => capped_in_a_row = 0,
+        let deliveries = match next {
+            Ok(deliveries) => deliveries,
             Err(error) => {
                 tracing::warn!(%error, "queue unavailable; retrying");
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(BACKEND_RETRY) => {}
                 }
+                continue;
             }
+        };
+        // The worker pauses only after rounds in which every call it took was capped.
+        let (mut ran, mut capped) = (deliveries.is_empty(), false);
+        for delivery in deliveries {
+            let permit = permits.pop().expect("no more deliveries than permits");
+            let function = &delivery.call.meta.function;
+            let Some(slot) = worker
+                .busy
+                .take(function, worker.config.function_concurrency)
+            else {
+                // Not an attempt: the call goes back untouched, and this slot takes the
+                // next call, which may well be another function's.
+                tracing::debug!(call = %delivery.call.meta.id, %function, "function at its concurrency cap; offered again shortly");
+                let wait = FUNCTION_BUSY_WAIT.mul_f64(1.0 + rand::random::<f64>());
+                tracker.spawn(async move {
+                    let _ = delivery.lease.release(wait).await;
+                    drop(permit);
+                });
+                capped = true;
+                continue;
+            };
+            ran = true;
+            let worker = worker.clone();
+            tracker.spawn(async move {
+                worker.handle(delivery).await;
+                drop((slot, permit));
+            });
         }
+        capped_in_a_row = match (ran, capped) {
+            (false, true) => capped_in_a_row.saturating_add(1),
+            _ => 0,
+        };
     }
     tracker.close();
     if tokio::time::timeout(worker.config.shutdown_grace, tracker.wait())
@@ -260,23 +273,18 @@ impl Worker {
             lease,
         } = delivery;
         let id = call.meta.id.clone();
-        // A call that already finished is back only because its callback is still owed (or a
-        // crash came between the callback and the ack): it is not run again.
-        let earlier = match self.calls.get(&id).await {
-            Ok(record) => {
-                record.filter(|r| matches!(r.state, CallState::Succeeded | CallState::Failed))
-            }
-            Err(error) => {
-                tracing::warn!(call = %id, %error, "cannot read the call's record; releasing it");
-                let _ = lease.release(BACKEND_RETRY).await;
-                return;
-            }
-        };
-        let attempt = match &earlier {
-            Some(record) => record.attempts,
-            None => match self.start(&call.meta).await {
-                Ok(Some(n)) => n,
-                Ok(None) => {
+        // Most deliveries are new calls, started in one write. A call that already finished is
+        // back only because its callback is still owed (or a crash came between the callback
+        // and the ack): it is not run again.
+        let (attempt, earlier) = match self.start(&call.meta).await {
+            Ok(Some(n)) => (n, None),
+            Ok(None) => match self.calls.get(&id).await {
+                Ok(Some(record))
+                    if matches!(record.state, CallState::Succeeded | CallState::Failed) =>
+                {
+                    (record.attempts, Some(record))
+                }
+                Ok(_) => {
                     tracing::info!(call = %id, "cancelled; not run");
                     if let Err(error) = lease.ack().await {
                         tracing::warn!(call = %id, %error, "ack of a cancelled call failed");
@@ -284,11 +292,16 @@ impl Worker {
                     return;
                 }
                 Err(error) => {
-                    tracing::warn!(call = %id, %error, "could not record the call as running; releasing it");
+                    tracing::warn!(call = %id, %error, "cannot read the call's record; releasing it");
                     let _ = lease.release(BACKEND_RETRY).await;
                     return;
                 }
             },
+            Err(error) => {
+                tracing::warn!(call = %id, %error, "could not record the call as running; releasing it");
+                let _ = lease.release(BACKEND_RETRY).await;
+                return;
+            }
         };
         tracing::debug!(call = %id, attempt, delivery_count, "delivered");
 
@@ -349,9 +362,15 @@ impl Worker {
     /// Runs one attempt of the call and records what came of it.
     async fn run_call(&self, call: &QueuedCall, attempt: u32) -> Result<Step, StoreError> {
         let id = &call.meta.id;
-        let policy = self.policy(&call.meta.function).await;
         let result = invoke::invoke(&self.http, &self.config, call).await;
         let mut outcome = result.outcome();
+        // The retry policy matters only to a failure or a retry: a first attempt that succeeds
+        // does not read the registry for it.
+        let policy = if outcome.state == CallState::Failed || attempt > 1 {
+            self.policy(&call.meta.function).await
+        } else {
+            RetryPolicy::default()
+        };
         let status = outcome.status_code;
         if outcome.state == CallState::Failed {
             let reason = outcome.error.clone().unwrap_or_default();
@@ -374,8 +393,10 @@ impl Worker {
             self.calls.keep_request(call, Timestamp::now()).await?;
         }
         let owes_callback = call.meta.callback_url.is_some();
-        self.keep_result(id, &result, owes_callback).await?;
-        self.calls.finish(id, &outcome).await?;
+        let kept = self.result_to_keep(&result, owes_callback);
+        self.calls
+            .finish_with_result(id, &outcome, kept.as_ref())
+            .await?;
         let Some(url) = call.meta.callback_url.as_deref() else {
             return Ok(Step::Done(outcome.state));
         };
@@ -466,21 +487,18 @@ impl Worker {
         }
     }
 
-    /// Keeps the function's response: for `GET /system/calls/<id>/result` if it is small
+    /// The function's response to keep: for `GET /system/calls/<id>/result` if it is small
     /// enough, and whatever its size while a callback may still need it.
-    async fn keep_result(
+    fn result_to_keep(
         &self,
-        id: &sluice_core::CallId,
         invocation: &invoke::Invocation,
         owes_callback: bool,
-    ) -> Result<(), StoreError> {
-        let Some(response) = &invocation.response else {
-            return Ok(());
-        };
+    ) -> Option<sluice_core::CallResult> {
+        let response = invocation.response.as_ref()?;
         if response.body.len() > self.config.result_max_bytes && !owes_callback {
-            return Ok(());
+            return None;
         }
-        let result = sluice_core::CallResult {
+        Some(sluice_core::CallResult {
             status_code: response.status,
             headers: response
                 .headers
@@ -489,8 +507,7 @@ impl Worker {
                 .collect(),
             body: response.body.clone(),
             stored_at: Timestamp::now(),
-        };
-        self.calls.store_result(id, &result).await
+        })
     }
 
     /// The function's retry policy; the default if it cannot be read (the function may be gone).
@@ -506,7 +523,7 @@ impl Worker {
     }
 
     /// Marks the call running, re-creating its record if the store lost it; `None` if the call
-    /// was cancelled.
+    /// must not run (cancelled, finished, or purged after it finished).
     async fn start(&self, meta: &sluice_core::CallMeta) -> Result<Option<u32>, StoreError> {
         match self.calls.start_attempt(&meta.id, Timestamp::now()).await {
             Err(StoreError::NotFound(_)) if self.past_retention(meta) => {

@@ -2,14 +2,21 @@
 //!
 //! - [`SqliteStore`] (function registry and call store) and [`SqliteQueue`] (the durable async
 //!   queue) share one SQLite database: the single-machine form. Workers claim calls with a lease,
-//!   so a crash mid-call leads to redelivery, never loss.
+//!   so a crash mid-call leads to redelivery, never loss. [`SqliteIntake`] writes a submitted
+//!   call's record and queue row in one transaction. Every write of calls' progress goes
+//!   through one [`SqliteWriter`], which commits the writes that arrive together in one
+//!   transaction (group commit).
 //! - [`PgStore`] is the same registry and call store on Postgres, for the cluster form.
 
 mod postgres;
 mod sql;
 mod sqlite;
+mod sqlite_intake;
 mod sqlite_queue;
+mod sqlite_writer;
 
 pub use postgres::{PgStore, open_postgres};
 pub use sqlite::{SqliteStore, open_sqlite};
+pub use sqlite_intake::SqliteIntake;
 pub use sqlite_queue::{QueueBounds, SqliteQueue};
+pub use sqlite_writer::SqliteWriter;

@@ -2,8 +2,9 @@
 //! itself is shared with SQLite, in `sql.rs`).
 
 use sluice_core::StoreError;
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgArguments, PgPoolOptions, PgRow};
+use sqlx::query::Query;
+use sqlx::{PgPool, Postgres};
 
 /// Connects to Postgres at `url` and brings the schema up to date. Several Sluice processes may
 /// do this at once: sqlx serialises migrations with an advisory lock.
@@ -30,6 +31,34 @@ impl PgStore {
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
     }
+
+    /// Runs a write statement; returns the rows it changed.
+    async fn write(
+        &self,
+        query: Query<'static, Postgres, PgArguments>,
+    ) -> Result<u64, sqlx::Error> {
+        Ok(query.execute(&self.pool).await?.rows_affected())
+    }
+
+    /// Runs write statements one after another; returns the rows each changed.
+    async fn write_all(
+        &self,
+        queries: Vec<Query<'static, Postgres, PgArguments>>,
+    ) -> Result<Vec<u64>, sqlx::Error> {
+        let mut done = Vec::with_capacity(queries.len());
+        for query in queries {
+            done.push(query.execute(&self.pool).await?.rows_affected());
+        }
+        Ok(done)
+    }
+
+    /// Runs a write statement with `RETURNING`.
+    async fn write_returning(
+        &self,
+        query: Query<'static, Postgres, PgArguments>,
+    ) -> Result<Option<PgRow>, sqlx::Error> {
+        query.fetch_optional(&self.pool).await
+    }
 }
 
-crate::sql::sql_store!(PgStore, sqlx::postgres::PgRow);
+crate::sql::sql_store!(PgStore, sqlx::postgres::PgRow, sqlx::Postgres);

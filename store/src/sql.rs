@@ -5,9 +5,9 @@
 //! cannot drift apart.
 
 /// Implements `FunctionStore` and `CallStore` for `$store` (a struct with a `pool` field) whose
-/// rows are `$row`.
+/// rows are `$row`, on database `$db`.
 macro_rules! sql_store {
-    ($store:ty, $row:ty) => {
+    ($store:ty, $row:ty, $db:ty) => {
         mod sql_impl {
             use super::*;
 
@@ -161,6 +161,37 @@ macro_rules! sql_store {
             })
         }
 
+        /// A write statement, owning what it binds (so it can go to a writer task).
+        type WriteQuery = sqlx::query::Query<'static, $db, <$db as sqlx::Database>::Arguments<'static>>;
+
+        fn finish_query(id: &CallId, outcome: &CallOutcome) -> WriteQuery {
+            sqlx::query(
+                "UPDATE calls SET state = $1, status_code = $2, error = $3, \
+                 finished_at = $4, duration_ms = $5 WHERE id = $6",
+            )
+            .bind(outcome.state.as_str())
+            .bind(outcome.status_code.map(i64::from))
+            .bind(outcome.error.clone())
+            .bind(outcome.finished_at.as_millis())
+            .bind(i64::try_from(outcome.duration_ms).unwrap_or(i64::MAX))
+            .bind(id.as_str().to_owned())
+        }
+
+        fn result_query(id: &CallId, result: &CallResult) -> Result<WriteQuery, StoreError> {
+            let headers = serde_json::to_string(&result.headers).map_err(unavailable)?;
+            Ok(sqlx::query(
+                "INSERT INTO call_results (id, status_code, headers, body, stored_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET \
+                 status_code = EXCLUDED.status_code, headers = EXCLUDED.headers, \
+                 body = EXCLUDED.body, stored_at = EXCLUDED.stored_at",
+            )
+            .bind(id.as_str().to_owned())
+            .bind(i64::from(result.status_code))
+            .bind(headers)
+            .bind(result.body.to_vec())
+            .bind(result.stored_at.as_millis()))
+        }
+
         #[async_trait]
         impl CallStore for $store {
             async fn create(&self, record: &CallRecord) -> Result<bool, StoreError> {
@@ -181,6 +212,39 @@ macro_rules! sql_store {
                 .await
                 .map_err(unavailable)?;
                 Ok(done.rows_affected() == 1)
+            }
+
+            async fn create_many(&self, records: &[CallRecord]) -> Result<Vec<bool>, StoreError> {
+                let mut created = Vec::with_capacity(records.len());
+                for chunk in records.chunks($crate::sql::CREATE_MANY_ROWS) {
+                    let mut insert = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO calls (id, namespace, function, method, path, callback_url, \
+                         state, attempts, submitted_at) ",
+                    );
+                    insert.push_values(chunk, |mut row, r| {
+                        row.push_bind(r.id.as_str())
+                            .push_bind(&r.namespace)
+                            .push_bind(&r.function)
+                            .push_bind(&r.method)
+                            .push_bind(&r.path)
+                            .push_bind(&r.callback_url)
+                            .push_bind(r.state.as_str())
+                            .push_bind(i64::from(r.attempts))
+                            .push_bind(r.submitted_at.as_millis());
+                    });
+                    insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+                    let mut inserted: std::collections::HashSet<String> = insert
+                        .build()
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(unavailable)?
+                        .iter()
+                        .map(|row| row.get("id"))
+                        .collect();
+                    // An id given twice is created once, by its first record.
+                    created.extend(chunk.iter().map(|r| inserted.remove(r.id.as_str())));
+                }
+                Ok(created)
             }
 
             async fn list_calls(&self, filter: &CallFilter) -> Result<Vec<CallRecord>, StoreError> {
@@ -221,12 +285,11 @@ macro_rules! sql_store {
             }
 
             async fn forget(&self, id: &CallId) -> Result<bool, StoreError> {
-                let done = sqlx::query("DELETE FROM calls WHERE id = $1")
-                    .bind(id.as_str())
-                    .execute(&self.pool)
+                let done = self
+                    .write(sqlx::query("DELETE FROM calls WHERE id = $1").bind(id.as_str().to_owned()))
                     .await
                     .map_err(unavailable)?;
-                Ok(done.rows_affected() > 0)
+                Ok(done > 0)
             }
 
             async fn start_attempt(
@@ -234,16 +297,20 @@ macro_rules! sql_store {
                 id: &CallId,
                 at: Timestamp,
             ) -> Result<Option<u32>, StoreError> {
-                let row = sqlx::query(
-                    "UPDATE calls SET state = 'running', attempts = attempts + 1, started_at = $1, \
-                     finished_at = NULL, duration_ms = NULL, status_code = NULL, error = NULL \
-                     WHERE id = $2 AND state <> 'cancelled' RETURNING attempts",
-                )
-                .bind(at.as_millis())
-                .bind(id.as_str())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(unavailable)?;
+                let row = self
+                    .write_returning(
+                        sqlx::query(
+                            "UPDATE calls SET state = 'running', attempts = attempts + 1, \
+                             started_at = $1, finished_at = NULL, duration_ms = NULL, \
+                             status_code = NULL, error = NULL \
+                             WHERE id = $2 AND state IN ('queued', 'running') \
+                             RETURNING attempts",
+                        )
+                        .bind(at.as_millis())
+                        .bind(id.as_str().to_owned()),
+                    )
+                    .await
+                    .map_err(unavailable)?;
                 match row {
                     Some(row) => Ok(Some(
                         u32::try_from(row.get::<i64, _>("attempts")).unwrap_or(u32::MAX),
@@ -273,50 +340,42 @@ macro_rules! sql_store {
             }
 
             async fn finish(&self, id: &CallId, outcome: &CallOutcome) -> Result<(), StoreError> {
-                let done = sqlx::query(
-                    "UPDATE calls SET state = $1, status_code = $2, error = $3, finished_at = $4, \
-                     duration_ms = $5 WHERE id = $6",
-                )
-                .bind(outcome.state.as_str())
-                .bind(outcome.status_code.map(i64::from))
-                .bind(&outcome.error)
-                .bind(outcome.finished_at.as_millis())
-                .bind(i64::try_from(outcome.duration_ms).unwrap_or(i64::MAX))
-                .bind(id.as_str())
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-                if done.rows_affected() == 0 {
+                let done = self.write(finish_query(id, outcome)).await.map_err(unavailable)?;
+                if done == 0 {
+                    return Err(StoreError::NotFound(format!("call {id}")));
+                }
+                Ok(())
+            }
+
+            async fn finish_with_result(
+                &self,
+                id: &CallId,
+                outcome: &CallOutcome,
+                result: Option<&CallResult>,
+            ) -> Result<(), StoreError> {
+                let mut queries = Vec::with_capacity(2);
+                if let Some(result) = result {
+                    queries.push(result_query(id, result)?);
+                }
+                queries.push(finish_query(id, outcome));
+                let done = self.write_all(queries).await.map_err(unavailable)?;
+                if done.last() == Some(&0) {
                     return Err(StoreError::NotFound(format!("call {id}")));
                 }
                 Ok(())
             }
 
             async fn store_result(&self, id: &CallId, result: &CallResult) -> Result<(), StoreError> {
-                let headers = serde_json::to_string(&result.headers).map_err(unavailable)?;
-                sqlx::query(
-                    "INSERT INTO call_results (id, status_code, headers, body, stored_at) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET \
-                     status_code = EXCLUDED.status_code, headers = EXCLUDED.headers, \
-                     body = EXCLUDED.body, stored_at = EXCLUDED.stored_at",
-                )
-                .bind(id.as_str())
-                .bind(i64::from(result.status_code))
-                .bind(headers)
-                .bind(result.body.as_ref())
-                .bind(result.stored_at.as_millis())
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
+                self.write(result_query(id, result)?).await.map_err(unavailable)?;
                 Ok(())
             }
 
             async fn forget_result(&self, id: &CallId) -> Result<(), StoreError> {
-                sqlx::query("DELETE FROM call_results WHERE id = $1")
-                    .bind(id.as_str())
-                    .execute(&self.pool)
-                    .await
-                    .map_err(unavailable)?;
+                self.write(
+                    sqlx::query("DELETE FROM call_results WHERE id = $1").bind(id.as_str().to_owned()),
+                )
+                .await
+                .map_err(unavailable)?;
                 Ok(())
             }
 
@@ -447,13 +506,15 @@ macro_rules! sql_store {
                 outcome: &CallbackOutcome,
             ) -> Result<(), StoreError> {
                 let json = serde_json::to_string(outcome).map_err(unavailable)?;
-                let done = sqlx::query("UPDATE calls SET callback = $1 WHERE id = $2")
-                    .bind(json)
-                    .bind(id.as_str())
-                    .execute(&self.pool)
+                let done = self
+                    .write(
+                        sqlx::query("UPDATE calls SET callback = $1 WHERE id = $2")
+                            .bind(json)
+                            .bind(id.as_str().to_owned()),
+                    )
                     .await
                     .map_err(unavailable)?;
-                if done.rows_affected() == 0 {
+                if done == 0 {
                     return Err(StoreError::NotFound(format!("call {id}")));
                 }
                 Ok(())
@@ -464,6 +525,10 @@ macro_rules! sql_store {
 }
 
 pub(crate) use sql_store;
+
+/// Rows per statement of `create_many`: nine parameters each, far under either database's
+/// limit on a statement's parameters.
+pub(crate) const CREATE_MANY_ROWS: usize = 500;
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> sluice_core::StoreError {
     sluice_core::StoreError::Unavailable(e.to_string())

@@ -5,9 +5,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sluice_core::StoreError;
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::query::Query;
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Sqlite, SqlitePool};
 
+use crate::SqliteWriter;
 use crate::sql::unavailable;
 
 /// Opens (creating if needed) the database at `path` and brings its schema up to date.
@@ -67,12 +72,68 @@ fn private_files(path: &Path) -> Result<(), StoreError> {
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Where the writes of calls' progress go (the registry's rare writes use the pool).
+    writer: SqliteWriter,
 }
 
 impl SqliteStore {
+    /// A store over `pool` with a writer of its own (see [`Self::with_writer`]).
     pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+        let writer = SqliteWriter::new(pool.clone());
+        Self { pool, writer }
+    }
+
+    /// A store over `pool` writing through `writer`: give the queue and the intake on the same
+    /// database the same writer, so their writes share transactions instead of contending.
+    pub fn with_writer(pool: SqlitePool, writer: SqliteWriter) -> Self {
+        Self { pool, writer }
+    }
+
+    pub fn writer(&self) -> &SqliteWriter {
+        &self.writer
+    }
+
+    /// Runs a write statement in the writer's next transaction; returns the rows it changed.
+    async fn write(
+        &self,
+        query: Query<'static, Sqlite, SqliteArguments<'static>>,
+    ) -> Result<u64, sqlx::Error> {
+        self.writer
+            .run(move |conn| {
+                Box::pin(async move { Ok(query.execute(conn).await?.rows_affected()) })
+            })
+            .await
+    }
+
+    /// Runs write statements one after another in the writer's next transaction (not all or
+    /// none: a failure leaves those before it, as separate writes would); returns the rows each
+    /// changed.
+    async fn write_all(
+        &self,
+        queries: Vec<Query<'static, Sqlite, SqliteArguments<'static>>>,
+    ) -> Result<Vec<u64>, sqlx::Error> {
+        self.writer
+            .run(move |conn| {
+                Box::pin(async move {
+                    let mut done = Vec::with_capacity(queries.len());
+                    for query in queries {
+                        done.push(query.execute(&mut *conn).await?.rows_affected());
+                    }
+                    Ok(done)
+                })
+            })
+            .await
+    }
+
+    /// Runs a write statement with `RETURNING` in the writer's next transaction.
+    async fn write_returning(
+        &self,
+        query: Query<'static, Sqlite, SqliteArguments<'static>>,
+    ) -> Result<Option<SqliteRow>, sqlx::Error> {
+        self.writer
+            .run(move |conn| Box::pin(async move { query.fetch_optional(conn).await }))
+            .await
     }
 }
 
-crate::sql::sql_store!(SqliteStore, sqlx::sqlite::SqliteRow);
+crate::sql::sql_store!(SqliteStore, sqlx::sqlite::SqliteRow, sqlx::Sqlite);

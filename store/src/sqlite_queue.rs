@@ -14,8 +14,12 @@ use bytes::Bytes;
 use sluice_core::{
     CallMeta, CallQueue, Delivery, FunctionRef, Lease, QueueError, QueuedCall, Timestamp,
 };
-use sqlx::{Row, SqlitePool};
-use tokio::sync::{Mutex, Notify};
+use sqlx::query::Query;
+use sqlx::sqlite::{SqliteArguments, SqliteRow};
+use sqlx::{Row, Sqlite, SqlitePool};
+use tokio::sync::Notify;
+
+use crate::SqliteWriter;
 
 /// How often an idle consumer looks for calls whose lease ran out or whose delay passed; new
 /// calls wake it at once.
@@ -30,11 +34,12 @@ pub struct SqliteQueue {
 #[derive(Debug)]
 struct Inner {
     pool: SqlitePool,
+    /// Every write goes through it: claims, acks, releases and new calls share transactions
+    /// with each other and with the call store's writes.
+    writer: SqliteWriter,
     lease: Duration,
     /// Wakes a waiting consumer when a call is enqueued or released.
     ready: Notify,
-    /// Serialises claims so two consumers never race for the same row.
-    claim: Mutex<()>,
     bounds: QueueBounds,
     /// What the queue holds: kept here (this process is the database's only user) so a bound
     /// costs no query. Reserved before a call is written, given back when it is acked.
@@ -129,9 +134,21 @@ impl SqliteQueue {
     }
 
     /// A queue over `pool` whose leases last `lease`, taking at most `bounds`; counts what the
-    /// queue already holds.
+    /// queue already holds. It has a writer of its own (see [`Self::with_writer`]).
     pub async fn with_bounds(
         pool: SqlitePool,
+        lease: Duration,
+        bounds: QueueBounds,
+    ) -> Result<Self, QueueError> {
+        let writer = SqliteWriter::new(pool.clone());
+        Self::with_writer(pool, writer, lease, bounds).await
+    }
+
+    /// As [`Self::with_bounds`], writing through `writer`: give the store and the intake on
+    /// the same database the same writer.
+    pub async fn with_writer(
+        pool: SqlitePool,
+        writer: SqliteWriter,
         lease: Duration,
         bounds: QueueBounds,
     ) -> Result<Self, QueueError> {
@@ -162,9 +179,9 @@ impl SqliteQueue {
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                writer,
                 lease,
                 ready: Notify::new(),
-                claim: Mutex::new(()),
                 bounds,
                 held: std::sync::Mutex::new(held),
             }),
@@ -173,6 +190,22 @@ impl SqliteQueue {
 
     fn held(&self) -> std::sync::MutexGuard<'_, Held> {
         self.inner.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a call in before it is written, if it fits the bounds; give it back with
+    /// [`Self::unreserve`] unless the write is committed.
+    pub(crate) fn reserve(&self, function: &FunctionRef, bytes: u64) -> Result<(), QueueError> {
+        self.held().reserve(&self.inner.bounds, function, bytes)
+    }
+
+    pub(crate) fn unreserve(&self, function: &FunctionRef, bytes: u64) {
+        self.held().release(function, bytes);
+    }
+
+    /// Wakes the consumers waiting for calls.
+    pub(crate) fn wake(&self) {
+        self.inner.ready.notify_waiters();
+        self.inner.ready.notify_one();
     }
 
     /// Makes every call that a previous process held claimable again at once.
@@ -199,49 +232,90 @@ impl SqliteQueue {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    async fn try_claim(&self) -> Result<Option<Delivery>, QueueError> {
-        let _guard = self.inner.claim.lock().await;
+    /// The writer this queue writes through.
+    pub fn writer(&self) -> &SqliteWriter {
+        &self.inner.writer
+    }
+
+    /// Runs a write statement in the writer's next transaction; returns the rows it changed.
+    async fn write(
+        &self,
+        query: Query<'static, Sqlite, SqliteArguments<'static>>,
+    ) -> Result<u64, QueueError> {
+        self.inner
+            .writer
+            .run(move |conn| {
+                Box::pin(async move { Ok(query.execute(conn).await?.rows_affected()) })
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Runs a write statement with `RETURNING` in the writer's next transaction.
+    async fn write_returning(
+        &self,
+        query: Query<'static, Sqlite, SqliteArguments<'static>>,
+    ) -> Result<Option<SqliteRow>, QueueError> {
+        self.inner
+            .writer
+            .run(move |conn| Box::pin(async move { query.fetch_optional(conn).await }))
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Claims up to `max` due calls, oldest first.
+    async fn try_claim(&self, max: usize) -> Result<Vec<Delivery>, QueueError> {
+        // Claims are writes, one after another in the writer: two never take the same row.
+        // The calls claimed together share a lease token (each lease is its row and the token).
         let now = now_ms();
         let token = uuid::Uuid::new_v4().to_string();
-        let row = sqlx::query(
+        let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
+        let query = sqlx::query(
             "UPDATE queue SET lease_token = ?1, lease_until = ?2, deliveries = deliveries + 1 \
-             WHERE seq = (SELECT seq FROM queue WHERE available_at <= ?3 \
-                          AND (lease_until IS NULL OR lease_until <= ?3) ORDER BY seq LIMIT 1) \
+             WHERE seq IN (SELECT seq FROM queue WHERE available_at <= ?3 \
+             AND (lease_until IS NULL OR lease_until <= ?3) ORDER BY seq LIMIT ?4) \
              RETURNING seq, meta, body, deliveries",
         )
-        .bind(&token)
+        .bind(token.clone())
         .bind(now + millis(self.inner.lease))
         .bind(now)
-        .fetch_optional(&self.inner.pool)
-        .await
-        .map_err(unavailable)?;
-        let Some(row) = row else { return Ok(None) };
-        let seq: i64 = row.get("seq");
-        let meta: String = row.get("meta");
-        let body: Vec<u8> = row.get("body");
-        let lease = Box::new(SqliteLease {
-            queue: self.clone(),
-            seq,
-            token,
-        });
-        let meta: CallMeta = match serde_json::from_str(&meta) {
-            Ok(meta) => meta,
-            Err(e) => {
-                // A row this version cannot read would block nothing (others are still claimed
-                // in order) but would come back forever; park it far in the future and say so.
-                tracing::error!(seq, error = %e, "unreadable queued call; parking it");
-                lease.release(Duration::from_secs(24 * 3600)).await?;
-                return Ok(None);
-            }
-        };
-        Ok(Some(Delivery {
-            call: QueuedCall {
-                meta,
-                body: Bytes::from(body),
-            },
-            delivery_count: u32::try_from(row.get::<i64, _>("deliveries")).unwrap_or(u32::MAX),
-            lease,
-        }))
+        .bind(limit);
+        let mut rows = self
+            .inner
+            .writer
+            .run(move |conn| Box::pin(async move { query.fetch_all(conn).await }))
+            .await
+            .map_err(unavailable)?;
+        rows.sort_by_key(|row| row.get::<i64, _>("seq"));
+        let mut deliveries = Vec::with_capacity(rows.len());
+        for row in rows {
+            let seq: i64 = row.get("seq");
+            let lease = Box::new(SqliteLease {
+                queue: self.clone(),
+                seq,
+                token: token.clone(),
+            });
+            let meta: CallMeta = match serde_json::from_str(row.get::<&str, _>("meta")) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    // A row this version cannot read would block nothing (others are still
+                    // claimed in order) but would come back forever; park it far in the future
+                    // and say so.
+                    tracing::error!(seq, error = %e, "unreadable queued call; parking it");
+                    lease.release(Duration::from_secs(24 * 3600)).await?;
+                    continue;
+                }
+            };
+            deliveries.push(Delivery {
+                call: QueuedCall {
+                    meta,
+                    body: Bytes::from(row.get::<Vec<u8>, _>("body")),
+                },
+                delivery_count: u32::try_from(row.get::<i64, _>("deliveries")).unwrap_or(u32::MAX),
+                lease,
+            });
+        }
+        Ok(deliveries)
     }
 }
 
@@ -291,32 +365,39 @@ impl CallQueue for SqliteQueue {
                 };
             }
         };
-        let done = sqlx::query(
-            "INSERT INTO queue (call_id, meta, body, available_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (call_id) DO NOTHING",
-        )
-        .bind(call.meta.id.as_str())
-        .bind(meta)
-        .bind(call.body.as_ref())
-        .bind(now_ms())
-        .execute(&self.inner.pool)
-        .await;
-        let stored = matches!(&done, Ok(done) if done.rows_affected() == 1);
+        let done = self
+            .write(
+                sqlx::query(
+                    "INSERT INTO queue (call_id, meta, body, available_at) VALUES (?, ?, ?, ?) \
+                     ON CONFLICT (call_id) DO NOTHING",
+                )
+                .bind(call.meta.id.as_str().to_owned())
+                .bind(meta)
+                .bind(call.body.to_vec())
+                .bind(now_ms()),
+            )
+            .await;
+        let stored = matches!(&done, Ok(1));
         reservation.kept = stored;
-        done.map_err(unavailable)?;
+        done?;
         self.inner.ready.notify_one();
         Ok(stored)
     }
 
     async fn next(&self, max_wait: Duration) -> Result<Option<Delivery>, QueueError> {
+        Ok(self.next_many(1, max_wait).await?.pop())
+    }
+
+    async fn next_many(&self, max: usize, max_wait: Duration) -> Result<Vec<Delivery>, QueueError> {
         let deadline = tokio::time::Instant::now() + max_wait;
         loop {
-            if let Some(delivery) = self.try_claim().await? {
-                return Ok(Some(delivery));
+            let claimed = self.try_claim(max).await?;
+            if !claimed.is_empty() {
+                return Ok(claimed);
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
-                return Ok(None);
+                return Ok(Vec::new());
             }
             let nap = IDLE_POLL.min(deadline - now);
             tokio::select! {
@@ -353,28 +434,31 @@ impl SqliteLease {
 impl Lease for SqliteLease {
     async fn keep_alive(&self) -> Result<(), QueueError> {
         let until = now_ms() + millis(self.queue.inner.lease);
-        let done =
-            sqlx::query("UPDATE queue SET lease_until = ? WHERE seq = ? AND lease_token = ?")
-                .bind(until)
-                .bind(self.seq)
-                .bind(&self.token)
-                .execute(&self.queue.inner.pool)
-                .await
-                .map_err(unavailable)?;
-        Self::check(done.rows_affected())
+        let done = self
+            .queue
+            .write(
+                sqlx::query("UPDATE queue SET lease_until = ? WHERE seq = ? AND lease_token = ?")
+                    .bind(until)
+                    .bind(self.seq)
+                    .bind(self.token.clone()),
+            )
+            .await?;
+        Self::check(done)
     }
 
     async fn ack(self: Box<Self>) -> Result<(), QueueError> {
-        let gone = sqlx::query(
-            "DELETE FROM queue WHERE seq = ? AND lease_token = ? \
-             RETURNING json_extract(meta, '$.function.namespace') AS namespace, \
-                       json_extract(meta, '$.function.name') AS name, length(body) AS bytes",
-        )
-        .bind(self.seq)
-        .bind(&self.token)
-        .fetch_optional(&self.queue.inner.pool)
-        .await
-        .map_err(unavailable)?;
+        let gone = self
+            .queue
+            .write_returning(
+                sqlx::query(
+                    "DELETE FROM queue WHERE seq = ? AND lease_token = ? \
+                     RETURNING json_extract(meta, '$.function.namespace') AS namespace, \
+                     json_extract(meta, '$.function.name') AS name, length(body) AS bytes",
+                )
+                .bind(self.seq)
+                .bind(self.token.clone()),
+            )
+            .await?;
         let Some(row) = gone else {
             return Self::check(0);
         };
@@ -391,17 +475,19 @@ impl Lease for SqliteLease {
 
     async fn release(self: Box<Self>, delay: Duration) -> Result<(), QueueError> {
         let due = Timestamp::from_system_time(SystemTime::now() + delay).as_millis();
-        let done = sqlx::query(
-            "UPDATE queue SET lease_token = NULL, lease_until = NULL, available_at = ? \
-             WHERE seq = ? AND lease_token = ?",
-        )
-        .bind(due)
-        .bind(self.seq)
-        .bind(&self.token)
-        .execute(&self.queue.inner.pool)
-        .await
-        .map_err(unavailable)?;
+        let done = self
+            .queue
+            .write(
+                sqlx::query(
+                    "UPDATE queue SET lease_token = NULL, lease_until = NULL, available_at = ? \
+                     WHERE seq = ? AND lease_token = ?",
+                )
+                .bind(due)
+                .bind(self.seq)
+                .bind(self.token.clone()),
+            )
+            .await?;
         self.queue.inner.ready.notify_one();
-        Self::check(done.rows_affected())
+        Self::check(done)
     }
 }

@@ -196,6 +196,14 @@ async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
     };
     store.finish(&failing.meta.id, &gave_up).await.unwrap();
     assert_eq!(
+        store
+            .start_attempt(&failing.meta.id, Timestamp::now())
+            .await
+            .unwrap(),
+        None,
+        "a finished call is not started again"
+    );
+    assert_eq!(
         store.requeue_failed(&failing.meta.id).await.unwrap(),
         None,
         "nothing kept yet"
@@ -339,7 +347,84 @@ async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
     );
     let other = FunctionRef::parse("nobody", None).unwrap();
     assert_eq!(store.count_unfinished(&other, 1000).await.unwrap(), 0);
+    create_many_contract(store).await;
+    finish_with_result_contract(store).await;
     retention_contract(store).await;
+}
+
+/// The response kept and the outcome recorded in one go; a call nobody recorded is not found.
+async fn finish_with_result_contract<S: CallStore>(store: &S) {
+    let c = call("finish-with", &b""[..]);
+    assert!(
+        CallStore::create(store, &CallRecord::queued(&c.meta))
+            .await
+            .unwrap()
+    );
+    let outcome = CallOutcome {
+        state: CallState::Succeeded,
+        status_code: Some(200),
+        error: None,
+        finished_at: Timestamp::now(),
+        duration_ms: 7,
+    };
+    let result = CallResult {
+        status_code: 200,
+        headers: vec![("content-type".into(), "text/plain".into())],
+        body: Bytes::from_static(b"answer"),
+        stored_at: Timestamp::now(),
+    };
+    store
+        .finish_with_result(&c.meta.id, &outcome, Some(&result))
+        .await
+        .unwrap();
+    let record = CallStore::get(store, &c.meta.id).await.unwrap().unwrap();
+    assert_eq!(
+        (record.state, record.status_code),
+        (CallState::Succeeded, Some(200))
+    );
+    assert_eq!(store.result(&c.meta.id).await.unwrap(), Some(result));
+    let nobody = CallId::parse("nobody-recorded").unwrap();
+    assert!(matches!(
+        store.finish_with_result(&nobody, &outcome, None).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+/// Many records in one statement: each new id created once, by its first record; an id that
+/// exists is left as it was.
+async fn create_many_contract<S: CallStore>(store: &S) {
+    let record = |id: &str| CallRecord::queued(&call(id, &b""[..]).meta);
+    assert!(CallStore::create(store, &record("many-0")).await.unwrap());
+    store
+        .start_attempt(&CallId::parse("many-0").unwrap(), Timestamp::now())
+        .await
+        .unwrap();
+    let batch = ["many-1", "many-0", "many-2", "many-1"].map(record);
+    assert_eq!(
+        store.create_many(&batch).await.unwrap(),
+        [true, false, true, false]
+    );
+    let got = |id: &str| {
+        let id = CallId::parse(id).unwrap();
+        async move { CallStore::get(store, &id).await.unwrap().expect("recorded") }
+    };
+    assert_eq!(
+        got("many-0").await.state,
+        CallState::Running,
+        "left as it was"
+    );
+    let two = got("many-2").await;
+    assert_eq!(
+        (two.state, two.method.as_str(), two.path.as_str()),
+        (CallState::Queued, "PUT", "/a/b")
+    );
+    assert_eq!(two.callback_url.as_deref(), Some("http://127.0.0.1:1/cb"));
+    // More than one statement's worth.
+    let lots: Vec<CallRecord> = (0..1200).map(|i| record(&format!("lots-{i}"))).collect();
+    let created = store.create_many(&lots).await.unwrap();
+    assert_eq!(created.len(), 1200);
+    assert!(created.iter().all(|c| *c));
+    assert!(store.create_many(&[]).await.unwrap().is_empty());
 }
 
 /// Finished calls past their retention go, in bounded batches, with what was kept for them;
@@ -412,6 +497,13 @@ async fn sqlite_queue(lease: Duration) -> (tempfile::TempDir, SqliteQueue) {
 async fn sqlite_queue_delivers_whole_once_and_ack_removes() {
     let (_dir, q) = sqlite_queue(Duration::from_secs(30)).await;
     queue_contract::delivers_whole_once_and_ack_removes(&q).await;
+    assert_eq!(q.pending().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn sqlite_queue_takes_several_at_once() {
+    let (_dir, q) = sqlite_queue(Duration::from_secs(30)).await;
+    queue_contract::takes_several_at_once(&q).await;
     assert_eq!(q.pending().await.unwrap(), 0);
 }
 
@@ -546,5 +638,126 @@ async fn the_sqlite_queue_is_bounded() {
         }
     }
     assert!(again.enqueue(&of("a3", "a", 10)).await.unwrap());
+    drop(dir);
+}
+
+/// The embedded intake writes a call's record and queue row in one transaction: every call it
+/// accepts is both recorded and queued, and every one it refuses is neither.
+#[tokio::test]
+async fn the_sqlite_intake_records_and_queues_each_call_together() {
+    use sluice_core::{CallIntake, SubmitError, Submitted};
+    use sluice_store::{QueueBounds, SqliteIntake};
+    let (dir, pool) = db().await;
+    let bounds = QueueBounds {
+        max_calls: 1000,
+        max_bytes: 1 << 20,
+        max_per_function: 250,
+    };
+    let queue = SqliteQueue::with_bounds(pool.clone(), Duration::from_secs(30), bounds)
+        .await
+        .unwrap();
+    let store = SqliteStore::new(pool.clone());
+    let intake = SqliteIntake::new(queue.clone(), store.clone());
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+
+    // Many at once (committed in shared transactions), all of them whole.
+    let submissions: Vec<_> = (0..200)
+        .map(|i| {
+            let intake = intake.clone();
+            tokio::spawn(async move { intake.submit(call(&format!("c{i}"), &b"body"[..])).await })
+        })
+        .collect();
+    for s in submissions {
+        assert_eq!(s.await.unwrap(), Ok(Submitted::Queued));
+    }
+    assert_eq!(
+        count("SELECT COUNT(*) FROM calls WHERE state = 'queued'").await,
+        200
+    );
+    assert_eq!(queue.pending().await.unwrap(), 200);
+
+    // The same id again: answered from its record, queued once.
+    let again = intake.submit(call("c7", &b"body"[..])).await.unwrap();
+    assert!(matches!(again, Submitted::Existing(r) if r.id.as_str() == "c7"));
+    assert_eq!(queue.pending().await.unwrap(), 200);
+
+    // A record still queued without its queue row (an earlier version wrote the two one at a
+    // time) is queued by its resubmission.
+    let lone = call("lone", &b"body"[..]);
+    assert!(
+        CallStore::create(&store, &CallRecord::queued(&lone.meta))
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        intake.submit(lone).await,
+        Ok(Submitted::Existing(_))
+    ));
+    assert_eq!(queue.pending().await.unwrap(), 201);
+
+    // The id of a call to another function: answered from its record, nothing queued.
+    let lone = call("lone-2", &b"body"[..]);
+    assert!(
+        CallStore::create(&store, &CallRecord::queued(&lone.meta))
+            .await
+            .unwrap()
+    );
+    let mut other = lone.clone();
+    other.meta.function = FunctionRef::parse("other", None).unwrap();
+    let again = intake.submit(other).await.unwrap();
+    assert!(matches!(again, Submitted::Existing(r) if r.function == "echo"));
+    assert_eq!(queue.pending().await.unwrap(), 201);
+
+    // Over the function's bound (250): refused, and nothing is left of it.
+    for i in 0..50 {
+        let answer = intake.submit(call(&format!("d{i}"), &b"body"[..])).await;
+        if i < 49 {
+            assert_eq!(answer, Ok(Submitted::Queued), "d{i}");
+        } else {
+            assert!(
+                matches!(answer, Err(SubmitError::Queue(QueueError::FunctionFull(_)))),
+                "{answer:?}"
+            );
+        }
+    }
+    let refused = CallId::parse("d49").unwrap();
+    assert_eq!(CallStore::get(&store, &refused).await.unwrap(), None);
+    // A call already there is still answered from its record when the queue is full.
+    assert!(matches!(
+        intake.submit(call("d3", &b"body"[..])).await,
+        Ok(Submitted::Existing(_))
+    ));
+
+    // A queue row whose record is gone: the id is refused, and no record is left behind.
+    sqlx::query("DELETE FROM calls WHERE id = 'c1'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut elsewhere = call("c1", &b"body"[..]);
+    elsewhere.meta.function = FunctionRef::parse("elsewhere", None).unwrap();
+    assert!(matches!(
+        intake.submit(elsewhere).await,
+        Err(SubmitError::Conflict(_))
+    ));
+    assert_eq!(
+        CallStore::get(&store, &CallId::parse("c1").unwrap())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(queue.pending().await.unwrap(), 250);
+    // 200 (less c1's, deleted by hand) + lone + lone-2 (never queued) + 49.
+    assert_eq!(
+        count("SELECT COUNT(*) FROM calls WHERE state = 'queued'").await,
+        250
+    );
     drop(dir);
 }

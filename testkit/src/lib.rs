@@ -1,4 +1,4 @@
-//! `sluice-testkit`: what Sluice's tests share. Only tests depend on it.
+//! `sluice-testkit`: what Sluice's tests share. Only tests and the benchmark depend on it.
 //!
 //! - [`NatsServer`]: a real `nats-server -js` per test, on a free port with its own store
 //!   directory, that a test can kill and start again.

@@ -144,3 +144,63 @@ pub async fn large_bodies_and_redrives(q: &dyn CallQueue) {
     assert_eq!(d.call.body.as_ref(), b"small now");
     d.lease.ack().await.unwrap();
 }
+
+/// A worker with room for several calls takes what is due in one go, each call with a lease of
+/// its own; with nothing due it waits for the first to come.
+pub async fn takes_several_at_once(q: &dyn CallQueue) {
+    for i in 0..5 {
+        assert!(
+            q.enqueue(&call(&format!("many-{i}"), &b"x"[..]))
+                .await
+                .unwrap()
+        );
+    }
+    // JetStream may hand over what it has in more than one go: gather up to the deadline.
+    let mut taken = Vec::new();
+    let deadline = tokio::time::Instant::now() + DUE;
+    while taken.len() < 3 && tokio::time::Instant::now() < deadline {
+        let want = 3 - taken.len();
+        let got = q
+            .next_many(want, QUIET)
+            .await
+            .expect("the queue is available");
+        assert!(got.len() <= want, "asked for {want}, got {}", got.len());
+        taken.extend(got);
+    }
+    assert_eq!(taken.len(), 3, "three due calls were not handed out");
+    let mut rest = Vec::new();
+    while rest.len() < 2 && tokio::time::Instant::now() < deadline {
+        rest.extend(
+            q.next_many(10, QUIET)
+                .await
+                .expect("the queue is available"),
+        );
+    }
+    let mut ids: Vec<String> = taken
+        .iter()
+        .chain(&rest)
+        .map(|d| d.call.meta.id.to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["many-0", "many-1", "many-2", "many-3", "many-4"]);
+    assert!(
+        q.next_many(10, QUIET).await.unwrap().is_empty(),
+        "leased calls were handed out again"
+    );
+    // Each lease is its own: one given back comes back alone; the others are acked.
+    let mut all = taken.into_iter().chain(rest);
+    let back = all.next().expect("a delivery");
+    let back_id = back.call.meta.id.clone();
+    back.lease.release(Duration::ZERO).await.unwrap();
+    for d in all {
+        d.lease.ack().await.unwrap();
+    }
+    let again = q.next_many(10, DUE).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].call.meta.id, back_id);
+    assert_eq!(again[0].delivery_count, 2);
+    for d in again {
+        d.lease.ack().await.unwrap();
+    }
+    assert_quiet(q, "an acked call came back").await;
+}

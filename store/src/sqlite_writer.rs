@@ -1,0 +1,251 @@
+//! The one writer of a SQLite database: every write (call records, the queue, the intake) runs
+//! on its connection, and the writes that arrive while one transaction commits go into the next
+//! together (group commit), so concurrent writers share fsyncs instead of queueing for SQLite's
+//! write lock one transaction at a time (and sleeping in its busy handler while they wait).
+//!
+//! A write of several statements runs inside a savepoint of the batch's transaction, so one
+//! that fails is rolled back alone; a single statement that fails is undone by SQLite. Either
+//! way its caller gets the error and the others commit. A caller is answered only once its
+//! write is committed (`synchronous = FULL`: on disk).
+
+use std::sync::{Arc, Mutex};
+
+use futures_util::future::BoxFuture;
+use sluice_core::batch::GroupCommit;
+use sqlx::{Connection, SqliteConnection, SqlitePool};
+
+/// Writes committed in one transaction at most.
+const MAX_BATCH: usize = 512;
+
+/// Writes waiting for a commit at most; more wait for room.
+const WAITING: usize = 8192;
+
+/// One write: runs its statements on the connection, keeps its own result, and says whether
+/// it succeeded.
+type Write = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, bool> + Send>;
+
+struct Job {
+    write: Write,
+    /// Several statements, all or none: run in a savepoint, rolled back to it on failure. A
+    /// single statement that fails is undone by SQLite itself.
+    atomic: bool,
+}
+
+/// Runs writes on one connection of the database, many to a transaction. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteWriter {
+    batches: GroupCommit<Job, Result<(), String>>,
+}
+
+impl std::fmt::Debug for SqliteWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteWriter").finish_non_exhaustive()
+    }
+}
+
+impl SqliteWriter {
+    /// The writer of the database behind `pool`; its committer runs on the current Tokio
+    /// runtime and holds one of the pool's connections while it commits.
+    pub fn new(pool: SqlitePool) -> Self {
+        let batches = GroupCommit::start(WAITING, MAX_BATCH, 1, move |jobs: Vec<Job>| {
+            let pool = pool.clone();
+            async move { commit(&pool, jobs).await }
+        });
+        Self { batches }
+    }
+
+    /// Runs `write`, one statement, in the next transaction and returns its result once that
+    /// has committed.
+    pub(crate) async fn run<T, F>(&self, write: F) -> Result<T, sqlx::Error>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>
+            + Send
+            + 'static,
+    {
+        self.submit(write, false).await
+    }
+
+    /// Runs `write`, several statements, all or none, in the next transaction and returns its
+    /// result once that has committed.
+    pub(crate) async fn run_atomic<T, F>(&self, write: F) -> Result<T, sqlx::Error>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>
+            + Send
+            + 'static,
+    {
+        self.submit(write, true).await
+    }
+
+    async fn submit<T, F>(&self, write: F, atomic: bool) -> Result<T, sqlx::Error>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>
+            + Send
+            + 'static,
+    {
+        let slot: Arc<Mutex<Option<Result<T, sqlx::Error>>>> = Arc::default();
+        let kept = slot.clone();
+        let job = Job {
+            write: Box::new(move |conn| {
+                Box::pin(async move {
+                    let result = write(conn).await;
+                    let ok = result.is_ok();
+                    *kept.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+                    ok
+                })
+            }),
+            atomic,
+        };
+        self.batches
+            .submit(job)
+            .await
+            .map_err(|_| sqlx::Error::WorkerCrashed)?
+            .map_err(|e| sqlx::Error::Protocol(format!("committing: {e}")))?;
+        let result = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        result.unwrap_or_else(|| Err(sqlx::Error::Protocol("a write did not run".into())))
+    }
+}
+
+/// Runs a batch in as few transactions as it can: one, unless a single-statement write fails
+/// (then what ran so far is committed, and the rest go into another). Answers each write.
+async fn commit(pool: &SqlitePool, jobs: Vec<Job>) -> Vec<Result<(), String>> {
+    let mut answers = Vec::with_capacity(jobs.len());
+    let mut jobs = jobs.into_iter().peekable();
+    while jobs.peek().is_some() {
+        let mut ran = 0;
+        let committed = transaction(pool, &mut jobs, &mut ran).await;
+        let answer = committed.map_err(|e| e.to_string());
+        answers.extend(std::iter::repeat_n(answer, ran));
+    }
+    answers
+}
+
+/// Runs writes from `jobs` in one transaction until they are all done or a single-statement
+/// one failed, counting them in `ran`; then commits. A failed statement may have ended the
+/// whole transaction (a full disk does): the commit then fails, and so does every write in it,
+/// none of which was kept.
+async fn transaction(
+    pool: &SqlitePool,
+    jobs: &mut impl Iterator<Item = Job>,
+    ran: &mut usize,
+) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    // Immediate: the write lock is taken at the start, so no write in the batch can fail to
+    // upgrade a read into a write later.
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    for job in jobs.by_ref() {
+        *ran += 1;
+        if job.atomic {
+            sqlx::query("SAVEPOINT job").execute(&mut *tx).await?;
+            if (job.write)(&mut tx).await {
+                sqlx::query("RELEASE job").execute(&mut *tx).await?;
+            } else {
+                sqlx::query("ROLLBACK TO job").execute(&mut *tx).await?;
+                sqlx::query("RELEASE job").execute(&mut *tx).await?;
+            }
+        } else if !(job.write)(&mut tx).await {
+            break;
+        }
+    }
+    tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn insert(conn: &mut SqliteConnection, x: i64) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO t (x) VALUES (?)")
+            .bind(x)
+            .execute(conn)
+            .await
+            .map(|_| ())
+    }
+
+    /// Writes committed in one transaction stay apart: one that fails is undone whole, and the
+    /// others commit.
+    #[tokio::test]
+    async fn a_failed_write_in_a_batch_is_undone_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = crate::open_sqlite(&dir.path().join("db")).await.unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER UNIQUE)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let writer = SqliteWriter::new(pool.clone());
+        // The first write holds the batch open until the others wait behind it, so they are
+        // committed together in the next.
+        let (go, gate) = tokio::sync::watch::channel(false);
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let first = tokio::spawn({
+            let (writer, running) = (writer.clone(), running.clone());
+            async move {
+                writer
+                    .run(move |conn| {
+                        let mut gate = gate.clone();
+                        Box::pin(async move {
+                            running.store(true, std::sync::atomic::Ordering::SeqCst);
+                            let _ = gate.wait_for(|g| *g).await;
+                            insert(conn, 0).await
+                        })
+                    })
+                    .await
+            }
+        });
+        let write = |xs: &'static [i64]| {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                writer
+                    .run_atomic(move |conn| {
+                        Box::pin(async move {
+                            for x in xs {
+                                insert(&mut *conn, *x).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .await
+            })
+        };
+        while !running.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
+        let a = write(&[1, 2]);
+        let b = write(&[3, 1]);
+        let c = write(&[4]);
+        // A single statement that fails, between others: undone alone too.
+        let d = tokio::spawn({
+            let writer = writer.clone();
+            async move {
+                writer
+                    .run(move |conn| Box::pin(async move { insert(conn, 2).await }))
+                    .await
+            }
+        });
+        let e = tokio::spawn({
+            let writer = writer.clone();
+            async move {
+                writer
+                    .run(move |conn| Box::pin(async move { insert(conn, 5).await }))
+                    .await
+            }
+        });
+        while writer.batches.waiting() < 5 {
+            tokio::task::yield_now().await;
+        }
+        go.send(true).unwrap();
+        assert!(first.await.unwrap().is_ok());
+        assert!(a.await.unwrap().is_ok());
+        assert!(b.await.unwrap().is_err(), "1 is taken");
+        assert!(c.await.unwrap().is_ok());
+        assert!(d.await.unwrap().is_err(), "2 is taken");
+        assert!(e.await.unwrap().is_ok());
+        let xs: Vec<i64> = sqlx::query_scalar("SELECT x FROM t ORDER BY x")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(xs, [0, 1, 2, 4, 5], "b's 3 went with its failed 1");
+    }
+}
