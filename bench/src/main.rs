@@ -290,7 +290,7 @@ async fn async_up(s: &Settings, report: &mut Report, memory: &Memory) -> anyhow:
     );
     memory.note("async end to end (peak)", peak.peak());
     let peak = PeakRss::watch(vec![up.pid()]);
-    let submitted = submissions(s, up.addr()?).await?;
+    let submitted = submissions(s, up.addr()?, "echo").await?;
     report.row(
         "async submissions (202/s), `sluice up`",
         summary(&submitted),
@@ -302,9 +302,14 @@ async fn async_up(s: &Settings, report: &mut Report, memory: &Memory) -> anyhow:
     Ok(())
 }
 
-/// As many async submissions as the gateway takes in the run's time.
-async fn submissions(s: &Settings, addr: std::net::SocketAddr) -> anyhow::Result<load::Outcome> {
-    let shot = Shot::post("/async-function/echo", s.body.clone(), StatusCode::ACCEPTED);
+/// As many async submissions to `function` as the gateway takes in the run's time.
+async fn submissions(
+    s: &Settings,
+    addr: std::net::SocketAddr,
+    function: &str,
+) -> anyhow::Result<load::Outcome> {
+    let path = format!("/async-function/{function}");
+    let shot = Shot::post(path, s.body.clone(), StatusCode::ACCEPTED);
     load::run(addr, s.connections, shot, Until::Elapsed(s.duration)).await
 }
 
@@ -349,10 +354,15 @@ async fn async_cluster(s: &Settings, report: &mut Report) -> anyhow::Result<()> 
         "—",
         "≥ 5k/s, 0 lost",
     );
-    let submitted = submissions(s, gateway.addr()?).await?;
+    // To a queue no worker takes from: what the gateway takes, as the baseline measures what
+    // JetStream takes, with no worker running calls beside it.
+    let mut parked = sluice::echo_function("parked", &[])?;
+    parked["annotations"] = serde_json::json!({ "com.openfaas.queue": "bench-parked" });
+    api.deploy(&parked).await?;
+    let submitted = submissions(s, gateway.addr()?, "parked").await?;
     let raw = raw_jetstream(s, &nats.url()).await?;
     report.row(
-        "async submissions (202/s), Postgres + JetStream",
+        "async submissions (202/s), Postgres + JetStream, to a queue no worker takes from",
         summary(&submitted),
         format!("raw JetStream publish + ack: {}", summary(&raw)),
         ratio(submitted.rate(), raw.rate()),

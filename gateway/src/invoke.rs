@@ -318,15 +318,12 @@ pub(crate) async fn submit(
     let admitted = state.admit_async()?;
     let (function, path) = target(&parts.uri, "/async-function/")?;
     check_method(&parts.method, parts.uri.path())?;
-    // The registry, not this gateway's provider, says what is deployed: another gateway may
-    // have deployed it a moment ago, and the call runs later, wherever a replica is.
-    let spec = state
-        .functions
-        .get(&function)
-        .await?
-        .ok_or_else(|| ApiError::FunctionNotFound(function.to_string()))?;
-    let queue = spec.config.queue.clone();
+    // The registry, not this gateway's provider, says what is deployed (another gateway may
+    // have deployed it a moment ago, and the call runs later, wherever a replica is): the
+    // policy is read from it, and kept until the function changes (in the cluster form, a
+    // function removed through another gateway is forgotten here at the next registry sync).
     let policy = state.policies.get(&state, &function).await?;
+    let queue = policy.queue.clone();
     if policy.auth_required {
         crate::auth::check_origin(&parts.method, &parts.headers)?;
         crate::auth::check(&state, &parts.headers, &parts.extensions, false)?;

@@ -24,6 +24,8 @@ pub(crate) struct Policy {
     pub(crate) rate: Option<Rate>,
     /// Requests one replica is sent at once (`com.sluice.concurrency`).
     pub(crate) concurrency: Option<usize>,
+    /// The queue its async calls go to (`com.openfaas.queue`).
+    pub(crate) queue: Option<sluice_core::QueueName>,
 }
 
 /// A rate limit and its bucket.
@@ -57,6 +59,7 @@ impl Policy {
             auth_required: config.auth_required,
             rate: config.rate_limit.map(Rate::new),
             concurrency: config.concurrency,
+            queue: config.queue.clone(),
         }
     }
 }

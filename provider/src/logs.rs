@@ -19,8 +19,15 @@ const FOLLOW_BUFFER: usize = 1024;
 pub(crate) struct LogBuffer {
     function: FunctionRef,
     capacity: usize,
-    lines: Mutex<VecDeque<LogLine>>,
-    live: broadcast::Sender<LogLine>,
+    state: Mutex<Lines>,
+}
+
+#[derive(Debug, Default)]
+struct Lines {
+    recent: VecDeque<LogLine>,
+    /// Made when someone follows, dropped when nobody does any more: its buffer takes
+    /// [`FOLLOW_BUFFER`] slots up front, far more than an idle function should cost.
+    live: Option<broadcast::Sender<LogLine>>,
 }
 
 impl LogBuffer {
@@ -28,8 +35,7 @@ impl LogBuffer {
         Self {
             function,
             capacity: capacity.max(1),
-            lines: Mutex::new(VecDeque::new()),
-            live: broadcast::channel(FOLLOW_BUFFER).0,
+            state: Mutex::default(),
         }
     }
 
@@ -43,13 +49,18 @@ impl LogBuffer {
         };
         // Ring and live channel change under one lock, so a new follower sees every line exactly
         // once: either in its copy of the ring or on the channel.
-        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-        if lines.len() == self.capacity {
-            lines.pop_front();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.recent.len() == self.capacity {
+            state.recent.pop_front();
         }
-        lines.push_back(line.clone());
-        // No followers is fine.
-        let _ = self.live.send(line);
+        state.recent.push_back(line.clone());
+        if let Some(live) = &state.live {
+            if live.receiver_count() == 0 {
+                state.live = None;
+            } else {
+                let _ = live.send(line);
+            }
+        }
     }
 
     /// The last `tail` lines, then live ones if `follow`. The live part ends when the buffer is
@@ -57,10 +68,16 @@ impl LogBuffer {
     pub(crate) fn stream(&self, tail: usize, follow: bool) -> LogStream {
         use futures_util::StreamExt;
         let (recent, rx) = {
-            let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-            let skip = lines.len().saturating_sub(tail);
-            let recent: Vec<LogLine> = lines.iter().skip(skip).cloned().collect();
-            (recent, follow.then(|| self.live.subscribe()))
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let skip = state.recent.len().saturating_sub(tail);
+            let recent: Vec<LogLine> = state.recent.iter().skip(skip).cloned().collect();
+            let rx = follow.then(|| {
+                state
+                    .live
+                    .get_or_insert_with(|| broadcast::channel(FOLLOW_BUFFER).0)
+                    .subscribe()
+            });
+            (recent, rx)
         };
         let head = futures_util::stream::iter(recent);
         match rx {
