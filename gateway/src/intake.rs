@@ -82,8 +82,16 @@ async fn commit(
         Err(e) => return batch.iter().map(|_| Err(e.clone().into())).collect(),
     };
     let mut plans = Vec::with_capacity(batch.len());
+    let mut seen = std::collections::HashSet::with_capacity(batch.len());
     for (call, created) in batch.iter().zip(&created) {
-        plans.push(if *created {
+        plans.push(if !seen.insert(&call.meta.id) {
+            // The same id twice in one batch: the first decides; this one learns the outcome
+            // by asking again (its record may yet be deleted, if the first is refused).
+            Plan::Answered(Err(SubmitError::Conflict(format!(
+                "call id {} is being submitted; submit it again for its state",
+                call.meta.id
+            ))))
+        } else if *created {
             Plan::Queue
         } else {
             existing(calls, call).await

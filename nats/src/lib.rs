@@ -485,9 +485,26 @@ impl CallQueue for JetStreamQueue {
             .await
             .map_err(|e| unavailable("asking for calls", e))?;
         let mut deliveries = Vec::new();
-        while let Some(message) = ready.next().await {
-            let message = message.map_err(|e| unavailable("receiving a call", e))?;
-            deliveries.extend(self.delivery(message).await);
+        // The server ends a no-wait pull at once; the timeout covers an end that never comes
+        // (a reply lost in a reconnect). Calls already taken are handed over, never dropped.
+        loop {
+            match tokio::time::timeout(FETCH_PATIENCE, ready.next()).await {
+                Ok(Some(Ok(message))) => deliveries.extend(self.delivery(message).await),
+                Ok(None) => break,
+                Ok(Some(Err(e))) if deliveries.is_empty() => {
+                    return Err(unavailable("receiving a call", e));
+                }
+                Ok(Some(Err(error))) => {
+                    tracing::warn!(%error, "a pull ended early; handing over the calls it brought");
+                    break;
+                }
+                Err(_) if deliveries.is_empty() => {
+                    return Err(QueueError::Unavailable(format!(
+                        "a pull for calls got no end within {FETCH_PATIENCE:?}"
+                    )));
+                }
+                Err(_) => break,
+            }
         }
         if !deliveries.is_empty() {
             return Ok(deliveries);
@@ -500,6 +517,9 @@ impl CallQueue for JetStreamQueue {
         self.inner.config.lease
     }
 }
+
+/// How long a pull of what is queued now may take to end.
+const FETCH_PATIENCE: Duration = Duration::from_secs(5);
 
 /// The call a body object belongs to: its name is `<call id>[#redrive-N].<uuid>`.
 fn body_owner(object: &str) -> Option<CallId> {

@@ -267,23 +267,32 @@ impl SqliteQueue {
     async fn try_claim(&self, max: usize) -> Result<Vec<Delivery>, QueueError> {
         // Claims are writes, one after another in the writer: two never take the same row.
         // The calls claimed together share a lease token (each lease is its row and the token).
-        let now = now_ms();
         let token = uuid::Uuid::new_v4().to_string();
         let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
-        let query = sqlx::query(
-            "UPDATE queue SET lease_token = ?1, lease_until = ?2, deliveries = deliveries + 1 \
-             WHERE seq IN (SELECT seq FROM queue WHERE available_at <= ?3 \
-             AND (lease_until IS NULL OR lease_until <= ?3) ORDER BY seq LIMIT ?4) \
-             RETURNING seq, meta, body, deliveries",
-        )
-        .bind(token.clone())
-        .bind(now + millis(self.inner.lease))
-        .bind(now)
-        .bind(limit);
+        let (lease, claimed_by) = (millis(self.inner.lease), token.clone());
         let mut rows = self
             .inner
             .writer
-            .run(move |conn| Box::pin(async move { query.fetch_all(conn).await }))
+            .run(move |conn| {
+                Box::pin(async move {
+                    // The time is read when the claim runs, not when it was asked for: it may
+                    // have waited in the writer's queue.
+                    let now = now_ms();
+                    sqlx::query(
+                        "UPDATE queue SET lease_token = ?1, lease_until = ?2, \
+                         deliveries = deliveries + 1 \
+                         WHERE seq IN (SELECT seq FROM queue WHERE available_at <= ?3 \
+                         AND (lease_until IS NULL OR lease_until <= ?3) ORDER BY seq LIMIT ?4) \
+                         RETURNING seq, meta, body, deliveries",
+                    )
+                    .bind(claimed_by)
+                    .bind(now + lease)
+                    .bind(now)
+                    .bind(limit)
+                    .fetch_all(conn)
+                    .await
+                })
+            })
             .await
             .map_err(unavailable)?;
         rows.sort_by_key(|row| row.get::<i64, _>("seq"));
@@ -302,7 +311,10 @@ impl SqliteQueue {
                     // claimed in order) but would come back forever; park it far in the future
                     // and say so.
                     tracing::error!(seq, error = %e, "unreadable queued call; parking it");
-                    lease.release(Duration::from_secs(24 * 3600)).await?;
+                    if let Err(error) = lease.release(Duration::from_secs(24 * 3600)).await {
+                        // Its lease runs out instead; the calls claimed with it go on.
+                        tracing::warn!(seq, %error, "could not park an unreadable call");
+                    }
                     continue;
                 }
             };

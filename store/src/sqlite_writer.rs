@@ -117,6 +117,12 @@ async fn commit(pool: &SqlitePool, jobs: Vec<Job>) -> Vec<Result<(), String>> {
         let mut ran = 0;
         let committed = transaction(pool, &mut jobs, &mut ran).await;
         let answer = committed.map_err(|e| e.to_string());
+        if ran == 0 {
+            // No transaction could be begun (the database is unavailable): every write left
+            // fails with it, rather than being tried again at once for ever.
+            answers.extend(jobs.by_ref().map(|_| answer.clone()));
+            break;
+        }
         answers.extend(std::iter::repeat_n(answer, ran));
     }
     answers
@@ -162,6 +168,30 @@ mod tests {
             .execute(conn)
             .await
             .map(|_| ())
+    }
+
+    /// A database the writer cannot reach fails every write waiting, at once: none is tried
+    /// again for ever, none is left unanswered.
+    #[tokio::test]
+    async fn writes_fail_when_no_transaction_can_begin() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = crate::open_sqlite(&dir.path().join("db")).await.unwrap();
+        let writer = SqliteWriter::new(pool.clone());
+        pool.close().await;
+        let writes: Vec<_> = (0..3)
+            .map(|x| {
+                let writer = writer.clone();
+                tokio::spawn(async move {
+                    writer
+                        .run(move |conn| Box::pin(async move { insert(conn, x).await }))
+                        .await
+                })
+            })
+            .collect();
+        for write in writes {
+            let answered = tokio::time::timeout(std::time::Duration::from_secs(10), write).await;
+            assert!(answered.expect("answered").unwrap().is_err());
+        }
     }
 
     /// Writes committed in one transaction stay apart: one that fails is undone whole, and the
