@@ -195,23 +195,22 @@ macro_rules! sql_store {
         #[async_trait]
         impl CallStore for $store {
             async fn create(&self, record: &CallRecord) -> Result<bool, StoreError> {
-                let done = sqlx::query(
-                    "INSERT INTO calls (id, namespace, function, method, path, callback_url, state, \
-                     attempts, submitted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(record.id.as_str())
-                .bind(&record.namespace)
-                .bind(&record.function)
-                .bind(&record.method)
-                .bind(&record.path)
-                .bind(&record.callback_url)
-                .bind(record.state.as_str())
-                .bind(i64::from(record.attempts))
-                .bind(record.submitted_at.as_millis())
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-                Ok(done.rows_affected() == 1)
+                let done = self
+                    .write(
+                        sqlx::query($crate::sql::INSERT_CALL)
+                            .bind(record.id.as_str().to_owned())
+                            .bind(record.namespace.clone())
+                            .bind(record.function.clone())
+                            .bind(record.method.clone())
+                            .bind(record.path.clone())
+                            .bind(record.callback_url.clone())
+                            .bind(record.state.as_str())
+                            .bind(i64::from(record.attempts))
+                            .bind(record.submitted_at.as_millis()),
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                Ok(done == 1)
             }
 
             async fn create_many(&self, records: &[CallRecord]) -> Result<Vec<bool>, StoreError> {
@@ -327,13 +326,14 @@ macro_rules! sql_store {
                 id: &CallId,
                 at: Timestamp,
             ) -> Result<Option<CallRecord>, StoreError> {
-                sqlx::query(
-                    "UPDATE calls SET state = 'cancelled', finished_at = $1 \
-                     WHERE id = $2 AND state = 'queued'",
+                self.write(
+                    sqlx::query(
+                        "UPDATE calls SET state = 'cancelled', finished_at = $1 \
+                         WHERE id = $2 AND state = 'queued'",
+                    )
+                    .bind(at.as_millis())
+                    .bind(id.as_str().to_owned()),
                 )
-                .bind(at.as_millis())
-                .bind(id.as_str())
-                .execute(&self.pool)
                 .await
                 .map_err(unavailable)?;
                 CallStore::get(self, id).await
@@ -399,13 +399,14 @@ macro_rules! sql_store {
 
             async fn purge_results(&self, before: Timestamp) -> Result<u64, StoreError> {
                 let mut purged = 0;
-                for table in ["call_results", "call_requests"] {
-                    let done = sqlx::query(&format!("DELETE FROM {table} WHERE stored_at < $1"))
-                        .bind(before.as_millis())
-                        .execute(&self.pool)
+                for sql in [
+                    "DELETE FROM call_results WHERE stored_at < $1",
+                    "DELETE FROM call_requests WHERE stored_at < $1",
+                ] {
+                    purged += self
+                        .write(sqlx::query(sql).bind(before.as_millis()))
                         .await
                         .map_err(unavailable)?;
-                    purged += done.rows_affected();
                 }
                 Ok(purged)
             }
@@ -428,37 +429,40 @@ macro_rules! sql_store {
                 // Each statement picks the batch afresh under its own conditions, so a call
                 // re-driven meanwhile (queued again) is never deleted, and several workers
                 // purging at once only repeat each other's work.
-                let batch_ids = "SELECT id FROM calls WHERE state IN ('succeeded', 'failed', 'cancelled') \
-                                 AND finished_at < $1 ORDER BY finished_at LIMIT $2";
-                for table in ["call_results", "call_requests"] {
-                    sqlx::query(&format!("DELETE FROM {table} WHERE id IN ({batch_ids})"))
-                        .bind(before.as_millis())
-                        .bind(i64::from(batch))
-                        .execute(&self.pool)
+                macro_rules! batch_ids {
+                    () => {
+                        "SELECT id FROM calls WHERE state IN ('succeeded', 'failed', 'cancelled') \
+                         AND finished_at < $1 ORDER BY finished_at LIMIT $2"
+                    };
+                }
+                let mut deleted = 0;
+                for sql in [
+                    concat!("DELETE FROM call_results WHERE id IN (", batch_ids!(), ")"),
+                    concat!("DELETE FROM call_requests WHERE id IN (", batch_ids!(), ")"),
+                    concat!("DELETE FROM calls WHERE id IN (", batch_ids!(), ")"),
+                ] {
+                    deleted = self
+                        .write(sqlx::query(sql).bind(before.as_millis()).bind(i64::from(batch)))
                         .await
                         .map_err(unavailable)?;
                 }
-                let done = sqlx::query(&format!("DELETE FROM calls WHERE id IN ({batch_ids})"))
-                    .bind(before.as_millis())
-                    .bind(i64::from(batch))
-                    .execute(&self.pool)
-                    .await
-                    .map_err(unavailable)?;
-                Ok(done.rows_affected())
+                // The calls' own rows, the last statement.
+                Ok(deleted)
             }
 
             async fn keep_request(&self, call: &QueuedCall, at: Timestamp) -> Result<(), StoreError> {
                 let meta = serde_json::to_string(&call.meta).map_err(unavailable)?;
-                sqlx::query(
-                    "INSERT INTO call_requests (id, meta, body, stored_at) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (id) DO UPDATE SET meta = EXCLUDED.meta, body = EXCLUDED.body, \
-                     stored_at = EXCLUDED.stored_at",
+                self.write(
+                    sqlx::query(
+                        "INSERT INTO call_requests (id, meta, body, stored_at) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (id) DO UPDATE SET meta = EXCLUDED.meta, body = EXCLUDED.body, \
+                         stored_at = EXCLUDED.stored_at",
+                    )
+                    .bind(call.meta.id.as_str().to_owned())
+                    .bind(meta)
+                    .bind(call.body.to_vec())
+                    .bind(at.as_millis()),
                 )
-                .bind(call.meta.id.as_str())
-                .bind(meta)
-                .bind(call.body.as_ref())
-                .bind(at.as_millis())
-                .execute(&self.pool)
                 .await
                 .map_err(unavailable)?;
                 Ok(())
@@ -525,6 +529,11 @@ macro_rules! sql_store {
 }
 
 pub(crate) use sql_store;
+
+/// Records a new call, unless its id exists (numbered parameters: both databases take them).
+pub(crate) const INSERT_CALL: &str = "INSERT INTO calls (id, namespace, function, method, path, \
+     callback_url, state, attempts, submitted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+     ON CONFLICT (id) DO NOTHING";
 
 /// Rows per statement of `create_many`: nine parameters each, far under either database's
 /// limit on a statement's parameters.

@@ -72,7 +72,8 @@ fn private_files(path: &Path) -> Result<(), StoreError> {
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// Where the writes of calls' progress go (the registry's rare writes use the pool).
+    /// Where the writes of calls go (the registry's rare writes, re-drives and `create_many`
+    /// use the pool).
     writer: SqliteWriter,
 }
 

@@ -174,21 +174,18 @@ async fn existing(
 }
 
 async fn insert_record(conn: &mut SqliteConnection, r: &CallRecord) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "INSERT INTO calls (id, namespace, function, method, path, callback_url, state, \
-         attempts, submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(r.id.as_str())
-    .bind(&r.namespace)
-    .bind(&r.function)
-    .bind(&r.method)
-    .bind(&r.path)
-    .bind(&r.callback_url)
-    .bind(r.state.as_str())
-    .bind(i64::from(r.attempts))
-    .bind(r.submitted_at.as_millis())
-    .execute(&mut *conn)
-    .await?;
+    let done = sqlx::query(crate::sql::INSERT_CALL)
+        .bind(r.id.as_str())
+        .bind(&r.namespace)
+        .bind(&r.function)
+        .bind(&r.method)
+        .bind(&r.path)
+        .bind(&r.callback_url)
+        .bind(r.state.as_str())
+        .bind(i64::from(r.attempts))
+        .bind(r.submitted_at.as_millis())
+        .execute(&mut *conn)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
