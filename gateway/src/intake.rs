@@ -5,7 +5,8 @@
 //! a record and no `202` is sent for a call that is not queued.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::future::join_all;
@@ -24,6 +25,13 @@ const WAITING: usize = 4096;
 /// Batches in flight at once: one's records are inserted while another's calls are published.
 const COMMITTERS: usize = 4;
 
+/// How long a function's count of unfinished calls is trusted while it is well below the
+/// bound: counting costs a scan as long as the count, so it is not done for every batch.
+const COUNT_TRUSTED_FOR: Duration = Duration::from_secs(1);
+
+/// Functions whose counts are remembered at most; the oldest are forgotten first.
+const COUNTS_KEPT: usize = 4096;
+
 /// Takes async calls into a call store and a queue that are separate systems.
 #[derive(Debug, Clone)]
 pub struct BatchedIntake {
@@ -40,9 +48,10 @@ impl BatchedIntake {
         queue: Arc<dyn CallQueue>,
         max_unfinished: Option<u64>,
     ) -> Self {
+        let bound = max_unfinished.map(|max| Arc::new(Bound::new(max)));
         let batches = GroupCommit::start(WAITING, MAX_BATCH, COMMITTERS, move |batch| {
-            let (calls, queue) = (calls.clone(), queue.clone());
-            async move { commit(calls.as_ref(), queue.as_ref(), max_unfinished, batch).await }
+            let (calls, queue, bound) = (calls.clone(), queue.clone(), bound.clone());
+            async move { commit(calls.as_ref(), queue.as_ref(), bound.as_deref(), batch).await }
         });
         Self { batches }
     }
@@ -73,7 +82,7 @@ enum Plan {
 async fn commit(
     calls: &dyn CallStore,
     queue: &dyn CallQueue,
-    max_unfinished: Option<u64>,
+    bound: Option<&Bound>,
     batch: Vec<QueuedCall>,
 ) -> Vec<Result<Submitted, SubmitError>> {
     let records: Vec<CallRecord> = batch.iter().map(|c| CallRecord::queued(&c.meta)).collect();
@@ -97,8 +106,8 @@ async fn commit(
             existing(calls, call).await
         });
     }
-    if let Some(max) = max_unfinished {
-        over_the_bound(calls, &batch, &mut plans, max).await;
+    if let Some(bound) = bound {
+        bound.refuse_over(calls, &batch, &mut plans).await;
     }
     let sends = plans.iter().zip(&batch).map(|(plan, call)| async move {
         match plan {
@@ -166,35 +175,95 @@ async fn existing(calls: &dyn CallStore, call: &QueuedCall) -> Plan {
     }
 }
 
-/// Refuses the newest of the batch's new calls to a function beyond its bound (their own
-/// records are already counted).
-async fn over_the_bound(calls: &dyn CallStore, batch: &[QueuedCall], plans: &mut [Plan], max: u64) {
-    let mut by_function: HashMap<&FunctionRef, Vec<usize>> = HashMap::new();
-    for (i, plan) in plans.iter().enumerate() {
-        if matches!(plan, Plan::Queue) {
-            by_function
-                .entry(&batch[i].meta.function)
-                .or_default()
-                .push(i);
+/// The bound on a function's unfinished calls, with the last count of each function.
+///
+/// A count is taken from the store for every batch while a function is near its bound (above
+/// nine tenths of it) and at least once a second otherwise; in between, the calls this intake
+/// accepted are added to the last count. Other gateways' calls are seen at the next count, so
+/// together they can pass the bound by what they accept in a second while it looked far off.
+struct Bound {
+    max: u64,
+    counts: Mutex<HashMap<FunctionRef, Counted>>,
+}
+
+#[derive(Clone, Copy)]
+struct Counted {
+    unfinished: u64,
+    at: Instant,
+}
+
+impl Bound {
+    fn new(max: u64) -> Self {
+        Self {
+            max,
+            counts: Mutex::new(HashMap::new()),
         }
     }
-    for (function, new) in by_function {
-        let counted = calls
-            .count_unfinished(function, max + new.len() as u64)
-            .await;
-        let (refused, excess) = match counted {
-            Ok(n) if n > max => {
-                let full = QueueError::FunctionFull(format!(
-                    "function {function} has {max} calls queued or running, the most taken for \
-                     one function"
-                ));
-                (full.into(), usize::try_from(n - max).unwrap_or(usize::MAX))
+
+    /// The function's unfinished calls with `new` more, without asking the store when the last
+    /// count says that is well below the bound.
+    fn estimate(&self, function: &FunctionRef, new: u64) -> Option<u64> {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let last = counts.get(function)?;
+        let estimate = last.unfinished + new;
+        (last.at.elapsed() < COUNT_TRUSTED_FOR && estimate <= self.max - self.max / 10)
+            .then_some(estimate)
+    }
+
+    /// Remembers `unfinished` as the function's count (`counted` when it was read from the
+    /// store, else an estimate that keeps the last count's time).
+    fn remember(&self, function: &FunctionRef, unfinished: u64, counted: bool) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if counts.len() >= COUNTS_KEPT && !counts.contains_key(function) {
+            counts.retain(|_, c| c.at.elapsed() < COUNT_TRUSTED_FOR);
+            if counts.len() >= COUNTS_KEPT {
+                counts.clear();
             }
-            Ok(_) => continue,
-            Err(e) => (SubmitError::Store(e), new.len()),
+        }
+        let at = match counts.get(function) {
+            Some(last) if !counted => last.at,
+            _ => Instant::now(),
         };
-        for &i in new.iter().rev().take(excess) {
-            plans[i] = Plan::Answered(Err(refused.clone()));
+        counts.insert(function.clone(), Counted { unfinished, at });
+    }
+
+    /// Refuses the newest of the batch's new calls to a function beyond the bound (their own
+    /// records are already in the store).
+    async fn refuse_over(&self, calls: &dyn CallStore, batch: &[QueuedCall], plans: &mut [Plan]) {
+        let max = self.max;
+        let mut by_function: HashMap<&FunctionRef, Vec<usize>> = HashMap::new();
+        for (i, plan) in plans.iter().enumerate() {
+            if matches!(plan, Plan::Queue) {
+                by_function
+                    .entry(&batch[i].meta.function)
+                    .or_default()
+                    .push(i);
+            }
+        }
+        for (function, new) in by_function {
+            let count = new.len() as u64;
+            if let Some(estimate) = self.estimate(function, count) {
+                self.remember(function, estimate, false);
+                continue;
+            }
+            let (refused, excess) = match calls.count_unfinished(function, max + count).await {
+                Ok(n) if n > max => {
+                    self.remember(function, max, true);
+                    let full = QueueError::FunctionFull(format!(
+                        "function {function} has {max} calls queued or running, the most taken \
+                         for one function"
+                    ));
+                    (full.into(), usize::try_from(n - max).unwrap_or(usize::MAX))
+                }
+                Ok(n) => {
+                    self.remember(function, n, true);
+                    continue;
+                }
+                Err(e) => (SubmitError::Store(e), new.len()),
+            };
+            for &i in new.iter().rev().take(excess) {
+                plans[i] = Plan::Answered(Err(refused.clone()));
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ mod invoke;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use sluice_core::{
@@ -99,7 +100,11 @@ struct Worker {
 
 /// Calls running per function, bounded by `function_concurrency`.
 #[derive(Debug, Default)]
-struct FunctionSlots(std::sync::Mutex<HashMap<FunctionRef, usize>>);
+struct FunctionSlots {
+    running: std::sync::Mutex<HashMap<FunctionRef, usize>>,
+    /// Told each time a slot is freed.
+    freed: tokio::sync::Notify,
+}
 
 /// One running call of a function; frees its slot when dropped.
 struct FunctionSlot {
@@ -109,7 +114,7 @@ struct FunctionSlot {
 
 impl FunctionSlots {
     fn take(self: &Arc<Self>, function: &FunctionRef, limit: usize) -> Option<FunctionSlot> {
-        let mut running = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let n = running.entry(function.clone()).or_default();
         if *n >= limit.max(1) {
             return None;
@@ -122,24 +127,52 @@ impl FunctionSlots {
     }
 }
 
+impl FunctionSlots {
+    /// A slot of `function` as soon as one is free, or `None` after `patience`.
+    async fn wait_for(
+        self: &Arc<Self>,
+        function: &FunctionRef,
+        limit: usize,
+        patience: Duration,
+    ) -> Option<FunctionSlot> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            // Registered before looking, so a slot freed in between is not missed.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(slot) = self.take(function, limit) {
+                return Some(slot);
+            }
+            tokio::time::timeout_at(deadline, freed).await.ok()?;
+        }
+    }
+}
+
 impl Drop for FunctionSlot {
     fn drop(&mut self) {
-        let mut running = self.slots.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut running = self.slots.running.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = running.get_mut(&self.function) {
             *n -= 1;
             if *n == 0 {
                 running.remove(&self.function);
             }
         }
+        drop(running);
+        self.slots.freed.notify_waiters();
     }
 }
+
+/// How long a call taken for a function at its concurrency cap waits in the worker for one of
+/// the function's calls to finish. A fast function frees a slot well within it, so its calls are
+/// not cycled through the queue; a slow one's go back, so the worker can take other functions'.
+const FUNCTION_BUSY_HOLD: Duration = Duration::from_millis(50);
 
 /// How long a call of a function that is at its concurrency cap waits before it is offered
 /// again (plus up to as much again, at random, so they do not come back together).
 const FUNCTION_BUSY_WAIT: Duration = Duration::from_millis(500);
 
-/// After each round in a row whose calls were all put back for their functions' caps, the
-/// worker waits this much longer (up to [`FUNCTION_BUSY_WAIT`]) before taking more, so a
+/// For each call in a row put back for its function's cap, the worker waits this much longer (up to [`FUNCTION_BUSY_WAIT`]) before taking more, so a
 /// backlog of capped functions is not cycled through the queue as fast as the network allows.
 const CAPPED_PACE: Duration = Duration::from_millis(20);
 
@@ -175,13 +208,12 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(worker.config.concurrency.max(1)));
     let tracker = TaskTracker::new();
     tracker.spawn(purge_results(worker.clone(), shutdown.clone()));
-    // Calls in a row put back because their function was at its cap.
-    let mut capped_in_a_row: u32 = 0;
+    // Calls in a row put back because their function stayed at its cap.
+    let put_back = Arc::new(AtomicU32::new(0));
     loop {
-        if capped_in_a_row > 0 {
-            let pause = CAPPED_PACE
-                .saturating_mul(capped_in_a_row)
-                .min(FUNCTION_BUSY_WAIT);
+        let in_a_row = put_back.load(Ordering::Relaxed);
+        if in_a_row > 0 {
+            let pause = CAPPED_PACE.saturating_mul(in_a_row).min(FUNCTION_BUSY_WAIT);
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(pause) => {}
@@ -211,37 +243,41 @@ pub async fn run(
                 continue;
             }
         };
-        // The worker pauses only after rounds in which every call it took was capped.
-        let (mut ran, mut capped) = (deliveries.is_empty(), false);
         for delivery in deliveries {
             let permit = permits.pop().expect("no more deliveries than permits");
             let function = &delivery.call.meta.function;
-            let Some(slot) = worker
-                .busy
-                .take(function, worker.config.function_concurrency)
-            else {
-                // Not an attempt: the call goes back untouched, and this slot takes the
-                // next call, which may well be another function's.
-                tracing::debug!(call = %delivery.call.meta.id, %function, "function at its concurrency cap; offered again shortly");
-                let wait = FUNCTION_BUSY_WAIT.mul_f64(1.0 + rand::random::<f64>());
+            let limit = worker.config.function_concurrency;
+            if let Some(slot) = worker.busy.take(function, limit) {
+                put_back.store(0, Ordering::Relaxed);
+                let worker = worker.clone();
                 tracker.spawn(async move {
-                    let _ = delivery.lease.release(wait).await;
-                    drop(permit);
+                    worker.handle(delivery).await;
+                    drop((slot, permit));
                 });
-                capped = true;
                 continue;
-            };
-            ran = true;
-            let worker = worker.clone();
+            }
+            // Not an attempt: the call waits a moment for one of its function's calls to end,
+            // and if none does it goes back untouched, and this slot takes the next call,
+            // which may well be another function's.
+            let (worker, put_back) = (worker.clone(), put_back.clone());
             tracker.spawn(async move {
-                worker.handle(delivery).await;
-                drop((slot, permit));
+                let function = &delivery.call.meta.function;
+                match worker.busy.wait_for(function, limit, FUNCTION_BUSY_HOLD).await {
+                    Some(slot) => {
+                        put_back.store(0, Ordering::Relaxed);
+                        worker.handle(delivery).await;
+                        drop(slot);
+                    }
+                    None => {
+                        tracing::debug!(call = %delivery.call.meta.id, %function, "function at its concurrency cap; offered again shortly");
+                        put_back.fetch_add(1, Ordering::Relaxed);
+                        let wait = FUNCTION_BUSY_WAIT.mul_f64(1.0 + rand::random::<f64>());
+                        let _ = delivery.lease.release(wait).await;
+                    }
+                }
+                drop(permit);
             });
         }
-        capped_in_a_row = match (ran, capped) {
-            (false, true) => capped_in_a_row.saturating_add(1),
-            _ => 0,
-        };
     }
     tracker.close();
     if tokio::time::timeout(worker.config.shutdown_grace, tracker.wait())
@@ -631,5 +667,39 @@ impl invoke::Invocation {
             finished_at: self.finished_at,
             duration_ms: u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_call_held_for_its_function_takes_the_first_slot_freed() {
+        let slots = Arc::new(FunctionSlots::default());
+        let name = |n: &str| FunctionRef::new(n, None).expect("a valid name");
+        let (echo, other) = (name("echo"), name("other"));
+        let running = slots.take(&echo, 1).expect("a free slot");
+        assert!(slots.take(&echo, 1).is_none(), "the cap holds");
+        // Another function's slot coming and going frees none of echo's.
+        drop(slots.take(&other, 1).expect("other's own slot"));
+        let patience = Duration::from_secs(30);
+        let waiter = tokio::spawn({
+            let (slots, echo) = (slots.clone(), echo.clone());
+            async move { slots.wait_for(&echo, 1, patience).await.is_some() }
+        });
+        tokio::task::yield_now().await;
+        drop(running);
+        assert!(waiter.await.unwrap(), "the held call got the freed slot");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_call_gives_up_when_no_slot_frees_in_time() {
+        let slots = Arc::new(FunctionSlots::default());
+        let echo = FunctionRef::new("echo", None).expect("a valid name");
+        let _running = slots.take(&echo, 1).expect("a free slot");
+        let started = tokio::time::Instant::now();
+        assert!(slots.wait_for(&echo, 1, FUNCTION_BUSY_HOLD).await.is_none());
+        assert_eq!(started.elapsed(), FUNCTION_BUSY_HOLD);
     }
 }

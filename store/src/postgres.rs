@@ -52,6 +52,48 @@ impl PgStore {
         Ok(done)
     }
 
+    /// Inserts the records whose ids are new in one statement; returns their ids. The rows go
+    /// as one array per column, so the statement is the same for any number of them and is
+    /// prepared once per connection (a `VALUES` list would be a new statement for each count).
+    async fn insert_new_calls(
+        &self,
+        records: &[sluice_core::CallRecord],
+    ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+        use sqlx::Row;
+        let column = |f: &dyn Fn(&sluice_core::CallRecord) -> Option<String>| {
+            records.iter().map(f).collect::<Vec<_>>()
+        };
+        let rows = sqlx::query(
+            "INSERT INTO calls (id, namespace, function, method, path, callback_url, state, \
+             attempts, submitted_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::text[], $7::text[], $8::bigint[], $9::bigint[]) \
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+        )
+        .bind(column(&|r| Some(r.id.as_str().to_owned())))
+        .bind(column(&|r| Some(r.namespace.clone())))
+        .bind(column(&|r| Some(r.function.clone())))
+        .bind(column(&|r| Some(r.method.clone())))
+        .bind(column(&|r| Some(r.path.clone())))
+        .bind(column(&|r| r.callback_url.clone()))
+        .bind(column(&|r| Some(r.state.as_str().to_owned())))
+        .bind(
+            records
+                .iter()
+                .map(|r| i64::from(r.attempts))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            records
+                .iter()
+                .map(|r| r.submitted_at.as_millis())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|row| row.get("id")).collect())
+    }
+
     /// Runs a write statement with `RETURNING`.
     async fn write_returning(
         &self,

@@ -216,30 +216,7 @@ macro_rules! sql_store {
             async fn create_many(&self, records: &[CallRecord]) -> Result<Vec<bool>, StoreError> {
                 let mut created = Vec::with_capacity(records.len());
                 for chunk in records.chunks($crate::sql::CREATE_MANY_ROWS) {
-                    let mut insert = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO calls (id, namespace, function, method, path, callback_url, \
-                         state, attempts, submitted_at) ",
-                    );
-                    insert.push_values(chunk, |mut row, r| {
-                        row.push_bind(r.id.as_str())
-                            .push_bind(&r.namespace)
-                            .push_bind(&r.function)
-                            .push_bind(&r.method)
-                            .push_bind(&r.path)
-                            .push_bind(&r.callback_url)
-                            .push_bind(r.state.as_str())
-                            .push_bind(i64::from(r.attempts))
-                            .push_bind(r.submitted_at.as_millis());
-                    });
-                    insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
-                    let mut inserted: std::collections::HashSet<String> = insert
-                        .build()
-                        .fetch_all(&self.pool)
-                        .await
-                        .map_err(unavailable)?
-                        .iter()
-                        .map(|row| row.get("id"))
-                        .collect();
+                    let mut inserted = self.insert_new_calls(chunk).await.map_err(unavailable)?;
                     // An id given twice is created once, by its first record.
                     created.extend(chunk.iter().map(|r| inserted.remove(r.id.as_str())));
                 }

@@ -126,6 +126,32 @@ impl SqliteStore {
             .await
     }
 
+    /// Inserts the records whose ids are new in one statement; returns their ids.
+    async fn insert_new_calls(
+        &self,
+        records: &[sluice_core::CallRecord],
+    ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+        use sqlx::Row;
+        let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO calls (id, namespace, function, method, path, callback_url, state, \
+             attempts, submitted_at) ",
+        );
+        insert.push_values(records, |mut row, r| {
+            row.push_bind(r.id.as_str().to_owned())
+                .push_bind(r.namespace.clone())
+                .push_bind(r.function.clone())
+                .push_bind(r.method.clone())
+                .push_bind(r.path.clone())
+                .push_bind(r.callback_url.clone())
+                .push_bind(r.state.as_str())
+                .push_bind(i64::from(r.attempts))
+                .push_bind(r.submitted_at.as_millis());
+        });
+        insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+        let rows = insert.build().fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(|row| row.get("id")).collect())
+    }
+
     /// Runs a write statement with `RETURNING` in the writer's next transaction.
     async fn write_returning(
         &self,
