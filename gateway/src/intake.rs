@@ -1,6 +1,7 @@
 //! The intake of the cluster form, over any `CallStore` and `CallQueue` (Postgres and
 //! JetStream): the records of concurrent submissions are inserted in one statement, then their
-//! calls are published together and every ack awaited (group commit). A record is written
+//! calls are published together, in a task of their own while the next batch's records go in,
+//! and every ack awaited (group commit). A record is written
 //! before its call is queued, and deleted again if the call cannot be, so no call runs without
 //! a record and no `202` is sent for a call that is not queued.
 
@@ -15,6 +16,7 @@ use sluice_core::{
     CallId, CallIntake, CallQueue, CallRecord, CallState, CallStore, FunctionRef, QueueError,
     QueuedCall, StoreError, SubmitError, Submitted,
 };
+use tokio::sync::{Semaphore, oneshot};
 
 /// Submissions committed together at most.
 const MAX_BATCH: usize = 256;
@@ -22,8 +24,19 @@ const MAX_BATCH: usize = 256;
 /// Submissions waiting for a commit at most; more wait for room.
 const WAITING: usize = 4096;
 
-/// Batches in flight at once: one's records are inserted while another's calls are published.
+/// Batches whose records are inserted at once.
 const COMMITTERS: usize = 4;
+
+/// Batches whose calls are being published at once, at most. A committer hands its batch's
+/// publishes over and takes the next batch, so inserts and publishes overlap, and a batch
+/// whose acks are slow (NATS gone mid-publish, until their timeout) holds no committer: the
+/// batches after it are refused at once while NATS is away.
+const PUBLISHING: usize = 32;
+
+/// Set in `CallMeta::redrive` of a call published again because the queue took its id for a
+/// duplicate (with 30 random bits below it, leaving room for re-drives to count on): its
+/// message is a new one, told apart from those of re-drives (counted from 1).
+const RESUBMITTED: u32 = 1 << 31;
 
 /// How long a function's count of unfinished calls is trusted while it is well below the
 /// bound: counting costs a scan as long as the count, so it is not done for every batch.
@@ -35,23 +48,25 @@ const COUNTS_KEPT: usize = 4096;
 /// Takes async calls into a call store and a queue that are separate systems.
 #[derive(Debug, Clone)]
 pub struct BatchedIntake {
-    batches: GroupCommit<QueuedCall, Result<Submitted, SubmitError>>,
+    batches: GroupCommit<QueuedCall, oneshot::Receiver<Result<Submitted, SubmitError>>>,
 }
 
 impl BatchedIntake {
     /// An intake over `calls` and `queue` that refuses a call when its function has
-    /// `max_unfinished` calls queued or running (checked once per function per batch, so
-    /// gateways submitting at the same moment may each let one batch past it). Starts its
-    /// committers on the current Tokio runtime.
+    /// `max_unfinished` calls queued or running (see [`Bound`]: gateways submitting at the same
+    /// moment may together let a little more past it). Starts its committers on the current
+    /// Tokio runtime.
     pub fn new(
         calls: Arc<dyn CallStore>,
         queue: Arc<dyn CallQueue>,
         max_unfinished: Option<u64>,
     ) -> Self {
         let bound = max_unfinished.map(|max| Arc::new(Bound::new(max)));
+        let publishing = Arc::new(Semaphore::new(PUBLISHING));
         let batches = GroupCommit::start(WAITING, MAX_BATCH, COMMITTERS, move |batch| {
             let (calls, queue, bound) = (calls.clone(), queue.clone(), bound.clone());
-            async move { commit(calls.as_ref(), queue.as_ref(), bound.as_deref(), batch).await }
+            let publishing = publishing.clone();
+            async move { commit(calls, queue, bound.as_deref(), &publishing, batch).await }
         });
         Self { batches }
     }
@@ -60,10 +75,10 @@ impl BatchedIntake {
 #[async_trait]
 impl CallIntake for BatchedIntake {
     async fn submit(&self, call: QueuedCall) -> Result<Submitted, SubmitError> {
-        self.batches
-            .submit(call)
-            .await
-            .map_err(|e| SubmitError::Store(StoreError::Unavailable(e.to_string())))?
+        let stopped =
+            |e: &dyn std::fmt::Display| SubmitError::Store(StoreError::Unavailable(e.to_string()));
+        let answer = self.batches.submit(call).await.map_err(|e| stopped(&e))?;
+        answer.await.map_err(|e| stopped(&e))?
     }
 }
 
@@ -79,16 +94,33 @@ enum Plan {
     Answered(Result<Submitted, SubmitError>),
 }
 
+/// Inserts a batch's records and decides what to do with each call; then hands the publishes
+/// to a task of their own and returns where each answer will come.
 async fn commit(
-    calls: &dyn CallStore,
-    queue: &dyn CallQueue,
+    calls: Arc<dyn CallStore>,
+    queue: Arc<dyn CallQueue>,
     bound: Option<&Bound>,
+    publishing: &Arc<Semaphore>,
     batch: Vec<QueuedCall>,
-) -> Vec<Result<Submitted, SubmitError>> {
+) -> Vec<oneshot::Receiver<Result<Submitted, SubmitError>>> {
+    let (senders, receivers): (Vec<_>, Vec<_>) = batch.iter().map(|_| oneshot::channel()).unzip();
+    let answer = |senders: Vec<oneshot::Sender<_>>,
+                  answers: Vec<Result<Submitted, SubmitError>>| {
+        for (sender, answer) in senders.into_iter().zip(answers) {
+            // The client may have gone: what it asked for is done all the same.
+            let _ = sender.send(answer);
+        }
+    };
     let records: Vec<CallRecord> = batch.iter().map(|c| CallRecord::queued(&c.meta)).collect();
     let created = match calls.create_many(&records).await {
         Ok(created) => created,
-        Err(e) => return batch.iter().map(|_| Err(e.clone().into())).collect(),
+        Err(e) => {
+            answer(
+                senders,
+                batch.iter().map(|_| Err(e.clone().into())).collect(),
+            );
+            return receivers;
+        }
     };
     let mut plans = Vec::with_capacity(batch.len());
     let mut seen = std::collections::HashSet::with_capacity(batch.len());
@@ -103,19 +135,59 @@ async fn commit(
         } else if *created {
             Plan::Queue
         } else {
-            existing(calls, call).await
+            existing(calls.as_ref(), call).await
         });
     }
     if let Some(bound) = bound {
-        bound.refuse_over(calls, &batch, &mut plans).await;
+        bound.refuse_over(calls.as_ref(), &batch, &mut plans).await;
     }
+    let permit = publishing
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed");
+    tokio::spawn(async move {
+        let answers = publish(calls.as_ref(), queue.as_ref(), batch, plans, created).await;
+        answer(senders, answers);
+        drop(permit);
+    });
+    receivers
+}
+
+/// Publishes the calls the plans say to queue, all at once, and awaits every ack; forgets the
+/// records of the new calls that were not queued. Answers each submission.
+async fn publish(
+    calls: &dyn CallStore,
+    queue: &dyn CallQueue,
+    batch: Vec<QueuedCall>,
+    plans: Vec<Plan>,
+    created: Vec<bool>,
+) -> Vec<Result<Submitted, SubmitError>> {
     let sends = plans.iter().zip(&batch).map(|(plan, call)| async move {
         match plan {
             Plan::Queue | Plan::Existing { requeue: true, .. } => Some(queue.enqueue(call).await),
             _ => None,
         }
     });
-    let sent = join_all(sends).await;
+    let mut sent = join_all(sends).await;
+    // A new record whose id the queue knows already: an earlier submission of it whose publish
+    // seemed to fail (a timeout, NATS going away) was stored after all, and its record was
+    // deleted. That message may since have been taken and dropped for want of a record, so
+    // the call is published again as a new message; if both are there, whichever is taken
+    // second finds the call started (at least once, as every delivery).
+    let again = plans
+        .iter()
+        .zip(&batch)
+        .zip(&mut sent)
+        .map(|((plan, call), sent)| async move {
+            if matches!(plan, Plan::Queue) && matches!(sent, Some(Ok(false))) {
+                let mut anew = call.clone();
+                anew.meta.redrive =
+                    RESUBMITTED | (uuid::Uuid::new_v4().as_u128() as u32 & 0x3fff_ffff);
+                *sent = Some(queue.enqueue(&anew).await);
+            }
+        });
+    join_all(again).await;
     let mut answers = Vec::with_capacity(batch.len());
     let mut unqueued: Vec<&CallId> = Vec::new();
     for (((plan, sent), call), created) in plans.into_iter().zip(sent).zip(&batch).zip(created) {

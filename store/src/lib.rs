@@ -2,8 +2,8 @@
 //!
 //! - [`SqliteStore`] (function registry and call store) and [`SqliteQueue`] (the durable async
 //!   queue) share one SQLite database: the single-machine form. Workers claim calls with a lease,
-//!   so a crash mid-call leads to redelivery, never loss. [`SqliteIntake`] writes a submitted
-//!   call's record and queue row in one transaction. Every write of calls' progress goes
+//!   so a crash mid-call leads to redelivery, never loss. [`SqliteIntake`] writes the records
+//!   and queue rows of the calls submitted together in one savepoint. Every write of calls' progress goes
 //!   through one [`SqliteWriter`], which commits the writes that arrive together in one
 //!   transaction (group commit).
 //! - [`PgStore`] is the same registry and call store on Postgres, for the cluster form.

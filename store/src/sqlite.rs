@@ -131,25 +131,7 @@ impl SqliteStore {
         &self,
         records: &[sluice_core::CallRecord],
     ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
-        use sqlx::Row;
-        let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
-            "INSERT INTO calls (id, namespace, function, method, path, callback_url, state, \
-             attempts, submitted_at) ",
-        );
-        insert.push_values(records, |mut row, r| {
-            row.push_bind(r.id.as_str().to_owned())
-                .push_bind(r.namespace.clone())
-                .push_bind(r.function.clone())
-                .push_bind(r.method.clone())
-                .push_bind(r.path.clone())
-                .push_bind(r.callback_url.clone())
-                .push_bind(r.state.as_str())
-                .push_bind(i64::from(r.attempts))
-                .push_bind(r.submitted_at.as_millis());
-        });
-        insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
-        let rows = insert.build().fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(|row| row.get("id")).collect())
+        insert_new_calls(&self.pool, records.iter()).await
     }
 
     /// Runs a write statement with `RETURNING` in the writer's next transaction.
@@ -161,6 +143,36 @@ impl SqliteStore {
             .run(move |conn| Box::pin(async move { query.fetch_optional(conn).await }))
             .await
     }
+}
+
+/// Inserts the records whose ids are new, in one statement on `db`; returns their ids (an id
+/// given twice is inserted once).
+pub(crate) async fn insert_new_calls<'c, 'r>(
+    db: impl sqlx::Executor<'c, Database = Sqlite>,
+    records: impl ExactSizeIterator<Item = &'r sluice_core::CallRecord>,
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    use sqlx::Row;
+    if records.len() == 0 {
+        return Ok(std::collections::HashSet::new());
+    }
+    let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
+        "INSERT INTO calls (id, namespace, function, method, path, callback_url, state, \
+         attempts, submitted_at) ",
+    );
+    insert.push_values(records, |mut row, r| {
+        row.push_bind(r.id.as_str().to_owned())
+            .push_bind(r.namespace.clone())
+            .push_bind(r.function.clone())
+            .push_bind(r.method.clone())
+            .push_bind(r.path.clone())
+            .push_bind(r.callback_url.clone())
+            .push_bind(r.state.as_str())
+            .push_bind(i64::from(r.attempts))
+            .push_bind(r.submitted_at.as_millis());
+    });
+    insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+    let rows = insert.build().fetch_all(db).await?;
+    Ok(rows.iter().map(|row| row.get("id")).collect())
 }
 
 crate::sql::sql_store!(SqliteStore, sqlx::sqlite::SqliteRow, sqlx::Sqlite);

@@ -759,5 +759,26 @@ async fn the_sqlite_intake_records_and_queues_each_call_together() {
         count("SELECT COUNT(*) FROM calls WHERE state = 'queued'").await,
         250
     );
+
+    // One new id submitted many times at once (most of them in one batch): one submission
+    // queues it, the others are answered from its record.
+    let twins: Vec<_> = (0..20)
+        .map(|_| {
+            let intake = intake.clone();
+            let mut twin = call("twin", &b"body"[..]);
+            twin.meta.function = FunctionRef::parse("twin", None).unwrap();
+            tokio::spawn(async move { intake.submit(twin).await })
+        })
+        .collect();
+    let mut queued = 0;
+    for twin in twins {
+        match twin.await.unwrap() {
+            Ok(Submitted::Queued) => queued += 1,
+            Ok(Submitted::Existing(r)) => assert_eq!(r.id.as_str(), "twin"),
+            other => panic!("a twin got {other:?}"),
+        }
+    }
+    assert_eq!(queued, 1);
+    assert_eq!(queue.pending().await.unwrap(), 251);
     drop(dir);
 }

@@ -40,6 +40,21 @@ fn gateway_on(backends: &[String], dir: &Path, name: &str) -> Sluice {
     Sluice::run(&args, &dir.join(format!("{name}.log")))
 }
 
+/// A gateway `gw` with the sample `function` (`python3 -u <function>.py`, in HTTP mode)
+/// deployed and ready.
+async fn gateway_with(
+    shared: &Shared,
+    dir: &Path,
+    http: &reqwest::Client,
+    function: &str,
+) -> Sluice {
+    let gw = gateway(shared, dir, "gw");
+    let command = format!("python3 -u {function}.py");
+    deploy(http, &gw.url, &sample(function, &command, true, &[])).await;
+    ready_on(http, &gw.url, function).await;
+    gw
+}
+
 fn worker(shared: &Shared, dir: &Path, name: &str, gateway_url: &str, extra: &[&str]) -> Sluice {
     let backends = shared.args();
     let mut args = vec![
@@ -249,14 +264,7 @@ async fn a_call_three_times_longer_than_its_lease_runs_once() {
     let dir = dir.path();
     let shared = Shared::start().await;
     let http = crate::harness::http();
-    let gw = gateway(&shared, dir, "gw");
-    deploy(
-        &http,
-        &gw.url,
-        &sample("sleep", "python3 -u sleep.py", true, &[]),
-    )
-    .await;
-    ready_on(&http, &gw.url, "sleep").await;
+    let gw = gateway_with(&shared, dir, &http, "sleep").await;
     // Two workers on a one-second lease: a redelivery would go to the other.
     let lease = ["--lease", "1s"];
     let _workers = [
@@ -588,4 +596,52 @@ async fn a_function_at_zero_wakes_for_sync_and_queued_calls_in_the_cluster_form(
     let cb = crate::harness::called_back(&http, target, &receiver, "queued-cold").await;
     assert_eq!(cb.header("x-function-status"), "200");
     assert_eq!(cb.header("x-retry"), "");
+}
+
+/// A publish that times out (NATS going away) may have been stored all the same, while the
+/// gateway deletes the call's record and answers `503`. The client's resubmission of the id
+/// gets a new record, and JetStream takes its publish for a duplicate of the first: the call is
+/// published again as a new message, so it runs and is called back, never answered `409
+/// already queued` with a queue entry that has no record.
+#[tokio::test]
+async fn a_resubmission_after_a_publish_stored_despite_its_timeout_is_queued_and_runs() {
+    use sluice_core::{CallId, CallStore};
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let shared = Shared::start().await;
+    let http = crate::harness::http();
+    let gw = gateway_with(&shared, dir, &http, "echo").await;
+    let receiver = Receiver::start().await;
+    let target = format!("{}/async-function/echo", gw.url);
+    let r = submit_async(&http, target.clone(), &receiver, "stored").await;
+    assert_eq!(r.status(), 202);
+    // What the gateway does after such a timeout: the record goes, the message stays.
+    let pool = sluice_store::open_postgres(&shared.db.url, 1)
+        .await
+        .unwrap();
+    let store = sluice_store::PgStore::new(pool);
+    let id = CallId::parse("stored").unwrap();
+    store.forget(&id).await.unwrap();
+    assert_eq!(store.get(&id).await.unwrap(), None);
+
+    let r = submit_async(&http, target, &receiver, "stored").await;
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    assert!(
+        store.get(&id).await.unwrap().is_some(),
+        "the record is back"
+    );
+    // With a worker: one of the two messages runs the call, the other finds it started.
+    let _worker = worker(&shared, dir, "w", &gw.url, &[]);
+    eventually("the call's callback", || async {
+        let got = receiver.received();
+        got.iter()
+            .any(|c| c.header("x-call-id") == "stored")
+            .then_some(())
+    })
+    .await;
+    eventually("the call to be recorded as succeeded", || async {
+        let record = store.get(&id).await.ok()??;
+        (record.state == sluice_core::CallState::Succeeded).then_some(())
+    })
+    .await;
 }
