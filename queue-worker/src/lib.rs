@@ -164,9 +164,12 @@ impl Drop for FunctionSlot {
 }
 
 /// How long a call taken for a function at its concurrency cap waits in the worker for one of
-/// the function's calls to finish. A fast function frees a slot well within it, so its calls are
-/// not cycled through the queue; a slow one's go back, so the worker can take other functions'.
-const FUNCTION_BUSY_HOLD: Duration = Duration::from_millis(50);
+/// the function's calls to end. A function whose calls take less frees a slot within it, so its
+/// calls are not cycled through the queue (under load its calls can take tens of milliseconds
+/// from start to ack, so a shorter wait sends many back, and the worker's pause after calls
+/// put back in a row halves its rate); a slower one's go back, so the worker can take other
+/// functions'.
+const FUNCTION_BUSY_HOLD: Duration = FUNCTION_BUSY_WAIT;
 
 /// How long a call of a function that is at its concurrency cap waits before it is offered
 /// again (plus up to as much again, at random, so they do not come back together).
