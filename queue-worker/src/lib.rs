@@ -9,6 +9,7 @@ mod callback;
 mod invoke;
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -100,10 +101,15 @@ struct Worker {
 
 /// Calls running per function, bounded by `function_concurrency`.
 #[derive(Debug, Default)]
-struct FunctionSlots {
-    running: std::sync::Mutex<HashMap<FunctionRef, usize>>,
-    /// Told each time a slot is freed.
-    freed: tokio::sync::Notify,
+struct FunctionSlots(std::sync::Mutex<HashMap<FunctionRef, Running>>);
+
+/// One function's running calls, and the calls waiting for one of them to end.
+#[derive(Debug, Default)]
+struct Running {
+    calls: usize,
+    /// Told each time one of the function's slots is freed (only that function's waiting
+    /// calls wake).
+    freed: Arc<tokio::sync::Notify>,
 }
 
 /// One running call of a function; frees its slot when dropped.
@@ -113,21 +119,35 @@ struct FunctionSlot {
 }
 
 impl FunctionSlots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FunctionRef, Running>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn take(self: &Arc<Self>, function: &FunctionRef, limit: usize) -> Option<FunctionSlot> {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        let n = running.entry(function.clone()).or_default();
-        if *n >= limit.max(1) {
-            return None;
+        self.take_or_wait(function, limit).ok()
+    }
+
+    /// A slot of `function`, or (when it is at `limit`) a wake-up registered for its next freed
+    /// slot: registered under the lock that frees slots, so none is missed.
+    fn take_or_wait(
+        self: &Arc<Self>,
+        function: &FunctionRef,
+        limit: usize,
+    ) -> Result<FunctionSlot, Pin<Box<tokio::sync::futures::OwnedNotified>>> {
+        let mut running = self.lock();
+        let entry = running.entry(function.clone()).or_default();
+        if entry.calls >= limit.max(1) {
+            let mut freed = Box::pin(entry.freed.clone().notified_owned());
+            freed.as_mut().enable();
+            return Err(freed);
         }
-        *n += 1;
-        Some(FunctionSlot {
+        entry.calls += 1;
+        Ok(FunctionSlot {
             slots: self.clone(),
             function: function.clone(),
         })
     }
-}
 
-impl FunctionSlots {
     /// A slot of `function` as soon as one is free, or `None` after `patience`.
     async fn wait_for(
         self: &Arc<Self>,
@@ -137,29 +157,27 @@ impl FunctionSlots {
     ) -> Option<FunctionSlot> {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
-            // Registered before looking, so a slot freed in between is not missed.
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if let Some(slot) = self.take(function, limit) {
-                return Some(slot);
+            match self.take_or_wait(function, limit) {
+                Ok(slot) => return Some(slot),
+                Err(freed) => tokio::time::timeout_at(deadline, freed).await.ok()?,
             }
-            tokio::time::timeout_at(deadline, freed).await.ok()?;
         }
     }
 }
 
 impl Drop for FunctionSlot {
     fn drop(&mut self) {
-        let mut running = self.slots.running.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = running.get_mut(&self.function) {
-            *n -= 1;
-            if *n == 0 {
-                running.remove(&self.function);
-            }
+        let mut running = self.slots.lock();
+        let Some(entry) = running.get_mut(&self.function) else {
+            return;
+        };
+        entry.calls -= 1;
+        let freed = entry.freed.clone();
+        if entry.calls == 0 {
+            running.remove(&self.function);
         }
         drop(running);
-        self.slots.freed.notify_waiters();
+        freed.notify_waiters();
     }
 }
 
