@@ -80,6 +80,9 @@ enum What {
     /// (Internal) the echo function Sluice runs during the benchmark.
     #[value(hide = true)]
     Echo,
+    /// (Internal) a bare proxy to `$UPSTREAM`: the least any gateway in the way costs.
+    #[value(hide = true)]
+    Proxy,
 }
 
 /// How much of everything a run does.
@@ -104,6 +107,9 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     if args.what.contains(&What::Echo) {
         return runtime.block_on(servers::echo());
+    }
+    if args.what.contains(&What::Proxy) {
+        return runtime.block_on(servers::proxy());
     }
     runtime.block_on(run(args))
 }
@@ -416,6 +422,10 @@ async fn sync(s: &Settings, report: &mut Report, memory: &Memory) -> anyhow::Res
     let direct = DirectEcho::start().await?;
     let shot = Shot::post("/", s.body.clone(), StatusCode::OK);
     let alone = load::run(direct.addr, s.connections, shot, Until::Elapsed(s.duration)).await?;
+    let bare = DirectEcho::proxy_to(direct.addr).await?;
+    let shot = Shot::post("/", s.body.clone(), StatusCode::OK);
+    let proxied = load::run(bare.addr, s.connections, shot, Until::Elapsed(s.duration)).await?;
+    drop(bare);
     let peak = PeakRss::watch(vec![up.pid()]);
     let shot = Shot::post("/function/echo", s.body.clone(), StatusCode::OK);
     let through = load::run(up.addr()?, s.connections, shot, Until::Elapsed(s.duration)).await?;
@@ -428,20 +438,44 @@ async fn sync(s: &Settings, report: &mut Report, memory: &Memory) -> anyhow::Res
         "≥ 0.45×",
     );
     report.row(
-        "sync, latency the gateway adds",
+        "sync `/function/<name>`, beside a bare proxy",
+        summary(&through),
         format!(
-            "p50 +{}, p99 +{}",
-            ms(through.percentile_ms(50.0) - alone.percentile_ms(50.0)),
-            ms(through.percentile_ms(99.0) - alone.percentile_ms(99.0))
+            "a bare proxy (hyper, nothing else) in front of the echo: {}",
+            summary(&proxied)
         ),
+        ratio(through.rate(), proxied.rate()),
+        "—",
+    );
+    report.row(
+        "sync, latency the gateway adds",
+        added_latency(&through, &alone),
         "—",
         "—",
         "p50 ≤ +0.5 ms, p99 ≤ +2 ms",
     );
+    report.row(
+        "sync, latency a bare proxy adds",
+        added_latency(&proxied, &alone),
+        "—",
+        "—",
+        "—",
+    );
     Ok(())
 }
 
+/// How much later than `alone` the answers of `through` came, at the median and the 99th
+/// percentile.
+fn added_latency(through: &load::Outcome, alone: &load::Outcome) -> String {
+    format!(
+        "p50 +{}, p99 +{}",
+        ms(through.percentile_ms(50.0) - alone.percentile_ms(50.0)),
+        ms(through.percentile_ms(99.0) - alone.percentile_ms(99.0))
+    )
+}
+
 /// This program's echo server as its own process on a free port: the function without Sluice.
+/// Also the bare proxy in front of it (`sluice-bench proxy`).
 #[derive(Debug)]
 struct DirectEcho {
     child: tokio::process::Child,
@@ -455,14 +489,27 @@ impl DirectEcho {
     }
 
     async fn start_timed() -> anyhow::Result<(Self, Duration)> {
+        Self::spawn("echo", &[]).await
+    }
+
+    /// A bare proxy to `upstream`, on a free port of its own.
+    async fn proxy_to(upstream: std::net::SocketAddr) -> anyhow::Result<Self> {
+        Ok(Self::spawn("proxy", &[("UPSTREAM", upstream.to_string())])
+            .await?
+            .0)
+    }
+
+    /// This program run as `what`, on a free port, once it answers.
+    async fn spawn(what: &str, env: &[(&str, String)]) -> anyhow::Result<(Self, Duration)> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
         let started = Instant::now();
         let child = tokio::process::Command::new(std::env::current_exe()?)
-            .arg("echo")
+            .arg(what)
             .env("PORT", port.to_string())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .kill_on_drop(true)
             .spawn()?;
         let deadline = started + Duration::from_secs(10);
@@ -471,7 +518,7 @@ impl DirectEcho {
                 return Ok((Self { child, addr }, started.elapsed()));
             }
             if Instant::now() > deadline {
-                bail!("the echo server did not answer on {addr} within 10 s");
+                bail!("`sluice-bench {what}` did not answer on {addr} within 10 s");
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }

@@ -165,3 +165,46 @@ impl Callbacks {
         }
     }
 }
+
+/// `sluice-bench proxy`: a bare HTTP/1 proxy on `$PORT` to the server at `$UPSTREAM`, bodies
+/// streamed both ways over pooled keep-alive connections, and nothing else: no admission, no
+/// limits, no metrics. What it costs is what any proxy in the way costs on this machine, the
+/// floor under the gateway's sync figure.
+pub(crate) async fn proxy() -> anyhow::Result<()> {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    let port: u16 = std::env::var("PORT")?.parse()?;
+    let upstream: SocketAddr = std::env::var("UPSTREAM")?.parse()?;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Incoming> =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let client = client.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let client = client.clone();
+                async move {
+                    let (mut parts, body) = req.into_parts();
+                    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                    parts.uri = match format!("http://{upstream}{path}").parse() {
+                        Ok(uri) => uri,
+                        Err(e) => return Err(std::io::Error::other(e)),
+                    };
+                    client
+                        .request(Request::from_parts(parts, body))
+                        .await
+                        .map_err(std::io::Error::other)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
