@@ -5,7 +5,6 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
-use futures_util::TryStreamExt;
 use sluice_core::headers::{self, is_hop_by_hop};
 use sluice_core::{CallId, CallMeta, CallRecord, FunctionRef, QueuedCall, Submitted, Timestamp};
 
@@ -145,50 +144,72 @@ async fn proxy(
         .activator
         .endpoint(&function, policy.concurrency)
         .await?;
-    let base = &endpoint.url;
-    let url = match parts.uri.query() {
-        Some(q) => format!("{base}{path}?{q}"),
-        None => format!("{base}{path}"),
+    let (mut parts, body) = (parts, held.bytes.clone());
+    let uri = match parts.uri.query() {
+        Some(q) => format!("{}{path}?{q}", endpoint.url),
+        None => format!("{}{path}", endpoint.url),
     };
-    let mut upstream = state
-        .http
-        .request(parts.method.clone(), url)
-        .timeout(state.config.upstream_timeout)
-        .body(held.bytes.clone());
-    for (k, v) in forwardable(&parts.headers) {
-        if policy.auth_required && CREDENTIAL_HEADERS.contains(k) {
-            continue;
-        }
-        upstream = upstream.header(k, v);
-    }
-    let response = upstream.send().await.map_err(|e| {
-        if e.is_timeout() {
-            ApiError::UpstreamTimeout(function.to_string())
-        } else {
-            // Without the URL: its query string is the client's and may carry secrets.
-            tracing::warn!(%function, error = %e.without_url(), "replica unreachable");
+    parts.uri = uri
+        .parse()
+        .map_err(|e| ApiError::Internal(format!("the URL of a replica of {function}: {e}")))?;
+    parts.version = axum::http::Version::HTTP_11;
+    parts.extensions = axum::http::Extensions::new();
+    forward_headers(&mut parts.headers, policy.auth_required);
+    let deadline = tokio::time::Instant::now() + state.config.upstream_timeout;
+    let request = axum::http::Request::from_parts(parts, Body::from(body));
+    let response = tokio::time::timeout_at(deadline, state.upstream.request(request))
+        .await
+        .map_err(|_| ApiError::UpstreamTimeout(function.to_string()))?
+        .map_err(|e| {
+            // hyper's errors carry no URL (its query string is the client's and may carry
+            // secrets); the cause says what failed (connect, reset, ...).
+            let cause = std::error::Error::source(&e).map(ToString::to_string);
+            tracing::warn!(%function, error = %e, ?cause, "replica unreachable");
             ApiError::Upstream(function.to_string())
-        }
-    })?;
+        })?;
     // The body has gone to the replica: it no longer counts against the budget while the
     // response streams back.
     drop(held);
-    let mut out = Response::builder().status(response.status());
-    for (k, v) in response
-        .headers()
-        .iter()
-        .filter(|(k, _)| !is_hop_by_hop(k.as_str()))
-    {
-        out = out.header(k, v);
-    }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
     // The endpoint travels with the body: the replica counts the request as in flight until the
     // response has been streamed to its end (or the client went away).
-    let stream = response.bytes_stream().map_err(move |e| {
-        let _ = (&endpoint, &admitted, &tracked);
-        std::io::Error::other(e)
-    });
-    out.body(Body::from_stream(stream))
-        .map_err(|e| ApiError::Internal(format!("building the proxied response: {e}")))
+    let body = crate::upstream::Guarded::new(body, deadline, (endpoint, admitted, tracked));
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// A client's request headers made into the replica's: hop-by-hop headers and Sluice's own
+/// removed, the client's `Host` passed on as `X-Forwarded-Host` (as OpenFaaS's gateway does),
+/// and credentials removed when they were Sluice's (the function requires them).
+fn forward_headers(headers: &mut HeaderMap, auth_required: bool) {
+    static FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    if !headers.contains_key(&FORWARDED_HOST)
+        && let Some(host) = headers.get(axum::http::header::HOST).cloned()
+    {
+        headers.insert(FORWARDED_HOST.clone(), host);
+    }
+    strip_hop_by_hop(headers);
+    headers.remove(headers::INTERNAL);
+    if auth_required {
+        for name in CREDENTIAL_HEADERS {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Removes the headers that stay on their own hop.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(|k| is_hop_by_hop(k.as_str())) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| is_hop_by_hop(k.as_str()))
+        .cloned()
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
 }
 
 /// How long resolving a callback host may take at submit.

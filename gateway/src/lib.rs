@@ -22,12 +22,13 @@ mod policy;
 mod secrets;
 mod serve;
 mod sync;
+mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{any, get, post};
+use axum::routing::{get, post};
 use sluice_activator::{Activator, ActivatorConfig};
 use sluice_core::{
     Autoscaler, CallIntake, CallQueue, CallStore, EndpointSource, FunctionRef, FunctionStore,
@@ -125,9 +126,22 @@ pub struct Platform {
     pub autoscaler: Arc<dyn Autoscaler>,
 }
 
-/// What the gateway's handlers share. Cheap to clone.
+/// What the gateway's handlers share. Cheap to clone: one reference count (every request
+/// clones it a few times on its way through the router).
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What an [`AppState`] holds.
+#[derive(Debug)]
+pub struct Shared {
     pub orchestrator: Arc<dyn Orchestrator>,
     pub functions: Arc<dyn FunctionStore>,
     pub calls: Arc<dyn CallStore>,
@@ -135,7 +149,8 @@ pub struct AppState {
     /// Where async submissions go: their records and queued calls, committed together.
     pub intake: Arc<dyn CallIntake>,
     pub config: Arc<GatewayConfig>,
-    http: reqwest::Client,
+    /// Pooled connections to replicas, for the sync path.
+    upstream: upstream::Upstream,
     /// Serialises management changes to one function (registry write + provider apply), striped
     /// so the number of locks is fixed.
     function_locks: Arc<[tokio::sync::Mutex<()>]>,
@@ -171,14 +186,6 @@ impl AppState {
         config: GatewayConfig,
         shutdown: CancellationToken,
     ) -> Self {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(60))
-            // Replicas are reached directly: a proxy from the environment would see every
-            // request, the client's credentials included.
-            .no_proxy()
-            .build()
-            .expect("a reqwest client with static settings builds");
         let activator = Activator::new(
             platform.endpoints,
             platform.autoscaler.clone(),
@@ -187,7 +194,7 @@ impl AppState {
                 hold_timeout: config.readiness_wait,
             },
         );
-        Self {
+        Self(Arc::new(Shared {
             orchestrator: platform.orchestrator,
             functions,
             autoscaler: platform.autoscaler,
@@ -205,12 +212,12 @@ impl AppState {
                 config.max_async_in_flight.max(1),
             )),
             config: Arc::new(config),
-            http,
+            upstream: upstream::client(),
             function_locks: (0..FUNCTION_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             shutdown,
-        }
+        }))
     }
 
     /// Held while a management change to `function` runs, so changes to one function apply in
@@ -311,8 +318,66 @@ impl AppState {
     }
 }
 
-/// The gateway's routes.
-pub fn router(state: AppState) -> Router {
+/// The gateway as one service: function calls, sync and async, go straight from the connection
+/// to their handler (through the same head limits); everything else goes through the router.
+/// Function calls are most of the traffic, and the router's layers of boxed services and
+/// middleware showed in profiles of the sync path.
+#[derive(Debug, Clone)]
+pub(crate) struct Gateway {
+    state: AppState,
+    router: Router,
+}
+
+/// What a request to the gateway is.
+enum Route {
+    Sync,
+    Async,
+    Other,
+}
+
+impl Gateway {
+    fn new(state: AppState) -> Self {
+        Self {
+            router: router(state.clone()),
+            state,
+        }
+    }
+
+    pub(crate) async fn handle(
+        self,
+        request: axum::http::Request<hyper::body::Incoming>,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        use tower::ServiceExt;
+        let path = request.uri().path();
+        let below = |prefix: &str| path.strip_prefix(prefix).is_some_and(|r| !r.is_empty());
+        let route = if below("/function/") {
+            Route::Sync
+        } else if below("/async-function/") {
+            Route::Async
+        } else {
+            Route::Other
+        };
+        let request = request.map(axum::body::Body::new);
+        if matches!(route, Route::Other) {
+            return match self.router.oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+        }
+        if let Err(refused) = limits::check(&self.state.config.head, &request) {
+            return refused.into_response();
+        }
+        let state = axum::extract::State(self.state);
+        match route {
+            Route::Sync => invoke::sync(state, request).await.into_response(),
+            _ => invoke::submit(state, request).await.into_response(),
+        }
+    }
+}
+
+/// The gateway's routes but function calls (see [`Gateway`]).
+fn router(state: AppState) -> Router {
     // The management API: the admin's credentials, and same-origin changes only.
     let system = Router::new()
         .route("/system/info", get(functions::info))
@@ -346,8 +411,6 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "OK" }))
         .route("/metrics", get(metrics::metrics))
         .merge(system)
-        .route("/function/{*target}", any(invoke::sync))
-        .route("/async-function/{*target}", any(invoke::submit))
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::NotFound(format!("route {}", uri.path()))
         })
@@ -371,5 +434,5 @@ pub fn router(state: AppState) -> Router {
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
     let limits = state.config.connections.clone();
-    serve::serve_connections(listener, router(state), limits, shutdown).await
+    serve::serve_connections(listener, Gateway::new(state), limits, shutdown).await
 }

@@ -41,7 +41,7 @@ pub(crate) async fn check_head(
     Ok(next.run(request).await)
 }
 
-fn check(limits: &HeadLimits, request: &Request) -> Result<(), ApiError> {
+pub(crate) fn check(limits: &HeadLimits, request: &Request) -> Result<(), ApiError> {
     let uri = request
         .uri()
         .path_and_query()

@@ -17,14 +17,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{ConnectInfo, Request};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 /// Connection-level limits; plain data.
 #[derive(Debug, Clone)]
@@ -91,7 +89,7 @@ impl Shedding {
 /// Serves `app` on `listener` until `shutdown`, then waits for in-flight requests.
 pub(crate) async fn serve_connections(
     listener: TcpListener,
-    app: Router,
+    gateway: crate::Gateway,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -123,10 +121,11 @@ pub(crate) async fn serve_connections(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
+        let gateway = gateway.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(request)
+            let gateway = gateway.clone();
+            async move { Ok::<_, std::convert::Infallible>(gateway.handle(request).await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
