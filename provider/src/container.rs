@@ -395,7 +395,7 @@ async fn start_server(
         }
     };
     // The whole environment (spec.env is all of it) plus PORT: see `WatchdogConfig::env`.
-    let command = sys::command(spec, &extra_env);
+    let command = sys::command(spec, &extra_env, sys::Lifetime::DiesWithSluice);
     let mut child = sys::spawn(command, &spec.argv[0], None).map_err(WatchdogError::Spawn)?;
     if let Some(out) = child.stdout.take() {
         output.spawn(async move { pump_lines(out, |l| LogSink::Stdout.push(l)).await });

@@ -362,7 +362,7 @@ impl FunctionRuntime {
             (sys::RUN_MARKER.to_owned(), self.config.run_id.to_string()),
             (sys::REPLICA_MARKER.to_owned(), id.to_owned()),
         ];
-        let cmd = sys::command(spec, &env);
+        let cmd = sys::command(spec, &env, sys::Lifetime::DiesWithSluice);
         let mut child = match sys::spawn(cmd, &spec.argv[0], spec.workdir.as_deref()) {
             Ok(c) => c,
             Err(msg) => return Exit::Ended(msg),

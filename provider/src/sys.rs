@@ -14,8 +14,26 @@ use crate::spec::RunSpec;
 /// own `envVars`, so Sluice's configuration and secrets never leak into functions.
 const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 
-/// A command for `spec`, in its own process group, that dies with Sluice.
-pub(crate) fn command(spec: &RunSpec, extra_env: &[(String, String)]) -> Command {
+/// How a function's process is tied to Sluice's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lifetime {
+    /// A replica's long-running process: it dies with Sluice (`PR_SET_PDEATHSIG`). The setting
+    /// is made between fork and exec, so std forks the whole of Sluice to start it.
+    DiesWithSluice,
+    /// One classic run, started per request: spawned with `posix_spawn` (nothing runs between
+    /// fork and exec), which costs a fraction of a fork of Sluice. A run Sluice's death leaves
+    /// behind ends when it has read its input and written its output (its pipes are closed),
+    /// past its `exec_timeout` it is a leftover like a replica's own children, stopped by the
+    /// next start (it carries the run marker).
+    PerRequest,
+}
+
+/// A command for `spec`, in its own process group, tied to Sluice as `lifetime` says.
+pub(crate) fn command(
+    spec: &RunSpec,
+    extra_env: &[(String, String)],
+    lifetime: Lifetime,
+) -> Command {
     let mut cmd = Command::new(&spec.argv[0]);
     cmd.args(&spec.argv[1..]);
     cmd.env_clear();
@@ -34,17 +52,45 @@ pub(crate) fn command(spec: &RunSpec, extra_env: &[(String, String)]) -> Command
     cmd.stderr(Stdio::piped());
     cmd.kill_on_drop(true);
     cmd.process_group(0);
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent;
-    // it is the only thing run between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    if lifetime == Lifetime::DiesWithSluice {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the
+        // parent; it is the only thing run between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
     }
     cmd
+}
+
+/// Where the command of `spec` is, when it names a program on the `PATH` its process gets (its
+/// own `PATH`, else Sluice's): the first executable file of that name in an absolute directory
+/// of it. Looked up once per replica rather than by every spawn; and std only uses
+/// `posix_spawn` for a command whose program is a path when the environment sets `PATH`.
+/// `None` when the command is already a path, or nothing is found (the spawn then searches, and
+/// fails with the usual error).
+pub(crate) fn resolve_program(spec: &RunSpec) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let program = spec.argv.first()?;
+    if program.contains('/') {
+        return None;
+    }
+    let path = match spec.env.get("PATH") {
+        Some(p) => p.clone(),
+        None => std::env::var("PATH").ok()?,
+    };
+    path.split(':')
+        .filter(|dir| dir.starts_with('/'))
+        .map(|dir| Path::new(dir).join(program))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .and_then(|found| found.to_str().map(str::to_owned))
 }
 
 /// Describes a spawn failure so a user can act on it.
@@ -184,5 +230,43 @@ mod tests {
         assert_eq!(listens_marked(port, "sluice_replica=nobody"), Some(false));
         drop(listener);
         assert_eq!(listens_marked(port, &path), Some(false));
+    }
+
+    fn spec(argv0: &str, path: Option<&str>) -> RunSpec {
+        RunSpec {
+            mode: crate::spec::Mode::Classic,
+            argv: vec![argv0.to_owned()],
+            env: path
+                .map(|p| ("PATH".to_owned(), p.to_owned()))
+                .into_iter()
+                .collect(),
+            workdir: None,
+            exec_timeout: std::time::Duration::from_secs(1),
+            max_inflight: 0,
+            readiness_path: "/".into(),
+            concurrency: None,
+        }
+    }
+
+    #[test]
+    fn a_program_is_found_on_the_path_the_function_gets() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let tool = bin.join("tool");
+        std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+        // Not executable: not a candidate.
+        let path = format!("relative/bin:{}", bin.display());
+        assert_eq!(resolve_program(&spec("tool", Some(&path))), None);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            resolve_program(&spec("tool", Some(&path))).as_deref(),
+            tool.to_str()
+        );
+        // Its own PATH, not Sluice's; a path is left as it is; nothing found is `None`.
+        assert_eq!(resolve_program(&spec("tool", None)), None);
+        assert_eq!(resolve_program(&spec("./tool", Some(&path))), None);
+        assert_eq!(resolve_program(&spec("no-such-tool", Some(&path))), None);
     }
 }

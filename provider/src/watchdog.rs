@@ -51,6 +51,15 @@ impl Classic {
         extra_env: Vec<(String, String)>,
         max_io_bytes: usize,
     ) -> Self {
+        // The program's path, found once: every run is then a `posix_spawn` of a path.
+        let spec = match sys::resolve_program(&spec) {
+            Some(program) => {
+                let mut resolved = RunSpec::clone(&spec);
+                resolved.argv[0] = program;
+                Arc::new(resolved)
+            }
+            None => spec,
+        };
         let inflight = (spec.max_inflight > 0).then(|| Arc::new(Semaphore::new(spec.max_inflight)));
         let content_type = spec
             .env
@@ -225,7 +234,7 @@ async fn run(
     body: bytes::Bytes,
 ) -> Result<Vec<u8>, RunError> {
     let spec = &wd.spec;
-    let mut cmd = sys::command(spec, env);
+    let mut cmd = sys::command(spec, env, sys::Lifetime::PerRequest);
     cmd.stdin(std::process::Stdio::piped());
     let mut child = sys::spawn(cmd, &spec.argv[0], spec.workdir.as_deref()).map_err(|msg| {
         wd.logs.push(msg.clone());
