@@ -48,6 +48,18 @@ pub(crate) struct Scaler {
     last_tick: Mutex<TickReport>,
 }
 
+/// What is remembered of `function`, made on first sight (the key is cloned only then: a
+/// round looks up every function).
+fn remembered<'a>(
+    memory: &'a mut HashMap<FunctionRef, Memory>,
+    function: &FunctionRef,
+) -> &'a mut Memory {
+    if !memory.contains_key(function) {
+        memory.insert(function.clone(), Memory::default());
+    }
+    memory.get_mut(function).expect("inserted above")
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -90,7 +102,7 @@ impl Scaler {
         {
             Ok(Ok(())) => {
                 let mut memory = lock(&self.memory);
-                let m = memory.entry(function.clone()).or_default();
+                let m = remembered(&mut memory, function);
                 m.last_set = Some(replicas);
                 m.differs = 0;
                 Ok(())
@@ -156,7 +168,7 @@ impl Scaler {
         let current = replicas.desired;
         let (decision, pinned) = {
             let mut memory = lock(&self.memory);
-            let m = memory.entry(function.clone()).or_default();
+            let m = remembered(&mut memory, function);
             // The first sample of a function has no rate yet: the counter may have grown for a
             // long time before (a standby taking over), not in one tick.
             let requests = match m.last_sample {
@@ -214,9 +226,9 @@ impl Scaler {
                 });
                 return;
             }
-            let samples: Vec<kpa::Sample> = m.samples.iter().copied().collect();
+            let samples = m.samples.make_contiguous();
             let (decision, state) =
-                decide(config, &samples, now, current, observed.idle_for, m.state);
+                decide(config, samples, now, current, observed.idle_for, m.state);
             m.state = state;
             if !pinned {
                 m.status = Some(ScaleStatus {
@@ -281,7 +293,7 @@ impl Scaler {
     pub(crate) fn pin(&self, function: &FunctionRef, replicas: u32, why: &str) {
         let now = self.now();
         let mut memory = lock(&self.memory);
-        let m = memory.entry(function.clone()).or_default();
+        let m = remembered(&mut memory, function);
         m.pinned_at = Some(now);
         m.last_set = Some(replicas);
         m.differs = 0;

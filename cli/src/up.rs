@@ -27,7 +27,8 @@ use sluice_nats::{JetStreamConfig, JetStreamQueue};
 use sluice_provider::{ProcessConfig, ProcessProvider};
 use sluice_queue_worker::WorkerConfig;
 use sluice_store::{
-    PgStore, SqliteIntake, SqliteQueue, SqliteStore, SqliteWriter, open_postgres, open_sqlite,
+    CachedFunctions, PgStore, SqliteIntake, SqliteQueue, SqliteStore, SqliteWriter, open_postgres,
+    open_sqlite,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -272,8 +273,16 @@ impl Prepared {
                     SqliteQueue::with_writer(pool, writer, config.lease, config.queue_bounds)
                         .await
                         .context("cannot open the embedded queue")?;
+                // The process that holds the data dir is the registry's only writer: it
+                // answers reads from memory. Any other (a separate queue worker) reads the
+                // database.
+                let functions: Arc<dyn FunctionStore> = if runs_functions {
+                    Arc::new(CachedFunctions::new(Arc::new(store.clone())))
+                } else {
+                    Arc::new(store.clone())
+                };
                 Backends {
-                    functions: Arc::new(store.clone()),
+                    functions,
                     calls: Arc::new(store.clone()),
                     queue: Arc::new(queue.clone()),
                     intake: Arc::new(SqliteIntake::new(queue.clone(), store)),

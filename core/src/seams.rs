@@ -381,6 +381,16 @@ pub trait FunctionStore: Send + Sync + Debug {
     async fn update(&self, spec: &FunctionSpec) -> Result<(), StoreError>;
     async fn get(&self, function: &FunctionRef) -> Result<Option<FunctionSpec>, StoreError>;
     async fn list(&self) -> Result<Vec<FunctionSpec>, StoreError>;
+    /// Every function's configuration, in [`Self::list`]'s order: what the autoscaler reads
+    /// each round, without copying every deployment.
+    async fn configs(&self) -> Result<Vec<(FunctionRef, Arc<FunctionConfig>)>, StoreError> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .map(|spec| (spec.function, spec.config))
+            .collect())
+    }
     /// Forgets a function; `false` if there was none.
     async fn delete(&self, function: &FunctionRef) -> Result<bool, StoreError>;
     /// Records a new replica count; `false` if there is no such function.

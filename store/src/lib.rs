@@ -6,8 +6,11 @@
 //!   and queue rows of the calls submitted together in one savepoint. Every write of calls' progress goes
 //!   through one [`SqliteWriter`], which commits the writes that arrive together in one
 //!   transaction (group commit).
+//! - [`CachedFunctions`] keeps the registry in memory in front of a store this process alone
+//!   writes (`sluice up`'s).
 //! - [`PgStore`] is the same registry and call store on Postgres, for the cluster form.
 
+mod cached;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -15,6 +18,7 @@ mod sqlite_intake;
 mod sqlite_queue;
 mod sqlite_writer;
 
+pub use cached::CachedFunctions;
 pub use postgres::{PgStore, open_postgres};
 pub use sqlite::{SqliteStore, open_sqlite};
 pub use sqlite_intake::SqliteIntake;

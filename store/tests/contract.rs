@@ -9,7 +9,9 @@ use sluice_core::{
     CallbackOutcome, FunctionDeployment, FunctionRef, FunctionSpec, FunctionStore, QueueError,
     StoreError, Timestamp,
 };
-use sluice_store::{PgStore, SqliteQueue, SqliteStore, open_postgres, open_sqlite};
+use sluice_store::{
+    CachedFunctions, PgStore, SqliteQueue, SqliteStore, open_postgres, open_sqlite,
+};
 use sluice_testkit::FreshDatabase;
 use sluice_testkit::queue_contract::{self, call};
 
@@ -23,6 +25,107 @@ async fn db() -> (tempfile::TempDir, sqlx::SqlitePool) {
 async fn sqlite_functions_contract() {
     let (_dir, pool) = db().await;
     functions_contract(&SqliteStore::new(pool)).await;
+}
+
+#[tokio::test]
+async fn cached_functions_contract() {
+    let (_dir, pool) = db().await;
+    functions_contract(&CachedFunctions::new(std::sync::Arc::new(
+        SqliteStore::new(pool),
+    )))
+    .await;
+}
+
+fn spec_of(name: &str, namespace: &str, created_at: i64) -> FunctionSpec {
+    FunctionSpec::new(
+        FunctionRef::parse(name, Some(namespace)).unwrap(),
+        FunctionDeployment {
+            service: name.into(),
+            env_process: Some("cat".into()),
+            ..Default::default()
+        },
+        1,
+        Timestamp::from_millis(created_at),
+    )
+    .unwrap()
+}
+
+/// Memory answers as the database does, whether it was loaded before the writes or after
+/// them: same functions, same order, same creation times, same configuration.
+#[tokio::test]
+async fn the_cached_registry_answers_as_the_database_does() {
+    let (_dir, pool) = db().await;
+    let store = std::sync::Arc::new(SqliteStore::new(pool));
+    let early = CachedFunctions::new(store.clone());
+    // Loaded (empty) before any write: every write must reach memory.
+    assert!(early.list().await.unwrap().is_empty());
+    for (name, namespace, at) in [("b", "dev", 1), ("a", "prod", 2), ("c", "dev", 3)] {
+        early.create(&spec_of(name, namespace, at)).await.unwrap();
+    }
+    let b = FunctionRef::parse("b", Some("dev")).unwrap();
+    let mut changed = spec_of("b", "dev", 99);
+    changed.deployment.env_process = Some("sha512sum".into());
+    early.update(&changed).await.unwrap();
+    assert!(early.set_replicas(&b, 4).await.unwrap());
+    assert!(
+        early
+            .delete(&FunctionRef::parse("c", Some("dev")).unwrap())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !early
+            .set_replicas(&FunctionRef::parse("gone", None).unwrap(), 1)
+            .await
+            .unwrap()
+    );
+    // Loaded after the writes, from the database.
+    let late = CachedFunctions::new(store.clone());
+    let summary = |specs: Vec<FunctionSpec>| -> Vec<(String, String, u32, i64, Option<String>)> {
+        specs
+            .into_iter()
+            .map(|s| {
+                (
+                    s.function.namespace,
+                    s.function.name,
+                    s.replicas,
+                    s.created_at.as_millis(),
+                    s.deployment.env_process,
+                )
+            })
+            .collect()
+    };
+    let want = summary(store.list().await.unwrap());
+    assert_eq!(
+        want,
+        vec![
+            ("dev".into(), "b".into(), 4, 1, Some("sha512sum".into())),
+            ("prod".into(), "a".into(), 1, 2, Some("cat".into())),
+        ]
+    );
+    assert_eq!(summary(early.list().await.unwrap()), want);
+    assert_eq!(summary(late.list().await.unwrap()), want);
+    let got = early.get(&b).await.unwrap().unwrap();
+    let stored = FunctionStore::get(store.as_ref(), &b)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.config, stored.config);
+    let configs: Vec<FunctionRef> = early
+        .configs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect();
+    let listed: Vec<FunctionRef> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.function)
+        .collect();
+    assert_eq!(configs, listed);
 }
 
 #[tokio::test]
@@ -47,7 +150,7 @@ async fn pg_store(db: &FreshDatabase) -> PgStore {
     PgStore::new(open_postgres(&db.url, 4).await.unwrap())
 }
 
-async fn functions_contract<S: FunctionStore + CallStore>(store: &S) {
+async fn functions_contract<S: FunctionStore + ?Sized>(store: &S) {
     let f = FunctionRef::parse("echo", None).unwrap();
     let spec = FunctionSpec::new(
         f.clone(),
