@@ -80,6 +80,27 @@ pub fn decide(
     idle_for: Duration,
     state: KpaState,
 ) -> (Decision, KpaState) {
+    decide_explained(config, samples, now, current, idle_for, state, true)
+}
+
+/// [`decide`], with the decision's reason written out only if `explain` (it is text, and the
+/// autoscaler decides for every function every round, mostly without showing it).
+pub fn decide_explained(
+    config: &ScaleConfig,
+    samples: &[Sample],
+    now: Duration,
+    current: u32,
+    idle_for: Duration,
+    state: KpaState,
+    explain: bool,
+) -> (Decision, KpaState) {
+    let say = |text: std::fmt::Arguments<'_>| {
+        if explain {
+            text.to_string()
+        } else {
+            String::new()
+        }
+    };
     let per_replica = config.per_replica();
     let unit = match config.metric {
         Metric::Concurrency => "in flight",
@@ -110,30 +131,34 @@ pub fn decide(
         let d = want_panic.max(want_stable).max(current);
         (
             d,
-            format!(
+            say(format_args!(
                 "panic: {panic_load:.1} {unit} over {:?} wants {want_panic} at {per_replica:.1} each",
                 config.panic_window
-            ),
+            )),
         )
     } else {
         (
             want_stable,
-            format!(
+            say(format_args!(
                 "stable: {stable:.1} {unit} over {:?} wants {want_stable} at {per_replica:.1} each",
                 config.stable_window
-            ),
+            )),
         )
     };
 
     let up_limit = (f64::from(current.max(1)) * config.max_scale_up_rate).ceil();
     if f64::from(desired) > up_limit {
         desired = up_limit as u32;
-        reason.push_str(&format!("; held to {desired} by the scale-up rate"));
+        reason.push_str(&say(format_args!(
+            "; held to {desired} by the scale-up rate"
+        )));
     }
     let down_limit = (f64::from(current) / config.max_scale_down_rate).floor() as u32;
     if desired < down_limit {
         desired = down_limit;
-        reason.push_str(&format!("; held to {desired} by the scale-down rate"));
+        reason.push_str(&say(format_args!(
+            "; held to {desired} by the scale-down rate"
+        )));
     }
 
     let idle = config.zero && idle_for >= config.zero_after && !panic;
@@ -142,7 +167,10 @@ pub fn decide(
             Decision {
                 desired: 0,
                 panic: false,
-                reason: format!("idle for {idle_for:?} (zero after {:?})", config.zero_after),
+                reason: say(format_args!(
+                    "idle for {idle_for:?} (zero after {:?})",
+                    config.zero_after
+                )),
             },
             KpaState { panic_until: None },
         );
@@ -150,11 +178,11 @@ pub fn decide(
     let floor = config.min.max(1).min(config.max);
     if desired < floor {
         desired = floor;
-        reason.push_str(&format!("; at least {floor} (min)"));
+        reason.push_str(&say(format_args!("; at least {floor} (min)")));
     }
     if desired > config.max {
         desired = config.max;
-        reason.push_str(&format!("; at most {} (max)", config.max));
+        reason.push_str(&say(format_args!("; at most {} (max)", config.max)));
     }
     (
         Decision {

@@ -10,7 +10,7 @@ use sluice_core::{FunctionRef, FunctionStore, Orchestrator, ScaleStatus, TickRep
 use tokio::time::Instant;
 
 use crate::AutoscalerConfig;
-use crate::kpa::{self, KpaState, ScaleConfig, decide};
+use crate::kpa::{self, KpaState, ScaleConfig};
 use crate::load::Observation;
 
 /// Per-function memory of the decision loop.
@@ -227,8 +227,16 @@ impl Scaler {
                 return;
             }
             let samples = m.samples.make_contiguous();
-            let (decision, state) =
-                decide(config, samples, now, current, observed.idle_for, m.state);
+            // A pinned function's decision is not applied or shown: no reason to write.
+            let (decision, state) = kpa::decide_explained(
+                config,
+                samples,
+                now,
+                current,
+                observed.idle_for,
+                m.state,
+                !pinned,
+            );
             m.state = state;
             if !pinned {
                 m.status = Some(ScaleStatus {

@@ -46,6 +46,26 @@ fn decide(
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
+    /// Leaving the reason unwritten changes nothing else: the same replicas, panic and state.
+    #[test]
+    fn an_unexplained_decision_is_the_same_decision(
+        min in 1u32..5, extra in 0u32..30, target in 1.0f64..100.0, zero: bool,
+        loads in prop::collection::vec(0.0f64..5000.0, 0..90),
+        current in 0u32..60, idle_s in 0u64..100, panicked: bool,
+    ) {
+        let c = config(min, min + extra, target, zero);
+        let now = Duration::from_secs(1000);
+        let state = KpaState { panic_until: panicked.then_some(now + SEC * 10) };
+        let (s, idle) = (samples(now, &loads), Duration::from_secs(idle_s));
+        let (said, said_state) = kpa::decide(&c, &s, now, current, idle, state);
+        let (quiet, quiet_state) = kpa::decide_explained(&c, &s, now, current, idle, state, false);
+        prop_assert_eq!(said.desired, quiet.desired);
+        prop_assert_eq!(said.panic, quiet.panic);
+        prop_assert_eq!(said_state, quiet_state);
+        prop_assert!(!said.reason.is_empty());
+        prop_assert!(quiet.reason.is_empty());
+    }
+
     /// Never above max; never below min unless idle and allowed to go to zero.
     #[test]
     fn stays_within_bounds(
