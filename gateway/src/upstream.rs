@@ -98,3 +98,78 @@ impl<G: Unpin + Send + 'static> hyper::body::Body for Guarded<G> {
         self.body.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Set when dropped: stands for the request's guards.
+    struct Guard(Arc<AtomicBool>);
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A replica that writes `answer` to its first request, then holds the connection open,
+    /// sending nothing more.
+    async fn replica(answer: &'static [u8]) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 1024];
+            let _ = stream.read(&mut head).await.unwrap();
+            stream.write_all(answer).await.unwrap();
+            let _ = stream.read(&mut head).await;
+        });
+        addr
+    }
+
+    async fn get(addr: std::net::SocketAddr) -> axum::http::Response<Incoming> {
+        let request = axum::http::Request::get(format!("http://{addr}/"))
+            .body(Body::empty())
+            .unwrap();
+        client().request(request).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_stalls_ends_at_the_deadline_and_lets_its_guards_go() {
+        // Headers and the first bytes of a longer body, then nothing.
+        let addr = replica(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nfirst").await;
+        let response = get(addr).await;
+        assert_eq!(response.status(), 200);
+        let released = Arc::new(AtomicBool::new(false));
+        let deadline = Instant::now() + Duration::from_millis(300);
+        let mut body = Guarded::new(response.into_body(), deadline, Guard(released.clone()));
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"first");
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert!(Instant::now() >= deadline);
+        assert!(error.is::<AnswerTimedOut>(), "{error}");
+        assert!(
+            !released.load(Ordering::SeqCst),
+            "held while the body lives"
+        );
+        drop(body);
+        assert!(released.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_whole_answer_passes_unchanged() {
+        let addr = replica(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nwhole").await;
+        let response = get(addr).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let body = Guarded::new(response.into_body(), deadline, ());
+        assert_eq!(hyper::body::Body::size_hint(&body).exact(), Some(5));
+        let whole = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&whole[..], b"whole");
+    }
+}
