@@ -57,6 +57,10 @@ struct Args {
     /// Requests to a function at zero [default: 30; quick: 2].
     #[arg(long)]
     cold_samples: Option<usize>,
+    /// An argument added to every `sluice up` the benchmark starts (repeat for more), to
+    /// measure a setting: `--up-arg=--worker-concurrency --up-arg=128`.
+    #[arg(long = "up-arg", allow_hyphen_values = true)]
+    up_args: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,6 +102,18 @@ struct Settings {
     cold_samples: usize,
     function_counts: Vec<usize>,
     backlog: u64,
+    /// Added to every `sluice up`'s arguments.
+    up_args: Vec<String>,
+}
+
+impl Settings {
+    /// `sluice up`'s arguments for a figure: its own, then the ones given with `--up-arg`.
+    fn up_args<'a>(&'a self, own: &[&'a str]) -> Vec<&'a str> {
+        own.iter()
+            .copied()
+            .chain(self.up_args.iter().map(String::as_str))
+            .collect()
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -138,6 +154,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         backlog: args
             .backlog
             .unwrap_or(if quick { 1_000 } else { 1_000_000 }),
+        up_args: args.up_args.clone(),
     };
     let all = args.what.contains(&What::All);
     let wants = |w: What| all || args.what.contains(&w);
@@ -278,7 +295,11 @@ async fn deploy_echo(api: &Api, name: &str) -> anyhow::Result<()> {
 
 async fn async_up(s: &Settings, report: &mut Report, memory: &Memory) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let up = sluice::up(&s.sluice, dir.path(), &["--shutdown-grace", "1s"])?;
+    let up = sluice::up(
+        &s.sluice,
+        dir.path(),
+        &s.up_args(&["--shutdown-grace", "1s"]),
+    )?;
     let api = Api::new(&up.url);
     deploy_echo(&api, "echo").await?;
     memory.note(
@@ -416,7 +437,7 @@ async fn raw_jetstream(s: &Settings, url: &str) -> anyhow::Result<load::Outcome>
 
 async fn sync(s: &Settings, report: &mut Report, memory: &Memory) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let up = sluice::up(&s.sluice, dir.path(), &[])?;
+    let up = sluice::up(&s.sluice, dir.path(), &s.up_args(&[]))?;
     let api = Api::new(&up.url);
     deploy_echo(&api, "echo").await?;
     let direct = DirectEcho::start().await?;
@@ -542,7 +563,7 @@ async fn answers(addr: std::net::SocketAddr) -> bool {
 
 async fn classic(s: &Settings, report: &mut Report, memory: &Memory) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let up = sluice::up(&s.sluice, dir.path(), &[])?;
+    let up = sluice::up(&s.sluice, dir.path(), &s.up_args(&[]))?;
     let api = Api::new(&up.url);
     api.deploy(&sluice::classic_function(
         "cat",
@@ -576,7 +597,7 @@ async fn classic(s: &Settings, report: &mut Report, memory: &Memory) -> anyhow::
 
 async fn cold(s: &Settings, report: &mut Report) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let up = sluice::up(&s.sluice, dir.path(), &[])?;
+    let up = sluice::up(&s.sluice, dir.path(), &s.up_args(&[]))?;
     let api = Api::new(&up.url);
     api.deploy(&sluice::echo_function(
         "cold",
@@ -622,7 +643,7 @@ async fn cold(s: &Settings, report: &mut Report) -> anyhow::Result<()> {
 
 async fn scale(s: &Settings, report: &mut Report, n: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let up = sluice::up(&s.sluice, dir.path(), &[])?;
+    let up = sluice::up(&s.sluice, dir.path(), &s.up_args(&[]))?;
     let api = Api::new(&up.url);
     let idle = sluice::rss_mib(up.pid());
     let zero = [("com.openfaas.scale.zero", "true")];
@@ -708,14 +729,14 @@ async fn backlog(s: &Settings, report: &mut Report) -> anyhow::Result<()> {
     let up = sluice::up(
         &s.sluice,
         dir.path(),
-        &[
+        &s.up_args(&[
             "--shutdown-grace",
             "1s",
             "--max-queued-per-function",
             &bound,
             "--max-queued-calls",
             &bound,
-        ],
+        ]),
     )?;
     let api = Api::new(&up.url);
     deploy_echo(&api, "hold").await?;
