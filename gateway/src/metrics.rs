@@ -12,7 +12,7 @@
 //!
 //! `function_name` is `<name>.<namespace>`, as recent OpenFaaS gateways label it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -38,16 +38,23 @@ struct Series {
 }
 
 /// Invocation counts and durations, by function and status code. The label sets are bounded:
-/// deployed functions times the status codes they answered with.
+/// deployed functions times the status codes they answered with. Keyed by the function itself,
+/// so recording a call (every sync call does) allocates nothing once its series exists.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
-    series: Mutex<BTreeMap<(String, u16), Series>>,
+    series: Mutex<HashMap<FunctionRef, BTreeMap<u16, Series>>>,
 }
 
 impl Metrics {
     pub(crate) fn observe(&self, function: &FunctionRef, code: u16, took: Duration) {
         let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        let s = series.entry((label(function), code)).or_default();
+        if !series.contains_key(function) {
+            series.insert(function.clone(), BTreeMap::new());
+        }
+        let Some(codes) = series.get_mut(function) else {
+            return;
+        };
+        let s = codes.entry(code).or_default();
         let secs = took.as_secs_f64();
         s.count += 1;
         s.sum += secs;
@@ -60,23 +67,33 @@ impl Metrics {
 
     /// Invocations of `function` by any status code, as OpenFaaS's `invocationCount` is.
     pub(crate) fn invocations(&self, function: &FunctionRef) -> u64 {
-        let name = label(function);
         self.series
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|((f, _), _)| *f == name)
-            .map(|(_, s)| s.count)
-            .sum()
+            .get(function)
+            .map_or(0, |codes| codes.values().map(|s| s.count).sum())
     }
 
     /// Drops the series of a removed function.
     pub(crate) fn forget(&self, function: &FunctionRef) {
-        let name = label(function);
         self.series
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|(f, _), _| *f != name);
+            .remove(function);
+    }
+
+    /// Every series, by label and status code, in order.
+    fn snapshot(&self) -> BTreeMap<(String, u16), Series> {
+        self.series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flat_map(|(function, codes)| {
+                codes
+                    .iter()
+                    .map(|(code, s)| ((label(function), *code), s.clone()))
+            })
+            .collect()
     }
 }
 
@@ -85,12 +102,7 @@ fn label(function: &FunctionRef) -> String {
 }
 
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let series = state
-        .metrics
-        .series
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let series = state.metrics.snapshot();
     let mut out = String::new();
     out.push_str("# HELP gateway_function_invocation_total Function invocations by status code.\n");
     out.push_str("# TYPE gateway_function_invocation_total counter\n");
