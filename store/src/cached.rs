@@ -25,6 +25,11 @@ fn key(function: &FunctionRef) -> (String, String) {
 /// A [`FunctionStore`] answered from memory; see the module's note on who may use it.
 #[derive(Debug)]
 pub struct CachedFunctions {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     store: Arc<dyn FunctionStore>,
     /// Every function, by namespace and name (the store's order for `list`); `None` until
     /// first read.
@@ -38,22 +43,34 @@ impl CachedFunctions {
     /// Reads through to `store` until the first read loads it whole.
     pub fn new(store: Arc<dyn FunctionStore>) -> Self {
         Self {
-            store,
-            specs: RwLock::new(None),
-            writes: Mutex::new(()),
+            inner: Arc::new(Inner {
+                store,
+                specs: RwLock::new(None),
+                writes: Mutex::new(()),
+            }),
         }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Option<Specs>> {
-        self.specs.read().unwrap_or_else(|p| p.into_inner())
+        self.inner.specs.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Changes memory, if it is loaded (else the first read loads the change from the store).
-    fn change(&self, change: impl FnOnce(&mut Specs)) {
-        let mut specs = self.specs.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(specs) = specs.as_mut() {
-            change(specs);
-        }
+    /// Runs `write` (to the store, then to memory) in a task of its own, under the write lock:
+    /// a caller that goes away mid-write (a client hanging up on a deploy) cannot leave the
+    /// store changed and memory not.
+    async fn write<T, F>(&self, write: impl FnOnce(Arc<Inner>) -> F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        let work = write(inner.clone());
+        tokio::spawn(async move {
+            let _writes = inner.writes.lock().await;
+            work.await
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("a registry write did not finish: {e}")))?
     }
 
     /// Loads the registry into memory if it is not yet there.
@@ -61,43 +78,59 @@ impl CachedFunctions {
         if self.read().is_some() {
             return Ok(());
         }
-        let _writes = self.writes.lock().await;
+        let _writes = self.inner.writes.lock().await;
         if self.read().is_some() {
             return Ok(());
         }
-        let listed = self.store.list().await?;
+        let listed = self.inner.store.list().await?;
         let specs = listed
             .into_iter()
             .map(|spec| (key(&spec.function), spec))
             .collect();
-        *self.specs.write().unwrap_or_else(|p| p.into_inner()) = Some(specs);
+        *self.inner.specs.write().unwrap_or_else(|p| p.into_inner()) = Some(specs);
         Ok(())
+    }
+}
+
+impl Inner {
+    /// Changes memory, if it is loaded (else the first read loads the change from the store).
+    fn change(&self, change: impl FnOnce(&mut Specs)) {
+        let mut specs = self.specs.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(specs) = specs.as_mut() {
+            change(specs);
+        }
     }
 }
 
 #[async_trait]
 impl FunctionStore for CachedFunctions {
     async fn create(&self, spec: &FunctionSpec) -> Result<(), StoreError> {
-        let _writes = self.writes.lock().await;
-        self.store.create(spec).await?;
-        self.change(|specs| {
-            specs.insert(key(&spec.function), spec.clone());
-        });
-        Ok(())
+        let spec = spec.clone();
+        self.write(|inner| async move {
+            inner.store.create(&spec).await?;
+            inner.change(|specs| {
+                specs.insert(key(&spec.function), spec.clone());
+            });
+            Ok(())
+        })
+        .await
     }
 
     async fn update(&self, spec: &FunctionSpec) -> Result<(), StoreError> {
-        let _writes = self.writes.lock().await;
-        self.store.update(spec).await?;
-        // As the store does: deployment and replicas change, the creation time stays.
-        self.change(|specs| {
-            if let Some(kept) = specs.get_mut(&key(&spec.function)) {
-                kept.deployment = spec.deployment.clone();
-                kept.config = spec.config.clone();
-                kept.replicas = spec.replicas;
-            }
-        });
-        Ok(())
+        let spec = spec.clone();
+        self.write(|inner| async move {
+            inner.store.update(&spec).await?;
+            // As the store does: deployment and replicas change, the creation time stays.
+            inner.change(|specs| {
+                if let Some(kept) = specs.get_mut(&key(&spec.function)) {
+                    kept.deployment = spec.deployment.clone();
+                    kept.config = spec.config.clone();
+                    kept.replicas = spec.replicas;
+                }
+            });
+            Ok(())
+        })
+        .await
     }
 
     async fn get(&self, function: &FunctionRef) -> Result<Option<FunctionSpec>, StoreError> {
@@ -132,12 +165,15 @@ impl FunctionStore for CachedFunctions {
     }
 
     async fn delete(&self, function: &FunctionRef) -> Result<bool, StoreError> {
-        let _writes = self.writes.lock().await;
-        let deleted = self.store.delete(function).await?;
-        self.change(|specs| {
-            specs.remove(&key(function));
-        });
-        Ok(deleted)
+        let function = function.clone();
+        self.write(|inner| async move {
+            let deleted = inner.store.delete(&function).await?;
+            inner.change(|specs| {
+                specs.remove(&key(&function));
+            });
+            Ok(deleted)
+        })
+        .await
     }
 
     async fn set_replicas(
@@ -145,13 +181,16 @@ impl FunctionStore for CachedFunctions {
         function: &FunctionRef,
         replicas: u32,
     ) -> Result<bool, StoreError> {
-        let _writes = self.writes.lock().await;
-        let set = self.store.set_replicas(function, replicas).await?;
-        self.change(|specs| {
-            if let Some(kept) = specs.get_mut(&key(function)) {
-                kept.replicas = replicas;
-            }
-        });
-        Ok(set)
+        let function = function.clone();
+        self.write(move |inner| async move {
+            let set = inner.store.set_replicas(&function, replicas).await?;
+            inner.change(|specs| {
+                if let Some(kept) = specs.get_mut(&key(&function)) {
+                    kept.replicas = replicas;
+                }
+            });
+            Ok(set)
+        })
+        .await
     }
 }

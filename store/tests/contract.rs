@@ -128,6 +128,37 @@ async fn the_cached_registry_answers_as_the_database_does() {
     assert_eq!(configs, listed);
 }
 
+/// A caller that goes away mid-write (a client hanging up on a deploy) does not leave the
+/// database changed and memory not: the write finishes on its own.
+#[tokio::test]
+async fn a_registry_write_abandoned_by_its_caller_reaches_memory_too() {
+    let (_dir, pool) = db().await;
+    let store = std::sync::Arc::new(SqliteStore::new(pool));
+    let cached = CachedFunctions::new(store.clone());
+    assert!(cached.list().await.unwrap().is_empty());
+    let spec = spec_of("left", "dev", 1);
+    // Polled once, then dropped.
+    let abandoned = tokio::time::timeout(Duration::ZERO, cached.create(&spec)).await;
+    assert!(
+        abandoned.is_err(),
+        "the write finished within its first poll"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cached.get(&spec.function).await.unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "memory never got the function"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        FunctionStore::get(store.as_ref(), &spec.function)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
 #[tokio::test]
 async fn postgres_functions_contract() {
     let db = FreshDatabase::create().await;
