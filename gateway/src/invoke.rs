@@ -83,18 +83,30 @@ async fn ensure_deployed(state: &AppState, function: &FunctionRef) -> Result<(),
     Err(ApiError::FunctionNotFound(function.to_string()))
 }
 
-/// Request headers that go on to the function: everything but hop-by-hop headers, with the
-/// client's `Host` passed on as `X-Forwarded-Host` (as OpenFaaS's gateway does).
+static FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Whether a request header stops at the gateway: hop-by-hop headers and Sluice's own.
+fn stays_here(name: &HeaderName) -> bool {
+    is_hop_by_hop(name.as_str()) || name.as_str() == headers::INTERNAL
+}
+
+/// The client's `Host`, passed on as `X-Forwarded-Host` (as OpenFaaS's gateway does) unless the
+/// request already carries one.
+fn forwarded_host(headers: &HeaderMap) -> Option<&HeaderValue> {
+    if headers.contains_key(&FORWARDED_HOST) {
+        return None;
+    }
+    headers.get(axum::http::header::HOST)
+}
+
+/// Request headers that go on to the function (an async call's, to be stored): see
+/// [`stays_here`] and [`forwarded_host`]; the sync path edits its request in place with
+/// [`forward_headers`] instead.
 fn forwardable(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-    static FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-    let host = (!headers.contains_key(&FORWARDED_HOST))
-        .then(|| headers.get(axum::http::header::HOST))
-        .flatten()
-        .map(|v| (&FORWARDED_HOST, v));
     headers
         .iter()
-        .filter(|(k, _)| !is_hop_by_hop(k.as_str()) && k.as_str() != headers::INTERNAL)
-        .chain(host)
+        .filter(|(k, _)| !stays_here(k))
+        .chain(forwarded_host(headers).map(|v| (&FORWARDED_HOST, v)))
 }
 
 pub(crate) async fn sync(
@@ -171,25 +183,20 @@ async fn proxy(
     // response streams back.
     drop(held);
     let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    remove_where(&mut parts.headers, |k| is_hop_by_hop(k.as_str()));
     // The endpoint travels with the body: the replica counts the request as in flight until the
     // response has been streamed to its end (or the client went away).
     let body = crate::upstream::Guarded::new(body, deadline, (endpoint, admitted, tracked));
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 
-/// A client's request headers made into the replica's: hop-by-hop headers and Sluice's own
-/// removed, the client's `Host` passed on as `X-Forwarded-Host` (as OpenFaaS's gateway does),
-/// and credentials removed when they were Sluice's (the function requires them).
+/// A client's request headers made into the replica's, in place: as [`forwardable`], and
+/// without credentials when they were Sluice's (the function requires them).
 fn forward_headers(headers: &mut HeaderMap, auth_required: bool) {
-    static FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-    if !headers.contains_key(&FORWARDED_HOST)
-        && let Some(host) = headers.get(axum::http::header::HOST).cloned()
-    {
+    if let Some(host) = forwarded_host(headers).cloned() {
         headers.insert(FORWARDED_HOST.clone(), host);
     }
-    strip_hop_by_hop(headers);
-    headers.remove(headers::INTERNAL);
+    remove_where(headers, stays_here);
     if auth_required {
         for name in CREDENTIAL_HEADERS {
             headers.remove(name);
@@ -197,17 +204,12 @@ fn forward_headers(headers: &mut HeaderMap, auth_required: bool) {
     }
 }
 
-/// Removes the headers that stay on their own hop.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(|k| is_hop_by_hop(k.as_str())) {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| is_hop_by_hop(k.as_str()))
-        .cloned()
-        .collect();
-    for name in named {
+/// Removes every header whose name `stays` says.
+fn remove_where(headers: &mut HeaderMap, stays: impl Fn(&HeaderName) -> bool) {
+    // Collected first (no allocation when there are none): a `HeaderMap` cannot be changed
+    // while it is walked.
+    let names: Vec<HeaderName> = headers.keys().filter(|k| stays(k)).cloned().collect();
+    for name in names {
         headers.remove(name);
     }
 }

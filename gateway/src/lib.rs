@@ -328,11 +328,10 @@ pub(crate) struct Gateway {
     router: Router,
 }
 
-/// What a request to the gateway is.
-enum Route {
+/// A function call, as the path says.
+enum Call {
     Sync,
     Async,
-    Other,
 }
 
 impl Gateway {
@@ -351,27 +350,27 @@ impl Gateway {
         use tower::ServiceExt;
         let path = request.uri().path();
         let below = |prefix: &str| path.strip_prefix(prefix).is_some_and(|r| !r.is_empty());
-        let route = if below("/function/") {
-            Route::Sync
+        let call = if below("/function/") {
+            Some(Call::Sync)
         } else if below("/async-function/") {
-            Route::Async
+            Some(Call::Async)
         } else {
-            Route::Other
+            None
         };
         let request = request.map(axum::body::Body::new);
-        if matches!(route, Route::Other) {
+        let Some(call) = call else {
             return match self.router.oneshot(request).await {
                 Ok(response) => response,
                 Err(never) => match never {},
             };
-        }
+        };
         if let Err(refused) = limits::check(&self.state.config.head, &request) {
             return refused.into_response();
         }
         let state = axum::extract::State(self.state);
-        match route {
-            Route::Sync => invoke::sync(state, request).await.into_response(),
-            _ => invoke::submit(state, request).await.into_response(),
+        match call {
+            Call::Sync => invoke::sync(state, request).await.into_response(),
+            Call::Async => invoke::submit(state, request).await.into_response(),
         }
     }
 }

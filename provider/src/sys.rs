@@ -21,10 +21,10 @@ pub(crate) enum Lifetime {
     /// is made between fork and exec, so std forks the whole of Sluice to start it.
     DiesWithSluice,
     /// One classic run, started per request: spawned with `posix_spawn` (nothing runs between
-    /// fork and exec), which costs a fraction of a fork of Sluice. A run Sluice's death leaves
-    /// behind ends when it has read its input and written its output (its pipes are closed),
-    /// past its `exec_timeout` it is a leftover like a replica's own children, stopped by the
-    /// next start (it carries the run marker).
+    /// fork and exec), which costs a fraction of a fork of Sluice. It gets no death signal: if
+    /// Sluice dies, its pipes close (end of input; a write to its output kills it), and a run
+    /// that does neither is a leftover like a replica's own children, stopped by the next
+    /// start (it carries the run marker).
     PerRequest,
 }
 

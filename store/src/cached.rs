@@ -57,7 +57,9 @@ impl CachedFunctions {
 
     /// Runs `write` (to the store, then to memory) in a task of its own, under the write lock:
     /// a caller that goes away mid-write (a client hanging up on a deploy) cannot leave the
-    /// store changed and memory not.
+    /// store changed and memory not. A write that fails other than by the store's refusal (a
+    /// conflict, a function not found), or that panics, may or may not have reached the store:
+    /// memory is dropped, and the next read loads it afresh.
     async fn write<T, F>(&self, write: impl FnOnce(Arc<Inner>) -> F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -65,12 +67,21 @@ impl CachedFunctions {
     {
         let inner = self.inner.clone();
         let work = write(inner.clone());
-        tokio::spawn(async move {
+        let done = tokio::spawn(async move {
             let _writes = inner.writes.lock().await;
-            work.await
+            let done = work.await;
+            if matches!(done, Err(StoreError::Unavailable(_))) {
+                inner.forget();
+            }
+            done
         })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("a registry write did not finish: {e}")))?
+        .await;
+        done.unwrap_or_else(|e| {
+            self.inner.forget();
+            Err(StoreError::Unavailable(format!(
+                "a registry write did not finish: {e}"
+            )))
+        })
     }
 
     /// Loads the registry into memory if it is not yet there.
@@ -93,6 +104,11 @@ impl CachedFunctions {
 }
 
 impl Inner {
+    /// Drops memory: the next read loads the registry from the store.
+    fn forget(&self) {
+        *self.specs.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// Changes memory, if it is loaded (else the first read loads the change from the store).
     fn change(&self, change: impl FnOnce(&mut Specs)) {
         let mut specs = self.specs.write().unwrap_or_else(|p| p.into_inner());

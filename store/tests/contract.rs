@@ -162,6 +162,31 @@ async fn a_registry_write_abandoned_by_its_caller_reaches_memory_too() {
     );
 }
 
+/// A write that fails for want of the database may or may not have reached it: memory is
+/// dropped rather than trusted, and reads go to the database again.
+#[tokio::test]
+async fn a_failed_registry_write_drops_memory() {
+    let (_dir, pool) = db().await;
+    let cached = CachedFunctions::new(std::sync::Arc::new(SqliteStore::new(pool.clone())));
+    cached.create(&spec_of("kept", "dev", 1)).await.unwrap();
+    assert_eq!(cached.list().await.unwrap().len(), 1);
+    // A refusal is the store's answer, not a failure: memory stays.
+    assert!(matches!(
+        cached.create(&spec_of("kept", "dev", 1)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(cached.list().await.unwrap().len(), 1);
+    pool.close().await;
+    assert!(matches!(
+        cached.create(&spec_of("lost", "dev", 2)).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(
+        matches!(cached.list().await, Err(StoreError::Unavailable(_))),
+        "memory answered after a write that may have reached the database"
+    );
+}
+
 #[tokio::test]
 async fn postgres_functions_contract() {
     let db = FreshDatabase::create().await;
