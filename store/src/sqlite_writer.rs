@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
 use sluice_core::batch::GroupCommit;
-use sqlx::{Connection, SqliteConnection, SqlitePool};
+use sqlx::{ConnectOptions, Connection, SqliteConnection, SqlitePool};
 
 /// Writes committed in one transaction at most.
 const MAX_BATCH: usize = 512;
@@ -45,11 +45,13 @@ impl std::fmt::Debug for SqliteWriter {
 
 impl SqliteWriter {
     /// The writer of the database behind `pool`; its committer runs on the current Tokio
-    /// runtime and holds one of the pool's connections while it commits.
+    /// runtime, on a connection of its own opened with the pool's settings when it first
+    /// commits (and again after a transaction failed). It stops writing when `pool` is closed.
     pub fn new(pool: SqlitePool) -> Self {
+        let conn = Arc::new(tokio::sync::Mutex::new(None));
         let batches = GroupCommit::start(WAITING, MAX_BATCH, 1, move |jobs: Vec<Job>| {
-            let pool = pool.clone();
-            async move { commit(&pool, jobs).await }
+            let (pool, conn) = (pool.clone(), conn.clone());
+            async move { commit(&pool, &mut *conn.lock().await, jobs).await }
         });
         Self { batches }
     }
@@ -109,13 +111,25 @@ impl SqliteWriter {
 }
 
 /// Runs a batch in as few transactions as it can: one, unless a single-statement write fails
-/// (then what ran so far is committed, and the rest go into another). Answers each write.
-async fn commit(pool: &SqlitePool, jobs: Vec<Job>) -> Vec<Result<(), String>> {
+/// (then what ran so far is committed, and the rest go into another), on the writer's
+/// connection `conn` (opened here if there is none). Answers each write.
+async fn commit(
+    pool: &SqlitePool,
+    conn: &mut Option<SqliteConnection>,
+    jobs: Vec<Job>,
+) -> Vec<Result<(), String>> {
     let mut answers = Vec::with_capacity(jobs.len());
     let mut jobs = jobs.into_iter().peekable();
     while jobs.peek().is_some() {
         let mut ran = 0;
-        let committed = transaction(pool, &mut jobs, &mut ran).await;
+        let committed = match connection(pool, conn).await {
+            Ok(c) => transaction(c, &mut jobs, &mut ran).await,
+            Err(e) => Err(e),
+        };
+        if committed.is_err() {
+            // The connection may be what failed: the next transaction opens another.
+            *conn = None;
+        }
         let answer = committed.map_err(|e| e.to_string());
         if ran == 0 {
             // No transaction could be begun (the database is unavailable): every write left
@@ -133,11 +147,10 @@ async fn commit(pool: &SqlitePool, jobs: Vec<Job>) -> Vec<Result<(), String>> {
 /// whole transaction (a full disk does): the commit then fails, and so does every write in it,
 /// none of which was kept.
 async fn transaction(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     jobs: &mut impl Iterator<Item = Job>,
     ran: &mut usize,
 ) -> Result<(), sqlx::Error> {
-    let mut conn = pool.acquire().await?;
     // Immediate: the write lock is taken at the start, so no write in the batch can fail to
     // upgrade a read into a write later.
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
@@ -156,6 +169,22 @@ async fn transaction(
         }
     }
     tx.commit().await
+}
+
+/// The writer's connection: the one it has, or a new one with the pool's settings. None once
+/// the pool is closed (the database is being shut).
+async fn connection<'c>(
+    pool: &SqlitePool,
+    conn: &'c mut Option<SqliteConnection>,
+) -> Result<&'c mut SqliteConnection, sqlx::Error> {
+    if pool.is_closed() {
+        *conn = None;
+        return Err(sqlx::Error::PoolClosed);
+    }
+    if conn.is_none() {
+        *conn = Some(pool.connect_options().connect().await?);
+    }
+    Ok(conn.as_mut().expect("opened above"))
 }
 
 #[cfg(test)]
