@@ -269,10 +269,12 @@ impl Prepared {
                 // One writer for the store and the queue: their writes share transactions.
                 let writer = SqliteWriter::new(pool.clone());
                 let store = SqliteStore::with_writer(pool.clone(), writer.clone());
+                // The calls' records are in the queue's database: each claim starts them.
                 let queue =
                     SqliteQueue::with_writer(pool, writer, config.lease, config.queue_bounds)
                         .await
-                        .context("cannot open the embedded queue")?;
+                        .context("cannot open the embedded queue")?
+                        .starting_calls();
                 // The process that holds the data dir is the registry's only writer: it
                 // answers reads from memory. Any other (a separate queue worker) reads the
                 // database.

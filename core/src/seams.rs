@@ -430,6 +430,30 @@ pub trait CallStore: Send + Sync + Debug {
     /// attempt; returns the attempt number (1-based), or `None` if the call must not run: it
     /// was cancelled, or it has finished.
     async fn start_attempt(&self, id: &CallId, at: Timestamp) -> Result<Option<u32>, StoreError>;
+    /// [`Self::start_attempt`] for many calls in one write: the attempt number of each call
+    /// started. A call left out was not started (it was cancelled or has finished, or its
+    /// record is gone); [`Self::start_attempt`] tells which.
+    async fn start_attempts(
+        &self,
+        ids: &[CallId],
+        at: Timestamp,
+    ) -> Result<std::collections::HashMap<CallId, u32>, StoreError> {
+        let mut started = std::collections::HashMap::with_capacity(ids.len());
+        for id in ids {
+            match self.start_attempt(id, at).await {
+                Ok(Some(attempt)) => {
+                    started.insert(id.clone(), attempt);
+                }
+                Ok(None) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(started)
+    }
+    /// Undoes [`Self::start_attempt`] for a call that was started but did not run after all
+    /// (it goes back on the queue untouched): queued again, `attempt` not counted. Nothing
+    /// changes unless the call is still running on `attempt`.
+    async fn undo_start(&self, id: &CallId, attempt: u32) -> Result<(), StoreError>;
     /// Cancels a call that is still queued. Returns the record as it now is, `None` if there is
     /// no such call; a call past `queued` is returned unchanged.
     async fn cancel(&self, id: &CallId, at: Timestamp) -> Result<Option<CallRecord>, StoreError>;
@@ -500,6 +524,11 @@ pub struct Delivery {
     /// How many times this call has been handed out, this time included.
     pub delivery_count: u32,
     pub lease: Box<dyn Lease>,
+    /// The attempt the call is on, once it was started in the call store (see
+    /// [`CallStore::start_attempt`]). The embedded queue, whose database holds the calls'
+    /// records, starts the calls it hands out in the claim's own transaction; from any other
+    /// queue a delivery comes with `None`, and the worker starts it.
+    pub started: Option<u32>,
 }
 
 /// A worker's hold on one delivered call.

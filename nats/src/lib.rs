@@ -307,6 +307,8 @@ impl JetStreamQueue {
             Ok((call, object)) => Some(Delivery {
                 call,
                 delivery_count,
+                // The calls' records are in Postgres: the worker starts each.
+                started: None,
                 lease: Box::new(JetStreamLease {
                     queue: self.clone(),
                     message,

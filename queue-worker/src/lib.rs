@@ -1,9 +1,11 @@
 //! `sluice-queue-worker`: turns queued async calls into invocations and callbacks.
 //!
-//! For each delivery: mark the call running, keep its lease alive while the function runs,
-//! invoke the function through the gateway's `/function/` route (so the worker needs nothing but
-//! HTTP and the queue), record the outcome, POST it to the call's `X-Callback-Url`, and only then
-//! ack. A crash anywhere before the ack means the call is delivered again: at least once, never lost.
+//! For each delivery: mark the call running (the calls taken off the queue together are started
+//! in one write), keep its lease alive while the function runs, invoke the function through the
+//! gateway's `/function/` route (so the worker needs nothing but HTTP and the queue), record the
+//! outcome, POST it to the call's `X-Callback-Url`, and only then ack, recording how the callback
+//! went at the same time. A crash anywhere before the ack means the call is delivered again: at
+//! least once, never lost.
 
 mod callback;
 mod invoke;
@@ -264,17 +266,15 @@ pub async fn run(
                 continue;
             }
         };
+        // The calls whose functions have room run now, started together in one write.
+        let mut runnable = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             let permit = permits.pop().expect("no more deliveries than permits");
             let function = &delivery.call.meta.function;
             let limit = worker.config.function_concurrency;
             if let Some(slot) = worker.busy.take(function, limit) {
                 put_back.store(0, Ordering::Relaxed);
-                let worker = worker.clone();
-                tracker.spawn(async move {
-                    worker.handle(delivery).await;
-                    drop((slot, permit));
-                });
+                runnable.push((delivery, slot, permit));
                 continue;
             }
             // Not an attempt: the call waits a moment for one of its function's calls to end,
@@ -282,7 +282,15 @@ pub async fn run(
             // which may well be another function's.
             let (worker, put_back) = (worker.clone(), put_back.clone());
             tracker.spawn(async move {
-                let function = &delivery.call.meta.function;
+                let mut delivery = delivery;
+                let (id, function) = (&delivery.call.meta.id, &delivery.call.meta.function);
+                if let Some(attempt) = delivery.started.take() {
+                    // Started with its claim, but not running yet: queued again while it
+                    // waits (and started anew if it gets a slot).
+                    if let Err(error) = worker.calls.undo_start(id, attempt).await {
+                        tracing::warn!(call = %id, %error, "could not undo the start of a call held for its function's cap; it counts as an attempt");
+                    }
+                }
                 match worker.busy.wait_for(function, limit, FUNCTION_BUSY_HOLD).await {
                     Some(slot) => {
                         put_back.store(0, Ordering::Relaxed);
@@ -290,13 +298,46 @@ pub async fn run(
                         drop(slot);
                     }
                     None => {
-                        tracing::debug!(call = %delivery.call.meta.id, %function, "function at its concurrency cap; offered again shortly");
+                        tracing::debug!(call = %id, %function, "function at its concurrency cap; offered again shortly");
                         put_back.fetch_add(1, Ordering::Relaxed);
                         let wait = FUNCTION_BUSY_WAIT.mul_f64(1.0 + rand::random::<f64>());
                         let _ = delivery.lease.release(wait).await;
                     }
                 }
                 drop(permit);
+            });
+        }
+        if !runnable.is_empty() {
+            let (worker, calls) = (worker.clone(), tracker.clone());
+            tracker.spawn(async move {
+                // Those the queue did not start as it handed them out.
+                let ids: Vec<_> = runnable
+                    .iter()
+                    .filter(|(d, ..)| d.started.is_none())
+                    .map(|(d, ..)| d.call.meta.id.clone())
+                    .collect();
+                let mut started = if ids.is_empty() {
+                    HashMap::new()
+                } else {
+                    // On failure, each call tries again on its own, and is released if it
+                    // cannot start.
+                    let now = Timestamp::now();
+                    worker
+                        .calls
+                        .start_attempts(&ids, now)
+                        .await
+                        .unwrap_or_default()
+                };
+                for (mut delivery, slot, permit) in runnable {
+                    if delivery.started.is_none() {
+                        delivery.started = started.remove(&delivery.call.meta.id);
+                    }
+                    let worker = worker.clone();
+                    calls.spawn(async move {
+                        worker.handle(delivery).await;
+                        drop((slot, permit));
+                    });
+                }
             });
         }
     }
@@ -316,24 +357,44 @@ pub async fn run(
 
 /// What became of one delivery.
 enum Step {
-    /// A final outcome was recorded (and the callback attempted): ack.
-    Done(CallState),
+    /// A final outcome was recorded (and the callback attempted): ack, recording how the
+    /// callback went (if one was tried) at the same time.
+    Done {
+        state: CallState,
+        callback: Option<CallbackOutcome>,
+    },
     /// The attempt failed and will be retried after the delay: release.
     Retry(Duration),
 }
 
+impl Step {
+    /// Done, with no callback tried.
+    fn done(state: CallState) -> Self {
+        Self::Done {
+            state,
+            callback: None,
+        }
+    }
+}
+
 impl Worker {
+    /// Works one delivery.
     async fn handle(&self, delivery: Delivery) {
         let Delivery {
             call,
             delivery_count,
             lease,
+            started,
         } = delivery;
         let id = call.meta.id.clone();
         // Most deliveries are new calls, started in one write. A call that already finished is
         // back only because its callback is still owed (or a crash came between the callback
         // and the ack): it is not run again.
-        let (attempt, earlier) = match self.start(&call.meta).await {
+        let starting = match started {
+            Some(attempt) => Ok(Some(attempt)),
+            None => self.start(&call.meta).await,
+        };
+        let (attempt, earlier) = match starting {
             Ok(Some(n)) => (n, None),
             Ok(None) => match self.calls.get(&id).await {
                 Ok(Some(record))
@@ -390,9 +451,23 @@ impl Worker {
             () = self.abandon.cancelled() => None,
         };
         match finished {
-            Some(Ok(Step::Done(state))) => {
+            Some(Ok(Step::Done { state, callback })) => {
                 tracing::info!(call = %id, state = state.as_str(), attempt, "call finished");
-                if let Err(error) = lease.ack().await {
+                // The call's last two writes go together (with the embedded queue, into one
+                // transaction): the callback's record cannot change what is done. Should it
+                // fail, the record lacks how the callback went, and the call is done anyway
+                // (not called back again).
+                let recorded = async {
+                    match &callback {
+                        Some(outcome) => self.calls.record_callback(&id, outcome).await,
+                        None => Ok(()),
+                    }
+                };
+                let (recorded, acked) = tokio::join!(recorded, lease.ack());
+                if let Err(error) = recorded {
+                    tracing::warn!(call = %id, %error, "could not record how the callback went");
+                }
+                if let Err(error) = acked {
                     tracing::warn!(call = %id, %error, "ack failed; the call may be delivered again");
                 }
             }
@@ -455,7 +530,7 @@ impl Worker {
             .finish_with_result(id, &outcome, kept.as_ref())
             .await?;
         let Some(url) = call.meta.callback_url.as_deref() else {
-            return Ok(Step::Done(outcome.state));
+            return Ok(Step::done(outcome.state));
         };
         let payload = callback::Payload::from_invocation(&result, retried(attempt, &policy));
         self.callback(call, &payload, url, 0, outcome.state).await
@@ -471,11 +546,11 @@ impl Worker {
             call.meta.callback_url.as_deref(),
             record.callback.as_ref().is_some_and(|c| c.delivered),
         ) else {
-            return Ok(Step::Done(record.state));
+            return Ok(Step::done(record.state));
         };
         let tried = record.callback.as_ref().map_or(0, |c| c.attempts);
         if tried >= self.config.callback_attempts {
-            return Ok(Step::Done(record.state));
+            return Ok(Step::done(record.state));
         }
         let policy = self.policy(&call.meta.function).await;
         let payload = callback::Payload::from_kept(
@@ -488,8 +563,9 @@ impl Worker {
             .await
     }
 
-    /// One try of the callback; records it, and asks for another delivery if it failed and
-    /// tries are left.
+    /// One try of the callback. Asks for another delivery if it failed and tries are left
+    /// (recording this one first); else the call is done, and how the callback went is
+    /// recorded as it is acked.
     async fn callback(
         &self,
         call: &QueuedCall,
@@ -512,19 +588,22 @@ impl Worker {
             attempts,
             at: Timestamp::now(),
         };
-        self.calls.record_callback(id, &outcome).await?;
+        let done = Step::Done {
+            state,
+            callback: Some(outcome.clone()),
+        };
         match sent {
             Ok(_) => {
                 if payload.body.len() > self.config.result_max_bytes {
                     // Kept only to call back: no longer needed.
                     self.calls.forget_result(id).await?;
                 }
-                Ok(Step::Done(state))
+                Ok(done)
             }
             Err(failure) if failure.refused => {
                 let error = failure.reason;
                 tracing::warn!(call = %id, %error, "callback refused by the policy; not trying again");
-                Ok(Step::Done(state))
+                Ok(done)
             }
             Err(callback::Failure { reason: error, .. })
                 if attempts < self.config.callback_attempts =>
@@ -535,11 +614,13 @@ impl Worker {
                     .saturating_mul(1 << (attempts - 1).min(16))
                     .min(CALLBACK_BACKOFF_MAX);
                 tracing::warn!(call = %id, %error, attempts, ?delay, "callback failed; will try again");
+                // Recorded before the call goes back: the next try counts this one.
+                self.calls.record_callback(id, &outcome).await?;
                 Ok(Step::Retry(delay))
             }
             Err(callback::Failure { reason: error, .. }) => {
                 tracing::warn!(call = %id, %error, attempts, "callback failed; giving up");
-                Ok(Step::Done(state))
+                Ok(done)
             }
         }
     }

@@ -40,18 +40,6 @@ impl PgStore {
         Ok(query.execute(&self.pool).await?.rows_affected())
     }
 
-    /// Runs write statements one after another; returns the rows each changed.
-    async fn write_all(
-        &self,
-        queries: Vec<Query<'static, Postgres, PgArguments>>,
-    ) -> Result<Vec<u64>, sqlx::Error> {
-        let mut done = Vec::with_capacity(queries.len());
-        for query in queries {
-            done.push(query.execute(&self.pool).await?.rows_affected());
-        }
-        Ok(done)
-    }
-
     /// Inserts the records whose ids are new in one statement; returns their ids. The rows go
     /// as one array per column, so the statement is the same for any number of them and is
     /// prepared once per connection (a `VALUES` list would be a new statement for each count).
@@ -94,6 +82,14 @@ impl PgStore {
         Ok(rows.iter().map(|row| row.get("id")).collect())
     }
 
+    /// Runs a write statement with `RETURNING`; returns its rows.
+    async fn write_fetch_all(
+        &self,
+        query: Query<'static, Postgres, PgArguments>,
+    ) -> Result<Vec<PgRow>, sqlx::Error> {
+        query.fetch_all(&self.pool).await
+    }
+
     /// Runs a write statement with `RETURNING`.
     async fn write_returning(
         &self,
@@ -101,6 +97,25 @@ impl PgStore {
     ) -> Result<Option<PgRow>, sqlx::Error> {
         query.fetch_optional(&self.pool).await
     }
+}
+
+/// Starts attempts of the calls whose ids are the array `$2` at `$1`.
+const START_ATTEMPTS: &str = "UPDATE calls SET state = 'running', attempts = attempts + 1, \
+     started_at = $1, finished_at = NULL, duration_ms = NULL, status_code = NULL, error = NULL \
+     WHERE id = ANY($2::text[]) AND state IN ('queued', 'running') RETURNING id, attempts";
+
+/// Keeps a call's response (`$6`..`$10`: id, status, headers, body, time) and records its
+/// outcome as [`crate::sql::FINISH`] does, in one statement (so one round trip and commit).
+const FINISH_WITH_RESULT: &str = "WITH kept AS (INSERT INTO call_results (id, status_code, \
+     headers, body, stored_at) VALUES ($6, $7, $8, $9, $10) ON CONFLICT (id) DO UPDATE SET \
+     status_code = EXCLUDED.status_code, headers = EXCLUDED.headers, body = EXCLUDED.body, \
+     stored_at = EXCLUDED.stored_at RETURNING id) \
+     UPDATE calls SET state = $1, status_code = $2, error = $3, finished_at = $4, \
+     duration_ms = $5 WHERE id = $6 RETURNING id";
+
+/// Call ids as one parameter: a text array.
+fn id_list<'a>(ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    ids.into_iter().map(str::to_owned).collect()
 }
 
 crate::sql::sql_store!(PgStore, sqlx::postgres::PgRow, sqlx::Postgres);

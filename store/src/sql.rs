@@ -165,16 +165,18 @@ macro_rules! sql_store {
         type WriteQuery = sqlx::query::Query<'static, $db, <$db as sqlx::Database>::Arguments<'static>>;
 
         fn finish_query(id: &CallId, outcome: &CallOutcome) -> WriteQuery {
-            sqlx::query(
-                "UPDATE calls SET state = $1, status_code = $2, error = $3, \
-                 finished_at = $4, duration_ms = $5 WHERE id = $6",
-            )
-            .bind(outcome.state.as_str())
-            .bind(outcome.status_code.map(i64::from))
-            .bind(outcome.error.clone())
-            .bind(outcome.finished_at.as_millis())
-            .bind(i64::try_from(outcome.duration_ms).unwrap_or(i64::MAX))
-            .bind(id.as_str().to_owned())
+            bind_finish(sqlx::query($crate::sql::FINISH), outcome).bind(id.as_str().to_owned())
+        }
+
+        /// Binds an outcome to `$1`..`$5` of [`sql::FINISH`](crate::sql::FINISH) (the call's
+        /// id, `$6`, is bound next).
+        fn bind_finish(query: WriteQuery, outcome: &CallOutcome) -> WriteQuery {
+            query
+                .bind(outcome.state.as_str())
+                .bind(outcome.status_code.map(i64::from))
+                .bind(outcome.error.clone())
+                .bind(outcome.finished_at.as_millis())
+                .bind(i64::try_from(outcome.duration_ms).unwrap_or(i64::MAX))
         }
 
         fn result_query(id: &CallId, result: &CallResult) -> Result<WriteQuery, StoreError> {
@@ -298,6 +300,43 @@ macro_rules! sql_store {
                 }
             }
 
+            async fn start_attempts(
+                &self,
+                ids: &[CallId],
+                at: Timestamp,
+            ) -> Result<std::collections::HashMap<CallId, u32>, StoreError> {
+                let mut started = std::collections::HashMap::with_capacity(ids.len());
+                for chunk in ids.chunks($crate::sql::START_MANY_ROWS) {
+                    let rows = self
+                        .write_fetch_all(
+                            sqlx::query(super::START_ATTEMPTS)
+                                .bind(at.as_millis())
+                                .bind(super::id_list(chunk.iter().map(CallId::as_str))),
+                        )
+                        .await
+                        .map_err(unavailable)?;
+                    started.extend(rows.iter().map(|row| {
+                        let attempts = u32::try_from(row.get::<i64, _>("attempts")).unwrap_or(u32::MAX);
+                        (CallId::from_trusted(row.get("id")), attempts)
+                    }));
+                }
+                Ok(started)
+            }
+
+            async fn undo_start(&self, id: &CallId, attempt: u32) -> Result<(), StoreError> {
+                self.write(
+                    sqlx::query(
+                        "UPDATE calls SET state = 'queued', attempts = attempts - 1, \
+                         started_at = NULL WHERE id = $1 AND attempts = $2 AND state = 'running'",
+                    )
+                    .bind(id.as_str().to_owned())
+                    .bind(i64::from(attempt)),
+                )
+                .await
+                .map_err(unavailable)?;
+                Ok(())
+            }
+
             async fn cancel(
                 &self,
                 id: &CallId,
@@ -330,13 +369,24 @@ macro_rules! sql_store {
                 outcome: &CallOutcome,
                 result: Option<&CallResult>,
             ) -> Result<(), StoreError> {
-                let mut queries = Vec::with_capacity(2);
-                if let Some(result) = result {
-                    queries.push(result_query(id, result)?);
-                }
-                queries.push(finish_query(id, outcome));
-                let done = self.write_all(queries).await.map_err(unavailable)?;
-                if done.last() == Some(&0) {
+                let Some(result) = result else {
+                    return CallStore::finish(self, id, outcome).await;
+                };
+                // One round trip: the response kept first, then the outcome (one statement of
+                // each, sent together).
+                let headers = serde_json::to_string(&result.headers).map_err(unavailable)?;
+                let finished = self
+                    .write_fetch_all(
+                        bind_finish(sqlx::query(super::FINISH_WITH_RESULT), outcome)
+                            .bind(id.as_str().to_owned())
+                            .bind(i64::from(result.status_code))
+                            .bind(headers)
+                            .bind(result.body.to_vec())
+                            .bind(result.stored_at.as_millis()),
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                if finished.is_empty() {
                     return Err(StoreError::NotFound(format!("call {id}")));
                 }
                 Ok(())
@@ -511,6 +561,14 @@ pub(crate) use sql_store;
 pub(crate) const INSERT_CALL: &str = "INSERT INTO calls (id, namespace, function, method, path, \
      callback_url, state, attempts, submitted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
      ON CONFLICT (id) DO NOTHING";
+
+/// Records how a call's invocation ended: its outcome in `$1`..`$5`, its id in `$6`.
+/// `FINISH_WITH_RESULT` (one per database) does the same and keeps the response.
+pub(crate) const FINISH: &str = "UPDATE calls SET state = $1, status_code = $2, error = $3, \
+     finished_at = $4, duration_ms = $5 WHERE id = $6";
+
+/// Calls started per statement of `start_attempts`.
+pub(crate) const START_MANY_ROWS: usize = 500;
 
 /// Rows per statement of `create_many`: nine parameters each, far under either database's
 /// limit on a statement's parameters.

@@ -106,32 +106,23 @@ impl SqliteStore {
             .await
     }
 
-    /// Runs write statements one after another in the writer's next transaction (not all or
-    /// none: a failure leaves those before it, as separate writes would); returns the rows each
-    /// changed.
-    async fn write_all(
-        &self,
-        queries: Vec<Query<'static, Sqlite, SqliteArguments<'static>>>,
-    ) -> Result<Vec<u64>, sqlx::Error> {
-        self.writer
-            .run(move |conn| {
-                Box::pin(async move {
-                    let mut done = Vec::with_capacity(queries.len());
-                    for query in queries {
-                        done.push(query.execute(&mut *conn).await?.rows_affected());
-                    }
-                    Ok(done)
-                })
-            })
-            .await
-    }
-
     /// Inserts the records whose ids are new in one statement; returns their ids.
     async fn insert_new_calls(
         &self,
         records: &[sluice_core::CallRecord],
     ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
         insert_new_calls(&self.pool, records.iter()).await
+    }
+
+    /// Runs write statements with `RETURNING` in the writer's next transaction; returns
+    /// their rows.
+    async fn write_fetch_all(
+        &self,
+        query: Query<'static, Sqlite, SqliteArguments<'static>>,
+    ) -> Result<Vec<SqliteRow>, sqlx::Error> {
+        self.writer
+            .run(move |conn| Box::pin(async move { query.fetch_all(conn).await }))
+            .await
     }
 
     /// Runs a write statement with `RETURNING` in the writer's next transaction.
@@ -173,6 +164,36 @@ pub(crate) async fn insert_new_calls<'c, 'r>(
     insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
     let rows = insert.build().fetch_all(db).await?;
     Ok(rows.iter().map(|row| row.get("id")).collect())
+}
+
+/// Starts attempts at `$1` of the queued or running calls that `$where` picks, as
+/// `start_attempt` starts one; returns their ids and attempt numbers.
+macro_rules! start_calls {
+    ($where:literal) => {
+        concat!(
+            "UPDATE calls SET state = 'running', attempts = attempts + 1, started_at = $1, \
+             finished_at = NULL, duration_ms = NULL, status_code = NULL, error = NULL WHERE ",
+            $where,
+            " AND state IN ('queued', 'running') RETURNING id, attempts"
+        )
+    };
+}
+
+/// Starts attempts of the calls whose ids are the JSON array `$2` (see [`id_list`]).
+pub(crate) const START_ATTEMPTS: &str = start_calls!("id IN (SELECT value FROM json_each($2))");
+
+/// Keeps a call's response (`$6`..`$10`: id, status, headers, body, time), then records its
+/// outcome as [`crate::sql::FINISH`] does: two statements, sent to SQLite in one go.
+const FINISH_WITH_RESULT: &str = "INSERT INTO call_results (id, status_code, headers, body, \
+     stored_at) VALUES ($6, $7, $8, $9, $10) ON CONFLICT (id) DO UPDATE SET \
+     status_code = EXCLUDED.status_code, headers = EXCLUDED.headers, body = EXCLUDED.body, \
+     stored_at = EXCLUDED.stored_at; \
+     UPDATE calls SET state = $1, status_code = $2, error = $3, finished_at = $4, \
+     duration_ms = $5 WHERE id = $6 RETURNING id";
+
+/// Call ids as one parameter: a JSON array, for `json_each`.
+pub(crate) fn id_list<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
+    serde_json::to_string(&ids.into_iter().collect::<Vec<_>>()).expect("strings encode as JSON")
 }
 
 crate::sql::sql_store!(SqliteStore, sqlx::sqlite::SqliteRow, sqlx::Sqlite);

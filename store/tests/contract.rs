@@ -511,6 +511,7 @@ async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
     assert_eq!(store.count_unfinished(&other, 1000).await.unwrap(), 0);
     create_many_contract(store).await;
     finish_with_result_contract(store).await;
+    start_attempts_contract(store).await;
     retention_contract(store).await;
 }
 
@@ -544,12 +545,93 @@ async fn finish_with_result_contract<S: CallStore>(store: &S) {
         (record.state, record.status_code),
         (CallState::Succeeded, Some(200))
     );
-    assert_eq!(store.result(&c.meta.id).await.unwrap(), Some(result));
+    assert_eq!(
+        store.result(&c.meta.id).await.unwrap(),
+        Some(result.clone())
+    );
+    // Kept again (a call that ran again after a crash): the new response replaces the old.
+    let again = CallResult {
+        body: Bytes::from_static(b"second answer"),
+        ..result.clone()
+    };
+    store
+        .finish_with_result(&c.meta.id, &outcome, Some(&again))
+        .await
+        .unwrap();
+    assert_eq!(store.result(&c.meta.id).await.unwrap(), Some(again));
     let nobody = CallId::parse("nobody-recorded").unwrap();
-    assert!(matches!(
-        store.finish_with_result(&nobody, &outcome, None).await,
-        Err(StoreError::NotFound(_))
-    ));
+    for kept in [None, Some(&result)] {
+        assert!(matches!(
+            store.finish_with_result(&nobody, &outcome, kept).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+}
+
+/// Many calls started in one write, as `start_attempt` starts each: queued and running calls
+/// start their next attempt; finished, cancelled and unknown ones are left out, unchanged.
+async fn start_attempts_contract<S: CallStore>(store: &S) {
+    let new = |id: &str| CallRecord::queued(&call(id, &b""[..]).meta);
+    let id = |id: &str| CallId::parse(id).unwrap();
+    for name in ["many-new", "many-again", "many-done", "many-cancelled"] {
+        assert!(CallStore::create(store, &new(name)).await.unwrap());
+    }
+    store
+        .start_attempt(&id("many-again"), Timestamp::now())
+        .await
+        .unwrap();
+    store
+        .start_attempt(&id("many-done"), Timestamp::now())
+        .await
+        .unwrap();
+    let done = CallOutcome {
+        state: CallState::Succeeded,
+        status_code: Some(200),
+        error: None,
+        finished_at: Timestamp::now(),
+        duration_ms: 1,
+    };
+    store.finish(&id("many-done"), &done).await.unwrap();
+    store
+        .cancel(&id("many-cancelled"), Timestamp::now())
+        .await
+        .unwrap();
+    let at = Timestamp::from_millis(1_700_000_000_000);
+    let ids = [
+        "many-new",
+        "many-again",
+        "many-done",
+        "many-cancelled",
+        "many-ghost",
+    ]
+    .map(id);
+    let started = store.start_attempts(&ids, at).await.unwrap();
+    assert_eq!(
+        started,
+        [(id("many-new"), 1), (id("many-again"), 2)]
+            .into_iter()
+            .collect()
+    );
+    let got = |name: &str| {
+        let id = id(name);
+        async move { CallStore::get(store, &id).await.unwrap().expect("recorded") }
+    };
+    let again = got("many-again").await;
+    assert_eq!(
+        (again.state, again.attempts, again.started_at),
+        (CallState::Running, 2, Some(at))
+    );
+    assert_eq!(got("many-done").await.state, CallState::Succeeded);
+    assert_eq!(got("many-done").await.attempts, 1);
+    assert_eq!(got("many-cancelled").await.state, CallState::Cancelled);
+    // More than one statement's worth.
+    let lots: Vec<CallRecord> = (0..700).map(|i| new(&format!("start-{i}"))).collect();
+    store.create_many(&lots).await.unwrap();
+    let ids: Vec<CallId> = lots.iter().map(|r| r.id.clone()).collect();
+    let started = store.start_attempts(&ids, at).await.unwrap();
+    assert_eq!(started.len(), 700);
+    assert!(started.values().all(|attempt| *attempt == 1));
+    assert!(store.start_attempts(&[], at).await.unwrap().is_empty());
 }
 
 /// Many records in one statement: each new id created once, by its first record; an id that
@@ -943,4 +1025,81 @@ async fn the_sqlite_intake_records_and_queues_each_call_together() {
     assert_eq!(queued, 1);
     assert_eq!(queue.pending().await.unwrap(), 251);
     drop(dir);
+}
+
+/// A queue over the call store's database starts the calls it hands out, in the claim's own
+/// transaction; a call that cannot start (cancelled) comes unstarted; a start undone leaves
+/// the call as it was, and only the attempt it names is undone.
+#[tokio::test]
+async fn the_sqlite_queue_starts_the_calls_it_hands_out() {
+    use sluice_core::CallIntake;
+    use sluice_store::{QueueBounds, SqliteIntake, SqliteWriter};
+    let (_dir, pool) = db().await;
+    let writer = SqliteWriter::new(pool.clone());
+    let store = SqliteStore::with_writer(pool.clone(), writer.clone());
+    let lease = Duration::from_secs(30);
+    let queue = SqliteQueue::with_writer(pool, writer, lease, QueueBounds::default())
+        .await
+        .unwrap()
+        .starting_calls();
+    let intake = SqliteIntake::new(queue.clone(), store.clone());
+    let (run, cancelled) = (call("starts", &b"a"[..]), call("cancelled", &b"b"[..]));
+    intake.submit(run.clone()).await.unwrap();
+    intake.submit(cancelled.clone()).await.unwrap();
+    store
+        .cancel(&cancelled.meta.id, Timestamp::now())
+        .await
+        .unwrap();
+    let record = |id: CallId| {
+        let store = store.clone();
+        async move {
+            CallStore::get(&store, &id)
+                .await
+                .unwrap()
+                .expect("recorded")
+        }
+    };
+    let wait = Duration::from_secs(5);
+    let mut deliveries = queue.next_many(10, wait).await.unwrap();
+    assert_eq!(deliveries.len(), 2);
+    deliveries.sort_by(|a, b| a.call.meta.id.cmp(&b.call.meta.id));
+    let [cancelled_delivery, started] = <[_; 2]>::try_from(deliveries).unwrap();
+    assert_eq!(cancelled_delivery.started, None);
+    assert_eq!(
+        record(cancelled.meta.id.clone()).await.state,
+        CallState::Cancelled
+    );
+    assert_eq!(started.started, Some(1));
+    let running = record(run.meta.id.clone()).await;
+    assert_eq!((running.state, running.attempts), (CallState::Running, 1));
+    assert!(running.started_at.is_some());
+
+    // Put back untouched: the start is undone, once.
+    store.undo_start(&run.meta.id, 1).await.unwrap();
+    let back = record(run.meta.id.clone()).await;
+    assert_eq!((back.state, back.attempts), (CallState::Queued, 0));
+    store.undo_start(&run.meta.id, 1).await.unwrap();
+    assert_eq!(
+        record(run.meta.id.clone()).await.attempts,
+        0,
+        "not running: unchanged"
+    );
+    started.lease.release(Duration::ZERO).await.unwrap();
+    cancelled_delivery.lease.ack().await.unwrap();
+    let again = queue.next(wait).await.unwrap().expect("the call back");
+    assert_eq!(again.started, Some(1), "the first attempt again");
+    // An undo naming another attempt changes nothing.
+    store.undo_start(&run.meta.id, 2).await.unwrap();
+    let running = record(run.meta.id.clone()).await;
+    assert_eq!((running.state, running.attempts), (CallState::Running, 1));
+
+    // A queue not told to start calls hands them out unstarted.
+    let (_dir, pool) = db().await;
+    let plain = SqliteQueue::new(pool.clone(), lease).await.unwrap();
+    let intake = SqliteIntake::new(plain.clone(), SqliteStore::new(pool));
+    intake.submit(call("plain", &b"c"[..])).await.unwrap();
+    assert_eq!(
+        plain.next(wait).await.unwrap().expect("a call").started,
+        None
+    );
 }

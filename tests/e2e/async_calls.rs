@@ -580,6 +580,48 @@ async fn a_queued_call_can_be_cancelled_and_never_runs(backend: Backend) {
     );
 }
 
+on_both_backends!(calls_held_for_their_functions_cap_count_one_attempt_each);
+/// A function at its cap in the worker: its other calls are taken off the queue, held for a
+/// moment, and put back, again and again while its running call lasts. Each still runs once,
+/// and is recorded as one attempt (on the embedded queue, whose claims start calls, the start
+/// of a call held back is undone).
+async fn calls_held_for_their_functions_cap_count_one_attempt_each(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for four calls, one per function: the waiting calls keep being taken and held.
+    let sluice = backend.up(
+        &dir.path().join("data"),
+        &["--worker-concurrency", "4", "--function-concurrency", "1"],
+    );
+    let url = &sluice.url;
+    let http = crate::harness::http();
+    let receiver = Receiver::start().await;
+    deploy(
+        &http,
+        url,
+        &sample("sleep", "python3 -u sleep.py", true, &[]),
+    )
+    .await;
+    let ids = ["held-0", "held-1", "held-2"];
+    for id in ids {
+        // Each runs for two seconds, four times a hold: the others are put back meanwhile.
+        let target = format!("{url}/async-function/sleep?seconds=2");
+        let r = submit_async(&http, target, &receiver, id).await;
+        assert_eq!(r.status(), 202);
+    }
+    eventually("every callback", || async {
+        (receiver.count() == ids.len()).then_some(())
+    })
+    .await;
+    for id in ids {
+        let record: Value = get_json(&http, format!("{url}/system/calls/{id}")).await;
+        assert_eq!(
+            (record["state"].as_str(), record["attempts"].as_u64()),
+            (Some("succeeded"), Some(1)),
+            "{id}: {record}"
+        );
+    }
+}
+
 on_both_backends!(callbacks_wait_for_a_receiver_that_is_down_without_running_the_function_again);
 async fn callbacks_wait_for_a_receiver_that_is_down_without_running_the_function_again(
     backend: Backend,
