@@ -430,8 +430,8 @@ pub trait CallStore: Send + Sync + Debug {
     /// attempt; returns the attempt number (1-based), or `None` if the call must not run: it
     /// was cancelled, or it has finished.
     async fn start_attempt(&self, id: &CallId, at: Timestamp) -> Result<Option<u32>, StoreError>;
-    /// [`Self::start_attempt`] for many calls in one write: the attempt number of each call
-    /// started. A call left out was not started (it was cancelled or has finished, or its
+    /// [`Self::start_attempt`] for many calls in one write (one per few hundred calls): the
+    /// attempt number of each call started. A call left out was not started (it was cancelled or has finished, or its
     /// record is gone); [`Self::start_attempt`] tells which.
     async fn start_attempts(
         &self,
@@ -452,7 +452,8 @@ pub trait CallStore: Send + Sync + Debug {
     }
     /// Undoes [`Self::start_attempt`] for a call that was started but did not run after all
     /// (it goes back on the queue untouched): queued again, `attempt` not counted. Nothing
-    /// changes unless the call is still running on `attempt`.
+    /// changes unless the call is still running on `attempt`. What the start cleared (the
+    /// last attempt's outcome, on a call waiting for a retry) is not brought back.
     async fn undo_start(&self, id: &CallId, attempt: u32) -> Result<(), StoreError>;
     /// Cancels a call that is still queued. Returns the record as it now is, `None` if there is
     /// no such call; a call past `queued` is returned unchanged.

@@ -284,11 +284,14 @@ pub async fn run(
             tracker.spawn(async move {
                 let mut delivery = delivery;
                 let (id, function) = (&delivery.call.meta.id, &delivery.call.meta.function);
-                if let Some(attempt) = delivery.started.take() {
+                if let Some(attempt) = delivery.started {
                     // Started with its claim, but not running yet: queued again while it
                     // waits (and started anew if it gets a slot).
-                    if let Err(error) = worker.calls.undo_start(id, attempt).await {
-                        tracing::warn!(call = %id, %error, "could not undo the start of a call held for its function's cap; it counts as an attempt");
+                    match worker.calls.undo_start(id, attempt).await {
+                        Ok(()) => delivery.started = None,
+                        Err(error) => {
+                            tracing::warn!(call = %id, %error, "could not undo the start of a call held for its function's cap; it counts as an attempt");
+                        }
                     }
                 }
                 match worker.busy.wait_for(function, limit, FUNCTION_BUSY_HOLD).await {
@@ -326,7 +329,10 @@ pub async fn run(
                         .calls
                         .start_attempts(&ids, now)
                         .await
-                        .unwrap_or_default()
+                        .unwrap_or_else(|error| {
+                            tracing::warn!(%error, calls = ids.len(), "could not start the calls taken together; starting each on its own");
+                            HashMap::new()
+                        })
                 };
                 for (mut delivery, slot, permit) in runnable {
                     if delivery.started.is_none() {

@@ -283,41 +283,57 @@ impl SqliteQueue {
         let limit = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
         let (lease, claimed_by) = (millis(self.inner.lease), token.clone());
         let starts_calls = self.starts_calls;
-        let (mut rows, started) = self
-            .inner
-            .writer
-            // All or none: the calls claimed are started, or neither.
-            .run_atomic(move |conn| {
-                Box::pin(async move {
-                    // The time is read when the claim runs, not when it was asked for: it may
-                    // have waited in the writer's queue.
-                    let now = now_ms();
-                    let rows = sqlx::query(
-                        "UPDATE queue SET lease_token = ?1, lease_until = ?2, \
+        let writer = self.inner.writer.clone();
+        let claim = async move {
+            writer
+                .run_atomic(move |conn| {
+                    Box::pin(async move {
+                        // The time is read when the claim runs, not when it was asked for: it may
+                        // have waited in the writer's queue.
+                        let now = now_ms();
+                        let rows = sqlx::query(
+                            "UPDATE queue SET lease_token = ?1, lease_until = ?2, \
                          deliveries = deliveries + 1 \
                          WHERE seq IN (SELECT seq FROM queue WHERE available_at <= ?3 \
                          AND (lease_until IS NULL OR lease_until <= ?3) ORDER BY seq LIMIT ?4) \
                          RETURNING seq, call_id, meta, body, deliveries",
-                    )
-                    .bind(claimed_by)
-                    .bind(now + lease)
-                    .bind(now)
-                    .bind(limit)
-                    .fetch_all(&mut *conn)
-                    .await?;
-                    if !starts_calls || rows.is_empty() {
-                        return Ok((rows, Vec::new()));
-                    }
-                    let ids = crate::sqlite::id_list(rows.iter().map(|r| r.get("call_id")));
-                    let started = sqlx::query(crate::sqlite::START_ATTEMPTS)
+                        )
+                        .bind(claimed_by)
+                        .bind(now + lease)
                         .bind(now)
-                        .bind(ids)
+                        .bind(limit)
                         .fetch_all(&mut *conn)
                         .await?;
-                    Ok((rows, started))
+                        if !starts_calls || rows.is_empty() {
+                            return Ok((rows, Vec::new()));
+                        }
+                        let ids = crate::sqlite::id_list(rows.iter().map(|r| r.get("call_id")));
+                        let started = sqlx::query(crate::sqlite::START_ATTEMPTS)
+                            .bind(now)
+                            .bind(ids)
+                            .fetch_all(&mut *conn)
+                            .await?;
+                        Ok((rows, started))
+                    })
                 })
-            })
+                .await
+        };
+        // The claim runs to its end in a task of its own: a caller that goes away meanwhile (a
+        // worker shutting down) does not leave the calls claimed, and started, with nobody to
+        // run them; they are given back at once.
+        let (answer, claimed) = tokio::sync::oneshot::channel();
+        let (queue, token_back) = (self.clone(), token.clone());
+        tokio::spawn(async move {
+            // All or none: the calls claimed are started, or neither.
+            if let Err(Ok((rows, started))) = answer.send(claim.await) {
+                let seqs = rows.iter().map(|r| r.get::<i64, _>("seq"));
+                let ids = started.iter().map(|r| r.get::<&str, _>("id"));
+                queue.give_back(&token_back, seqs, ids).await;
+            }
+        });
+        let (mut rows, started) = claimed
             .await
+            .map_err(|_| unavailable("the claim's task ended without an answer"))?
             .map_err(unavailable)?;
         let mut started: HashMap<String, u32> = started
             .iter()
@@ -342,6 +358,11 @@ impl SqliteQueue {
                     // claimed in order) but would come back forever; park it far in the future
                     // and say so.
                     tracing::error!(seq, error = %e, "unreadable queued call; parking it");
+                    let call_id = row.get::<&str, _>("call_id");
+                    if started.remove(call_id).is_some() {
+                        // Its record, if it has one, is not left running.
+                        self.give_back(&token, [], [call_id]).await;
+                    }
                     if let Err(error) = lease.release(Duration::from_secs(24 * 3600)).await {
                         // Its lease runs out instead; the calls claimed with it go on.
                         tracing::warn!(seq, %error, "could not park an unreadable call");
@@ -361,6 +382,40 @@ impl SqliteQueue {
             });
         }
         Ok(deliveries)
+    }
+}
+
+impl SqliteQueue {
+    /// Gives back calls claimed with lease `token` that nobody will run: the rows `seqs` are
+    /// due again at once, and the calls `started` (by the claim) queued again, their attempt
+    /// not counted. Failures are logged; the leases then run out instead.
+    async fn give_back<'a>(
+        &self,
+        token: &str,
+        seqs: impl IntoIterator<Item = i64>,
+        started: impl IntoIterator<Item = &'a str>,
+    ) {
+        let seqs = serde_json::to_string(&seqs.into_iter().collect::<Vec<_>>())
+            .expect("numbers encode as JSON");
+        let started = crate::sqlite::id_list(started);
+        let given = self
+            .write(
+                sqlx::query(
+                    "UPDATE queue SET lease_token = NULL, lease_until = NULL \
+                     WHERE seq IN (SELECT value FROM json_each($1)) AND lease_token = $2; \
+                     UPDATE calls SET state = 'queued', attempts = attempts - 1, \
+                     started_at = NULL \
+                     WHERE id IN (SELECT value FROM json_each($3)) AND state = 'running'",
+                )
+                .bind(seqs)
+                .bind(token.to_owned())
+                .bind(started),
+            )
+            .await;
+        match given {
+            Ok(_) => self.inner.ready.notify_one(),
+            Err(error) => tracing::warn!(%error, "could not give back claimed calls"),
+        }
     }
 }
 

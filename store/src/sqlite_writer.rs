@@ -46,7 +46,9 @@ impl std::fmt::Debug for SqliteWriter {
 impl SqliteWriter {
     /// The writer of the database behind `pool`; its committer runs on the current Tokio
     /// runtime, on a connection of its own opened with the pool's settings when it first
-    /// commits (and again after a transaction failed). It stops writing when `pool` is closed.
+    /// commits (and again after a transaction failed). It stops writing when `pool` is closed;
+    /// its connection is closed at its first write after that, or with the writer (when its
+    /// last handle is dropped).
     pub fn new(pool: SqlitePool) -> Self {
         let conn = Arc::new(tokio::sync::Mutex::new(None));
         let batches = GroupCommit::start(WAITING, MAX_BATCH, 1, move |jobs: Vec<Job>| {

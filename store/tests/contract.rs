@@ -1103,3 +1103,42 @@ async fn the_sqlite_queue_starts_the_calls_it_hands_out() {
         None
     );
 }
+
+/// A claim whose caller goes away mid-way (a worker shutting down) gives its calls back at
+/// once, their starts undone: the next claim gets them, on their first attempt still, long
+/// before their lease would have run out.
+#[tokio::test]
+async fn a_claim_given_up_mid_way_gives_its_calls_back() {
+    use sluice_core::CallIntake;
+    use sluice_store::{QueueBounds, SqliteIntake, SqliteWriter};
+    use std::future::Future;
+    let (_dir, pool) = db().await;
+    let writer = SqliteWriter::new(pool.clone());
+    let store = SqliteStore::with_writer(pool.clone(), writer.clone());
+    let lease = Duration::from_secs(600);
+    let queue = SqliteQueue::with_writer(pool, writer, lease, QueueBounds::default())
+        .await
+        .unwrap()
+        .starting_calls();
+    let intake = SqliteIntake::new(queue.clone(), store.clone());
+    let c = call("given-back", &b"a"[..]);
+    intake.submit(c.clone()).await.unwrap();
+    // Polled once, so the claim is on its way to the database; then dropped.
+    let mut claim = Box::pin(queue.next_many(10, Duration::from_secs(5)));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(claim.as_mut().poll(&mut cx).is_pending());
+    drop(claim);
+    let again = queue
+        .next(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the call given back");
+    assert_eq!(again.call.meta.id, c.meta.id);
+    assert_eq!(
+        again.started,
+        Some(1),
+        "the dropped claim's start was undone"
+    );
+    let record = CallStore::get(&store, &c.meta.id).await.unwrap().unwrap();
+    assert_eq!((record.state, record.attempts), (CallState::Running, 1));
+}
