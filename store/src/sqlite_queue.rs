@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use sluice_core::{
     CallMeta, CallQueue, Delivery, FunctionRef, Lease, QueueError, QueuedCall, Timestamp,
 };
@@ -284,47 +285,15 @@ impl SqliteQueue {
         let (lease, claimed_by) = (millis(self.inner.lease), token.clone());
         let starts_calls = self.starts_calls;
         let writer = self.inner.writer.clone();
-        let claim = async move {
-            writer
-                .run_atomic(move |conn| {
-                    Box::pin(async move {
-                        // The time is read when the claim runs, not when it was asked for: it may
-                        // have waited in the writer's queue.
-                        let now = now_ms();
-                        let rows = sqlx::query(
-                            "UPDATE queue SET lease_token = ?1, lease_until = ?2, \
-                         deliveries = deliveries + 1 \
-                         WHERE seq IN (SELECT seq FROM queue WHERE available_at <= ?3 \
-                         AND (lease_until IS NULL OR lease_until <= ?3) ORDER BY seq LIMIT ?4) \
-                         RETURNING seq, call_id, meta, body, deliveries",
-                        )
-                        .bind(claimed_by)
-                        .bind(now + lease)
-                        .bind(now)
-                        .bind(limit)
-                        .fetch_all(&mut *conn)
-                        .await?;
-                        if !starts_calls || rows.is_empty() {
-                            return Ok((rows, Vec::new()));
-                        }
-                        let ids = crate::sqlite::id_list(rows.iter().map(|r| r.get("call_id")));
-                        let started = sqlx::query(crate::sqlite::START_ATTEMPTS)
-                            .bind(now)
-                            .bind(ids)
-                            .fetch_all(&mut *conn)
-                            .await?;
-                        Ok((rows, started))
-                    })
-                })
-                .await
-        };
+        let job = claim(claimed_by, lease, limit, starts_calls);
+        // All or none when it starts calls: the calls claimed are started, or neither.
+        let claim = async move { writer.submit(job, starts_calls).await };
         // The claim runs to its end in a task of its own: a caller that goes away meanwhile (a
         // worker shutting down) does not leave the calls claimed, and started, with nobody to
         // run them; they are given back at once.
         let (answer, claimed) = tokio::sync::oneshot::channel();
         let (queue, token_back) = (self.clone(), token.clone());
         tokio::spawn(async move {
-            // All or none: the calls claimed are started, or neither.
             if let Err(Ok((rows, started))) = answer.send(claim.await) {
                 let seqs = rows.iter().map(|r| r.get::<i64, _>("seq"));
                 let ids = started.iter().map(|r| r.get::<&str, _>("id"));
@@ -383,9 +352,7 @@ impl SqliteQueue {
         }
         Ok(deliveries)
     }
-}
 
-impl SqliteQueue {
     /// Gives back calls claimed with lease `token` that nobody will run: the rows `seqs` are
     /// due again at once, and the calls `started` (by the claim) queued again, their attempt
     /// not counted. Failures are logged; the leases then run out instead.
@@ -416,6 +383,51 @@ impl SqliteQueue {
             Ok(_) => self.inner.ready.notify_one(),
             Err(error) => tracing::warn!(%error, "could not give back claimed calls"),
         }
+    }
+}
+
+/// Rows claimed and, when they are started too, the records started (ids and attempts).
+type Claimed = (Vec<SqliteRow>, Vec<SqliteRow>);
+
+/// The claim of up to `limit` due calls with lease `token` for `lease` ms, as a write for the
+/// writer; with `starts_calls`, the claimed calls' attempts are started in it too.
+fn claim(
+    token: String,
+    lease: i64,
+    limit: i64,
+    starts_calls: bool,
+) -> impl for<'c> FnOnce(&'c mut sqlx::SqliteConnection) -> BoxFuture<'c, Result<Claimed, sqlx::Error>>
++ Send
++ 'static {
+    move |conn| {
+        Box::pin(async move {
+            // The time is read when the claim runs, not when it was asked for: it may have
+            // waited in the writer's queue.
+            let now = now_ms();
+            let rows = sqlx::query(
+                "UPDATE queue SET lease_token = ?1, lease_until = ?2, \
+                 deliveries = deliveries + 1 \
+                 WHERE seq IN (SELECT seq FROM queue WHERE available_at <= ?3 \
+                 AND (lease_until IS NULL OR lease_until <= ?3) ORDER BY seq LIMIT ?4) \
+                 RETURNING seq, call_id, meta, body, deliveries",
+            )
+            .bind(token)
+            .bind(now + lease)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?;
+            if !starts_calls || rows.is_empty() {
+                return Ok((rows, Vec::new()));
+            }
+            let ids = crate::sqlite::id_list(rows.iter().map(|r| r.get("call_id")));
+            let started = sqlx::query(crate::sqlite::START_ATTEMPTS)
+                .bind(now)
+                .bind(ids)
+                .fetch_all(&mut *conn)
+                .await?;
+            Ok((rows, started))
+        })
     }
 }
 

@@ -82,7 +82,8 @@ impl SqliteWriter {
         self.submit(write, true).await
     }
 
-    async fn submit<T, F>(&self, write: F, atomic: bool) -> Result<T, sqlx::Error>
+    /// [`Self::run_atomic`] when `atomic`, else [`Self::run`].
+    pub(crate) async fn submit<T, F>(&self, write: F, atomic: bool) -> Result<T, sqlx::Error>
     where
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>
