@@ -133,6 +133,11 @@ pub struct GatewayFlags {
     /// How long a request body may take to arrive (then 408).
     #[arg(long, env = "SLUICE_BODY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub body_timeout: Duration,
+    /// A file holding the key (32 bytes in base64) that the secrets functions name are sealed
+    /// under at rest; every gateway sharing a database needs the same one [default: kept in
+    /// the data dir as secrets.key, made on first start]
+    #[arg(long, env = "SLUICE_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub auth: AuthFlags,
 }
@@ -526,6 +531,7 @@ impl GatewayFlags {
         config.process.drain_timeout = self.function_timeout;
         config.process.default_exec_timeout = self.function_timeout;
         config.auth = self.auth.setting()?;
+        config.secrets_key_file = self.secrets_key_file.clone();
         for (flag, value) in [
             ("--header-read-timeout", self.header_read_timeout),
             ("--body-timeout", self.body_timeout),

@@ -20,15 +20,15 @@ use std::time::Duration;
 use anyhow::Context;
 use sluice_autoscaler::shared::LoadReporter;
 use sluice_autoscaler::{AutoscalerConfig, EmbeddedAutoscaler};
-use sluice_core::{CallIntake, CallQueue, CallStore, FunctionStore, QueueName};
+use sluice_core::{CallIntake, CallQueue, CallStore, FunctionStore, QueueName, Secrets};
 use sluice_gateway::{AppState, GatewayConfig};
 use sluice_gateway::{BatchedIntake, Platform};
 use sluice_nats::{JetStreamConfig, JetStreamQueue};
 use sluice_provider::{ProcessConfig, ProcessProvider};
 use sluice_queue_worker::WorkerConfig;
 use sluice_store::{
-    CachedFunctions, PgStore, SqliteIntake, SqliteQueue, SqliteStore, SqliteWriter, open_postgres,
-    open_sqlite,
+    CachedFunctions, PgStore, SealedSecrets, SecretsKey, SqliteIntake, SqliteQueue, SqliteStore,
+    SqliteWriter, open_postgres, open_sqlite,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -73,6 +73,9 @@ pub enum AuthSetting {
 /// The file in the data dir holding the admin password Sluice made (OpenFaaS's secret name).
 pub const PASSWORD_FILE: &str = "basic-auth-password";
 
+/// The file in the data dir holding the secrets key Sluice made, when none is given.
+pub const SECRETS_KEY_FILE: &str = "secrets.key";
+
 /// Everything needed to run; tests build it directly.
 #[derive(Debug, Clone)]
 pub struct UpConfig {
@@ -106,6 +109,8 @@ pub struct UpConfig {
     pub kubernetes: Option<KubeSettings>,
     /// A health endpoint (`GET /healthz`) for a queue worker's probes.
     pub health: Option<std::net::SocketAddr>,
+    /// The key secrets are sealed under; else `SECRETS_KEY_FILE` in the data dir.
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 /// Where functions go on Kubernetes, and how to reach it.
@@ -140,6 +145,7 @@ impl UpConfig {
             queue_bounds: sluice_store::QueueBounds::default(),
             kubernetes: None,
             health: None,
+            secrets_key_file: None,
         }
     }
 }
@@ -194,6 +200,34 @@ struct Backends {
     sqlite_queue: Option<SqliteQueue>,
     /// Set on JetStream, whose left-behind bodies the workers sweep.
     jetstream: Option<JetStreamQueue>,
+    /// The secrets functions name, when Sluice keeps them (functions run as local processes).
+    secrets: Option<Arc<dyn Secrets>>,
+}
+
+/// The key secrets are sealed under: the operator's (`--secrets-key-file`), else one kept in
+/// the data dir, made on first start.
+fn secrets_key(config: &UpConfig) -> anyhow::Result<SecretsKey> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(path) = &config.secrets_key_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --secrets-key-file {}", path.display()))?;
+        if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+            tracing::warn!(file = %path.display(), "the secrets key file can be read by other users; make it mode 0600");
+        }
+        return Ok(SecretsKey::from_base64(&text, &path.display().to_string())?);
+    }
+    let path = config.data_dir.join(SECRETS_KEY_FILE);
+    let (key, made) = SecretsKey::load_or_create(&path)?;
+    if made {
+        tracing::info!(file = %path.display(), "made a secrets key");
+        if config.shared.is_some() {
+            tracing::warn!(
+                file = %path.display(),
+                "every gateway sharing this database needs the same secrets key: give each the same --secrets-key-file"
+            );
+        }
+    }
+    Ok(key)
 }
 
 /// The admin password kept in the data dir: read, or made and written (mode 0600) on first
@@ -260,6 +294,10 @@ impl Prepared {
                 Some(sluice_gateway::Credentials::admin(user, &password))
             }
         };
+        // Sluice keeps the secrets of functions it runs as processes; Kubernetes keeps its own.
+        let secrets_key = (runs_functions && config.kubernetes.is_none())
+            .then(|| secrets_key(&config))
+            .transpose()?;
         let backends = match &config.shared {
             None => {
                 let db_path = config.data_dir.join("sluice.db");
@@ -287,6 +325,9 @@ impl Prepared {
                     functions,
                     calls: Arc::new(store.clone()),
                     queue: Arc::new(queue.clone()),
+                    secrets: secrets_key.map(|key| {
+                        Arc::new(SealedSecrets::sqlite(store.clone(), key)) as Arc<dyn Secrets>
+                    }),
                     intake: Arc::new(SqliteIntake::new(queue.clone(), store)),
                     sqlite_queue: Some(queue),
                     jetstream: None,
@@ -308,6 +349,9 @@ impl Prepared {
                 let queued: Arc<dyn CallQueue> = Arc::new(queue.clone());
                 let bound = config.gateway.max_queued_per_function;
                 Backends {
+                    secrets: secrets_key.map(|key| {
+                        Arc::new(SealedSecrets::postgres(store.clone(), key)) as Arc<dyn Secrets>
+                    }),
                     functions: Arc::new(store),
                     intake: Arc::new(BatchedIntake::new(calls.clone(), queued.clone(), bound)),
                     calls,
@@ -556,6 +600,7 @@ impl Runtime {
 fn process_platform(config: &UpConfig, backends: &Backends) -> anyhow::Result<(Platform, Runtime)> {
     let mut process = config.process.clone();
     process.run_dir = Some(config.data_dir.join("run"));
+    process.secrets = backends.secrets.clone();
     let provider = ProcessProvider::new(process);
     let reaped = provider
         .reap_leftovers()

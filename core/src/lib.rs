@@ -28,7 +28,7 @@ pub use seams::{
     Autoscaler, CallFilter, CallIntake, CallQueue, CallStore, Delivery, Endpoint, EndpointSource,
     FunctionSpec, FunctionStore, InFlight, Lease, LogLine, LogStream, Orchestrator, ProviderError,
     QueueError, ReadyReplica, ReadySet, ReplicaLoad, Replicas, ScaleStatus, ScalingGuard,
-    StoreError, SubmitError, Submitted, TickReport, Tracked,
+    SecretValue, Secrets, StoreError, SubmitError, Submitted, TickReport, Tracked,
 };
 pub use time::Timestamp;
 

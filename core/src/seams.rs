@@ -296,7 +296,59 @@ pub trait Orchestrator: Send + Sync + Debug {
     }
 }
 
-const NO_SECRETS: &str = "this provider keeps no secrets: they come with the Kubernetes provider";
+const NO_SECRETS: &str = "this provider keeps no secrets";
+
+/// A secret's value in plain text, held only where it is used. Its `Debug` shows none of it,
+/// and its memory is wiped when it is dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(zeroize::Zeroizing<Vec<u8>>);
+
+impl SecretValue {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(zeroize::Zeroizing::new(bytes))
+    }
+
+    /// The value's bytes, for the one place that needs them (a replica's secret file).
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretValue(<{} bytes, not shown>)", self.0.len())
+    }
+}
+
+/// The secrets functions name (OpenFaaS's `/system/secrets`), where Sluice keeps them itself
+/// (local processes). Values go in and out in plain text; an implementation keeps them sealed
+/// (encrypted and authenticated) at rest, and never logs them.
+#[async_trait]
+pub trait Secrets: Send + Sync + Debug {
+    /// The names of the secrets in `namespace`, sorted.
+    async fn names(&self, namespace: &str) -> Result<Vec<String>, StoreError>;
+    /// A secret's value; `None` if there is no such secret.
+    async fn get(&self, namespace: &str, name: &str) -> Result<Option<SecretValue>, StoreError>;
+    /// Creates a secret (`create`: [`StoreError::Conflict`] if it exists) or replaces an
+    /// existing one's value ([`StoreError::NotFound`] if there is none).
+    async fn put(
+        &self,
+        namespace: &str,
+        name: &str,
+        value: &SecretValue,
+        create: bool,
+    ) -> Result<(), StoreError>;
+    /// Deletes a secret; `false` if there was none.
+    async fn delete(&self, namespace: &str, name: &str) -> Result<bool, StoreError>;
+}
 
 /// How the autoscaler last decided for a function, and why.
 #[derive(Debug, Clone, PartialEq)]

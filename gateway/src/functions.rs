@@ -91,6 +91,36 @@ fn checked(state: &AppState, mut d: FunctionDeployment) -> Result<FunctionSpec, 
     Ok(spec)
 }
 
+/// Refuses a deployment that names secrets its namespace does not have, as OpenFaaS does, so
+/// that it fails here, named, rather than as replicas that never start.
+async fn check_secrets(state: &AppState, spec: &FunctionSpec) -> Result<(), ApiError> {
+    let named = &spec.deployment.secrets;
+    if named.is_empty() {
+        return Ok(());
+    }
+    let namespace = &spec.function.namespace;
+    let held: BTreeSet<String> = state
+        .orchestrator
+        .secrets(namespace)
+        .await?
+        .into_iter()
+        .collect();
+    let missing: Vec<&str> = named
+        .iter()
+        .filter(|n| !held.contains(*n))
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::BadRequest(format!(
+        "function {} names secrets that do not exist in namespace {namespace}: {}; create them \
+         first (faas-cli secret create, or POST /system/secrets)",
+        spec.function,
+        missing.join(", ")
+    )))
+}
+
 pub(crate) async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -98,6 +128,7 @@ pub(crate) async fn create(
 ) -> Result<StatusCode, ApiError> {
     let body = state.read_json(&headers, body).await?;
     let mut spec = checked(&state, body)?;
+    check_secrets(&state, &spec).await?;
     spec.replicas = spec
         .config
         .scale
@@ -128,6 +159,7 @@ pub(crate) async fn update(
 ) -> Result<StatusCode, ApiError> {
     let body = state.read_json(&headers, body).await?;
     let mut spec = checked(&state, body)?;
+    check_secrets(&state, &spec).await?;
     let _serial = state.lock_function(&spec.function).await;
     let Some(existing) = state.functions.get(&spec.function).await? else {
         return Err(ApiError::FunctionNotFound(spec.function.to_string()));

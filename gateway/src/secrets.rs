@@ -1,6 +1,8 @@
 //! `/system/secrets`: OpenFaaS's secrets API. Values go in (`value`, or `rawValue` in base64)
 //! and are never given back; functions name secrets in their deployment and read them as files
-//! under `/var/openfaas/secrets`. The orchestrator keeps them (Kubernetes Secrets).
+//! (under `/var/openfaas/secrets` in a container, in the directory `SLUICE_SECRETS_DIR` names
+//! for a local process). The orchestrator keeps them: Kubernetes Secrets, or for local
+//! processes Sluice's own database, sealed.
 
 use axum::Json;
 use axum::body::Body;
@@ -99,6 +101,7 @@ async fn put(
             ));
         }
     };
+    let value = zeroize::Zeroizing::new(value);
     state
         .orchestrator
         .put_secret(&namespace, &name, &value, create)
@@ -132,6 +135,22 @@ pub(crate) async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let body: SecretBody = state.read_json(&headers, body).await?;
     let (namespace, name) = target(&body.name, body.namespace.as_deref())?;
+    // A function that names it would not start again (a restart, a new replica, a redeploy):
+    // it is refused while one does, rather than found missing later.
+    let users: Vec<String> = state
+        .functions
+        .list()
+        .await?
+        .into_iter()
+        .filter(|f| f.function.namespace == namespace && f.deployment.secrets.contains(&name))
+        .map(|f| f.function.name)
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "secret {name} is used by function {}; deploy them without it, or remove them, first",
+            users.join(", ")
+        )));
+    }
     state
         .orchestrator
         .delete_secret(&namespace, &name)

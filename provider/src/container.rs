@@ -231,6 +231,8 @@ impl WatchdogConfig {
             max_inflight: self.max_inflight,
             readiness_path: self.ready_path.clone(),
             concurrency: None,
+            // In a container, the orchestrator mounts the secrets (/var/openfaas/secrets).
+            secrets: Vec::new(),
         }
     }
 }

@@ -13,12 +13,14 @@ mod container;
 mod logs;
 mod process;
 mod runtime;
+mod secrets;
 mod spec;
 mod sys;
 mod watchdog;
 
 pub use container::{WatchdogConfig, WatchdogError, run_watchdog};
-pub use process::{ProcessConfig, ProcessProvider};
+pub use process::{MAX_SECRETS_PER_NAMESPACE, ProcessConfig, ProcessProvider};
+pub use secrets::SECRETS_DIR_ENV;
 pub use spec::{
     DEFAULT_MAX_INFLIGHT, Mode, READINESS_PATH_ANNOTATION, RunSpec, WORKDIR_ANNOTATION,
 };

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sluice_core::{
     EndpointSource, FunctionRef, FunctionSpec, LogStream, Orchestrator, ProviderError, ReadySet,
-    Replicas,
+    Replicas, SecretValue, Secrets, StoreError,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,7 +34,13 @@ pub struct ProcessConfig {
     /// First and longest wait before a crashed HTTP replica is restarted.
     pub restart_backoff_min: Duration,
     pub restart_backoff_max: Duration,
+    /// Where the secrets functions name are kept (`/system/secrets`); without it, functions
+    /// cannot name secrets.
+    pub secrets: Option<Arc<dyn Secrets>>,
 }
+
+/// Secrets one namespace may hold at most.
+pub const MAX_SECRETS_PER_NAMESPACE: u64 = 1000;
 
 impl Default for ProcessConfig {
     fn default() -> Self {
@@ -46,6 +52,7 @@ impl Default for ProcessConfig {
             drain_timeout: Duration::from_secs(300),
             restart_backoff_min: Duration::from_millis(200),
             restart_backoff_max: Duration::from_secs(30),
+            secrets: None,
         }
     }
 }
@@ -82,10 +89,16 @@ impl ProcessProvider {
     /// Kills the process groups that a previous, killed, Sluice left running, and prepares the
     /// run dir. Call it before any function starts, while no other Sluice uses the run dir.
     pub fn reap_leftovers(&self) -> std::io::Result<usize> {
-        match &self.inner.config.run_dir {
-            Some(dir) => crate::sys::reap_leftovers(dir, &self.inner.run_id),
-            None => Ok(0),
+        let Some(dir) = &self.inner.config.run_dir else {
+            return Ok(0);
+        };
+        let reaped = crate::sys::reap_leftovers(dir, &self.inner.run_id)?;
+        // Secrets written for replicas that are gone.
+        match std::fs::remove_dir_all(dir.join(SECRETS_SUBDIR)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
         }
+        Ok(reaped)
     }
 
     /// Stops every replica and waits for them (each gets the stop grace, then is killed).
@@ -116,7 +129,59 @@ impl ProcessProvider {
             drain_timeout: self.inner.config.drain_timeout,
             restart_backoff_min: self.inner.config.restart_backoff_min,
             restart_backoff_max: self.inner.config.restart_backoff_max,
+            secrets_root: self
+                .inner
+                .config
+                .run_dir
+                .as_ref()
+                .map(|d| d.join(SECRETS_SUBDIR)),
         }
+    }
+
+    fn secrets(&self) -> Result<&Arc<dyn Secrets>, ProviderError> {
+        self.inner.config.secrets.as_ref().ok_or_else(|| {
+            ProviderError::Unsupported("this gateway keeps no secrets (no secrets store)".into())
+        })
+    }
+
+    /// The values of the secrets `spec` names, as they are now.
+    async fn secret_values(
+        &self,
+        spec: &FunctionSpec,
+    ) -> Result<Vec<(String, SecretValue)>, ProviderError> {
+        let names = &spec.deployment.secrets;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let secrets = self.secrets()?;
+        let namespace = &spec.function.namespace;
+        let mut values = Vec::with_capacity(names.len());
+        for name in names {
+            match secrets.get(namespace, name).await.map_err(secret_error)? {
+                Some(value) => values.push((name.clone(), value)),
+                None => {
+                    return Err(ProviderError::InvalidSpec(format!(
+                        "secret {name} does not exist in namespace {namespace}"
+                    )));
+                }
+            }
+        }
+        Ok(values)
+    }
+}
+
+/// Under the run dir: replicas' secrets directories.
+const SECRETS_SUBDIR: &str = "secrets";
+
+fn secret_error(e: StoreError) -> ProviderError {
+    match e {
+        StoreError::NotFound(what) => ProviderError::NotFound(what),
+        StoreError::Conflict(what) => ProviderError::Refused {
+            code: 409,
+            reason: "AlreadyExists".into(),
+            message: format!("{what} already exists; change its value with PUT /system/secrets"),
+        },
+        StoreError::Unavailable(detail) => ProviderError::Unavailable(detail),
     }
 }
 
@@ -127,7 +192,8 @@ impl Orchestrator for ProcessProvider {
     }
 
     async fn apply(&self, spec: &FunctionSpec) -> Result<(), ProviderError> {
-        let run = RunSpec::from_spec(spec, self.inner.config.default_exec_timeout)?;
+        let mut run = RunSpec::from_spec(spec, self.inner.config.default_exec_timeout)?;
+        run.secrets = self.secret_values(spec).await?;
         let mut functions = self
             .inner
             .functions
@@ -195,6 +261,51 @@ impl Orchestrator for ProcessProvider {
         follow: bool,
     ) -> Result<LogStream, ProviderError> {
         Ok(self.runtime(function)?.logs.stream(tail, follow))
+    }
+
+    async fn secrets(&self, namespace: &str) -> Result<Vec<String>, ProviderError> {
+        self.secrets()?.names(namespace).await.map_err(secret_error)
+    }
+
+    async fn put_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        value: &[u8],
+        create: bool,
+    ) -> Result<(), ProviderError> {
+        let secrets = self.secrets()?;
+        if create {
+            let held = secrets.names(namespace).await.map_err(secret_error)?.len();
+            if held as u64 >= MAX_SECRETS_PER_NAMESPACE {
+                return Err(ProviderError::Refused {
+                    code: 400,
+                    reason: "TooManySecrets".into(),
+                    message: format!(
+                        "namespace {namespace} has {held} secrets, the most it may keep; \
+                         remove one first"
+                    ),
+                });
+            }
+        }
+        let value = SecretValue::new(value.to_vec());
+        secrets
+            .put(namespace, name, &value, create)
+            .await
+            .map_err(secret_error)
+    }
+
+    async fn delete_secret(&self, namespace: &str, name: &str) -> Result<(), ProviderError> {
+        if self
+            .secrets()?
+            .delete(namespace, name)
+            .await
+            .map_err(secret_error)?
+        {
+            Ok(())
+        } else {
+            Err(ProviderError::NotFound(format!("secret {name}")))
+        }
     }
 }
 

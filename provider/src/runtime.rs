@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::logs::{LogBuffer, pump_lines};
+use crate::secrets::{SECRETS_DIR_ENV, SecretFiles};
 use crate::spec::{Mode, RunSpec};
 use crate::{sys, watchdog};
 
@@ -25,6 +26,8 @@ pub(crate) struct RuntimeConfig {
     pub(crate) drain_timeout: Duration,
     pub(crate) restart_backoff_min: Duration,
     pub(crate) restart_backoff_max: Duration,
+    /// Where replicas' secrets directories go (`None`: functions cannot name secrets).
+    pub(crate) secrets_root: Option<std::path::PathBuf>,
 }
 
 /// A replica as the runtime tracks it.
@@ -261,6 +264,15 @@ impl FunctionRuntime {
         let rt = self.clone();
         let (task_cancel, task_ready) = (cancel.clone(), ready.clone());
         self.tracker.spawn(async move {
+            // Kept until the replica has stopped: then its secrets directory goes.
+            let (spec, _secrets) = match rt.secret_files(&id, spec) {
+                Ok(with_files) => with_files,
+                Err(msg) => {
+                    rt.logs.push(&id, msg.clone());
+                    tracing::error!(function = %rt.function, replica = %id, error = %msg, "replica not started");
+                    return;
+                }
+            };
             match spec.mode {
                 Mode::Classic => rt.run_classic(id, spec, task_ready, task_cancel).await,
                 Mode::Http => rt.supervise_http(id, spec, task_ready, task_cancel).await,
@@ -271,6 +283,36 @@ impl FunctionRuntime {
             ready,
             load: Arc::default(),
         }
+    }
+
+    /// Writes the replica's secrets, if the function names any, and gives its process their
+    /// directory.
+    fn secret_files(
+        &self,
+        replica: &str,
+        spec: Arc<RunSpec>,
+    ) -> Result<(Arc<RunSpec>, Option<SecretFiles>), String> {
+        if spec.secrets.is_empty() {
+            return Ok((spec, None));
+        }
+        let root = self
+            .config
+            .secrets_root
+            .as_deref()
+            .ok_or("this provider has no directory for secrets (no run dir)")?;
+        let dir = format!("{}.{replica}", self.function.namespace);
+        let files = SecretFiles::write(root, &dir, &spec.secrets).map_err(|e| {
+            format!(
+                "cannot write the replica's secrets under {}: {e}",
+                root.display()
+            )
+        })?;
+        let mut with_dir = (*spec).clone();
+        with_dir.env.insert(
+            SECRETS_DIR_ENV.to_owned(),
+            files.dir().to_string_lossy().into_owned(),
+        );
+        Ok((Arc::new(with_dir), Some(files)))
     }
 
     fn set_ready(&self, slot: &Mutex<Option<Arc<str>>>, addr: Option<SocketAddr>) {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sluice_core::{FunctionSpec, ProviderError};
+use sluice_core::{FunctionSpec, ProviderError, SecretValue};
 
 /// Annotation naming the directory the function's command runs in. `sluice deploy -f stack.yml`
 /// sets it to the function's `handler` directory; without it the command runs in Sluice's own.
@@ -27,6 +27,9 @@ pub struct RunSpec {
     /// Requests one replica is sent at once; more wait in the gateway for a free slot or a new
     /// replica (`None`: no limit). From the label `com.sluice.concurrency`, else `max_inflight`.
     pub concurrency: Option<usize>,
+    /// The secrets the function names, with their values as they were when it was applied:
+    /// each replica gets them as files (`crate::secrets`).
+    pub secrets: Vec<(String, SecretValue)>,
 }
 
 fn invalid(msg: String) -> ProviderError {
@@ -75,6 +78,7 @@ impl RunSpec {
             max_inflight: config.max_inflight,
             concurrency: config.concurrency,
             readiness_path: config.readiness_path.clone(),
+            secrets: Vec::new(),
         })
     }
 }

@@ -245,6 +245,7 @@ mod tests {
             max_inflight: 0,
             readiness_path: "/".into(),
             concurrency: None,
+            secrets: Vec::new(),
         }
     }
 

@@ -9,9 +9,12 @@
 //! - [`CachedFunctions`] keeps the registry in memory in front of a store this process alone
 //!   writes (`sluice up`'s).
 //! - [`PgStore`] is the same registry and call store on Postgres, for the cluster form.
+//! - [`SealedSecrets`] keeps the secrets functions name in either database, each value sealed
+//!   (encrypted and authenticated) under a [`SecretsKey`].
 
 mod cached;
 mod postgres;
+mod secrets;
 mod sql;
 mod sqlite;
 mod sqlite_intake;
@@ -20,6 +23,7 @@ mod sqlite_writer;
 
 pub use cached::CachedFunctions;
 pub use postgres::{PgStore, open_postgres};
+pub use secrets::{KeyError, SealedSecrets, SecretsKey};
 pub use sqlite::{SqliteStore, open_sqlite};
 pub use sqlite_intake::SqliteIntake;
 pub use sqlite_queue::{QueueBounds, SqliteQueue};

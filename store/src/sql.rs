@@ -4,7 +4,7 @@
 //! parameters, `ON CONFLICT`, `RETURNING`), so one macro implements the traits for both and they
 //! cannot drift apart.
 
-/// Implements `FunctionStore` and `CallStore` for `$store` (a struct with a `pool` field) whose
+/// Implements `FunctionStore`, `CallStore` and the secrets' rows (`SealedRows`) for `$store` (a struct with a `pool` field) whose
 /// rows are `$row`, on database `$db`.
 macro_rules! sql_store {
     ($store:ty, $row:ty, $db:ty) => {
@@ -549,6 +549,97 @@ macro_rules! sql_store {
                     return Err(StoreError::NotFound(format!("call {id}")));
                 }
                 Ok(())
+            }
+        }
+
+        #[async_trait]
+        impl $crate::secrets::SealedRows for $store {
+            async fn names(&self, namespace: &str) -> Result<Vec<String>, StoreError> {
+                let rows = sqlx::query("SELECT name FROM secrets WHERE namespace = $1 ORDER BY name")
+                    .bind(namespace)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(rows.iter().map(|r| r.get("name")).collect())
+            }
+
+            async fn count(&self, namespace: &str) -> Result<u64, StoreError> {
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM secrets WHERE namespace = $1")
+                    .bind(namespace)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            }
+
+            async fn get(&self, namespace: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+                let row = sqlx::query("SELECT sealed FROM secrets WHERE namespace = $1 AND name = $2")
+                    .bind(namespace)
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(row.map(|r| r.get("sealed")))
+            }
+
+            async fn insert(
+                &self,
+                namespace: &str,
+                name: &str,
+                sealed: Vec<u8>,
+                at: Timestamp,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO secrets (namespace, name, sealed, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $4)",
+                )
+                .bind(namespace)
+                .bind(name)
+                .bind(sealed)
+                .bind(at.as_millis())
+                .execute(&self.pool)
+                .await
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        StoreError::Conflict(format!("secret {name}"))
+                    } else {
+                        unavailable(e)
+                    }
+                })?;
+                Ok(())
+            }
+
+            async fn update(
+                &self,
+                namespace: &str,
+                name: &str,
+                sealed: Vec<u8>,
+                at: Timestamp,
+            ) -> Result<(), StoreError> {
+                let done = sqlx::query(
+                    "UPDATE secrets SET sealed = $1, updated_at = $2 WHERE namespace = $3 AND name = $4",
+                )
+                .bind(sealed)
+                .bind(at.as_millis())
+                .bind(namespace)
+                .bind(name)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("secret {name}")));
+                }
+                Ok(())
+            }
+
+            async fn delete(&self, namespace: &str, name: &str) -> Result<bool, StoreError> {
+                let done = sqlx::query("DELETE FROM secrets WHERE namespace = $1 AND name = $2")
+                    .bind(namespace)
+                    .bind(name)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(done.rows_affected() > 0)
             }
         }
         }

@@ -7,10 +7,11 @@ use bytes::Bytes;
 use sluice_core::{
     CallFilter, CallId, CallOutcome, CallQueue, CallRecord, CallResult, CallState, CallStore,
     CallbackOutcome, FunctionDeployment, FunctionRef, FunctionSpec, FunctionStore, QueueError,
-    StoreError, Timestamp,
+    SecretValue, Secrets, StoreError, Timestamp,
 };
 use sluice_store::{
-    CachedFunctions, PgStore, SqliteQueue, SqliteStore, open_postgres, open_sqlite,
+    CachedFunctions, PgStore, SealedSecrets, SecretsKey, SqliteQueue, SqliteStore, open_postgres,
+    open_sqlite,
 };
 use sluice_testkit::FreshDatabase;
 use sluice_testkit::queue_contract::{self, call};
@@ -203,6 +204,100 @@ async fn sqlite_calls_contract() {
 async fn postgres_calls_contract() {
     let db = FreshDatabase::create().await;
     calls_contract(&pg_store(&db).await).await;
+}
+
+fn test_key() -> SecretsKey {
+    // 32 bytes of 0x2a, in base64.
+    SecretsKey::from_base64("KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=", "test").unwrap()
+}
+
+#[tokio::test]
+async fn sqlite_secrets_contract() {
+    let (dir, pool) = db().await;
+    secrets_contract(&SealedSecrets::sqlite(
+        SqliteStore::new(pool.clone()),
+        test_key(),
+    ))
+    .await;
+    // The database holds no value in plain text: not in the main file, not in the WAL.
+    pool.close().await;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(
+            !bytes.windows(PLAIN.len()).any(|w| w == PLAIN.as_bytes()),
+            "a secret's value is in the database in plain text"
+        );
+    }
+}
+
+#[tokio::test]
+async fn postgres_secrets_contract() {
+    let db = FreshDatabase::create().await;
+    let store = pg_store(&db).await;
+    secrets_contract(&SealedSecrets::postgres(store, test_key())).await;
+    let pool = open_postgres(&db.url, 1).await.unwrap();
+    let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT sealed FROM secrets")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(!rows.is_empty());
+    for sealed in rows {
+        assert!(!sealed.windows(PLAIN.len()).any(|w| w == PLAIN.as_bytes()));
+    }
+}
+
+/// A value the secrets contract stores, looked for in the database afterwards.
+const PLAIN: &str = "correct-horse-battery-staple";
+
+async fn secrets_contract(secrets: &SealedSecrets) {
+    let value = |s: &str| SecretValue::new(s.as_bytes().to_vec());
+    assert!(secrets.names("fn").await.unwrap().is_empty());
+    assert_eq!(secrets.get("fn", "db").await.unwrap(), None);
+    secrets
+        .put("fn", "db", &value("first"), true)
+        .await
+        .unwrap();
+    secrets
+        .put("fn", "api-key", &value(PLAIN), true)
+        .await
+        .unwrap();
+    secrets
+        .put("dev", "db", &value("dev's"), true)
+        .await
+        .unwrap();
+    // Creating one that exists is a conflict, and changes nothing.
+    assert!(matches!(
+        secrets.put("fn", "db", &value("again"), true).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(secrets.names("fn").await.unwrap(), ["api-key", "db"]);
+    assert_eq!(secrets.count("fn").await.unwrap(), 2);
+    assert_eq!(secrets.get("fn", "db").await.unwrap(), Some(value("first")));
+    // Updating replaces the value; updating one that is not there is NotFound.
+    secrets
+        .put("fn", "db", &value("second"), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        secrets.get("fn", "db").await.unwrap(),
+        Some(value("second"))
+    );
+    assert_eq!(
+        secrets.get("dev", "db").await.unwrap(),
+        Some(value("dev's"))
+    );
+    assert!(matches!(
+        secrets.put("fn", "nope", &value("x"), false).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // Bytes that are not text come back whole.
+    let raw = SecretValue::new(vec![0, 255, 10, 13, 0]);
+    secrets.put("fn", "raw", &raw, true).await.unwrap();
+    assert_eq!(secrets.get("fn", "raw").await.unwrap(), Some(raw));
+    assert!(secrets.delete("fn", "raw").await.unwrap());
+    assert!(!secrets.delete("fn", "raw").await.unwrap());
+    assert_eq!(secrets.get("fn", "raw").await.unwrap(), None);
+    assert_eq!(secrets.names("fn").await.unwrap(), ["api-key", "db"]);
 }
 
 async fn pg_store(db: &FreshDatabase) -> PgStore {

@@ -231,10 +231,9 @@ async fn metrics_count_invocations_by_function_and_code_in_openfaas_names() {
     assert!(!text.contains("nope"), "{text}");
 }
 
-/// `/system/secrets` is a management route (credentials first); on the process provider, which
-/// keeps no secrets, it says so plainly instead of pretending.
+/// `/system/secrets` is a management route: credentials first, then the body is checked.
 #[tokio::test]
-async fn the_secrets_api_needs_credentials_and_says_where_secrets_are_kept() {
+async fn the_secrets_api_needs_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data"), &[]);
     let url = &sluice.url;
@@ -245,29 +244,35 @@ async fn the_secrets_api_needs_credentials_and_says_where_secrets_are_kept() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let http = crate::harness::http();
-    let r = http
+    let r = anonymous
         .post(format!("{url}/system/secrets"))
         .header("content-type", "application/json")
         .body(r#"{"name":"api-key","value":"s3cr3t"}"#)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 501);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["code"], "not_implemented");
-    assert!(
-        body["message"].as_str().unwrap().contains("Kubernetes"),
-        "{body}"
-    );
-    let r = http
-        .post(format!("{url}/system/secrets"))
-        .header("content-type", "application/json")
-        .body(r#"{"name":"Bad Name","value":"x"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let r: Value = get_json(&http, format!("{url}/system/info")).await;
-    assert_eq!(r["provider"]["orchestration"], "process");
+    assert_eq!(r.status(), 401);
+    let http = crate::harness::http();
+    for (body, needle) in [
+        (r#"{"name":"Bad Name","value":"x"}"#, "secret name"),
+        (r#"{"name":"ok"}"#, "needs a value"),
+        (r#"{"name":"ok","rawValue":"%%%"}"#, "not base64"),
+        (r#"{"name":"ok","value":"x","colour":"red"}"#, "colour"),
+    ] {
+        let r = http
+            .post(format!("{url}/system/secrets"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let error: Value = r.json().await.unwrap();
+        assert!(
+            error["message"].as_str().unwrap().contains(needle),
+            "{body}: {error}"
+        );
+    }
+    let r: Value = get_json(&http, format!("{url}/system/secrets")).await;
+    assert_eq!(r, serde_json::json!([]));
 }

@@ -34,5 +34,6 @@ mod harness;
 mod hostile;
 mod kubernetes;
 mod scaling;
+mod secrets;
 mod security;
 mod watchdog;
