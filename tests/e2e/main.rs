@@ -36,3 +36,4 @@ mod kubernetes;
 mod scaling;
 mod security;
 mod watchdog;
+mod wire;

@@ -1,0 +1,115 @@
+//! OpenFaaS's wire details, as `curl` and faas-cli meet them over plain HTTP: `fprocess` from the
+//! environment.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::harness::{ADMIN_PASSWORD, ADMIN_USER, Sluice, get_json};
+
+/// A JSON error in our format, with its marker: `(status, code, message)`.
+async fn error_of(r: reqwest::Response) -> (u16, String, String) {
+    let status = r.status().as_u16();
+    let marker = r.headers().get("x-sluice-error").cloned();
+    let body: Value = r.json().await.unwrap();
+    let code = body["code"].as_str().unwrap().to_owned();
+    assert_eq!(marker.unwrap(), code.as_str());
+    (status, code, body["message"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn fprocess_in_the_environment_is_the_command_when_envprocess_is_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = crate::harness::http();
+    // As a client that knows only the watchdog's variable sends it: no envProcess, or an
+    // empty one.
+    for (name, body) in [
+        (
+            "wc",
+            r#"{"service":"wc","image":"functions/alpine:latest","envVars":{"fprocess":"wc -c"}}"#,
+        ),
+        (
+            "wc2",
+            r#"{"service":"wc2","image":"x","envProcess":"","envVars":{"fprocess":"wc -c"}}"#,
+        ),
+    ] {
+        let r = http
+            .post(format!("{url}/system/functions"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{name}: {}", r.text().await.unwrap());
+        let r = http
+            .post(format!("{url}/function/{name}"))
+            .body("hello")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+        assert_eq!(r.text().await.unwrap().trim(), "5", "{name}");
+    }
+    // envProcess, when given, is the command (as faas-netes sets fprocess from it).
+    let r = http
+        .post(format!("{url}/system/functions"))
+        .json(&json!({"service": "both", "envProcess": "cat", "envVars": {"fprocess": "wc -c"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = http
+        .post(format!("{url}/function/both"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "hello");
+    // Neither: refused, naming both places a command may be.
+    let r = http
+        .post(format!("{url}/system/functions"))
+        .json(&json!({"service": "none", "envVars": {"fprocess": "  "}}))
+        .send()
+        .await
+        .unwrap();
+    let (status, _, message) = error_of(r).await;
+    assert_eq!(status, 400);
+    assert!(message.contains("envVars.fprocess"), "{message}");
+
+    // faas-cli's stack.yml: `environment: {fprocess: ...}` and no `fprocess` of its own.
+    let stack = dir.path().join("stack.yml");
+    std::fs::write(
+        &stack,
+        "version: 1.0\nfunctions:\n  from-env:\n    image: functions/alpine:latest\n    \
+         environment:\n      fprocess: wc -c\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["deploy", "-f", stack.to_str().unwrap()])
+        .env("SLUICE_URL", url)
+        .env("SLUICE_CONFIG_DIR", dir.path())
+        .env("SLUICE_ADMIN_USER", ADMIN_USER)
+        .env("SLUICE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env_remove("SLUICE_TOKEN")
+        .env_remove("OPENFAAS_URL")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && printed.contains("Deployed from-env."),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = http
+        .post(format!("{url}/function/from-env"))
+        .body("hello!")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap().trim(), "6");
+    let described: Value = get_json(&http, format!("{url}/system/function/from-env")).await;
+    assert!(described.get("envProcess").is_none(), "{described}");
+    assert_eq!(described["envVars"]["fprocess"], "wc -c");
+}
