@@ -13,16 +13,17 @@ use crate::error::ApiError;
 
 /// Splits `/function/echo.dev/a/b` (after the route prefix) into the function and the path below it.
 ///
-/// The path below a function belongs to the function and is passed on as it came; one that
-/// could climb out of it (`sluice_core::check_function_path`) is refused here, on both the sync
-/// and the async path.
+/// A name no function can have (empty, `.x`, upper case) is a `404`, as for a function that is
+/// not deployed: OpenFaaS clients take a 404 to mean "no such function". The path below a
+/// function belongs to the function and is passed on as it came; one that could climb out of
+/// it (`sluice_core::check_function_path`) is refused here, on both the sync and the async path.
 fn target(uri: &axum::http::Uri, prefix: &str) -> Result<(FunctionRef, String), ApiError> {
     let rest = uri.path().strip_prefix(prefix).unwrap_or_default();
     let (name, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let function = FunctionRef::parse(name, None)?;
+    let function = FunctionRef::parse(name, None).map_err(ApiError::NoSuchFunction)?;
     check_path(path)?;
     Ok((function, path.to_owned()))
 }

@@ -1,11 +1,11 @@
 //! OpenFaaS's wire details, as `curl` and faas-cli meet them over plain HTTP: `fprocess` from the
-//! environment.
+//! environment, 404 for names no function can have.
 
 use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::harness::{ADMIN_PASSWORD, ADMIN_USER, Sluice, get_json};
+use crate::harness::{ADMIN_PASSWORD, ADMIN_USER, Sluice, deploy, get_json, sample};
 
 /// A JSON error in our format, with its marker: `(status, code, message)`.
 async fn error_of(r: reqwest::Response) -> (u16, String, String) {
@@ -112,4 +112,46 @@ async fn fprocess_in_the_environment_is_the_command_when_envprocess_is_empty() {
     let described: Value = get_json(&http, format!("{url}/system/function/from-env")).await;
     assert!(described.get("envProcess").is_none(), "{described}");
     assert_eq!(described["envVars"]["fprocess"], "wc -c");
+}
+
+#[tokio::test]
+async fn names_no_function_can_have_are_404_on_function_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = crate::harness::http();
+    deploy(&http, url, &sample("cat", "cat", false, &[])).await;
+    for route in ["function", "async-function"] {
+        for name in [".x", ".cat", "Cat", "cat.", "-cat", "c_t"] {
+            for target in [
+                format!("{url}/{route}/{name}"),
+                format!("{url}/{route}/{name}/a"),
+            ] {
+                let r = http.post(&target).body("x").send().await.unwrap();
+                let (status, code, message) = error_of(r).await;
+                assert_eq!(
+                    (status, code.as_str()),
+                    (404, "function_not_found"),
+                    "{target}: {message}"
+                );
+            }
+        }
+        // No name at all.
+        let r = http
+            .post(format!("{url}/{route}/"))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        let (status, _, _) = error_of(r).await;
+        assert_eq!(status, 404, "/{route}/");
+    }
+    // The function itself still answers.
+    let r = http
+        .post(format!("{url}/function/cat"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "x");
 }
