@@ -1,5 +1,5 @@
 //! OpenFaaS's wire details, as `curl` and faas-cli meet them over plain HTTP: `fprocess` from the
-//! environment, 404 for names no function can have.
+//! environment, 404 for names no function can have, `name.namespace` split at the last dot.
 
 use std::process::Command;
 
@@ -112,6 +112,37 @@ async fn fprocess_in_the_environment_is_the_command_when_envprocess_is_empty() {
     let described: Value = get_json(&http, format!("{url}/system/function/from-env")).await;
     assert!(described.get("envProcess").is_none(), "{described}");
     assert_eq!(described["envVars"]["fprocess"], "wc -c");
+}
+
+#[tokio::test]
+async fn qualified_names_split_at_the_last_dot() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = crate::harness::http();
+    deploy(&http, url, &sample("cat", "cat", false, &[])).await;
+    // `cat.openfaas-fn` is the function; in `cat.x.openfaas-fn` the namespace is the last
+    // label, so it is the name `cat.x` that is wrong (the first dot would have blamed the
+    // namespace `x.openfaas-fn`).
+    let found: Value = get_json(&http, format!("{url}/system/function/cat.openfaas-fn")).await;
+    assert_eq!(found["name"], "cat");
+    let r = http
+        .get(format!("{url}/system/function/cat.x.openfaas-fn"))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, message) = error_of(r).await;
+    assert_eq!((status, code.as_str()), (400, "invalid_name"));
+    assert!(message.contains(r#"function name "cat.x""#), "{message}");
+    let r = http
+        .post(format!("{url}/function/cat.x.openfaas-fn"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    let (status, _, message) = error_of(r).await;
+    assert_eq!(status, 404);
+    assert!(message.contains(r#"function name "cat.x""#), "{message}");
 }
 
 #[tokio::test]
