@@ -11,7 +11,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use sluice_core::{
-    FunctionDeployment, FunctionRef, FunctionSpec, FunctionStatus, FunctionStore, Timestamp,
+    FUNCTION_LABEL, FunctionDeployment, FunctionRef, FunctionSpec, FunctionStatus, FunctionStore,
+    Timestamp,
 };
 
 use crate::AppState;
@@ -82,6 +83,7 @@ fn checked(state: &AppState, mut d: FunctionDeployment) -> Result<FunctionSpec, 
     }
     let function = FunctionRef::parse(&d.service, d.namespace.as_deref())?;
     d.check_bounds().map_err(ApiError::BadRequest)?;
+    platform_label(&mut d, &function)?;
     d.service = function.name.clone();
     d.namespace = Some(function.namespace.clone());
     let spec = FunctionSpec::new(function, d, 0, Timestamp::now())
@@ -89,6 +91,28 @@ fn checked(state: &AppState, mut d: FunctionDeployment) -> Result<FunctionSpec, 
     state.orchestrator.validate(&spec)?;
     check_replica_labels(state, &spec)?;
     Ok(spec)
+}
+
+/// `faas_function` is Sluice's label, the function's name on every status: a deployment sent
+/// back as it was described carries it, and it is dropped here rather than stored as the
+/// function's own; any other value is refused, as it would not be what the status says.
+fn platform_label(d: &mut FunctionDeployment, function: &FunctionRef) -> Result<(), ApiError> {
+    let Some(labels) = d.labels.as_mut() else {
+        return Ok(());
+    };
+    match labels.remove(FUNCTION_LABEL) {
+        Some(value) if value != function.name => Err(ApiError::BadRequest(format!(
+            "label {FUNCTION_LABEL} is set by Sluice to the function's name ({:?}), not {:?}",
+            function.name,
+            truncated(&value)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// At most the first 100 characters of a value a client sent, for an error message.
+fn truncated(s: &str) -> &str {
+    s.char_indices().nth(100).map_or(s, |(i, _)| &s[..i])
 }
 
 pub(crate) async fn create(
@@ -183,6 +207,9 @@ fn status_of(state: &AppState, spec: FunctionSpec) -> FunctionStatus {
     let scaling = state.autoscaler.status(&spec.function);
     let problem = state.orchestrator.problem(&spec.function);
     let d = spec.deployment;
+    // The label OpenFaaS tools select on, beside the function's own.
+    let mut labels = d.labels.unwrap_or_default();
+    labels.insert(FUNCTION_LABEL.to_owned(), spec.function.name.clone());
     FunctionStatus {
         name: spec.function.name,
         image: d.image,
@@ -191,7 +218,7 @@ fn status_of(state: &AppState, spec: FunctionSpec) -> FunctionStatus {
         env_vars: d.env_vars,
         constraints: d.constraints,
         secrets: d.secrets,
-        labels: d.labels,
+        labels: Some(labels),
         annotations: d.annotations,
         limits: d.limits,
         requests: d.requests,
@@ -200,6 +227,7 @@ fn status_of(state: &AppState, spec: FunctionSpec) -> FunctionStatus {
         replicas: u64::from(replicas.desired),
         available_replicas: u64::from(replicas.ready),
         created_at: Some(spec.created_at),
+        usage: None,
         target_replicas: scaling.as_ref().map(|s| u64::from(s.target)),
         scale_reason: scaling.map(|s| s.reason),
         problem,
@@ -317,4 +345,38 @@ pub(crate) async fn info(State(state): State<AppState>) -> Json<serde_json::Valu
         "version": { "release": env!("CARGO_PKG_VERSION"), "sha": "", "commit_message": "" },
         "arch": std::env::consts::ARCH,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_labels(labels: &[(&str, &str)]) -> FunctionDeployment {
+        FunctionDeployment {
+            service: "echo".into(),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).into(), (*v).into()))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_platform_label_is_dropped_when_it_names_the_function_and_refused_otherwise() {
+        let echo = FunctionRef::parse("echo", None).unwrap();
+        let mut d = with_labels(&[(FUNCTION_LABEL, "echo"), ("team", "a")]);
+        platform_label(&mut d, &echo).unwrap();
+        assert_eq!(d.label(FUNCTION_LABEL), None);
+        assert_eq!(d.label("team"), Some("a"));
+        let mut d = with_labels(&[(FUNCTION_LABEL, "other")]);
+        let e = platform_label(&mut d, &echo).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert!(e.to_string().contains("faas_function"), "{e}");
+        let mut d = FunctionDeployment::default();
+        platform_label(&mut d, &echo).unwrap();
+        assert_eq!(d.labels, None);
+    }
 }

@@ -1,7 +1,9 @@
 //! OpenFaaS's wire details, as `curl` and faas-cli meet them over plain HTTP: `fprocess` from the
-//! environment, 404 for names no function can have, `name.namespace` split at the last dot.
+//! environment, 404 for names no function can have, `name.namespace` split at the last dot, the
+//! status's `faas_function` label.
 
 use std::process::Command;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
@@ -145,6 +147,79 @@ async fn qualified_names_split_at_the_last_dot() {
     assert!(message.contains(r#"function name "cat.x""#), "{message}");
 }
 
+#[tokio::test]
+async fn function_status_carries_faas_function_and_openfaas_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = crate::harness::http();
+    let before = SystemTime::now();
+    deploy(&http, url, &sample("cat", "cat", false, &[("team", "a")])).await;
+    let mut bare = sample("bare", "cat", false, &[]);
+    bare.as_object_mut().unwrap().remove("labels");
+    bare.as_object_mut().unwrap().remove("annotations");
+    deploy(&http, url, &bare).await;
+
+    crate::harness::eventually("cat's replica ready", || async {
+        let f: Value =
+            crate::harness::try_get_json(&http, format!("{url}/system/function/cat")).await?;
+        (f["availableReplicas"] == 1).then_some(())
+    })
+    .await;
+    let list: Vec<Value> = get_json(&http, format!("{url}/system/functions")).await;
+    let described: Value = get_json(&http, format!("{url}/system/function/cat")).await;
+    let listed = list.iter().find(|f| f["name"] == "cat").unwrap();
+    for f in [listed, &described] {
+        // Selecting by `faas_function=cat`, as OpenFaaS tools do, finds it.
+        assert_eq!(f["labels"]["faas_function"], "cat", "{f}");
+        assert_eq!(f["labels"]["team"], "a", "{f}");
+        assert_eq!(f["replicas"], 1, "{f}");
+        assert_eq!(f["availableReplicas"], 1, "{f}");
+        assert_eq!(f["namespace"], "openfaas-fn");
+        assert!(f["annotations"]["com.sluice.workdir"].is_string(), "{f}");
+        let created = humantime::parse_rfc3339(f["createdAt"].as_str().unwrap()).unwrap();
+        assert!(created + Duration::from_secs(1) >= before, "{f}");
+        assert!(f["invocationCount"].is_number(), "{f}");
+        // No usage is measured, so none is claimed (faas-provider leaves it out too).
+        assert!(f.get("usage").is_none(), "{f}");
+    }
+    // A function deployed with no labels at all still carries the selector.
+    let bare = list.iter().find(|f| f["name"] == "bare").unwrap();
+    assert_eq!(bare["labels"], json!({"faas_function": "bare"}));
+
+    // What was described can be sent back as it is (the label is Sluice's, not stored as the
+    // function's own) ...
+    let r = http
+        .put(format!("{url}/system/functions"))
+        .json(&json!({
+            "service": "cat",
+            "envProcess": "wc -c",
+            "labels": described["labels"],
+            "annotations": described["annotations"],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let updated: Value = get_json(&http, format!("{url}/system/function/cat")).await;
+    assert_eq!(
+        updated["labels"],
+        json!({"faas_function": "cat", "team": "a"})
+    );
+    assert_eq!(updated["envProcess"], "wc -c");
+    // ... but it cannot be made to say another name.
+    let r = http
+        .put(format!("{url}/system/functions"))
+        .json(&json!({"service": "cat", "envProcess": "cat", "labels": {"faas_function": "dog"}}))
+        .send()
+        .await
+        .unwrap();
+    let (status, _, message) = error_of(r).await;
+    assert_eq!(status, 400);
+    assert!(message.contains("faas_function"), "{message}");
+}
+
+/// `git <args>` in this checkout, or `None` outside one.
 #[tokio::test]
 async fn names_no_function_can_have_are_404_on_function_routes() {
     let dir = tempfile::tempdir().unwrap();
