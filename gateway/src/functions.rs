@@ -335,16 +335,71 @@ pub(crate) async fn namespaces(
     Ok(Json(names.into_iter().collect()))
 }
 
-pub(crate) async fn info(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "provider": {
-            "provider": "sluice",
-            "orchestration": if state.orchestrator.shared() { "kubernetes" } else { "process" },
-            "version": { "release": env!("CARGO_PKG_VERSION"), "sha": "" },
+/// What `GET /system/info` says of the gateway's build: its release, the git commit it was
+/// built from ("unknown" outside a checkout), that commit's subject line, and the build date
+/// (set by `build.rs`).
+const VERSION: VersionInfo = VersionInfo {
+    release: env!("CARGO_PKG_VERSION"),
+    sha: env!("SLUICE_GIT_SHA"),
+    commit_message: env!("SLUICE_GIT_MESSAGE"),
+    build_date: env!("SLUICE_BUILD_DATE"),
+};
+
+/// OpenFaaS's `VersionInfo` (faas-provider), with the build date beside it.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct VersionInfo {
+    sha: &'static str,
+    release: &'static str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    commit_message: &'static str,
+    build_date: &'static str,
+}
+
+/// OpenFaaS's `GatewayInfo`: the gateway's version, the provider's, and the architecture.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct GatewayInfo {
+    provider: ProviderInfo,
+    version: VersionInfo,
+    arch: &'static str,
+}
+
+/// faas-provider's `ProviderInfo`. The provider is built into the gateway, so its version is
+/// the gateway's.
+#[derive(Debug, serde::Serialize)]
+struct ProviderInfo {
+    provider: &'static str,
+    orchestration: &'static str,
+    version: VersionInfo,
+}
+
+pub(crate) async fn info(State(state): State<AppState>) -> Json<GatewayInfo> {
+    Json(GatewayInfo {
+        provider: ProviderInfo {
+            provider: "sluice",
+            orchestration: if state.orchestrator.shared() {
+                "kubernetes"
+            } else {
+                "process"
+            },
+            version: VersionInfo {
+                commit_message: "",
+                ..VERSION
+            },
         },
-        "version": { "release": env!("CARGO_PKG_VERSION"), "sha": "", "commit_message": "" },
-        "arch": std::env::consts::ARCH,
-    }))
+        version: VERSION,
+        arch: go_arch(std::env::consts::ARCH),
+    })
+}
+
+/// An architecture in the names OpenFaaS's gateway reports (Go's and Docker's `TARGETARCH`:
+/// `amd64`, `arm64`), from Rust's.
+fn go_arch(rust: &'static str) -> &'static str {
+    match rust {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -362,6 +417,13 @@ mod tests {
             ),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn architectures_are_named_as_openfaas_names_them() {
+        assert_eq!(go_arch("x86_64"), "amd64");
+        assert_eq!(go_arch("aarch64"), "arm64");
+        assert_eq!(go_arch("riscv64"), "riscv64");
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! OpenFaaS's wire details, as `curl` and faas-cli meet them over plain HTTP: `fprocess` from the
 //! environment, 404 for names no function can have, `name.namespace` split at the last dot, the
-//! status's `faas_function` label.
+//! status's `faas_function` label, `/system/info`'s build facts.
 
 use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
@@ -220,6 +220,56 @@ async fn function_status_carries_faas_function_and_openfaas_fields() {
 }
 
 /// `git <args>` in this checkout, or `None` outside one.
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(String::from_utf8(out.stdout).ok()?.trim().to_owned())
+}
+
+#[tokio::test]
+async fn system_info_reports_the_build_in_openfaas_gateway_info_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let http = crate::harness::http();
+    let info: Value = get_json(&http, format!("{}/system/info", sluice.url)).await;
+    // The binary was built from this checkout by the same cargo run as this test.
+    let sha = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let version = &info["version"];
+    assert_eq!(version["sha"], sha.as_str(), "{info}");
+    assert_eq!(version["release"], env!("CARGO_PKG_VERSION"), "{info}");
+    if sha != "unknown" {
+        let subject = git(&["log", "-1", "--format=%s"]).unwrap();
+        assert_eq!(version["commit_message"], subject.as_str(), "{info}");
+    }
+    let date = version["build_date"].as_str().unwrap();
+    let epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .or_else(|| git(&["log", "-1", "--format=%ct"]));
+    match epoch.and_then(|e| e.parse::<u64>().ok()) {
+        Some(secs) => assert_eq!(
+            humantime::parse_rfc3339(date).unwrap(),
+            UNIX_EPOCH + Duration::from_secs(secs),
+            "{info}"
+        ),
+        None => assert_eq!(date, "unknown"),
+    }
+    let provider = &info["provider"];
+    assert_eq!(provider["provider"], "sluice");
+    assert_eq!(provider["orchestration"], "process");
+    assert_eq!(provider["version"]["sha"], sha.as_str());
+    assert_eq!(provider["version"]["release"], env!("CARGO_PKG_VERSION"));
+    let arch = info["arch"].as_str().unwrap();
+    if cfg!(target_arch = "x86_64") {
+        assert_eq!(arch, "amd64");
+    } else {
+        assert!(!arch.is_empty());
+    }
+}
+
 #[tokio::test]
 async fn names_no_function_can_have_are_404_on_function_routes() {
     let dir = tempfile::tempdir().unwrap();
