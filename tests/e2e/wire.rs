@@ -1,6 +1,7 @@
 //! OpenFaaS's wire details, as `curl` and faas-cli meet them over plain HTTP: `fprocess` from the
 //! environment, 404 for names no function can have, `name.namespace` split at the last dot, the
-//! status's `faas_function` label, `/system/info`'s build facts.
+//! status's `faas_function` label, `/system/info`'s build facts, the sync path's `X-Call-Id` /
+//! `X-Start-Time` / `X-Duration-Seconds`.
 
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -8,6 +9,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use crate::harness::{ADMIN_PASSWORD, ADMIN_USER, Sluice, deploy, get_json, sample};
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
+    r.headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} in {:?}", r.headers()))
+        .to_str()
+        .unwrap()
+}
 
 /// A JSON error in our format, with its marker: `(status, code, message)`.
 async fn error_of(r: reqwest::Response) -> (u16, String, String) {
@@ -310,4 +326,102 @@ async fn names_no_function_can_have_are_404_on_function_routes() {
         .await
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "x");
+}
+
+#[tokio::test]
+async fn sync_answers_carry_call_id_start_time_and_duration() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = crate::harness::http();
+    deploy(&http, url, &sample("echo", "python3 -u echo.py", true, &[])).await;
+    deploy(
+        &http,
+        url,
+        &sample("sleep", "python3 -u sleep.py", true, &[]),
+    )
+    .await;
+    deploy(&http, url, &sample("cat", "cat", false, &[])).await;
+
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let before = now_nanos();
+        let r = http
+            .post(format!("{url}/function/echo"))
+            .body("hi")
+            .send()
+            .await
+            .unwrap();
+        let after = now_nanos();
+        assert_eq!(r.status(), 200);
+        let id = header(&r, "x-call-id").to_owned();
+        assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 4);
+        let start: u128 = header(&r, "x-start-time").parse().unwrap();
+        assert!(
+            (before..=after).contains(&start),
+            "{before} {start} {after}"
+        );
+        let duration = header(&r, "x-duration-seconds").to_owned();
+        assert_eq!(duration.split_once('.').unwrap().1.len(), 6, "{duration}");
+        let seconds: f64 = duration.parse().unwrap();
+        assert!(
+            seconds > 0.0 && seconds <= (after - before) as f64 / 1e9,
+            "{duration}"
+        );
+        // The function was sent the same id and start.
+        let seen: Value = serde_json::from_str(header(&r, "x-echo-headers")).unwrap();
+        assert_eq!(seen["x-call-id"], id.as_str());
+        assert_eq!(seen["x-start-time"], start.to_string());
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1], "a fresh id per call");
+
+    // The caller's own id, when it is a valid one, is the call's.
+    let r = http
+        .post(format!("{url}/function/echo"))
+        .header("X-Call-Id", "order-42:retry.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "x-call-id"), "order-42:retry.1");
+    let seen: Value = serde_json::from_str(header(&r, "x-echo-headers")).unwrap();
+    assert_eq!(seen["x-call-id"], "order-42:retry.1");
+    // One that is not (a space, a slash) is replaced, for the function too.
+    let r = http
+        .post(format!("{url}/function/echo"))
+        .header("X-Call-Id", "not/a valid id")
+        .send()
+        .await
+        .unwrap();
+    let id = header(&r, "x-call-id").to_owned();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    let seen: Value = serde_json::from_str(header(&r, "x-echo-headers")).unwrap();
+    assert_eq!(seen["x-call-id"], id.as_str());
+
+    // The duration is the time to the answer's head: a function that takes 0.4 s to answer.
+    let r = http
+        .get(format!("{url}/function/sleep?seconds=0.4"))
+        .send()
+        .await
+        .unwrap();
+    let seconds: f64 = header(&r, "x-duration-seconds").parse().unwrap();
+    assert!((0.4..30.0).contains(&seconds), "{seconds}");
+    // A classic function's answer carries one duration, the gateway's.
+    let r = http
+        .post(format!("{url}/function/cat"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers().get_all("x-duration-seconds").iter().count(), 1);
+    // The gateway's own answers name the call too.
+    let r = http
+        .post(format!("{url}/function/ghost"))
+        .header("X-Call-Id", "lost-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(header(&r, "x-call-id"), "lost-1");
+    assert!(header(&r, "x-start-time").parse::<u128>().is_ok());
 }
