@@ -1,7 +1,7 @@
-//! OpenFaaS's wire details, as `curl` and faas-cli meet them over plain HTTP: `fprocess` from the
-//! environment, 404 for names no function can have, `name.namespace` split at the last dot, the
-//! status's `faas_function` label, `/system/info`'s build facts, the sync path's `X-Call-Id` /
-//! `X-Start-Time` / `X-Duration-Seconds`.
+//! OpenFaaS's wire details, as `curl` and faas-cli meet them over plain HTTP: `fprocess` from
+//! the environment, `name.namespace` split at the last dot, the status's `faas_function` label,
+//! `/system/info`'s build facts, 404 for names no function can have, the sync path's
+//! `X-Call-Id` / `X-Start-Time` / `X-Duration-Seconds`, and the classic watchdog's log lines.
 
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -424,4 +424,68 @@ async fn sync_answers_carry_call_id_start_time_and_duration() {
     assert_eq!(r.status(), 404);
     assert_eq!(header(&r, "x-call-id"), "lost-1");
     assert!(header(&r, "x-start-time").parse::<u128>().is_ok());
+}
+
+#[tokio::test]
+async fn classic_runs_are_logged_in_the_classic_watchdogs_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = crate::harness::http();
+    deploy(&http, url, &sample("cat", "cat", false, &[])).await;
+    deploy(
+        &http,
+        url,
+        &sample("fails", "sh -c 'echo broken >&2; exit 3'", false, &[]),
+    )
+    .await;
+    for body in ["hello", "hello, world"] {
+        let r = http
+            .post(format!("{url}/function/cat"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), body);
+    }
+    let r = http
+        .post(format!("{url}/function/fails"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+
+    let texts = |name: &str| {
+        let http = http.clone();
+        let target = format!("{url}/system/logs?name={name}&tail=100");
+        async move {
+            let text = http.get(target).send().await.unwrap().text().await.unwrap();
+            text.lines()
+                .map(|l| {
+                    serde_json::from_str::<Value>(l).unwrap()["text"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect::<Vec<String>>()
+        }
+    };
+    // The lines are written before the answer is sent: they are there now.
+    let lines = texts("cat").await;
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for (pair, bytes) in lines.chunks(2).zip([5, 12]) {
+        assert_eq!(pair[0], "Forking fprocess.");
+        let prefix = format!("Wrote {bytes} Bytes - Duration: ");
+        let seconds = pair[1]
+            .strip_prefix(&prefix)
+            .and_then(|s| s.strip_suffix('s'))
+            .unwrap_or_else(|| panic!("{:?} is not {prefix:?}S.SSSSSSs", pair[1]));
+        assert_eq!(seconds.split_once('.').unwrap().1.len(), 6, "{seconds}");
+        assert!(seconds.parse::<f64>().unwrap() > 0.0);
+    }
+    // A run that fails forks as every run does, and writes no bytes.
+    let lines = texts("fails").await;
+    assert_eq!(lines[0], "Forking fprocess.", "{lines:?}");
+    assert!(lines.iter().any(|l| l == "broken"), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.starts_with("Wrote")), "{lines:?}");
 }
