@@ -194,6 +194,18 @@ mod tests {
     }
 
     #[test]
+    fn fprocess_in_the_environment_is_sent_as_faas_cli_sends_it() {
+        // faas-cli sends `environment` as envVars and `fprocess` alone as envProcess; the
+        // provider takes envVars.fprocess when envProcess is empty.
+        let yaml = "functions:\n  f:\n    environment:\n      fprocess: wc -c\n";
+        let d = Stack::parse(yaml).unwrap().functions["f"]
+            .deployment("f", Path::new("."))
+            .unwrap();
+        assert_eq!(d.env_process, None);
+        assert_eq!(d.env_vars["fprocess"], "wc -c");
+    }
+
+    #[test]
     fn scalars_become_strings() {
         let yaml = "functions:\n  f:\n    fprocess: cat\n    environment:\n      max_inflight: 10\n      debug: true\n";
         let stack: Stack = serde_yaml::from_str(yaml).unwrap();

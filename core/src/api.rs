@@ -25,6 +25,27 @@ pub struct FunctionResources {
     pub cpu: String,
 }
 
+/// The label OpenFaaS tools select a function's objects by (`faas_function=<name>`): on every
+/// `FunctionStatus`, and on the Kubernetes objects. Sluice sets it; it is never stored as one
+/// of the deployment's own labels.
+pub const FUNCTION_LABEL: &str = "faas_function";
+
+/// CPU and memory used by all of a function's replicas, as faas-provider reports it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionUsage {
+    /// CPU used since the last measurement, in the unit of Kubernetes' millicores.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cpu: f64,
+    /// Memory used by all replicas, in bytes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub total_memory_bytes: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
 /// The body of `POST|PUT /system/functions`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -113,6 +134,10 @@ pub struct FunctionStatus {
     pub available_replicas: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<Timestamp>,
+    /// What the replicas use, where the provider measures it (neither provider does yet, so it
+    /// is left out, as faas-provider's `omitempty` leaves it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<FunctionUsage>,
     /// Sluice's: the replica count the autoscaler last decided on, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_replicas: Option<u64>,
@@ -361,5 +386,15 @@ mod tests {
         assert_eq!(v["envProcess"], "cat");
         assert_eq!(v["availableReplicas"], 1);
         assert_eq!(v["invocationCount"], 0.0);
+        assert!(v.get("usage").is_none(), "unknown usage is left out");
+        let s = FunctionStatus {
+            usage: Some(FunctionUsage {
+                cpu: 0.0,
+                total_memory_bytes: 1024.0,
+            }),
+            ..s
+        };
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["usage"], serde_json::json!({"totalMemoryBytes": 1024.0}));
     }
 }

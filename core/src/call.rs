@@ -26,11 +26,17 @@ pub struct InvalidCallId;
 impl CallId {
     /// Accepts a client's id if it is safe to use in URLs, logs and headers.
     pub fn parse(s: &str) -> Result<Self, InvalidCallId> {
-        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
-        if s.is_empty() || s.len() > MAX_CALL_ID_LEN || !s.chars().all(ok) {
+        if !Self::is_valid(s.as_bytes()) {
             return Err(InvalidCallId);
         }
         Ok(Self(s.to_owned()))
+    }
+
+    /// Whether `s` would be accepted by [`CallId::parse`], without making one (the sync path
+    /// checks a caller's `X-Call-Id` on every request).
+    pub fn is_valid(s: &[u8]) -> bool {
+        let ok = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':');
+        !s.is_empty() && s.len() <= MAX_CALL_ID_LEN && s.iter().all(ok)
     }
 
     /// Wraps an id that was generated or already validated.

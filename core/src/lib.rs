@@ -15,7 +15,10 @@ pub mod retry;
 pub mod seams;
 pub mod time;
 
-pub use api::{DeploymentBounds, FunctionDeployment, FunctionResources, FunctionStatus};
+pub use api::{
+    DeploymentBounds, FUNCTION_LABEL, FunctionDeployment, FunctionResources, FunctionStatus,
+    FunctionUsage,
+};
 pub use call::{
     CallId, CallMeta, CallOutcome, CallRecord, CallResult, CallState, CallbackOutcome, QueueName,
     QueuedCall, check_function_path,

@@ -63,11 +63,13 @@ impl FunctionRef {
         })
     }
 
-    /// Parses `name` or `name.namespace` (faas-cli sends `echo.openfaas-fn`). A `namespace` query
-    /// parameter, when given, applies only if the name carries none. A dot with nothing after it
-    /// (`echo.`) is an error, not the default namespace.
+    /// Parses `name` or `name.namespace` (faas-cli sends `echo.openfaas-fn`), split at the last
+    /// dot as OpenFaaS's gateway does (`GetNamespace`): in `a.b.c` the namespace is `c` and
+    /// the name `a.b`, which is then refused as a name. A `namespace` query parameter, when
+    /// given, applies only if the name carries none. A dot with nothing after it (`echo.`) is an
+    /// error, not the default namespace.
     pub fn parse(qualified: &str, namespace: Option<&str>) -> Result<Self, NameError> {
-        match qualified.split_once('.') {
+        match qualified.rsplit_once('.') {
             Some((name, ns)) => {
                 validate_label("namespace", ns)?;
                 Self::new(name, Some(ns))
@@ -156,6 +158,22 @@ mod tests {
         assert!(FunctionRef::parse("echo.", Some("dev")).is_err());
         assert!(FunctionRef::parse(".openfaas-fn", None).is_err());
         assert!(FunctionRef::parse("a", None).is_ok());
+        // Split at the last dot, as OpenFaaS does: the namespace is the valid `c`, and the name
+        // `a.b` is what is refused (the first dot would have blamed the namespace `b.c`).
+        assert_eq!(
+            FunctionRef::parse("a.b.c", None),
+            Err(NameError::Invalid {
+                what: "function name",
+                value: "a.b".into()
+            })
+        );
+        assert!(matches!(
+            FunctionRef::parse("echo..dev", Some("x")),
+            Err(NameError::Invalid {
+                what: "function name",
+                ..
+            })
+        ));
         assert!(FunctionRef::parse(&"a".repeat(63), None).is_ok());
     }
 }

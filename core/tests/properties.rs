@@ -25,6 +25,32 @@ proptest! {
         }
     }
 
+    /// `name.namespace` splits at the last dot, as OpenFaaS's gateway splits it: the namespace
+    /// taken is always what follows the last dot, and a name with dots in it is refused as a
+    /// name, never blamed on the namespace.
+    #[test]
+    fn qualified_names_split_at_the_last_dot(
+        parts in proptest::collection::vec("[a-z0-9]{1,8}", 2..5),
+    ) {
+        let qualified = parts.join(".");
+        let namespace = parts.last().unwrap();
+        match FunctionRef::parse(&qualified, Some("elsewhere")) {
+            Ok(r) => {
+                prop_assert_eq!(parts.len(), 2);
+                prop_assert_eq!(&r.name, &parts[0]);
+                prop_assert_eq!(&r.namespace, namespace);
+            }
+            Err(e) => {
+                prop_assert!(parts.len() > 2);
+                let name = &qualified[..qualified.len() - namespace.len() - 1];
+                prop_assert_eq!(e, sluice_core::NameError::Invalid {
+                    what: "function name",
+                    value: name.to_owned(),
+                });
+            }
+        }
+    }
+
     /// A path below a function that is accepted stays below it once a URL parser has seen it,
     /// whatever dots, slashes and escapes it holds.
     #[test]

@@ -48,6 +48,10 @@ pub enum ApiError {
     BodiesOverBudget(usize),
     #[error("function {0} is not deployed")]
     FunctionNotFound(String),
+    /// A function route named something no function can be called: as OpenFaaS clients
+    /// expect, a function that is not there (404), not a malformed request.
+    #[error("{0}, so no function by that name can be deployed")]
+    NoSuchFunction(NameError),
     #[error("{0}")]
     Conflict(String),
     #[error("request body is larger than the gateway's limit of {limit} bytes")]
@@ -95,7 +99,9 @@ impl ApiError {
             Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::RateLimited { .. } | Self::FunctionQueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::NotFound(_) | Self::FunctionNotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotFound(_) | Self::FunctionNotFound(_) | Self::NoSuchFunction(_) => {
+                StatusCode::NOT_FOUND
+            }
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -128,7 +134,7 @@ impl ApiError {
             Self::BodyTimeout(_) => "body_timeout",
             Self::RateLimited { .. } => "rate_limited",
             Self::NotFound(_) => "not_found",
-            Self::FunctionNotFound(_) => "function_not_found",
+            Self::FunctionNotFound(_) | Self::NoSuchFunction(_) => "function_not_found",
             Self::Conflict(_) => "conflict",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Overloaded(_) | Self::BodiesOverBudget(_) => "overloaded",

@@ -11,7 +11,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use sluice_core::{
-    FunctionDeployment, FunctionRef, FunctionSpec, FunctionStatus, FunctionStore, Timestamp,
+    FUNCTION_LABEL, FunctionDeployment, FunctionRef, FunctionSpec, FunctionStatus, FunctionStore,
+    Timestamp,
 };
 
 use crate::AppState;
@@ -82,6 +83,7 @@ fn checked(state: &AppState, mut d: FunctionDeployment) -> Result<FunctionSpec, 
     }
     let function = FunctionRef::parse(&d.service, d.namespace.as_deref())?;
     d.check_bounds().map_err(ApiError::BadRequest)?;
+    platform_label(&mut d, &function)?;
     d.service = function.name.clone();
     d.namespace = Some(function.namespace.clone());
     let spec = FunctionSpec::new(function, d, 0, Timestamp::now())
@@ -119,6 +121,28 @@ async fn check_secrets(state: &AppState, spec: &FunctionSpec) -> Result<(), ApiE
         spec.function,
         missing.join(", ")
     )))
+}
+
+/// `faas_function` is Sluice's label, the function's name on every status: a deployment sent
+/// back as it was described carries it, and it is dropped here rather than stored as the
+/// function's own; any other value is refused, as it would not be what the status says.
+fn platform_label(d: &mut FunctionDeployment, function: &FunctionRef) -> Result<(), ApiError> {
+    let Some(labels) = d.labels.as_mut() else {
+        return Ok(());
+    };
+    match labels.remove(FUNCTION_LABEL) {
+        Some(value) if value != function.name => Err(ApiError::BadRequest(format!(
+            "label {FUNCTION_LABEL} is set by Sluice to the function's name ({:?}), not {:?}",
+            function.name,
+            truncated(&value)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// At most the first 100 characters of a value a client sent, for an error message.
+fn truncated(s: &str) -> &str {
+    s.char_indices().nth(100).map_or(s, |(i, _)| &s[..i])
 }
 
 pub(crate) async fn create(
@@ -215,6 +239,9 @@ fn status_of(state: &AppState, spec: FunctionSpec) -> FunctionStatus {
     let scaling = state.autoscaler.status(&spec.function);
     let problem = state.orchestrator.problem(&spec.function);
     let d = spec.deployment;
+    // The label OpenFaaS tools select on, beside the function's own.
+    let mut labels = d.labels.unwrap_or_default();
+    labels.insert(FUNCTION_LABEL.to_owned(), spec.function.name.clone());
     FunctionStatus {
         name: spec.function.name,
         image: d.image,
@@ -223,7 +250,7 @@ fn status_of(state: &AppState, spec: FunctionSpec) -> FunctionStatus {
         env_vars: d.env_vars,
         constraints: d.constraints,
         secrets: d.secrets,
-        labels: d.labels,
+        labels: Some(labels),
         annotations: d.annotations,
         limits: d.limits,
         requests: d.requests,
@@ -232,6 +259,7 @@ fn status_of(state: &AppState, spec: FunctionSpec) -> FunctionStatus {
         replicas: u64::from(replicas.desired),
         available_replicas: u64::from(replicas.ready),
         created_at: Some(spec.created_at),
+        usage: None,
         target_replicas: scaling.as_ref().map(|s| u64::from(s.target)),
         scale_reason: scaling.map(|s| s.reason),
         problem,
@@ -339,14 +367,110 @@ pub(crate) async fn namespaces(
     Ok(Json(names.into_iter().collect()))
 }
 
-pub(crate) async fn info(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "provider": {
-            "provider": "sluice",
-            "orchestration": if state.orchestrator.shared() { "kubernetes" } else { "process" },
-            "version": { "release": env!("CARGO_PKG_VERSION"), "sha": "" },
+/// What `GET /system/info` says of the gateway's build: its release, the git commit it was
+/// built from ("unknown" outside a checkout), that commit's subject line, and the build date
+/// (set by `build.rs`).
+const VERSION: VersionInfo = VersionInfo {
+    release: env!("CARGO_PKG_VERSION"),
+    sha: env!("SLUICE_GIT_SHA"),
+    commit_message: env!("SLUICE_GIT_MESSAGE"),
+    build_date: env!("SLUICE_BUILD_DATE"),
+};
+
+/// OpenFaaS's `VersionInfo` (faas-provider), with the build date beside it.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct VersionInfo {
+    sha: &'static str,
+    release: &'static str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    commit_message: &'static str,
+    build_date: &'static str,
+}
+
+/// OpenFaaS's `GatewayInfo`: the gateway's version, the provider's, and the architecture.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct GatewayInfo {
+    provider: ProviderInfo,
+    version: VersionInfo,
+    arch: &'static str,
+}
+
+/// faas-provider's `ProviderInfo`. The provider is built into the gateway, so its version is
+/// the gateway's.
+#[derive(Debug, serde::Serialize)]
+struct ProviderInfo {
+    provider: &'static str,
+    orchestration: &'static str,
+    version: VersionInfo,
+}
+
+pub(crate) async fn info(State(state): State<AppState>) -> Json<GatewayInfo> {
+    Json(GatewayInfo {
+        provider: ProviderInfo {
+            provider: "sluice",
+            orchestration: if state.orchestrator.shared() {
+                "kubernetes"
+            } else {
+                "process"
+            },
+            version: VersionInfo {
+                commit_message: "",
+                ..VERSION
+            },
         },
-        "version": { "release": env!("CARGO_PKG_VERSION"), "sha": "", "commit_message": "" },
-        "arch": std::env::consts::ARCH,
-    }))
+        version: VERSION,
+        arch: go_arch(std::env::consts::ARCH),
+    })
+}
+
+/// An architecture in the names OpenFaaS's gateway reports (Go's and Docker's `TARGETARCH`:
+/// `amd64`, `arm64`), from Rust's.
+fn go_arch(rust: &'static str) -> &'static str {
+    match rust {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_labels(labels: &[(&str, &str)]) -> FunctionDeployment {
+        FunctionDeployment {
+            service: "echo".into(),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).into(), (*v).into()))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn architectures_are_named_as_openfaas_names_them() {
+        assert_eq!(go_arch("x86_64"), "amd64");
+        assert_eq!(go_arch("aarch64"), "arm64");
+        assert_eq!(go_arch("riscv64"), "riscv64");
+    }
+
+    #[test]
+    fn the_platform_label_is_dropped_when_it_names_the_function_and_refused_otherwise() {
+        let echo = FunctionRef::parse("echo", None).unwrap();
+        let mut d = with_labels(&[(FUNCTION_LABEL, "echo"), ("team", "a")]);
+        platform_label(&mut d, &echo).unwrap();
+        assert_eq!(d.label(FUNCTION_LABEL), None);
+        assert_eq!(d.label("team"), Some("a"));
+        let mut d = with_labels(&[(FUNCTION_LABEL, "other")]);
+        let e = platform_label(&mut d, &echo).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert!(e.to_string().contains("faas_function"), "{e}");
+        let mut d = FunctionDeployment::default();
+        platform_label(&mut d, &echo).unwrap();
+        assert_eq!(d.labels, None);
+    }
 }

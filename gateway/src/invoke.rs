@@ -13,16 +13,17 @@ use crate::error::ApiError;
 
 /// Splits `/function/echo.dev/a/b` (after the route prefix) into the function and the path below it.
 ///
-/// The path below a function belongs to the function and is passed on as it came; one that
-/// could climb out of it (`sluice_core::check_function_path`) is refused here, on both the sync
-/// and the async path.
+/// A name no function can have (empty, `.x`, upper case) is a `404`, as for a function that is
+/// not deployed: OpenFaaS clients take a 404 to mean "no such function". The path below a
+/// function belongs to the function and is passed on as it came; one that could climb out of
+/// it (`sluice_core::check_function_path`) is refused here, on both the sync and the async path.
 fn target(uri: &axum::http::Uri, prefix: &str) -> Result<(FunctionRef, String), ApiError> {
     let rest = uri.path().strip_prefix(prefix).unwrap_or_default();
     let (name, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let function = FunctionRef::parse(name, None)?;
+    let function = FunctionRef::parse(name, None).map_err(ApiError::NoSuchFunction)?;
     check_path(path)?;
     Ok((function, path.to_owned()))
 }
@@ -109,25 +110,93 @@ fn forwardable(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &Heade
         .chain(forwarded_host(headers).map(|v| (&FORWARDED_HOST, v)))
 }
 
-pub(crate) async fn sync(
-    State(state): State<AppState>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let (parts, body) = req.into_parts();
-    let (function, path) = target(&parts.uri, "/function/")?;
-    check_method(&parts.method, parts.uri.path())?;
-    let started = std::time::Instant::now();
-    let answer = proxy(&state, parts, body, &function, &path).await;
-    let code = match &answer {
-        Ok(response) => response.status(),
-        // Not a function's: no series, or any name sent would make one.
-        Err(ApiError::FunctionNotFound(_)) => return answer,
-        Err(e) => e.status(),
+pub(crate) async fn sync(State(state): State<AppState>, req: Request) -> Response {
+    use axum::response::IntoResponse;
+    let (mut parts, body) = req.into_parts();
+    let stamp = Stamp::new(&parts.headers);
+    let answer = match target(&parts.uri, "/function/")
+        .and_then(|t| check_method(&parts.method, parts.uri.path()).map(|()| t))
+    {
+        Err(e) => Err(e),
+        Ok((function, path)) => {
+            // The function sees the call's id and start, as OpenFaaS's gateway sends them.
+            parts.headers.insert(CALL_ID.clone(), stamp.id.clone());
+            parts
+                .headers
+                .insert(START_TIME.clone(), stamp.start.clone());
+            let answer = proxy(&state, parts, body, &function, &path, &stamp).await;
+            let code = match &answer {
+                Ok(response) => Some(response.status()),
+                // Not a function's: no series, or any name sent would make one.
+                Err(ApiError::FunctionNotFound(_)) => None,
+                Err(e) => Some(e.status()),
+            };
+            if let Some(code) = code {
+                state
+                    .metrics
+                    .observe(&function, code.as_u16(), stamp.started.elapsed());
+            }
+            answer
+        }
     };
-    state
-        .metrics
-        .observe(&function, code.as_u16(), started.elapsed());
-    answer
+    let mut response = answer.unwrap_or_else(IntoResponse::into_response);
+    let headers = response.headers_mut();
+    headers.insert(CALL_ID.clone(), stamp.id);
+    headers.insert(START_TIME.clone(), stamp.start);
+    response
+}
+
+static CALL_ID: HeaderName = HeaderName::from_static(headers::CALL_ID);
+static START_TIME: HeaderName = HeaderName::from_static(headers::START_TIME);
+static DURATION_SECONDS: HeaderName = HeaderName::from_static(headers::DURATION_SECONDS);
+
+/// What a sync call is stamped with, on its way to the function and on every answer, as
+/// OpenFaaS's gateway stamps it: its id (the caller's `X-Call-Id` if it is a valid call id,
+/// else a fresh UUID) and its start (`X-Start-Time`, nanoseconds since the epoch).
+struct Stamp {
+    id: HeaderValue,
+    start: HeaderValue,
+    /// When the gateway took the request, for `X-Duration-Seconds` and the metrics.
+    started: std::time::Instant,
+}
+
+impl Stamp {
+    fn new(headers: &HeaderMap) -> Self {
+        let started = std::time::Instant::now();
+        let id = headers
+            .get(&CALL_ID)
+            .filter(|v| sluice_core::CallId::is_valid(v.as_bytes()))
+            .cloned()
+            .unwrap_or_else(fresh_call_id);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Self {
+            id,
+            start: HeaderValue::from(nanos),
+            started,
+        }
+    }
+
+    /// `X-Duration-Seconds` for an answer whose head has just arrived: seconds since the
+    /// gateway took the request, with six decimals (Go's `%f`, as OpenFaaS's watchdog writes
+    /// it), formatted on the stack.
+    fn duration(&self) -> Option<HeaderValue> {
+        use std::io::Write;
+        let mut buf = [0u8; 32];
+        let mut rest = &mut buf[..];
+        write!(rest, "{:.6}", self.started.elapsed().as_secs_f64()).ok()?;
+        let len = 32 - rest.len();
+        HeaderValue::from_bytes(&buf[..len]).ok()
+    }
+}
+
+/// A fresh call id: a version 4 UUID from the thread's random generator (no system call).
+fn fresh_call_id() -> HeaderValue {
+    let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_str(uuid.hyphenated().encode_lower(&mut buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The sync path proper: admit, find (or wait for) a replica, proxy.
@@ -137,6 +206,7 @@ async fn proxy(
     body: Body,
     function: &FunctionRef,
     path: &str,
+    stamp: &Stamp,
 ) -> Result<Response, ApiError> {
     let admitted = state.admit(&parts.headers)?;
     let state = state.clone();
@@ -183,6 +253,10 @@ async fn proxy(
     // response streams back.
     drop(held);
     let (mut parts, body) = response.into_parts();
+    // Measured as the head arrives: a header cannot wait for the body.
+    if let Some(duration) = stamp.duration() {
+        parts.headers.insert(DURATION_SECONDS.clone(), duration);
+    }
     remove_where(&mut parts.headers, |k| is_hop_by_hop(k.as_str()));
     // The endpoint travels with the body: the replica counts the request as in flight until the
     // response has been streamed to its end (or the client went away).
@@ -424,4 +498,61 @@ pub(crate) fn accepted(id: &CallId, submitted_at: Timestamp) -> Result<Response,
         .header("location", format!("/system/calls/{id}"))
         .body(Body::empty())
         .map_err(|e| ApiError::Internal(format!("building the 202: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_call_id(id: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(CALL_ID.clone(), HeaderValue::from_str(id).unwrap());
+        headers
+    }
+
+    fn is_uuid(v: &HeaderValue) -> bool {
+        v.to_str()
+            .ok()
+            .and_then(|s| uuid::Uuid::parse_str(s).ok())
+            .is_some_and(|u| u.get_version_num() == 4)
+    }
+
+    #[test]
+    fn a_call_keeps_a_valid_caller_id_and_gets_a_fresh_one_otherwise() {
+        assert_eq!(
+            Stamp::new(&with_call_id("my-call.1:a_b")).id,
+            "my-call.1:a_b"
+        );
+        for bad in ["has space", "slash/y", &"x".repeat(129)] {
+            let id = Stamp::new(&with_call_id(bad)).id;
+            assert!(is_uuid(&id), "{bad:?} became {id:?}");
+        }
+        let (a, b) = (Stamp::new(&HeaderMap::new()), Stamp::new(&HeaderMap::new()));
+        assert!(is_uuid(&a.id) && is_uuid(&b.id));
+        assert_ne!(a.id, b.id);
+    }
+
+    #[test]
+    fn start_is_in_nanoseconds_and_duration_in_seconds_with_six_decimals() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let stamp = Stamp::new(&HeaderMap::new());
+        let start: u128 = stamp.start.to_str().unwrap().parse().unwrap();
+        assert!(
+            start >= before && start - before < 60_000_000_000,
+            "{start}"
+        );
+        let stamp = Stamp {
+            started: std::time::Instant::now() - std::time::Duration::from_millis(1500),
+            ..stamp
+        };
+        let duration = stamp.duration().unwrap();
+        let text = duration.to_str().unwrap();
+        let (whole, decimals) = text.split_once('.').unwrap();
+        assert_eq!(decimals.len(), 6, "{text}");
+        let seconds: f64 = text.parse().unwrap();
+        assert!(whole == "1" && (1.5..60.0).contains(&seconds), "{text}");
+    }
 }

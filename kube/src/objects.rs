@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use sluice_core::{FunctionResources, FunctionSpec};
 
 /// The label every function's objects and pods carry, as OpenFaaS's do.
-pub const FUNCTION_LABEL: &str = "faas_function";
+pub const FUNCTION_LABEL: &str = sluice_core::FUNCTION_LABEL;
 /// Marks the objects Sluice manages (beside `faas_function`, which OpenFaaS tools look for).
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "sluice";

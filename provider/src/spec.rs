@@ -45,17 +45,16 @@ impl RunSpec {
         default_exec_timeout: Duration,
     ) -> Result<Self, ProviderError> {
         let (d, config) = (&spec.deployment, &spec.config);
-        let command = d.env_process.as_deref().map(str::trim).unwrap_or_default();
-        if command.is_empty() {
-            return Err(invalid(format!(
-                "envProcess is required: the process provider runs it locally \
-                 (image {:?} is recorded but not pulled)",
+        let (field, command) = process(d).ok_or_else(|| {
+            invalid(format!(
+                "envProcess (or envVars.fprocess) is required: the process provider runs it \
+                 locally (image {:?} is recorded but not pulled)",
                 d.image
-            )));
-        }
+            ))
+        })?;
         let argv = shlex::split(command)
             .filter(|a| !a.is_empty())
-            .ok_or_else(|| invalid(format!("envProcess {command:?} has unbalanced quotes")))?;
+            .ok_or_else(|| invalid(format!("{field} {command:?} has unbalanced quotes")))?;
         let workdir = match d.annotation(WORKDIR_ANNOTATION) {
             None => None,
             Some(dir) => {
@@ -81,6 +80,22 @@ impl RunSpec {
             secrets: Vec::new(),
         })
     }
+}
+
+/// The function's command and the field it came from: `envProcess`, or when that is empty
+/// the `fprocess` environment variable, which is where OpenFaaS's watchdog reads it (faas-netes
+/// sets `fprocess` from `envProcess` only when `envProcess` is given).
+fn process(d: &sluice_core::FunctionDeployment) -> Option<(&'static str, &str)> {
+    given(d.env_process.as_deref())
+        .map(|c| ("envProcess", c))
+        .or_else(|| {
+            given(d.env_vars.get("fprocess").map(String::as_str)).map(|c| ("envVars.fprocess", c))
+        })
+}
+
+/// A command that is there: not missing, not blank.
+fn given(v: Option<&str>) -> Option<&str> {
+    v.map(str::trim).filter(|c| !c.is_empty())
 }
 
 #[cfg(test)]
@@ -126,8 +141,27 @@ mod tests {
         assert_eq!(s.mode, Mode::Http);
         assert_eq!(s.argv, ["python3", "my server.py"]);
         assert_eq!(s.exec_timeout, Duration::from_secs(120));
+        // No envProcess: the watchdog's `fprocess` from the environment, as OpenFaaS's
+        // watchdog takes it; envProcess wins when both are given, as in faas-netes.
+        let s = run_spec(&deployment("", &[("fprocess", "sha512sum -b")]), t).unwrap();
+        assert_eq!(s.argv, ["sha512sum", "-b"]);
+        let s = run_spec(&deployment("  ", &[("fprocess", "cat")]), t).unwrap();
+        assert_eq!(s.argv, ["cat"]);
+        let s = run_spec(&deployment("wc -c", &[("fprocess", "cat")]), t).unwrap();
+        assert_eq!(s.argv, ["wc", "-c"]);
         for (d, needle) in [
-            (deployment("", &[]), "envProcess is required"),
+            (
+                deployment("", &[]),
+                "envProcess (or envVars.fprocess) is required",
+            ),
+            (
+                deployment("", &[("fprocess", " ")]),
+                "envProcess (or envVars.fprocess) is required",
+            ),
+            (
+                deployment("", &[("fprocess", "echo 'x")]),
+                "envVars.fprocess \"echo 'x\" has unbalanced quotes",
+            ),
             (deployment("echo 'x", &[]), "unbalanced quotes"),
             (
                 deployment("cat", &[("mode", "afterburner")]),

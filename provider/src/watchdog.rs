@@ -5,7 +5,8 @@
 //! the response body, request metadata arrives as `Http_Method`, `Http_Path`, `Http_Query`,
 //! `Http_ContentLength` and one `Http_<Header>` per header (Go-canonical name, `-` as `_`). A
 //! non-zero exit is a 500 (stderr goes to the logs), running past `exec_timeout` a 504, and more
-//! than `max_inflight` runs at once a 429.
+//! than `max_inflight` runs at once a 429. Each run is logged as the classic watchdog logs it:
+//! `Forking fprocess.` as it starts, `Wrote N Bytes - Duration: S.SSSSSSs` when it succeeded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,10 +185,13 @@ impl Classic {
         ));
         env.extend(self.extra_env.iter().cloned());
         let started = tokio::time::Instant::now();
+        // The classic watchdog's own lines, which people grep a function's logs for.
+        self.logs.push(FORKING.to_owned());
         let outcome = run(self, &env, body).await;
         let seconds = started.elapsed().as_secs_f64();
         let mut response = match outcome {
             Ok(stdout) => {
+                self.logs.push(wrote(stdout.len(), seconds));
                 let mut r = Response::new(Body::from(stdout));
                 let content_type = self
                     .content_type
@@ -217,6 +221,15 @@ impl Classic {
         }
         response
     }
+}
+
+/// What OpenFaaS's classic watchdog logs as it starts the command for a request.
+const FORKING: &str = "Forking fprocess.";
+
+/// What OpenFaaS's classic watchdog logs once a run succeeded: its output's size and how long it
+/// took (Go's `%f`: six decimals).
+fn wrote(bytes: usize, seconds: f64) -> String {
+    format!("Wrote {bytes} Bytes - Duration: {seconds:.6}s")
 }
 
 enum RunError {
@@ -306,7 +319,13 @@ async fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::canonical_header;
+    use super::{canonical_header, wrote};
+
+    #[test]
+    fn runs_are_logged_in_the_classic_watchdogs_words() {
+        assert_eq!(wrote(12, 0.004423), "Wrote 12 Bytes - Duration: 0.004423s");
+        assert_eq!(wrote(0, 1.5), "Wrote 0 Bytes - Duration: 1.500000s");
+    }
 
     #[test]
     fn headers_are_canonicalised_like_go() {

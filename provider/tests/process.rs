@@ -276,7 +276,11 @@ async fn invalid_deployments_are_refused() {
     let mut bad = spec("bad", "cat", &[], 1);
     bad.deployment.env_process = None;
     let err = p.validate(&bad).unwrap_err();
-    assert!(err.to_string().contains("envProcess is required"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("envProcess (or envVars.fprocess) is required"),
+        "{err}"
+    );
     bad.deployment.env_process = Some("cat".into());
     bad.deployment
         .annotations

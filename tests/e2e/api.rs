@@ -149,7 +149,13 @@ async fn openfaas_api_deploys_and_proxies_classic_and_http_functions() {
         .unwrap();
     assert_eq!(logs.headers()["content-type"], "application/x-ndjson");
     let text = logs.text().await.unwrap();
-    let line: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // The classic watchdog's own line comes first, then what the command wrote to stderr.
+    assert_eq!(lines[0]["text"], "Forking fprocess.", "{text}");
+    let line = &lines[1];
     assert_eq!(line["name"], "noisy");
     assert_eq!(line["namespace"], "openfaas-fn");
     assert_eq!(line["text"], "to-the-log");

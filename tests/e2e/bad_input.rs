@@ -141,17 +141,18 @@ async fn bad_input_gets_json_errors_and_loses_nothing() {
     .await;
     refused(http.get(format!("{url}/nowhere")), 404, "not_found").await;
 
-    // Invalid names and values in requests.
+    // Invalid names and values in requests. A function route with a name no function can have
+    // is a 404, as OpenFaaS clients expect for a function that is not there.
     refused(
         http.get(format!("{url}/function/Echo")),
-        400,
-        "invalid_name",
+        404,
+        "function_not_found",
     )
     .await;
     refused(
         http.post(format!("{url}/async-function/ECHO")),
-        400,
-        "invalid_name",
+        404,
+        "function_not_found",
     )
     .await;
     refused(http.get(format!("{url}/function/")), 404, "not_found").await;

@@ -37,3 +37,4 @@ mod scaling;
 mod secrets;
 mod security;
 mod watchdog;
+mod wire;

@@ -203,6 +203,17 @@ async fn classic_mode_forks_fprocess_per_request() {
         "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a\
          2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f  -\n"
     );
+    // The run is in the container's log in the classic watchdog's words (132 bytes: the hash,
+    // two spaces, `-` and a newline).
+    let logged = eventually("the run's lines in the watchdog's stderr", || async {
+        let stderr = wd.stderr();
+        stderr
+            .contains("Wrote 132 Bytes - Duration: ")
+            .then_some(stderr)
+    })
+    .await;
+    let forked = logged.find("Forking fprocess.\n").expect("a fork line");
+    assert!(forked < logged.find("Wrote 132 Bytes").unwrap(), "{logged}");
     // Requests at once each get their own run.
     let bodies: Vec<Vec<u8>> = (0..8u8)
         .map(|i| (0..50_000u32).map(|j| (j % 251) as u8 ^ i).collect())
