@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Deserialize;
+use sluice_core::config::LANG_ANNOTATION;
 use sluice_core::{FunctionDeployment, FunctionResources};
 use sluice_provider::WORKDIR_ANNOTATION;
 
@@ -31,6 +32,9 @@ pub struct StackFunction {
     pub image: Option<String>,
     #[serde(default)]
     pub handler: Option<String>,
+    /// The OpenFaaS template whose server runs the handler (`python3-http`, `node20`, ...).
+    #[serde(default)]
+    pub lang: Option<String>,
     #[serde(default)]
     pub fprocess: Option<String>,
     #[serde(default)]
@@ -93,6 +97,14 @@ impl StackFunction {
             .map(strings)
             .transpose()
             .with_context(ctx)?;
+        if let Some(lang) = &self.lang {
+            if self.handler.is_none() {
+                anyhow::bail!("function {name} names lang {lang:?} but no handler: directory");
+            }
+            annotations
+                .get_or_insert_with(BTreeMap::new)
+                .insert(LANG_ANNOTATION.to_owned(), lang.clone());
+        }
         if let Some(handler) = &self.handler {
             let dir: PathBuf = stack_dir.join(handler);
             let dir = dir.canonicalize().with_context(|| {

@@ -42,6 +42,9 @@ pub const MAX_RATE_LIMIT: u32 = 1_000_000;
 /// cannot fork without bound.
 pub const DEFAULT_MAX_INFLIGHT: usize = 100;
 const DEFAULT_READINESS_PATH: &str = "/_/health";
+/// Sluice's own: the OpenFaaS template (`lang:` in stack.yml) whose server runs the function's
+/// handler; the function's command is then the template's runner, in HTTP mode.
+pub const LANG_ANNOTATION: &str = "com.sluice.lang";
 
 /// A label, annotation or environment setting the deployment got wrong, named in the message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -180,8 +183,11 @@ impl FunctionConfig {
                 .map_err(|e| bad(format!("annotation {QUEUE_ANNOTATION}: {e}")))?,
             ..Self::default()
         };
+        let template = d.annotation(LANG_ANNOTATION).is_some();
         c.mode = match d.env_vars.get("mode").map(|m| m.trim()) {
             Some("http") => Mode::Http,
+            // A template's runner is a long-running server.
+            None | Some("") if template => Mode::Http,
             None | Some("" | "classic" | "streaming" | "serializing") => Mode::Classic,
             Some(other) => {
                 return Err(bad(format!(

@@ -16,6 +16,7 @@ mod runtime;
 mod secrets;
 mod spec;
 mod sys;
+mod templates;
 mod watchdog;
 
 pub use container::{WatchdogConfig, WatchdogError, run_watchdog};
@@ -24,3 +25,4 @@ pub use secrets::SECRETS_DIR_ENV;
 pub use spec::{
     DEFAULT_MAX_INFLIGHT, Mode, READINESS_PATH_ANNOTATION, RunSpec, WORKDIR_ANNOTATION,
 };
+pub use templates::names as template_names;

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::logs::LogBuffer;
 use crate::runtime::{FunctionRuntime, RuntimeConfig};
 use crate::spec::RunSpec;
+use crate::templates::TemplateDirs;
 
 /// Settings of the process provider.
 #[derive(Debug, Clone)]
@@ -71,14 +72,22 @@ struct Inner {
     functions: Mutex<HashMap<FunctionRef, Arc<FunctionRuntime>>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// Runners for OpenFaaS templates, and Python handlers' environments.
+    templates: TemplateDirs,
 }
 
 impl ProcessProvider {
     pub fn new(config: ProcessConfig) -> Self {
+        let run_id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
+        let templates = TemplateDirs::new(&match &config.run_dir {
+            Some(dir) => dir.clone(),
+            None => std::env::temp_dir().join(format!("sluice-{run_id}")),
+        });
         Self {
             inner: Arc::new(Inner {
                 config,
-                run_id: uuid::Uuid::new_v4().simple().to_string().into(),
+                templates,
+                run_id,
                 functions: Mutex::new(HashMap::new()),
                 cancel: CancellationToken::new(),
                 tracker: TaskTracker::new(),
@@ -138,6 +147,15 @@ impl ProcessProvider {
         }
     }
 
+    /// How `spec` runs here: its own command, or its template's runner.
+    fn run_spec(&self, spec: &FunctionSpec) -> Result<RunSpec, ProviderError> {
+        let expanded = self.inner.templates.expand(spec)?;
+        RunSpec::from_spec(
+            expanded.as_ref().unwrap_or(spec),
+            self.inner.config.default_exec_timeout,
+        )
+    }
+
     fn secrets(&self) -> Result<&Arc<dyn Secrets>, ProviderError> {
         self.inner.config.secrets.as_ref().ok_or_else(|| {
             ProviderError::Unsupported("this gateway keeps no secrets (no secrets store)".into())
@@ -188,11 +206,11 @@ fn secret_error(e: StoreError) -> ProviderError {
 #[async_trait]
 impl Orchestrator for ProcessProvider {
     fn validate(&self, spec: &FunctionSpec) -> Result<(), ProviderError> {
-        RunSpec::from_spec(spec, self.inner.config.default_exec_timeout).map(drop)
+        self.run_spec(spec).map(drop)
     }
 
     async fn apply(&self, spec: &FunctionSpec) -> Result<(), ProviderError> {
-        let mut run = RunSpec::from_spec(spec, self.inner.config.default_exec_timeout)?;
+        let mut run = self.run_spec(spec)?;
         run.secrets = self.secret_values(spec).await?;
         let mut functions = self
             .inner

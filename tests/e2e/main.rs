@@ -36,5 +36,6 @@ mod kubernetes;
 mod scaling;
 mod secrets;
 mod security;
+mod templates;
 mod watchdog;
 mod wire;

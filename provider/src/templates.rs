@@ -1,0 +1,243 @@
+//! OpenFaaS templates (`lang:` in stack.yml) run as local processes: a function that names one
+//! (annotation `com.sluice.lang`) and no command runs Sluice's runner for it, a small server
+//! that loads the function's handler from its handler directory as the template's own server
+//! does (`provider/templates/`), in HTTP mode.
+
+use std::path::{Path, PathBuf};
+
+use sluice_core::config::{LANG_ANNOTATION, Mode};
+use sluice_core::{FunctionSpec, ProviderError};
+
+use crate::spec::WORKDIR_ANNOTATION;
+
+/// A template this provider can run.
+#[derive(Debug)]
+struct Template {
+    /// The names stack files give it (`lang:`).
+    names: &'static [&'static str],
+    /// The interpreter that runs the runner, looked up on the `PATH`, and its flags.
+    program: &'static str,
+    flags: &'static [&'static str],
+    /// What to install when it is missing (for the error).
+    install: &'static str,
+    /// The runner's file name under the templates directory, and its source.
+    file: &'static str,
+    source: &'static str,
+}
+
+const TEMPLATES: &[Template] = &[
+    Template {
+        names: &["python3-http", "python3-http-debian"],
+        program: "python3",
+        flags: &["-u"],
+        install: "Python 3 (with its venv module, Debian's python3-venv)",
+        file: "python3-http.py",
+        source: include_str!("../templates/python3-http.py"),
+    },
+    Template {
+        names: &["node18", "node20", "node22"],
+        program: "node",
+        flags: &[],
+        install: "Node.js (and npm, for handlers with dependencies)",
+        file: "node.js",
+        source: include_str!("../templates/node.js"),
+    },
+];
+
+/// The `lang:` names this provider runs, for errors and `--help`.
+pub fn names() -> Vec<&'static str> {
+    TEMPLATES
+        .iter()
+        .flat_map(|t| t.names.iter().copied())
+        .collect()
+}
+
+fn invalid(msg: String) -> ProviderError {
+    ProviderError::InvalidSpec(msg)
+}
+
+/// Where the runners are written, and the virtual environments of Python handlers kept.
+#[derive(Debug)]
+pub(crate) struct TemplateDirs {
+    runners: PathBuf,
+    venvs: PathBuf,
+    written: std::sync::OnceLock<Result<(), String>>,
+}
+
+impl TemplateDirs {
+    pub(crate) fn new(root: &Path) -> Self {
+        Self {
+            runners: root.join("templates"),
+            venvs: root.join("venvs"),
+            written: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Writes this build's runners (once per provider: a newer Sluice replaces older ones).
+    fn write_runners(&self) -> Result<(), ProviderError> {
+        self.written
+            .get_or_init(|| {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&self.runners)
+                    .and_then(|()| {
+                        TEMPLATES
+                            .iter()
+                            .try_for_each(|t| std::fs::write(self.runners.join(t.file), t.source))
+                    })
+                    .map_err(|e| {
+                        format!(
+                            "cannot write the templates' runners to {}: {e}",
+                            self.runners.display()
+                        )
+                    })
+            })
+            .clone()
+            .map_err(ProviderError::Internal)
+    }
+
+    /// `spec` as it runs here: for a function that names a template, with the template's
+    /// runner as its command; any other function as it is.
+    pub(crate) fn expand(
+        &self,
+        spec: &FunctionSpec,
+    ) -> Result<Option<FunctionSpec>, ProviderError> {
+        let d = &spec.deployment;
+        let Some(lang) = d.annotation(LANG_ANNOTATION) else {
+            return Ok(None);
+        };
+        let template = TEMPLATES
+            .iter()
+            .find(|t| t.names.contains(&lang))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "lang {lang:?} has no local runner; Sluice runs these templates as local \
+                     processes: {} (or give the function an fprocess)",
+                    names().join(", ")
+                ))
+            })?;
+        if d.env_process
+            .as_deref()
+            .is_some_and(|p| !p.trim().is_empty())
+            || d.env_vars
+                .get("fprocess")
+                .is_some_and(|p| !p.trim().is_empty())
+        {
+            return Err(invalid(format!(
+                "function {} names both lang {lang:?} and a command (fprocess): give one",
+                spec.function
+            )));
+        }
+        if spec.config.mode != Mode::Http {
+            return Err(invalid(format!(
+                "lang {lang:?} runs the template's server: leave envVars.mode unset (or http)"
+            )));
+        }
+        if d.annotation(WORKDIR_ANNOTATION).is_none() {
+            return Err(invalid(format!(
+                "lang {lang:?} needs the function's handler directory (annotation \
+                 {WORKDIR_ANNOTATION}, which `sluice deploy` sets from stack.yml's handler:)"
+            )));
+        }
+        if which(template.program).is_none() {
+            return Err(invalid(format!(
+                "lang {lang:?} needs {} on the Sluice host: {} was not found on its PATH",
+                template.install, template.program
+            )));
+        }
+        self.write_runners()?;
+        let runner = self.runners.join(template.file);
+        let mut expanded = spec.clone();
+        let runner = runner.to_string_lossy();
+        let argv = std::iter::once(template.program)
+            .chain(template.flags.iter().copied())
+            .chain(std::iter::once(&*runner));
+        let command = shlex::try_join(argv)
+            .map_err(|e| ProviderError::Internal(format!("runner path: {e}")))?;
+        let d = &mut expanded.deployment;
+        d.env_process = Some(command);
+        d.env_vars.remove("fprocess");
+        d.env_vars.insert("SLUICE_LANG".to_owned(), lang.to_owned());
+        d.env_vars.insert(
+            "SLUICE_VENV_DIR".to_owned(),
+            self.venvs.to_string_lossy().into_owned(),
+        );
+        Ok(Some(expanded))
+    }
+}
+
+/// The first executable file named `program` in an absolute directory of Sluice's `PATH`.
+fn which(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join(program))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::{FunctionDeployment, FunctionRef, Timestamp};
+
+    fn spec(lang: &str, fprocess: Option<&str>, workdir: bool) -> FunctionSpec {
+        let mut annotations =
+            std::collections::BTreeMap::from([(LANG_ANNOTATION.to_owned(), lang.to_owned())]);
+        if workdir {
+            annotations.insert(WORKDIR_ANNOTATION.to_owned(), "/tmp".to_owned());
+        }
+        let d = FunctionDeployment {
+            service: "f".into(),
+            env_process: fprocess.map(Into::into),
+            annotations: Some(annotations),
+            ..Default::default()
+        };
+        FunctionSpec::new(
+            FunctionRef::parse("f", None).unwrap(),
+            d,
+            1,
+            Timestamp::now(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn templates_become_their_runner_in_http_mode_or_are_refused_plainly() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs = TemplateDirs::new(root.path());
+        let s = spec("python3-http", None, true);
+        assert_eq!(s.config.mode, Mode::Http);
+        let expanded = dirs.expand(&s).unwrap().unwrap();
+        let command = expanded.deployment.env_process.unwrap();
+        assert!(command.starts_with("python3 -u "), "{command}");
+        let runner = root.path().join("templates/python3-http.py");
+        assert!(command.ends_with(&*runner.to_string_lossy()), "{command}");
+        assert_eq!(
+            std::fs::read_to_string(&runner).unwrap(),
+            TEMPLATES[0].source
+        );
+        assert_eq!(expanded.deployment.env_vars["SLUICE_LANG"], "python3-http");
+        // Not a template: left alone.
+        let mut plain = s.clone();
+        plain.deployment.annotations = None;
+        assert!(dirs.expand(&plain).unwrap().is_none());
+        for (s, needle) in [
+            (
+                spec("ruby", None, true),
+                "python3-http, python3-http-debian, node18",
+            ),
+            (spec("node20", Some("node x.js"), true), "give one"),
+            (spec("node20", None, false), "handler directory"),
+        ] {
+            let err = dirs.expand(&s).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+        }
+        assert!(which("sh").is_some());
+        assert!(which("no-such-program-sluice").is_none());
+    }
+}

@@ -1,0 +1,192 @@
+//! OpenFaaS templates as local processes: a stack.yml written for OpenFaaS, with `lang:` and
+//! handler files only (python3-http with a requirements.txt, node20), deploys with `sluice
+//! deploy` and answers as the templates' own servers do.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::harness::{ADMIN_PASSWORD, ADMIN_USER, Sluice, eventually, http};
+
+/// `sluice deploy -f <stack>` as the test admin; returns (success, stdout + stderr).
+fn deploy_stack(url: &str, stack: &Path, config: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["deploy", "-f", stack.to_str().unwrap()])
+        .env("SLUICE_URL", url)
+        .env("SLUICE_CONFIG_DIR", config)
+        .env("SLUICE_ADMIN_USER", ADMIN_USER)
+        .env("SLUICE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env_remove("SLUICE_TOKEN")
+        .env_remove("OPENFAAS_URL")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+const STACK: &str = "\
+version: 1.0
+provider:
+  name: openfaas
+  gateway: http://127.0.0.1:8080
+functions:
+  py:
+    lang: python3-http
+    handler: ./py
+    image: example/py:latest
+  nodefn:
+    lang: node20
+    handler: ./nodefn
+    image: example/nodefn:latest
+";
+
+/// python3-http's handler, as a user writes it from the template: event and context, a dict
+/// back; it imports a module of its own relatively and one from its requirements.
+const PY_HANDLER: &str = r#"
+import json
+import six
+from .greeting import greet
+
+
+def handle(event, context):
+    if event.path == "/fail":
+        return {"statusCode": 418, "body": "teapot", "headers": {"X-Why": "asked"}}
+    if event.path == "/json":
+        return {"statusCode": 200, "body": {"q": event.query.get("q"), "all": event.query.getlist("q")}}
+    return {
+        "statusCode": 200,
+        "body": greet(event.body.decode()) + " via " + event.method + " " + event.path
+        + " ct=" + str(event.headers.get("content-type")) + " six=" + str(six.PY3),
+    }
+"#;
+
+/// node20's handler, as the template's own example has it.
+const NODE_HANDLER: &str = r#"
+'use strict'
+
+module.exports = async (event, context) => {
+  if (event.path === '/fail') {
+    return context.status(503).fail('not today')
+  }
+  const result = {
+    'body': event.body,
+    'content-type': event.headers["content-type"],
+    'method': event.method,
+    'q': event.query.q,
+  }
+  return context
+    .status(201)
+    .headers({'X-Made-By': 'node'})
+    .succeed(result)
+}
+"#;
+
+#[tokio::test]
+async fn python3_http_and_node20_functions_deploy_and_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = sluice.url.as_str();
+    let project = dir.path().join("project");
+    for (sub, file, text) in [
+        ("py", "handler.py", PY_HANDLER),
+        (
+            "py",
+            "greeting.py",
+            "def greet(name):\n    return 'hello ' + name\n",
+        ),
+        (
+            "py",
+            "requirements.txt",
+            "# what the handler imports\nsix\n",
+        ),
+        ("nodefn", "handler.js", NODE_HANDLER),
+        (
+            "nodefn",
+            "package.json",
+            r#"{"name": "openfaas-function", "version": "1.0.0", "main": "handler.js"}"#,
+        ),
+    ] {
+        std::fs::create_dir_all(project.join(sub)).unwrap();
+        std::fs::write(project.join(sub).join(file), text).unwrap();
+    }
+    std::fs::write(project.join("stack.yml"), STACK).unwrap();
+    let (ok, out) = deploy_stack(url, &project.join("stack.yml"), dir.path());
+    assert!(ok, "{out}");
+
+    let http = http();
+    // The first replica of py makes its virtual environment (pip install six) first.
+    let r = eventually("the python3-http function", || async {
+        let r = http
+            .post(format!("{url}/function/py/greet"))
+            .header("content-type", "text/plain")
+            .body("sluice")
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        r.text().await.unwrap(),
+        "hello sluice via POST /greet ct=text/plain six=True"
+    );
+    let r = http
+        .get(format!("{url}/function/py/fail"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 418);
+    assert_eq!(r.headers()["x-why"], "asked");
+    assert_eq!(r.text().await.unwrap(), "teapot");
+    let r = http
+        .get(format!("{url}/function/py/json?q=a&q=b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"q": "a", "all": ["a", "b"]}));
+
+    let r = eventually("the node20 function", || async {
+        let r = http
+            .post(format!("{url}/function/nodefn?q=1"))
+            .header("content-type", "application/json")
+            .body(r#"{"x": [1, 2]}"#)
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 201).then_some(r)
+    })
+    .await;
+    assert_eq!(r.headers()["x-made-by"], "node");
+    let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"body": {"x": [1, 2]}, "content-type": "application/json", "method": "POST", "q": "1"})
+    );
+    let r = http
+        .get(format!("{url}/function/nodefn/fail"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.text().await.unwrap(), "not today");
+
+    // A lang with no local runner is refused, with the list of those there are.
+    std::fs::write(
+        project.join("ruby.yml"),
+        "functions:\n  rb:\n    lang: ruby\n    handler: ./py\n",
+    )
+    .unwrap();
+    let (ok, out) = deploy_stack(url, &project.join("ruby.yml"), dir.path());
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("ruby") && out.contains("python3-http, python3-http-debian, node18, node20"),
+        "{out}"
+    );
+}
