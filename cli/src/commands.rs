@@ -61,9 +61,14 @@ pub struct DeployArgs {
 }
 
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    // Functions whose settings local processes do not honour, told once the provider is known.
+    let mut unhonoured: Vec<(String, Vec<&'static str>)> = Vec::new();
     let (deployments, stack_gateway) = match &args.file {
         Some(path) => {
             let stack = Stack::load(path)?;
+            for warning in stack.warnings() {
+                eprintln!("warning: {}: {warning}", path.display());
+            }
             let dir = path.parent().map(PathBuf::from).unwrap_or_default();
             let dir = if dir.as_os_str().is_empty() {
                 PathBuf::from(".")
@@ -81,7 +86,13 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
                 .functions
                 .iter()
                 .filter(|(name, _)| args.filter.is_empty() || args.filter.contains(name))
-                .map(|(name, f)| f.deployment(name, &dir))
+                .map(|(name, f)| {
+                    let fields = f.unhonoured_locally();
+                    if !fields.is_empty() {
+                        unhonoured.push((name.clone(), fields));
+                    }
+                    f.deployment(name, &dir)
+                })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             (deployments, stack.provider.and_then(|p| p.gateway))
         }
@@ -113,6 +124,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     } else {
         Client::new(base)?
     };
+    report_unhonoured(&client, &unhonoured).await;
     let mut failed = 0;
     for d in deployments {
         match deploy_one(&client, &d).await {
@@ -125,6 +137,35 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(failed == 0, "{failed} function(s) failed to deploy");
     Ok(())
+}
+
+/// Says, once per function, which of its settings the gateway's provider will not honour
+/// when it runs functions as local processes (Kubernetes honours them all).
+async fn report_unhonoured(client: &Client, unhonoured: &[(String, Vec<&'static str>)]) {
+    if unhonoured.is_empty() {
+        return;
+    }
+    let info: Option<serde_json::Value> = match client
+        .send(client.request(Method::GET, "/system/info"))
+        .await
+    {
+        Ok(r) if r.status().is_success() => r.json().await.ok(),
+        _ => None,
+    };
+    let orchestration = info
+        .as_ref()
+        .and_then(|i| i["provider"]["orchestration"].as_str());
+    if orchestration != Some("process") {
+        return;
+    }
+    for (name, fields) in unhonoured {
+        eprintln!(
+            "warning: function {name}: {} {} not honoured for functions run as local processes \
+             (Kubernetes honours them)",
+            fields.join(", "),
+            if fields.len() == 1 { "is" } else { "are" }
+        );
+    }
 }
 
 /// PUT to update, POST on 404 to create: what faas-cli does.

@@ -12,10 +12,20 @@ use sluice_provider::WORKDIR_ANNOTATION;
 #[derive(Debug, Deserialize)]
 pub struct Stack {
     #[serde(default)]
+    pub version: Option<serde_yaml::Value>,
+    #[serde(default)]
     pub provider: Option<StackProvider>,
     #[serde(default)]
     pub functions: BTreeMap<String, StackFunction>,
+    /// Templates and build settings, for `faas-cli build`: nothing a deploy uses.
+    #[serde(default)]
+    pub configuration: Option<serde_yaml::Value>,
+    /// Keys no version of the format has: reported, with the nearest known one.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, serde_yaml::Value>,
 }
+
+const STACK_KEYS: &[&str] = &["version", "provider", "functions", "configuration"];
 
 #[derive(Debug, Deserialize)]
 pub struct StackProvider {
@@ -23,7 +33,11 @@ pub struct StackProvider {
     pub name: Option<String>,
     #[serde(default)]
     pub gateway: Option<String>,
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, serde_yaml::Value>,
 }
+
+const PROVIDER_KEYS: &[&str] = &["name", "gateway"];
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -55,6 +69,66 @@ pub struct StackFunction {
     pub requests: Option<FunctionResources>,
     #[serde(default)]
     pub readonly_root_filesystem: bool,
+    /// Files of `environment:` maps, merged under the function's own `environment`.
+    #[serde(default)]
+    pub environment_file: Vec<String>,
+    /// For `faas-cli build` and `publish` only; a deploy, faas-cli's too, does not read them.
+    #[serde(default)]
+    pub skip_build: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub build_options: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub build_args: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub build_secrets: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub platforms: Option<serde_yaml::Value>,
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, serde_yaml::Value>,
+}
+
+const FUNCTION_KEYS: &[&str] = &[
+    "image",
+    "handler",
+    "lang",
+    "fprocess",
+    "namespace",
+    "environment",
+    "environment_file",
+    "labels",
+    "annotations",
+    "secrets",
+    "constraints",
+    "limits",
+    "requests",
+    "readonly_root_filesystem",
+    "skip_build",
+    "build_options",
+    "build_args",
+    "build_secrets",
+    "platforms",
+];
+
+/// `unknown` keys as warnings, each with the known key nearest to it when one is near.
+fn unknown_keys(
+    what: &str,
+    unknown: &BTreeMap<String, serde_yaml::Value>,
+    known: &[&str],
+) -> Vec<String> {
+    unknown
+        .keys()
+        .map(|key| {
+            let nearest = known
+                .iter()
+                .map(|k| (strsim::damerau_levenshtein(key, k), *k))
+                .min()
+                .filter(|(distance, k)| *distance <= (k.len() / 3).max(2));
+            match nearest {
+                Some((_, k)) => format!("{what}: unknown key {key:?} (did you mean {k:?}?)"),
+                None => format!("{what}: unknown key {key:?} is ignored"),
+            }
+        })
+        .collect()
 }
 
 /// YAML scalars (`max_inflight: 10`, `zero: true`) as the strings OpenFaaS's API carries.
@@ -85,9 +159,74 @@ impl Stack {
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         Ok(serde_yaml::from_str(text)?)
     }
+
+    /// What in the file is not read: keys that are not part of the format.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = unknown_keys("stack file", &self.unknown, STACK_KEYS);
+        if let Some(p) = &self.provider {
+            warnings.extend(unknown_keys("provider", &p.unknown, PROVIDER_KEYS));
+        }
+        for (name, f) in &self.functions {
+            warnings.extend(unknown_keys(
+                &format!("function {name}"),
+                &f.unknown,
+                FUNCTION_KEYS,
+            ));
+        }
+        warnings
+    }
 }
 
 impl StackFunction {
+    /// The settings this function gives that functions run as local processes do not honour.
+    pub fn unhonoured_locally(&self) -> Vec<&'static str> {
+        let mut fields = Vec::new();
+        let set = |r: &Option<FunctionResources>, cpu: bool| {
+            r.as_ref()
+                .is_some_and(|r| !if cpu { &r.cpu } else { &r.memory }.trim().is_empty())
+        };
+        if set(&self.limits, true) {
+            fields.push("limits.cpu");
+        }
+        if set(&self.requests, true) {
+            fields.push("requests.cpu");
+        }
+        if set(&self.requests, false) {
+            fields.push("requests.memory");
+        }
+        if self.readonly_root_filesystem {
+            fields.push("readonly_root_filesystem");
+        }
+        if !self.constraints.is_empty() {
+            fields.push("constraints");
+        }
+        fields
+    }
+
+    /// The function's `environment_file`s, merged in order (a later file wins), read relative
+    /// to the stack file's directory.
+    fn file_environment(&self, stack_dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+        #[derive(Deserialize)]
+        struct EnvironmentFile {
+            #[serde(default)]
+            environment: BTreeMap<String, serde_yaml::Value>,
+        }
+        let mut merged = BTreeMap::new();
+        for file in &self.environment_file {
+            let path = stack_dir.join(file);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read environment_file {}", path.display()))?;
+            let parsed: EnvironmentFile = serde_yaml::from_str(&text).with_context(|| {
+                format!(
+                    "environment_file {} is not a YAML file with an environment: map",
+                    path.display()
+                )
+            })?;
+            merged.extend(strings(&parsed.environment)?);
+        }
+        Ok(merged)
+    }
+
     /// The deployment for function `name`; `stack_dir` anchors a relative `handler`.
     pub fn deployment(&self, name: &str, stack_dir: &Path) -> anyhow::Result<FunctionDeployment> {
         let ctx = || format!("function {name} in the stack file");
@@ -120,7 +259,12 @@ impl StackFunction {
             image: self.image.clone().unwrap_or_default(),
             namespace: self.namespace.clone(),
             env_process: self.fprocess.clone(),
-            env_vars: strings(&self.environment).with_context(ctx)?,
+            env_vars: {
+                // The function's own environment wins over its files', as in faas-cli.
+                let mut env = self.file_environment(stack_dir).with_context(ctx)?;
+                env.extend(strings(&self.environment).with_context(ctx)?);
+                env
+            },
             constraints: self.constraints.clone(),
             secrets: self.secrets.clone(),
             labels: Some(
@@ -157,6 +301,73 @@ mod tests {
         assert!(Path::new(workdir).join("echo.py").is_file());
         let sleep = stack.functions["sleep"].deployment("sleep", &dir).unwrap();
         assert_eq!(sleep.label("com.openfaas.scale.min"), Some("2"));
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_with_the_nearest_known_one() {
+        let stack = Stack::parse(
+            "version: 1.0\nprovder:\n  name: openfaas\nprovider:\n  gatewy: x\n\
+             functions:\n  f:\n    enviroment:\n      a: b\n    secret: [s]\n    \
+             readonly_root_filesytem: true\n    colour: red\n    skip_build: true\n",
+        )
+        .unwrap();
+        assert_eq!(
+            stack.warnings(),
+            [
+                r#"stack file: unknown key "provder" (did you mean "provider"?)"#,
+                r#"provider: unknown key "gatewy" (did you mean "gateway"?)"#,
+                r#"function f: unknown key "colour" is ignored"#,
+                r#"function f: unknown key "enviroment" (did you mean "environment"?)"#,
+                r#"function f: unknown key "readonly_root_filesytem" (did you mean "readonly_root_filesystem"?)"#,
+                r#"function f: unknown key "secret" (did you mean "secrets"?)"#,
+            ]
+        );
+        let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions/stack.yml");
+        assert!(Stack::load(&sample).unwrap().warnings().is_empty());
+    }
+
+    #[test]
+    fn what_local_processes_cannot_honour_is_named() {
+        let stack = Stack::parse(
+            "functions:\n  f:\n    limits:\n      memory: 128Mi\n      cpu: 100m\n    \
+             requests:\n      memory: 64Mi\n    readonly_root_filesystem: true\n  \
+             g:\n    limits:\n      memory: 128Mi\n",
+        )
+        .unwrap();
+        assert_eq!(
+            stack.functions["f"].unhonoured_locally(),
+            ["limits.cpu", "requests.memory", "readonly_root_filesystem"]
+        );
+        assert!(stack.functions["g"].unhonoured_locally().is_empty());
+    }
+
+    #[test]
+    fn environment_files_are_merged_under_the_functions_own() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.yml"),
+            "environment:\n  shared: a\n  only_a: 1\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("b.yml"), "environment:\n  shared: b\n").unwrap();
+        let stack = Stack::parse(
+            "functions:\n  f:\n    fprocess: cat\n    environment_file: [a.yml, b.yml]\n    \
+             environment:\n      own: x\n  g:\n    fprocess: cat\n    environment_file: [gone.yml]\n",
+        )
+        .unwrap();
+        let d = stack.functions["f"].deployment("f", dir.path()).unwrap();
+        assert_eq!(
+            d.env_vars,
+            BTreeMap::from([
+                ("only_a".to_owned(), "1".to_owned()),
+                ("own".to_owned(), "x".to_owned()),
+                ("shared".to_owned(), "b".to_owned()),
+            ])
+        );
+        let err = stack.functions["g"]
+            .deployment("g", dir.path())
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("gone.yml"), "{err:#}");
     }
 
     use proptest::prelude::Strategy as _;

@@ -190,3 +190,37 @@ async fn python3_http_and_node20_functions_deploy_and_answer() {
         "{out}"
     );
 }
+
+/// A stack file's typos and the settings local processes cannot honour are said at deploy;
+/// `environment_file` is read.
+#[tokio::test]
+async fn stack_files_say_what_is_not_read_or_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = sluice.url.as_str();
+    std::fs::write(dir.path().join("env.yml"), "environment:\n  greeting: hi\n").unwrap();
+    std::fs::write(
+        dir.path().join("stack.yml"),
+        "functions:\n  f:\n    fprocess: sh -c 'echo $greeting'\n    environment_file: [env.yml]\n    \
+         labls:\n      a: b\n    limits:\n      cpu: 100m\n    readonly_root_filesystem: true\n",
+    )
+    .unwrap();
+    let (ok, out) = deploy_stack(url, &dir.path().join("stack.yml"), dir.path());
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(r#"function f: unknown key "labls" (did you mean "labels"?)"#),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "function f: limits.cpu, readonly_root_filesystem are not honoured for functions run as local processes"
+        ),
+        "{out}"
+    );
+    let r = http()
+        .post(format!("{url}/function/f"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "hi\n");
+}
