@@ -5,6 +5,7 @@ pub mod autoscaler;
 pub mod client;
 pub mod commands;
 pub mod login;
+pub mod new;
 pub mod stack;
 pub mod up;
 pub mod watchdog;
@@ -48,6 +49,9 @@ pub enum Command {
     /// Run a function inside its container image: what the image's CMD runs (configured by
     /// the environment, as OpenFaaS's watchdogs are: fprocess, mode, port, ...).
     Watchdog(watchdog::WatchdogArgs),
+    /// Start a function from a template (python, node, go, rust, shell): its handler, its own
+    /// test and its entry in ./stack.yml.
+    New(new::NewArgs),
     /// Deploy functions from a stack file, or one function from flags.
     Deploy(commands::DeployArgs),
     /// List deployed functions.
@@ -696,6 +700,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Watchdog(args) => args.run().await,
         Command::Autoscaler(args) => autoscaler::run(args).await,
+        Command::New(args) => new::run(args),
         Command::Deploy(args) => commands::deploy(args).await,
         Command::List(args) => commands::list(args).await,
         Command::Describe(args) => commands::describe(args).await,

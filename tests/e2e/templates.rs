@@ -224,3 +224,74 @@ async fn stack_files_say_what_is_not_read_or_honoured() {
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "hi\n");
 }
+
+/// Acceptance: for each language, in an empty directory, `sluice new x --lang L`, the
+/// template's own test, `sluice deploy`, and `echo hi | sluice invoke x` answer.
+#[tokio::test]
+async fn each_new_function_template_tests_deploys_and_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = sluice.url.as_str();
+    let cli = |cwd: &Path, args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .current_dir(cwd)
+            .env("SLUICE_URL", url)
+            .env("SLUICE_CONFIG_DIR", dir.path())
+            .env("SLUICE_ADMIN_USER", ADMIN_USER)
+            .env("SLUICE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env_remove("SLUICE_TOKEN")
+            .env_remove("OPENFAAS_URL")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "sluice {args:?}: {text}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = cli(dir.path(), &["new", "--list"], "");
+    for (lang, test) in [
+        ("python", &["python3", "-m", "unittest", "handler_test"][..]),
+        ("node", &["npm", "test"][..]),
+        ("go", &["go", "test"][..]),
+        ("rust", &["cargo", "test", "--quiet"][..]),
+        ("shell", &["sh", "handler_test.sh"][..]),
+    ] {
+        assert!(listed.contains(lang), "{listed}");
+        let project = dir.path().join(lang);
+        std::fs::create_dir(&project).unwrap();
+        let name = format!("hello-{lang}");
+        cli(&project, &["new", &name, "--lang", lang], "");
+        // The template's own test passes as made.
+        let out = Command::new(test[0])
+            .args(&test[1..])
+            .current_dir(project.join(&name))
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .unwrap_or_else(|e| panic!("{lang}'s test runs {}: {e}", test[0]));
+        assert!(
+            out.status.success(),
+            "{lang}'s test: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deployed = cli(&project, &["deploy", "-f", "stack.yml"], "");
+        assert!(deployed.contains(&name), "{deployed}");
+        let answer = cli(&project, &["invoke", &name], "hi\n");
+        assert_eq!(answer, "Hello, hi!\n", "{lang}");
+    }
+}
