@@ -18,7 +18,9 @@ struct Template {
     /// The interpreter that runs the runner, looked up on the `PATH`, and its flags.
     program: &'static str,
     flags: &'static [&'static str],
-    /// What to install when it is missing (for the error).
+    /// Other programs the runner uses, which must be on the `PATH` too.
+    needs: &'static [&'static str],
+    /// What to install when one is missing (for the error).
     install: &'static str,
     /// The runner's file name under the templates directory, and its source.
     file: &'static str,
@@ -30,6 +32,7 @@ const TEMPLATES: &[Template] = &[
         names: &["python3-http", "python3-http-debian"],
         program: "python3",
         flags: &["-u"],
+        needs: &[],
         install: "Python 3 (with its venv module, Debian's python3-venv)",
         file: "python3-http.py",
         source: include_str!("../templates/python3-http.py"),
@@ -38,9 +41,20 @@ const TEMPLATES: &[Template] = &[
         names: &["node18", "node20", "node22"],
         program: "node",
         flags: &[],
+        needs: &[],
         install: "Node.js (and npm, for handlers with dependencies)",
         file: "node.js",
         source: include_str!("../templates/node.js"),
+    },
+    Template {
+        names: &["golang-middleware"],
+        program: "sh",
+        flags: &[],
+        needs: &["go", "flock", "sha256sum"],
+        install: "Go (the go command; any version that builds the handler), with flock and \
+                  sha256sum (util-linux, coreutils)",
+        file: "golang-middleware.sh",
+        source: include_str!("../templates/golang-middleware.sh"),
     },
 ];
 
@@ -56,11 +70,13 @@ fn invalid(msg: String) -> ProviderError {
     ProviderError::InvalidSpec(msg)
 }
 
-/// Where the runners are written, and the virtual environments of Python handlers kept.
+/// Where the runners are written, and Python handlers' virtual environments and Go handlers'
+/// builds kept.
 #[derive(Debug)]
 pub(crate) struct TemplateDirs {
     runners: PathBuf,
     venvs: PathBuf,
+    builds: PathBuf,
     written: std::sync::OnceLock<Result<(), String>>,
 }
 
@@ -69,6 +85,7 @@ impl TemplateDirs {
         Self {
             runners: root.join("templates"),
             venvs: root.join("venvs"),
+            builds: root.join("builds"),
             written: std::sync::OnceLock::new(),
         }
     }
@@ -141,10 +158,13 @@ impl TemplateDirs {
                  {WORKDIR_ANNOTATION}, which `sluice deploy` sets from stack.yml's handler:)"
             )));
         }
-        if which(template.program).is_none() {
+        if let Some(missing) = std::iter::once(&template.program)
+            .chain(template.needs)
+            .find(|p| which(p).is_none())
+        {
             return Err(invalid(format!(
-                "lang {lang:?} needs {} on the Sluice host: {} was not found on its PATH",
-                template.install, template.program
+                "lang {lang:?} needs {} on the Sluice host: {missing} was not found on its PATH",
+                template.install
             )));
         }
         self.write_runners()?;
@@ -163,6 +183,10 @@ impl TemplateDirs {
         d.env_vars.insert(
             "SLUICE_VENV_DIR".to_owned(),
             self.venvs.to_string_lossy().into_owned(),
+        );
+        d.env_vars.insert(
+            "SLUICE_BUILD_DIR".to_owned(),
+            self.builds.to_string_lossy().into_owned(),
         );
         Ok(Some(expanded))
     }

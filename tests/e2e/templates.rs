@@ -1,6 +1,7 @@
 //! OpenFaaS templates as local processes: a stack.yml written for OpenFaaS, with `lang:` and
-//! handler files only (python3-http with a requirements.txt, node20), deploys with `sluice
-//! deploy` and answers as the templates' own servers do.
+//! handler files only (python3-http with a requirements.txt, node20, golang-middleware), deploys
+//! with `sluice deploy` and answers as the templates' own servers do; and `sluice new`'s
+//! templates, each with its own test.
 
 use std::path::Path;
 use std::process::Command;
@@ -43,7 +44,37 @@ functions:
     lang: node20
     handler: ./nodefn
     image: example/nodefn:latest
+  gofn:
+    lang: golang-middleware
+    handler: ./gofn
+    image: example/gofn:latest
 ";
+
+/// golang-middleware's handler and go.mod, as the template makes them (its go.mod asks for a
+/// newer Go than some hosts have: the runner builds with the local one).
+const GO_HANDLER: &str = r#"package function
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+)
+
+func Handle(w http.ResponseWriter, r *http.Request) {
+	var input []byte
+
+	if r.Body != nil {
+		defer r.Body.Close()
+
+		body, _ := io.ReadAll(r.Body)
+
+		input = body
+	}
+
+	w.WriteHeader(http.StatusOK)
+	w.Write([]byte(fmt.Sprintf("Body: %s %s", string(input), r.URL.Path)))
+}
+"#;
 
 /// python3-http's handler, as a user writes it from the template: event and context, a dict
 /// back; it imports a module of its own relatively and one from its requirements.
@@ -87,7 +118,7 @@ module.exports = async (event, context) => {
 "#;
 
 #[tokio::test]
-async fn python3_http_and_node20_functions_deploy_and_answer() {
+async fn python3_http_node20_and_golang_middleware_functions_deploy_and_answer() {
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data"), &[]);
     let url = sluice.url.as_str();
@@ -105,6 +136,8 @@ async fn python3_http_and_node20_functions_deploy_and_answer() {
             "# what the handler imports\nsix\n",
         ),
         ("nodefn", "handler.js", NODE_HANDLER),
+        ("gofn", "handler.go", GO_HANDLER),
+        ("gofn", "go.mod", "module handler/function\n\ngo 1.24.0\n"),
         (
             "nodefn",
             "package.json",
@@ -176,6 +209,18 @@ async fn python3_http_and_node20_functions_deploy_and_answer() {
         .unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.text().await.unwrap(), "not today");
+
+    let r = eventually("the golang-middleware function", || async {
+        let r = http
+            .post(format!("{url}/function/gofn/x"))
+            .body("gopher")
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(r.text().await.unwrap(), "Body: gopher /x");
 
     // A lang with no local runner is refused, with the list of those there are.
     std::fs::write(
