@@ -148,6 +148,8 @@ pub struct FunctionConfig {
     pub auth_required: bool,
     /// Its requests per second on each gateway (`com.sluice.rate-limit`).
     pub rate_limit: Option<NonZeroU32>,
+    /// Bytes of memory each replica may take (`limits.memory`, a Kubernetes quantity).
+    pub memory_limit: Option<u64>,
 }
 
 impl Default for FunctionConfig {
@@ -164,6 +166,7 @@ impl Default for FunctionConfig {
             readiness_path: DEFAULT_READINESS_PATH.to_owned(),
             auth_required: false,
             rate_limit: None,
+            memory_limit: None,
         }
     }
 }
@@ -267,9 +270,54 @@ impl FunctionConfig {
                     })
             })
             .transpose()?;
+        c.memory_limit = match d.limits.as_ref().map(|l| l.memory.trim()) {
+            None | Some("") => None,
+            Some(q) => Some(
+                parse_quantity(q)
+                    .filter(|&n| n >= MIN_MEMORY_LIMIT)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "limits.memory {q:?} is not an amount of memory of at least 1Mi, such \
+                             as \"128Mi\" or \"1Gi\" (a Kubernetes quantity)"
+                        ))
+                    })?,
+            ),
+        };
         c.scale = scale_config(d, c.concurrency)?;
         Ok(c)
     }
+}
+
+/// The least `limits.memory` taken: less is a unit mistake (`128` for `128Mi`).
+const MIN_MEMORY_LIMIT: u64 = 1024 * 1024;
+
+/// A Kubernetes quantity of bytes (`128Mi`, `1G`, `1.5Gi`, `500000`), if it is one.
+pub fn parse_quantity(q: &str) -> Option<u64> {
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let multiplier: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        "Pi" => 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        "Ei" => 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    if number.is_empty() || number.starts_with('.') || number.matches('.').count() > 1 {
+        return None;
+    }
+    let bytes = number.parse::<f64>().ok()? * multiplier;
+    (bytes.is_finite() && bytes < u64::MAX as f64).then(|| bytes.ceil() as u64)
 }
 
 /// The OpenFaaS scaling labels, with the concurrency target held to what one replica is sent at
@@ -372,6 +420,32 @@ fn scale_config(
         c.target = c.target.min(cap as f64);
     }
     Ok(c)
+}
+
+#[cfg(test)]
+mod quantity_tests {
+    use super::parse_quantity;
+
+    #[test]
+    fn kubernetes_quantities_of_bytes() {
+        for (q, bytes) in [
+            ("128Mi", Some(128 << 20)),
+            ("1Gi", Some(1 << 30)),
+            ("1.5Gi", Some(3 << 29)),
+            ("500M", Some(500_000_000)),
+            ("64k", Some(64_000)),
+            ("4096", Some(4096)),
+            ("128MB", None),
+            ("12m", None),
+            ("Mi", None),
+            (".5Gi", None),
+            ("1.2.3", None),
+            ("-1Mi", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_quantity(q), bytes, "{q}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -231,7 +231,9 @@ impl WatchdogConfig {
             max_inflight: self.max_inflight,
             readiness_path: self.ready_path.clone(),
             concurrency: None,
-            // In a container, the orchestrator mounts the secrets (/var/openfaas/secrets).
+            // In a container, the orchestrator limits memory and mounts the secrets
+            // (/var/openfaas/secrets).
+            memory_limit: None,
             secrets: Vec::new(),
         }
     }

@@ -409,6 +409,10 @@ impl FunctionRuntime {
             Ok(c) => c,
             Err(msg) => return Exit::Ended(msg),
         };
+        if let Err(msg) = sys::limit_memory(&child, spec) {
+            self.terminate(&mut child).await;
+            return Exit::Ended(msg);
+        }
         self.capture_output(id, &mut child);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let probe = wait_ready(addr, &spec.readiness_path, |msg| self.logs.push(id, msg));

@@ -27,6 +27,8 @@ pub struct RunSpec {
     /// Requests one replica is sent at once; more wait in the gateway for a free slot or a new
     /// replica (`None`: no limit). From the label `com.sluice.concurrency`, else `max_inflight`.
     pub concurrency: Option<usize>,
+    /// Bytes of memory each of its processes may take (`limits.memory`): their data limit.
+    pub memory_limit: Option<u64>,
     /// The secrets the function names, with their values as they were when it was applied:
     /// each replica gets them as files (`crate::secrets`).
     pub secrets: Vec<(String, SecretValue)>,
@@ -77,6 +79,7 @@ impl RunSpec {
             max_inflight: config.max_inflight,
             concurrency: config.concurrency,
             readiness_path: config.readiness_path.clone(),
+            memory_limit: config.memory_limit,
             secrets: Vec::new(),
         })
     }

@@ -253,6 +253,11 @@ async fn run(
         wd.logs.push(msg.clone());
         RunError::Spawn(msg)
     })?;
+    if let Err(msg) = sys::limit_memory(&child, spec) {
+        wd.logs.push(msg.clone());
+        sys::signal_group(&child, libc::SIGKILL);
+        return Err(RunError::Spawn(msg));
+    }
     let stdin = child.stdin.take();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();

@@ -247,7 +247,9 @@ async fn stack_files_say_what_is_not_read_or_honoured() {
     std::fs::write(
         dir.path().join("stack.yml"),
         "functions:\n  f:\n    fprocess: sh -c 'echo $greeting'\n    environment_file: [env.yml]\n    \
-         labls:\n      a: b\n    limits:\n      cpu: 100m\n    readonly_root_filesystem: true\n",
+         labls:\n      a: b\n    limits:\n      cpu: 100m\n    readonly_root_filesystem: true\n  \
+         m:\n    fprocess: >-\n      sh -c 'cat > /dev/null; grep \"Max data size\" /proc/self/limits;\n      \
+         python3 -c \"bytearray(200 << 20)\" 2>&1 | tail -n 1'\n    limits:\n      memory: 64Mi\n",
     )
     .unwrap();
     let (ok, out) = deploy_stack(url, &dir.path().join("stack.yml"), dir.path());
@@ -268,6 +270,25 @@ async fn stack_files_say_what_is_not_read_or_honoured() {
         .await
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "hi\n");
+    // limits.memory: the function's processes may allocate 64 MiB, no more.
+    let r = http()
+        .post(format!("{url}/function/m"))
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    let limit: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(limit[3..5], ["67108864", "67108864"], "{text}");
+    assert_eq!(text.lines().nth(1), Some("MemoryError"), "{text}");
+
+    // One that is not an amount of memory is refused at deploy, naming it.
+    std::fs::write(
+        dir.path().join("bad.yml"),
+        "functions:\n  b:\n    fprocess: cat\n    limits:\n      memory: 128MB\n",
+    )
+    .unwrap();
+    let (ok, out) = deploy_stack(url, &dir.path().join("bad.yml"), dir.path());
+    assert!(!ok && out.contains("limits.memory \"128MB\""), "{out}");
 }
 
 /// Acceptance: for each language, in an empty directory, `sluice new x --lang L`, the
