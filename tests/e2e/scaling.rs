@@ -109,12 +109,15 @@ async fn replicas_follow_load_and_a_long_request_outlives_the_scale_down() {
     let url = &sluice.url;
     let http = crate::harness::http();
     // A 10 s stable window (1 s panic window) keeps the test short; the decisions are the same.
+    // It scales on requests in flight (capacity), aiming at the whole target of 10.
     let sleep = sample(
         "sleep",
         "python3 -u sleep.py",
         true,
         &[
+            ("com.openfaas.scale.type", "capacity"),
             ("com.openfaas.scale.target", "10"),
+            ("com.openfaas.scale.target-proportion", "1"),
             ("com.sluice.scale.window", "10s"),
         ],
     );
