@@ -159,6 +159,7 @@ impl Platform {
             AutoscalerConfig {
                 tick: TICK,
                 max_replicas_limit: 64,
+                ..AutoscalerConfig::default()
             },
             leading,
         );
