@@ -39,6 +39,9 @@ pub struct AutoscalerConfig {
     pub tick: Duration,
     /// The ceiling on every function's replicas (`com.openfaas.scale.max` is held to it).
     pub max_replicas_limit: u32,
+    /// The stable window of functions that set none (`com.sluice.scale.window`); their panic
+    /// window is a tenth of it.
+    pub stable_window: Duration,
 }
 
 impl Default for AutoscalerConfig {
@@ -46,6 +49,7 @@ impl Default for AutoscalerConfig {
         Self {
             tick: Duration::from_secs(1),
             max_replicas_limit: 64,
+            stable_window: sluice_core::config::DEFAULT_STABLE_WINDOW,
         }
     }
 }

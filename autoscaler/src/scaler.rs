@@ -132,7 +132,11 @@ impl Scaler {
             if !running.contains(&spec.function) {
                 continue;
             }
-            let config = spec.config.scale.within(self.config.max_replicas_limit);
+            let config = spec
+                .config
+                .scale
+                .within(self.config.max_replicas_limit)
+                .with_default_window(self.config.stable_window);
             let _serial = self.scaling.lock().await;
             let observed = observe(&spec.function);
             self.decide_for(&spec.function, &config, now, observed)

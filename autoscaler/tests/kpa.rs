@@ -4,15 +4,20 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use sluice_autoscaler::kpa::{self, KpaState, Sample, ScaleConfig};
+use sluice_autoscaler::kpa::{self, KpaState, Metric, Sample, ScaleConfig};
 
 const SEC: Duration = Duration::from_secs(1);
 
+/// A function that aims at exactly `target` per replica (proportion 1), measured in requests in
+/// flight (the samples below carry the same load in both measures, so the decisions are the
+/// same in `rps`).
 fn config(min: u32, max: u32, target: f64, zero: bool) -> ScaleConfig {
     ScaleConfig {
         min,
         max,
+        metric: Metric::Concurrency,
         target,
+        utilization: 1.0,
         zero,
         zero_after: Duration::from_secs(5),
         ..ScaleConfig::default()
@@ -112,6 +117,169 @@ proptest! {
             prop_assert!(d.desired >= current, "{d:?} from {current}");
         }
     }
+}
+
+/// A second a sample, `rate` requests started in each and `in_flight` at most at once, over
+/// `seconds` seconds ending at `now`.
+fn steady(now: Duration, seconds: u32, rate: f64, in_flight: f64) -> Vec<Sample> {
+    (0..seconds)
+        .map(|i| Sample {
+            at: now - SEC * (seconds - 1 - i),
+            concurrency: in_flight,
+            requests: rate,
+        })
+        .collect()
+}
+
+fn metric() -> impl Strategy<Value = Metric> {
+    prop_oneof![Just(Metric::Rps), Just(Metric::Concurrency)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// In either measure, at any target and proportion: never above max, never below min
+    /// (nothing here may go to zero), and a load held for a whole stable window gets exactly
+    /// what it asks for, `load / (target × proportion)` rounded up, within the bounds.
+    #[test]
+    fn a_steady_load_gets_load_over_target_times_proportion_within_bounds(
+        metric in metric(), min in 1u32..5, extra in 0u32..30,
+        target in 0.5f64..200.0, proportion in 0.05f64..=1.0,
+        rate in 0.0f64..2000.0, in_flight in 0.0f64..500.0, current in 1u32..60,
+    ) {
+        let c = ScaleConfig {
+            min, max: min + extra, metric, target, utilization: proportion,
+            ..ScaleConfig::default()
+        };
+        let now = Duration::from_secs(1000);
+        let load = match metric { Metric::Rps => rate, Metric::Concurrency => in_flight };
+        let s = steady(now, 60, rate, in_flight);
+        let (d, _) = decide(&c, &s, now, current, Duration::from_secs(3600));
+        prop_assert!(d.desired <= c.max && d.desired >= c.min, "{d:?}");
+        let wanted = ((load / (target * proportion)).ceil() as u32).clamp(c.min, c.max);
+        if !d.panic && wanted >= current / 2 {
+            prop_assert_eq!(d.desired, wanted, "{:?}", d);
+        }
+    }
+
+    /// More load, in the measure the function scales on, never asks for fewer replicas; load
+    /// in the other measure changes nothing.
+    #[test]
+    fn more_of_the_scaled_load_never_fewer_replicas(
+        metric in metric(), target in 0.5f64..100.0, proportion in 0.05f64..=1.0,
+        rates in prop::collection::vec(0.0f64..1000.0, 1..90),
+        in_flight in prop::collection::vec(0.0f64..1000.0, 90),
+        factor in 1.0f64..10.0, current in 1u32..40,
+    ) {
+        let c = ScaleConfig {
+            min: 1, max: 1000, metric, target, utilization: proportion,
+            ..ScaleConfig::default()
+        };
+        let now = Duration::from_secs(1000);
+        let at = |rates: &[f64], in_flight: &[f64]| -> Vec<Sample> {
+            let n = rates.len() as u32;
+            rates.iter().zip(in_flight).enumerate().map(|(i, (&r, &f))| Sample {
+                at: now - SEC * (n - 1 - i as u32), concurrency: f, requests: r,
+            }).collect()
+        };
+        let scaled = |xs: &[f64]| -> Vec<f64> { xs.iter().map(|x| x * factor).collect() };
+        let base = at(&rates, &in_flight);
+        let more = match metric {
+            Metric::Rps => at(&scaled(&rates), &in_flight),
+            Metric::Concurrency => at(&rates, &scaled(&in_flight)),
+        };
+        let other = match metric {
+            Metric::Rps => at(&rates, &scaled(&in_flight)),
+            Metric::Concurrency => at(&scaled(&rates), &in_flight),
+        };
+        let (low, _) = decide(&c, &base, now, current, Duration::ZERO);
+        let (high, _) = decide(&c, &more, now, current, Duration::ZERO);
+        let (same, _) = decide(&c, &other, now, current, Duration::ZERO);
+        prop_assert!(high.desired >= low.desired, "{low:?} then {high:?}");
+        prop_assert_eq!(same.desired, low.desired);
+    }
+
+    /// A lower target proportion scales earlier: never fewer replicas for the same load.
+    #[test]
+    fn a_lower_proportion_never_fewer_replicas(
+        metric in metric(), target in 0.5f64..100.0,
+        high in 0.05f64..=1.0, lower_by in 0.0f64..=1.0,
+        loads in prop::collection::vec(0.0f64..1000.0, 1..90), current in 1u32..40,
+    ) {
+        let low = (high * (1.0 - lower_by)).max(0.01);
+        let with = |utilization| ScaleConfig {
+            min: 1, max: 1000, metric, target, utilization, ..ScaleConfig::default()
+        };
+        let now = Duration::from_secs(1000);
+        let s = samples(now, &loads);
+        let (at_high, _) = decide(&with(high), &s, now, current, Duration::ZERO);
+        let (at_low, _) = decide(&with(low), &s, now, current, Duration::ZERO);
+        prop_assert!(at_low.desired >= at_high.desired, "{at_high:?} then {at_low:?}");
+    }
+}
+
+/// The acceptance of issue 12 in numbers: a function without scaling labels taking 20
+/// requests a second from clients that each have little in flight scales past one replica
+/// within a few seconds, and back to one a stable window after the load ends.
+#[test]
+fn the_default_scales_a_fast_function_on_its_request_rate_and_back() {
+    let c = ScaleConfig::default();
+    assert_eq!(c.metric, Metric::Rps);
+    let start = Duration::from_secs(1000);
+    // A minute of nothing, then 20 req/s with 2 in flight at most.
+    let mut s = steady(start, 60, 0.0, 0.0);
+    let (mut current, mut state, mut up_at) = (1, KpaState::default(), None);
+    for i in 1..=30u32 {
+        let now = start + SEC * i;
+        s.push(Sample {
+            at: now,
+            concurrency: 2.0,
+            requests: 20.0,
+        });
+        let (d, next) = kpa::decide(&c, &s, now, current, Duration::ZERO, state);
+        (current, state) = (d.desired, next);
+        if current > 1 && up_at.is_none() {
+            up_at = Some(i);
+        }
+        assert!(current <= 5, "20 req/s at 4.5 each wants 5: {d:?}");
+    }
+    let up_at = up_at.expect("never scaled up");
+    assert!(up_at <= 5, "scaled up only after {up_at}s");
+    assert_eq!(current, 5, "20 req/s at 4.5 each");
+    // The load ends: nothing for a while.
+    let end = start + SEC * 30;
+    let mut down_at = None;
+    for i in 1..=120u32 {
+        let now = end + SEC * i;
+        s.push(Sample {
+            at: now,
+            concurrency: 0.0,
+            requests: 0.0,
+        });
+        let (d, next) = kpa::decide(&c, &s, now, current, SEC * i, state);
+        assert!(d.desired >= 1, "went below min: {d:?}");
+        (current, state) = (d.desired, next);
+        if current == 1 && down_at.is_none() {
+            down_at = Some(i);
+        }
+    }
+    let down_at = down_at.expect("never back to one");
+    assert!(
+        down_at <= 61,
+        "back to one {down_at}s after the load ended, not within a stable window"
+    );
+    // The same load in flight terms (2 at once) would never have scaled under capacity.
+    let capacity = ScaleConfig {
+        metric: Metric::Concurrency,
+        target: 50.0,
+        ..ScaleConfig::default()
+    };
+    let now = start + SEC * 30;
+    let busy = steady(now, 60, 20.0, 2.0);
+    assert_eq!(
+        decide(&capacity, &busy, now, 1, Duration::ZERO).0.desired,
+        1
+    );
 }
 
 #[test]
@@ -240,10 +408,10 @@ fn labels_are_read_and_bad_ones_named() {
 fn the_target_is_held_to_what_one_replica_is_sent() {
     let mut d = sluice_core::FunctionDeployment {
         service: "f".into(),
-        labels: Some(BTreeMap::from([(
-            "com.openfaas.scale.target".to_owned(),
-            "50".to_owned(),
-        )])),
+        labels: Some(BTreeMap::from([
+            ("com.openfaas.scale.type".to_owned(), "capacity".to_owned()),
+            ("com.openfaas.scale.target".to_owned(), "50".to_owned()),
+        ])),
         ..Default::default()
     };
     let scale = |d: &sluice_core::FunctionDeployment| {
@@ -258,7 +426,10 @@ fn the_target_is_held_to_what_one_replica_is_sent() {
         .as_mut()
         .unwrap()
         .insert("com.sluice.concurrency".into(), "2".into());
-    let c = scale(&d);
+    let c = ScaleConfig {
+        utilization: 1.0,
+        ..scale(&d)
+    };
     assert_eq!(c.target, 2.0);
     // 20 in flight on replicas that take 2 each: 10 replicas, not 1.
     let now = Duration::from_secs(100);

@@ -20,6 +20,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const TICK: Duration = Duration::from_millis(200);
+/// These tests hold requests in flight: they scale on that (the default is the request rate).
+const CAPACITY: (&str, &str) = ("com.openfaas.scale.type", "capacity");
+/// Aimed at the whole target, so the counts below are load over target.
+const EXACT: (&str, &str) = ("com.openfaas.scale.target-proportion", "1");
 
 /// An orchestrator that records every scale, with when it happened.
 #[derive(Debug, Default)]
@@ -155,6 +159,7 @@ impl Platform {
             AutoscalerConfig {
                 tick: TICK,
                 max_replicas_limit: 64,
+                ..AutoscalerConfig::default()
             },
             leading,
         );
@@ -181,7 +186,10 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 async fn two_gateways_load_one_autoscaler_decides() {
     let p = Platform::start().await;
     let f = p
-        .deploy("echo", &[("com.openfaas.scale.target", "10")])
+        .deploy(
+            "echo",
+            &[CAPACITY, EXACT, ("com.openfaas.scale.target", "10")],
+        )
         .await;
     let orchestrator = Recorder::with(&[(&f, 1)]);
     let (_leading, leads) = watch::channel(true);
@@ -246,7 +254,10 @@ async fn a_request_held_at_zero_scales_its_function_within_100ms() {
 async fn only_the_leader_scales_and_a_standby_takes_over() {
     let p = Platform::start().await;
     let f = p
-        .deploy("echo", &[("com.openfaas.scale.target", "5")])
+        .deploy(
+            "echo",
+            &[CAPACITY, EXACT, ("com.openfaas.scale.target", "5")],
+        )
         .await;
     let (first, second) = (Recorder::with(&[(&f, 1)]), Recorder::with(&[(&f, 1)]));
     let (lead_first, leads) = watch::channel(true);
@@ -326,6 +337,8 @@ async fn a_count_set_from_outside_holds_for_a_stable_window() {
         .deploy(
             "echo",
             &[
+                CAPACITY,
+                EXACT,
                 ("com.openfaas.scale.target", "5"),
                 ("com.sluice.scale.window", "30s"),
             ],

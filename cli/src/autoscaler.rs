@@ -18,6 +18,7 @@ use crate::up::{retrying, serve_health};
 
 /// Runs until SIGTERM or SIGINT; a leader hands its Lease back on the way out.
 pub async fn run(args: AutoscalerArgs) -> anyhow::Result<()> {
+    let scale_window = crate::checked_scale_window(args.scale_window)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::stop_on_signal(shutdown.clone()));
     let settings = args.kubernetes.settings()?;
@@ -91,6 +92,7 @@ pub async fn run(args: AutoscalerArgs) -> anyhow::Result<()> {
         functions,
         AutoscalerConfig {
             max_replicas_limit: args.max_replicas,
+            stable_window: scale_window,
             ..AutoscalerConfig::default()
         },
         leading,

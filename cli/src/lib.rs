@@ -101,6 +101,10 @@ pub struct GatewayFlags {
     /// Hard ceiling on any function's replicas (com.openfaas.scale.max cannot exceed it).
     #[arg(long, env = "SLUICE_MAX_REPLICAS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_replicas: u32,
+    /// Stable window of functions that set no com.sluice.scale.window (their panic window is
+    /// a tenth of it): the load is averaged over it, and a scale-down waits for it.
+    #[arg(long, env = "SLUICE_SCALE_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub scale_window: Duration,
     /// Sync function requests handled at once; more get a 503.
     #[arg(long, env = "SLUICE_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
@@ -466,6 +470,10 @@ pub struct AutoscalerArgs {
     /// Ceiling on any function's replicas (com.openfaas.scale.max is held to it).
     #[arg(long, env = "SLUICE_MAX_REPLICAS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_replicas: u32,
+    /// Stable window of functions that set no com.sluice.scale.window (their panic window is
+    /// a tenth of it): the load is averaged over it, and a scale-down waits for it.
+    #[arg(long, env = "SLUICE_SCALE_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub scale_window: Duration,
     /// Postgres URL (the function registry), e.g. postgres://sluice@db/sluice.
     #[arg(long, env = "SLUICE_DATABASE_URL")]
     pub database_url: String,
@@ -512,6 +520,16 @@ pub struct QueueWorkerArgs {
     pub shutdown_grace: Duration,
 }
 
+/// `--scale-window`, if it is long enough to average over.
+fn checked_scale_window(window: Duration) -> anyhow::Result<Duration> {
+    let least = sluice_core::config::MIN_STABLE_WINDOW;
+    anyhow::ensure!(
+        window >= least,
+        "--scale-window must be at least {least:?}, got {window:?}"
+    );
+    Ok(window)
+}
+
 impl GatewayFlags {
     fn apply(&self, config: &mut up::UpConfig) -> anyhow::Result<()> {
         if self.function_timeout.is_zero() {
@@ -528,6 +546,7 @@ impl GatewayFlags {
         config.gateway.max_body_buffer = self.max_body_buffer;
         config.gateway.upstream_timeout = self.function_timeout;
         config.gateway.max_replicas_limit = self.max_replicas;
+        config.scale_window = checked_scale_window(self.scale_window)?;
         config.gateway.max_in_flight = self.max_in_flight as usize;
         config.gateway.max_async_in_flight = self.max_async_in_flight as usize;
         config.gateway.readiness_wait = self.hold_timeout;

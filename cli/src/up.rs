@@ -111,6 +111,8 @@ pub struct UpConfig {
     pub health: Option<std::net::SocketAddr>,
     /// The key secrets are sealed under; else `SECRETS_KEY_FILE` in the data dir.
     pub secrets_key_file: Option<PathBuf>,
+    /// The stable window of functions that set no `com.sluice.scale.window`.
+    pub scale_window: Duration,
 }
 
 /// Where functions go on Kubernetes, and how to reach it.
@@ -146,6 +148,7 @@ impl UpConfig {
             kubernetes: None,
             health: None,
             secrets_key_file: None,
+            scale_window: sluice_core::config::DEFAULT_STABLE_WINDOW,
         }
     }
 }
@@ -617,6 +620,7 @@ fn process_platform(config: &UpConfig, backends: &Backends) -> anyhow::Result<(P
         backends.functions.clone(),
         AutoscalerConfig {
             max_replicas_limit: config.gateway.max_replicas_limit,
+            stable_window: config.scale_window,
             ..AutoscalerConfig::default()
         },
     );

@@ -36,6 +36,23 @@ pub const READINESS_PATH_ANNOTATION: &str = "com.sluice.readiness-path";
 
 /// A function's `max` replicas when it sets no `com.openfaas.scale.max` (OpenFaaS's default).
 pub const DEFAULT_MAX_REPLICAS: u32 = 20;
+/// Requests per second one replica is meant to carry when a function sets no
+/// `com.openfaas.scale.target` and scales on its request rate (the default): OpenFaaS CE adds
+/// replicas once a function takes more than 5 requests a second.
+pub const DEFAULT_RPS_TARGET: f64 = 5.0;
+/// Requests in flight one replica is meant to carry under `com.openfaas.scale.type: capacity`
+/// when no target is set (OpenFaaS Pro's default target).
+pub const DEFAULT_CAPACITY_TARGET: f64 = 50.0;
+/// Share of the target aimed at when `com.openfaas.scale.target-proportion` is not set
+/// (OpenFaaS Pro's default).
+pub const DEFAULT_TARGET_PROPORTION: f64 = 0.9;
+/// Highest `com.openfaas.scale.target` a label may set.
+pub const MAX_SCALE_TARGET: f64 = 100_000.0;
+/// The stable window of a function that sets no `com.sluice.scale.window`, unless the platform
+/// is given another (`--scale-window`).
+pub const DEFAULT_STABLE_WINDOW: Duration = Duration::from_secs(60);
+/// Shortest stable window a label or the platform may set.
+pub const MIN_STABLE_WINDOW: Duration = Duration::from_secs(2);
 /// Highest rate limit a label may set.
 pub const MAX_RATE_LIMIT: u32 = 1_000_000;
 /// Classic mode's cap on concurrent runs per replica when `max_inflight` is not set, so a burst
@@ -61,12 +78,13 @@ pub enum Mode {
     Http,
 }
 
-/// What load is measured in.
+/// What load is measured in (`com.openfaas.scale.type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Metric {
-    /// Requests in flight (held ones included): `com.openfaas.scale.type: capacity`, the default.
+    /// Requests in flight (held ones included), the most at once in each second:
+    /// `com.openfaas.scale.type: capacity`.
     Concurrency,
-    /// Requests per second: `com.openfaas.scale.type: rps`.
+    /// Requests started per second: `com.openfaas.scale.type: rps`, the default.
     Rps,
 }
 
@@ -76,15 +94,18 @@ pub struct ScaleConfig {
     pub min: u32,
     pub max: u32,
     pub metric: Metric,
-    /// Load one replica is meant to carry.
+    /// Load one replica is meant to carry (`com.openfaas.scale.target`).
     pub target: f64,
-    /// Share of `target` aimed at, in (0, 1].
+    /// Share of `target` aimed at, in (0, 1] (`com.openfaas.scale.target-proportion`).
     pub utilization: f64,
     /// Whether the function may go to zero replicas when idle, and after how long.
     pub zero: bool,
     pub zero_after: Duration,
     pub stable_window: Duration,
     pub panic_window: Duration,
+    /// Whether the function chose its windows (`com.sluice.scale.window`); if not, the
+    /// platform's default applies ([`ScaleConfig::with_default_window`]).
+    pub own_window: bool,
     pub panic_threshold: f64,
     pub max_scale_up_rate: f64,
     pub max_scale_down_rate: f64,
@@ -95,13 +116,14 @@ impl Default for ScaleConfig {
         Self {
             min: 1,
             max: DEFAULT_MAX_REPLICAS,
-            metric: Metric::Concurrency,
-            target: 50.0,
-            utilization: 1.0,
+            metric: Metric::Rps,
+            target: DEFAULT_RPS_TARGET,
+            utilization: DEFAULT_TARGET_PROPORTION,
             zero: false,
             zero_after: Duration::from_secs(15 * 60),
-            stable_window: Duration::from_secs(60),
-            panic_window: Duration::from_secs(6),
+            stable_window: DEFAULT_STABLE_WINDOW,
+            panic_window: panic_window(DEFAULT_STABLE_WINDOW),
+            own_window: false,
             panic_threshold: 2.0,
             max_scale_up_rate: 1000.0,
             max_scale_down_rate: 2.0,
@@ -119,10 +141,25 @@ impl ScaleConfig {
         }
     }
 
+    /// The same, with the platform's stable window (and its panic window, a tenth of it)
+    /// unless the function chose its own.
+    pub fn with_default_window(mut self, window: Duration) -> Self {
+        if !self.own_window {
+            self.stable_window = window;
+            self.panic_window = panic_window(window);
+        }
+        self
+    }
+
     /// Load one replica is aimed at.
     pub fn per_replica(&self) -> f64 {
         (self.target * self.utilization).max(f64::MIN_POSITIVE)
     }
+}
+
+/// The panic window that goes with a stable window: a tenth of it, at least a second.
+pub fn panic_window(stable: Duration) -> Duration {
+    (stable / 10).max(Duration::from_secs(1))
 }
 
 /// Everything Sluice reads from a deployment besides its name, image and command.
@@ -335,16 +372,6 @@ fn scale_config(
             })
             .transpose()
     };
-    let positive = |key: &str| -> Result<Option<f64>, ConfigError> {
-        get(key)
-            .map(|v| match v.parse::<f64>() {
-                Ok(x) if x > 0.0 && x.is_finite() => Ok(x),
-                _ => Err(bad(format!(
-                    "label {key} must be a number above zero, got {v:?}"
-                ))),
-            })
-            .transpose()
-    };
     let duration = |key: &str| -> Result<Option<Duration>, ConfigError> {
         get(key)
             .map(|v| {
@@ -371,24 +398,47 @@ fn scale_config(
         )));
     }
     c.metric = match get(SCALE_TYPE_LABEL) {
-        None | Some("capacity") => Metric::Concurrency,
-        Some("rps") => Metric::Rps,
+        None | Some("rps") => Metric::Rps,
+        Some("capacity") => Metric::Concurrency,
+        Some("cpu") => {
+            return Err(bad(format!(
+                "label {SCALE_TYPE_LABEL} cpu is not supported: Sluice does not measure its \
+                 replicas' CPU (neither local processes nor pods); use rps (requests per second \
+                 per replica) or capacity (requests in flight per replica)"
+            )));
+        }
         Some(other) => {
             return Err(bad(format!(
-                "label {SCALE_TYPE_LABEL} must be capacity or rps, got {other:?}"
+                "label {SCALE_TYPE_LABEL} must be rps or capacity, got {other:?}"
             )));
         }
     };
-    if let Some(t) = positive(SCALE_TARGET_LABEL)? {
-        c.target = t;
-    }
-    if let Some(p) = positive(SCALE_PROPORTION_LABEL)? {
-        if p > 1.0 {
-            return Err(bad(format!(
-                "label {SCALE_PROPORTION_LABEL} must be at most 1, got {p}"
-            )));
-        }
-        c.utilization = p;
+    c.target = match get(SCALE_TARGET_LABEL) {
+        Some(v) => match v.parse::<f64>() {
+            Ok(t) if t > 0.0 && t <= MAX_SCALE_TARGET => t,
+            _ => {
+                return Err(bad(format!(
+                    "label {SCALE_TARGET_LABEL} must be a number above 0 and at most \
+                     {MAX_SCALE_TARGET} (load per replica: requests per second for rps, requests \
+                     in flight for capacity), got {v:?}"
+                )));
+            }
+        },
+        None => match c.metric {
+            Metric::Rps => DEFAULT_RPS_TARGET,
+            Metric::Concurrency => DEFAULT_CAPACITY_TARGET,
+        },
+    };
+    if let Some(v) = get(SCALE_PROPORTION_LABEL) {
+        c.utilization = match v.parse::<f64>() {
+            Ok(p) if p > 0.0 && p <= 1.0 => p,
+            _ => {
+                return Err(bad(format!(
+                    "label {SCALE_PROPORTION_LABEL} must be a share of the target above 0 and \
+                     at most 1 (0.9 scales at 90 % of it), got {v:?}"
+                )));
+            }
+        };
     }
     c.zero = match get(SCALE_ZERO_LABEL) {
         None | Some("false") => false,
@@ -408,13 +458,14 @@ fn scale_config(
         c.zero_after = z;
     }
     if let Some(w) = duration(SCALE_WINDOW_LABEL)? {
-        if w < Duration::from_secs(2) {
+        if w < MIN_STABLE_WINDOW {
             return Err(bad(format!(
-                "label {SCALE_WINDOW_LABEL} must be at least 2s, got {w:?}"
+                "label {SCALE_WINDOW_LABEL} must be at least {MIN_STABLE_WINDOW:?}, got {w:?}"
             )));
         }
         c.stable_window = w;
-        c.panic_window = (w / 10).max(Duration::from_secs(1));
+        c.panic_window = panic_window(w);
+        c.own_window = true;
     }
     if let (Some(cap), Metric::Concurrency) = (concurrency, c.metric) {
         c.target = c.target.min(cap as f64);
@@ -505,6 +556,7 @@ mod tests {
             &[
                 (SCALE_MIN_LABEL, "2"),
                 (SCALE_MAX_LABEL, "8"),
+                (SCALE_TYPE_LABEL, "capacity"),
                 (SCALE_TARGET_LABEL, "10"),
                 (CONCURRENCY_LABEL, "4"),
                 (AUTH_LABEL, "required"),
@@ -535,6 +587,55 @@ mod tests {
     }
 
     #[test]
+    fn the_scale_type_chooses_the_metric_and_its_default_target() {
+        let scale = |labels: &[(&str, &str)]| {
+            FunctionConfig::from_deployment(&deployment(labels, &[]))
+                .unwrap()
+                .scale
+        };
+        // No scaling labels: request rate, 5 a second per replica, aimed at 90 % of it.
+        let none = scale(&[]);
+        assert_eq!(none.metric, Metric::Rps);
+        assert_eq!(none.target, DEFAULT_RPS_TARGET);
+        assert_eq!(none.utilization, DEFAULT_TARGET_PROPORTION);
+        assert_eq!(none.per_replica(), 4.5);
+        let capacity = scale(&[(SCALE_TYPE_LABEL, "capacity")]);
+        assert_eq!(capacity.metric, Metric::Concurrency);
+        assert_eq!(capacity.target, DEFAULT_CAPACITY_TARGET);
+        let rps = scale(&[
+            (SCALE_TYPE_LABEL, " rps "),
+            (SCALE_TARGET_LABEL, "20"),
+            (SCALE_PROPORTION_LABEL, "0.5"),
+        ]);
+        assert_eq!(
+            (rps.metric, rps.target, rps.per_replica()),
+            (Metric::Rps, 20.0, 10.0)
+        );
+        // A replica's concurrency cap bounds a capacity target, not a rate.
+        let d = deployment(&[(SCALE_TARGET_LABEL, "20")], &[("max_inflight", "4")]);
+        assert_eq!(
+            FunctionConfig::from_deployment(&d).unwrap().scale.target,
+            20.0
+        );
+    }
+
+    #[test]
+    fn the_platform_window_applies_unless_the_function_chose_one() {
+        let scale = |labels: &[(&str, &str)]| {
+            FunctionConfig::from_deployment(&deployment(labels, &[]))
+                .unwrap()
+                .scale
+                .with_default_window(Duration::from_secs(20))
+        };
+        let platform = scale(&[]);
+        assert_eq!(platform.stable_window, Duration::from_secs(20));
+        assert_eq!(platform.panic_window, Duration::from_secs(2));
+        let own = scale(&[(SCALE_WINDOW_LABEL, "30s")]);
+        assert_eq!(own.stable_window, Duration::from_secs(30));
+        assert_eq!(own.panic_window, Duration::from_secs(3));
+    }
+
+    #[test]
     fn within_holds_bounds_to_the_ceiling() {
         let d = deployment(&[(SCALE_MIN_LABEL, "5"), (SCALE_MAX_LABEL, "50")], &[]);
         let c = FunctionConfig::from_deployment(&d).unwrap().scale.within(4);
@@ -550,7 +651,26 @@ mod tests {
                 "is above",
             ),
             (vec![(SCALE_MAX_LABEL, "0")], vec![], SCALE_MAX_LABEL),
-            (vec![(SCALE_TYPE_LABEL, "cpu")], vec![], SCALE_TYPE_LABEL),
+            (vec![(SCALE_TYPE_LABEL, "cpu")], vec![], "not supported"),
+            (
+                vec![(SCALE_TYPE_LABEL, "memory")],
+                vec![],
+                "rps or capacity",
+            ),
+            (vec![(SCALE_TARGET_LABEL, "0")], vec![], SCALE_TARGET_LABEL),
+            (vec![(SCALE_TARGET_LABEL, "1e9")], vec![], "at most"),
+            (
+                vec![(SCALE_TARGET_LABEL, "NaN")],
+                vec![],
+                SCALE_TARGET_LABEL,
+            ),
+            (
+                vec![(SCALE_PROPORTION_LABEL, "0")],
+                vec![],
+                SCALE_PROPORTION_LABEL,
+            ),
+            (vec![(SCALE_PROPORTION_LABEL, "1.1")], vec![], "at most 1"),
+            (vec![(SCALE_WINDOW_LABEL, "1s")], vec![], SCALE_WINDOW_LABEL),
             (vec![(CONCURRENCY_LABEL, "0")], vec![], CONCURRENCY_LABEL),
             (vec![(AUTH_LABEL, "yes")], vec![], AUTH_LABEL),
             (vec![(RATE_LIMIT_LABEL, "0")], vec![], RATE_LIMIT_LABEL),

@@ -351,7 +351,14 @@ async fn failed_attempts_are_retried_with_backoff_then_given_up(backend: Backend
     let url = &sluice.url;
     let http = crate::harness::http();
     let receiver = Receiver::start().await;
-    let mut flaky = sample("flaky", "python3 -u flaky.py", true, &[]);
+    // flaky.py counts calls per key in its own process: one replica sees every attempt (a
+    // burst of submissions and retries can otherwise scale it out on its request rate).
+    let mut flaky = sample(
+        "flaky",
+        "python3 -u flaky.py",
+        true,
+        &[("com.openfaas.scale.max", "1")],
+    );
     for (k, v) in [
         ("attempts", "4"),
         ("min_wait", "100ms"),

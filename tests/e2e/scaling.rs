@@ -109,12 +109,15 @@ async fn replicas_follow_load_and_a_long_request_outlives_the_scale_down() {
     let url = &sluice.url;
     let http = crate::harness::http();
     // A 10 s stable window (1 s panic window) keeps the test short; the decisions are the same.
+    // It scales on requests in flight (capacity), aiming at the whole target of 10.
     let sleep = sample(
         "sleep",
         "python3 -u sleep.py",
         true,
         &[
+            ("com.openfaas.scale.type", "capacity"),
             ("com.openfaas.scale.target", "10"),
+            ("com.openfaas.scale.target-proportion", "1"),
             ("com.sluice.scale.window", "10s"),
         ],
     );
@@ -360,4 +363,237 @@ async fn two_hundred_requests_to_a_classic_function_at_zero_are_all_answered() {
     for (_, got, sent) in &results {
         assert_eq!(got, sent);
     }
+}
+
+/// `clients` tasks sending `rate` requests a second to `function` in all, until `stop`: each
+/// returns how many of its calls were answered 200 and how many were not.
+fn steady_load(
+    http: &reqwest::Client,
+    url: &str,
+    function: &str,
+    clients: u32,
+    rate: u32,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Vec<tokio::task::JoinHandle<(u32, u32)>> {
+    let every = Duration::from_secs(1) * clients / rate;
+    (0..clients)
+        .map(|i| {
+            let (http, stop) = (http.clone(), stop.clone());
+            let target = format!("{url}/function/{function}");
+            tokio::spawn(async move {
+                // Spread over the interval, so the load is even rather than in bursts.
+                let first = Instant::now() + every * i / clients;
+                let mut tick = tokio::time::interval_at(first, every);
+                let (mut ok, mut failed) = (0, 0);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return (ok, failed),
+                        _ = tick.tick() => {}
+                    }
+                    let r = http.post(&target).body("ping").send().await;
+                    if r.is_ok_and(|r| r.status() == 200) {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// `function`'s (replicas, availableReplicas).
+async fn counts(http: &reqwest::Client, url: &str, function: &str) -> (u64, u64) {
+    let f: Value = get_json(http, format!("{url}/system/function/{function}")).await;
+    (
+        f["replicas"].as_u64().unwrap(),
+        f["availableReplicas"].as_u64().unwrap(),
+    )
+}
+
+/// Issue 12's acceptance: a function without scaling labels, sent 20 requests a second by 10
+/// clients, runs on more than one replica during the load and is back to its minimum after.
+///
+/// The function is fast, so each client has at most one request in flight: only the request
+/// rate (the default measure, 4.5 req/s per replica) can scale it. The platform's stable
+/// window is 10 s (`--scale-window`) instead of 60 s to keep the test short; the function
+/// itself sets no label. The load lasts until a second replica is serving (within a few
+/// seconds) and a little longer, rather than 30 s: the decision is made within the first
+/// seconds (the panic window) and holds for the stable window.
+#[tokio::test]
+async fn a_function_without_scaling_labels_scales_out_under_20_requests_a_second_and_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &["--scale-window", "10s"]);
+    let url = &sluice.url;
+    let http = crate::harness::http();
+    deploy(&http, url, &sample("echo", "python3 -u echo.py", true, &[])).await;
+    eventually("echo to be ready", || async {
+        (counts(&http, url, "echo").await == (1, 1)).then_some(())
+    })
+    .await;
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let clients = steady_load(&http, url, "echo", 10, 20, &stop);
+    let deadline = started + Duration::from_secs(25);
+    let mut most = (1, 1);
+    while most.1 < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "still on {most:?} (replicas, available) after {:?} of 20 req/s",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = counts(&http, url, "echo").await;
+        most = (most.0.max(now.0), most.1.max(now.1));
+    }
+    let scaled_after = started.elapsed();
+    // A little more load on the replicas now serving.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    let load_took = started.elapsed();
+    let (mut ok, mut failed) = (0, 0);
+    for client in clients {
+        let (o, f) = client.await.unwrap();
+        (ok, failed) = (ok + o, failed + f);
+    }
+    assert_eq!(failed, 0, "{failed} calls failed, {ok} succeeded");
+    let rate = f64::from(ok) / load_took.as_secs_f64();
+    assert!(
+        (14.0..=26.0).contains(&rate),
+        "the load was {rate:.1} req/s, not about 20"
+    );
+    assert!(
+        most.1 >= 2,
+        "{most:?} after {scaled_after:?}: never more than one replica serving"
+    );
+
+    // Back to its minimum, one replica, once the window has passed.
+    let ended = Instant::now();
+    let back_by = ended + Duration::from_secs(40);
+    loop {
+        let now = counts(&http, url, "echo").await;
+        if now == (1, 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < back_by,
+            "still at {now:?} (replicas, available) {:?} after the load ended",
+            ended.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let f: Value = get_json(&http, format!("{url}/system/function/echo")).await;
+    assert!(f["scaleReason"].as_str().unwrap().contains("req/s"), "{f}");
+}
+
+/// The Pro labels choose the measure: under the same 20 requests a second, a function with
+/// `type: rps` and a target of 8 a replica scales out, and one with `type: capacity` (50 in
+/// flight a replica) stays at one, since it never has more than a few in flight.
+#[tokio::test]
+async fn rps_and_capacity_functions_scale_on_their_own_measure() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &["--scale-window", "10s"]);
+    let url = &sluice.url;
+    let http = crate::harness::http();
+    let rated = sample(
+        "rated",
+        "python3 -u echo.py",
+        true,
+        &[
+            ("com.openfaas.scale.type", "rps"),
+            ("com.openfaas.scale.target", "8"),
+            ("com.openfaas.scale.target-proportion", "1"),
+        ],
+    );
+    let capacity = sample(
+        "capacity",
+        "python3 -u echo.py",
+        true,
+        &[("com.openfaas.scale.type", "capacity")],
+    );
+    deploy(&http, url, &rated).await;
+    deploy(&http, url, &capacity).await;
+    for f in ["rated", "capacity"] {
+        eventually(&format!("{f} to be ready"), || async {
+            (counts(&http, url, f).await == (1, 1)).then_some(())
+        })
+        .await;
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let mut clients = steady_load(&http, url, "rated", 10, 20, &stop);
+    clients.extend(steady_load(&http, url, "capacity", 10, 20, &stop));
+    let deadline = started + Duration::from_secs(25);
+    loop {
+        let (rated, capacity) = (
+            counts(&http, url, "rated").await,
+            counts(&http, url, "capacity").await,
+        );
+        assert_eq!(capacity.0, 1, "the capacity function scaled: {capacity:?}");
+        if rated.1 >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rated still on {rated:?} after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The capacity function still has one replica a few seconds into the load.
+    let settled = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < settled {
+        assert_eq!(counts(&http, url, "capacity").await.0, 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.cancel();
+    for client in clients {
+        assert_eq!(client.await.unwrap().1, 0, "a call failed");
+    }
+    replicas_become(&http, url, "rated", 1).await;
+    let f: Value = get_json(&http, format!("{url}/system/function/capacity")).await;
+    assert!(
+        f["scaleReason"].as_str().unwrap().contains("in flight"),
+        "{f}"
+    );
+}
+
+/// Bad scaling labels are refused at deploy with a 400 that names the label and what it takes.
+#[tokio::test]
+async fn bad_scaling_labels_are_refused_with_what_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = crate::harness::http();
+    for (label, value, says) in [
+        ("com.openfaas.scale.type", "cpu", "does not measure"),
+        ("com.openfaas.scale.type", "memory", "rps or capacity"),
+        ("com.openfaas.scale.target", "0", "above 0"),
+        ("com.openfaas.scale.target", "1000001", "at most"),
+        ("com.openfaas.scale.target", "lots", "requests per second"),
+        ("com.openfaas.scale.target-proportion", "1.5", "at most 1"),
+        ("com.openfaas.scale.target-proportion", "0", "above 0"),
+    ] {
+        crate::harness::bad_label_is_refused(&http, url, label, value).await;
+        let r = http
+            .post(format!("{url}/system/functions"))
+            .json(&sample("bad", "cat", false, &[(label, value)]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let body: Value = r.json().await.unwrap();
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains(label) && message.contains(says),
+            "{label}={value}: {message}"
+        );
+    }
+    let functions: Value = get_json(&http, format!("{url}/system/functions")).await;
+    assert_eq!(
+        functions,
+        serde_json::json!([]),
+        "a refused function was kept"
+    );
 }
