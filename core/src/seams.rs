@@ -279,6 +279,22 @@ pub trait Orchestrator: Send + Sync + Debug {
         Err(ProviderError::Unsupported(NO_SECRETS.into()))
     }
 
+    /// Which of `names` no secret in `namespace` has: a deployment naming one is refused. By
+    /// default, those [`Self::secrets`] does not list; an orchestrator whose functions may also
+    /// name secrets it did not make (Kubernetes) looks each up.
+    async fn missing_secrets(
+        &self,
+        namespace: &str,
+        names: &[String],
+    ) -> Result<Vec<String>, ProviderError> {
+        let held = self.secrets(namespace).await?;
+        Ok(names
+            .iter()
+            .filter(|n| !held.contains(n))
+            .cloned()
+            .collect())
+    }
+
     /// Stores a secret: creates it (`create`), or replaces the value of an existing one.
     async fn put_secret(
         &self,

@@ -101,17 +101,7 @@ async fn check_secrets(state: &AppState, spec: &FunctionSpec) -> Result<(), ApiE
         return Ok(());
     }
     let namespace = &spec.function.namespace;
-    let held: BTreeSet<String> = state
-        .orchestrator
-        .secrets(namespace)
-        .await?
-        .into_iter()
-        .collect();
-    let missing: Vec<&str> = named
-        .iter()
-        .filter(|n| !held.contains(*n))
-        .map(String::as_str)
-        .collect();
+    let missing = state.orchestrator.missing_secrets(namespace, named).await?;
     if missing.is_empty() {
         return Ok(());
     }

@@ -679,6 +679,24 @@ impl Orchestrator for KubeProvider {
         Ok(names)
     }
 
+    /// Any Secret of the name will do, whoever made it (`kubectl create secret`, too): a pod
+    /// mounts it all the same.
+    async fn missing_secrets(
+        &self,
+        namespace: &str,
+        names: &[String],
+    ) -> Result<Vec<String>, ProviderError> {
+        self.check_namespace(namespace).await?;
+        let api = self.secret_api(namespace);
+        let mut missing = Vec::new();
+        for name in names {
+            if api.get_opt(name).await.map_err(from_kube)?.is_none() {
+                missing.push(name.clone());
+            }
+        }
+        Ok(missing)
+    }
+
     async fn put_secret(
         &self,
         namespace: &str,

@@ -171,3 +171,35 @@ async fn namespaces_open_to_functions_are_the_labelled_ones() {
         Some(vec!["openfaas-fn".to_owned()])
     );
 }
+
+/// A deployment may name any Secret in the namespace, whoever made it: each is looked up by
+/// name, and only those the API server does not have are missing.
+#[tokio::test]
+async fn secrets_a_deployment_names_are_looked_up_whoever_made_them() {
+    let (provider, mut api) = provider();
+    let looked_up = tokio::spawn({
+        let provider = provider.clone();
+        async move {
+            provider
+                .missing_secrets(NS, &["made-by-kubectl".to_owned(), "nope".to_owned()])
+                .await
+        }
+    });
+    // Made with kubectl: no label of ours, still a Secret the pod can mount.
+    api.expect("GET", &format!("{SECRETS}/made-by-kubectl"))
+        .await
+        .reply(
+            200,
+            &stored(
+                json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": {"name": "made-by-kubectl", "namespace": NS},
+                    "data": {"made-by-kubectl": "eA=="}}),
+                80,
+            ),
+        );
+    api.expect("GET", &format!("{SECRETS}/nope"))
+        .await
+        .reply(404, &not_found("secrets", "nope"));
+    assert_eq!(looked_up.await.unwrap().unwrap(), ["nope".to_owned()]);
+    api.expect_silence().await;
+}
