@@ -361,6 +361,10 @@ pub struct BackendFlags {
     /// against the gateway's --max-in-flight. It grants nothing on the management API.
     #[arg(long, env = "SLUICE_INTERNAL_TOKEN", hide_env_values = true)]
     pub internal_token: Option<String>,
+    /// Create the database --database-url names if it does not exist (connecting to the
+    /// server's `postgres` database to do so).
+    #[arg(long, env = "SLUICE_CREATE_DATABASE")]
+    pub create_database: bool,
 }
 
 impl BackendFlags {
@@ -371,6 +375,7 @@ impl BackendFlags {
                 db_connections: self.db_connections,
                 nats: sluice_nats::JetStreamConfig::new(nats.clone()),
                 connect_timeout: self.connect_timeout,
+                create_database: self.create_database,
             })),
             (None, None) if !required => Ok(None),
             _ => anyhow::bail!(
@@ -751,6 +756,7 @@ async fn serve(
     let data_dir = config.data_dir.clone();
     let embedded = config.shared.is_none();
     let prepared = up::Prepared::new(config, role).await?;
+    let backends = prepared.backend_lines();
     let listener = match listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -768,6 +774,9 @@ async fn serve(
         Some(listener) => {
             let addr = listener.local_addr()?;
             let _ = writeln!(out, "sluice listening on http://{addr}");
+            for line in &backends {
+                let _ = writeln!(out, "{line}");
+            }
             if embedded {
                 let _ = writeln!(out, "data in {}", data_dir.display());
             }
@@ -781,6 +790,9 @@ async fn serve(
         }
         None => {
             let _ = writeln!(out, "sluice queue worker running");
+            for line in &backends {
+                let _ = writeln!(out, "{line}");
+            }
         }
     }
     let _ = out.flush();
