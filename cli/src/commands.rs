@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use futures_util::StreamExt;
 use reqwest::Method;
-use sluice_core::{CallRecord, FunctionDeployment, FunctionStatus, LogLine};
+use sluice_core::{FunctionDeployment, FunctionStatus, LogLine};
 
 use crate::GatewayArg;
 use crate::client::{self, Client, resolve_gateway};
@@ -189,6 +189,9 @@ async fn deploy_one(client: &Client, d: &FunctionDeployment) -> anyhow::Result<&
 pub struct ListArgs {
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
+    /// Print the functions as the gateway gives them, as a JSON array.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub gateway: GatewayArg,
 }
@@ -200,6 +203,9 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
         request = request.query(&[("namespace", ns)]);
     }
     let functions: Vec<FunctionStatus> = client::json(client.expect_ok(request).await?).await?;
+    if args.json {
+        return print_json(&functions);
+    }
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -229,13 +235,29 @@ pub struct NameArgs {
     pub gateway: GatewayArg,
 }
 
-pub async fn describe(args: NameArgs) -> anyhow::Result<()> {
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    #[command(flatten)]
+    pub function: NameArgs,
+    /// Print the function as the gateway gives it, as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
+    let DescribeArgs {
+        function: args,
+        json,
+    } = args;
     let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None))?;
     let mut request = client.request(Method::GET, &format!("/system/function/{}", args.name));
     if let Some(ns) = &args.namespace {
         request = request.query(&[("namespace", ns)]);
     }
     let f: FunctionStatus = client::json(client.expect_ok(request).await?).await?;
+    if json {
+        return print_json(&f);
+    }
     println!("Name:               {}", f.name);
     println!("Namespace:          {}", f.namespace.unwrap_or_default());
     println!(
@@ -382,7 +404,7 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<()> {
             .to_owned();
         println!("Function submitted asynchronously.");
         println!("Call id: {id}");
-        println!("Follow it with: sluice call {id}");
+        println!("Follow it with: sluice call show {id}");
         return Ok(());
     }
     let platform_error = response
@@ -410,6 +432,9 @@ pub struct LogsArgs {
     /// Keep printing new lines as they come.
     #[arg(long)]
     pub follow: bool,
+    /// Print each line as the gateway gives it: one JSON object a line (NDJSON).
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub gateway: GatewayArg,
 }
@@ -434,6 +459,11 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
             if let Ok(l) = serde_json::from_slice::<LogLine>(&line) {
+                if args.json {
+                    writeln!(out, "{}", serde_json::to_string(&l)?)?;
+                    out.flush()?;
+                    continue;
+                }
                 writeln!(
                     out,
                     "{} {} {}",
@@ -476,145 +506,11 @@ pub async fn scale(args: ScaleArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Args)]
-pub struct CallArgs {
-    /// The call id from the 202 (X-Call-Id).
-    pub id: String,
-    /// Print the record as JSON.
-    #[arg(long, conflicts_with = "result")]
-    pub json: bool,
-    /// Print the function's kept response body instead of the record.
-    #[arg(long)]
-    pub result: bool,
-    #[command(flatten)]
-    pub gateway: GatewayArg,
-}
-
-pub async fn call(args: CallArgs) -> anyhow::Result<()> {
-    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None))?;
-    if args.result {
-        let path = format!("/system/calls/{}/result", args.id);
-        let response = client.send(client.request(Method::GET, &path)).await?;
-        if response
-            .headers()
-            .contains_key(sluice_core::PLATFORM_ERROR_HEADER)
-        {
-            return Err(client::error_of(response).await);
-        }
-        let status = response.status();
-        let bytes = response.bytes().await.context("reading the kept result")?;
-        std::io::stdout().write_all(&bytes)?;
-        anyhow::ensure!(status.is_success(), "the function had answered {status}");
-        return Ok(());
-    }
-    let response = client
-        .expect_ok(client.request(Method::GET, &format!("/system/calls/{}", args.id)))
-        .await?;
-    let record: CallRecord = client::json(response).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&record)?);
-        return Ok(());
-    }
-    println!("Call:      {}", record.id);
-    println!("Function:  {}.{}", record.function, record.namespace);
-    println!("Request:   {} {}", record.method, record.path);
-    println!("State:     {}", record.state.as_str());
-    println!("Attempts:  {}", record.attempts);
-    println!("Submitted: {}", record.submitted_at.to_rfc3339());
-    if let Some(t) = record.started_at {
-        println!("Started:   {}", t.to_rfc3339());
-    }
-    if let Some(t) = record.finished_at {
-        println!("Finished:  {}", t.to_rfc3339());
-    }
-    if let Some(d) = record.duration_seconds {
-        println!("Duration:  {d:.3}s");
-    }
-    if let Some(code) = record.status_code {
-        println!("Status:    {code}");
-    }
-    if let Some(e) = record.error {
-        println!("Error:     {e}");
-    }
-    if let Some(url) = record.callback_url {
-        let outcome = match record.callback {
-            None => "pending".to_owned(),
-            Some(cb) if cb.delivered => format!("delivered ({} tries)", cb.attempts),
-            Some(cb) => format!(
-                "failed after {} tries: {}",
-                cb.attempts,
-                cb.error.unwrap_or_default()
-            ),
-        };
-        println!("Callback:  {url} ({outcome})");
-    }
-    Ok(())
-}
-
-#[derive(Debug, Args)]
-pub struct CallsArgs {
-    /// Only calls to this function (name or name.namespace).
-    #[arg(long)]
-    pub function: Option<String>,
-    /// Only calls in this state: queued, running, succeeded or failed.
-    #[arg(long)]
-    pub status: Option<String>,
-    /// How many to show (at most 1000).
-    #[arg(long, default_value_t = 20)]
-    pub limit: u32,
-    /// Continue from a previous page (the cursor it printed).
-    #[arg(long)]
-    pub cursor: Option<String>,
-    #[command(flatten)]
-    pub gateway: GatewayArg,
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CallPage {
-    calls: Vec<CallRecord>,
-    next_cursor: Option<String>,
-}
-
-pub async fn calls(args: CallsArgs) -> anyhow::Result<()> {
-    let client = Client::new(resolve_gateway(args.gateway.gateway.as_deref(), None))?;
-    let mut query = vec![("limit", args.limit.to_string())];
-    for (key, value) in [
-        ("function", &args.function),
-        ("status", &args.status),
-        ("cursor", &args.cursor),
-    ] {
-        if let Some(v) = value {
-            query.push((key, v.clone()));
-        }
-    }
-    let request = client.request(Method::GET, "/system/calls").query(&query);
-    let page: CallPage = client::json(client.expect_ok(request).await?).await?;
+/// Prints `value` as pretty JSON on stdout (what `--json` does).
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:<38} {:<20} {:<10} {:>8} {:>6}  Submitted",
-        "Call", "Function", "State", "Attempts", "Status"
-    )?;
-    for c in &page.calls {
-        let status = c
-            .status_code
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| "-".into());
-        writeln!(
-            out,
-            "{:<38} {:<20} {:<10} {:>8} {:>6}  {}",
-            c.id.as_str(),
-            c.function,
-            c.state.as_str(),
-            c.attempts,
-            status,
-            c.submitted_at.to_rfc3339()
-        )?;
-    }
-    if let Some(cursor) = page.next_cursor {
-        writeln!(out, "more: sluice calls --cursor {cursor}")?;
-    }
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
     Ok(())
 }
 
@@ -658,7 +554,7 @@ pub struct LoginArgs {
 /// Checks the credentials against the gateway, then stores them for it (as `faas-cli login`).
 pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     use crate::login::Credentials;
-    let base = resolve_gateway(args.gateway.gateway.as_deref(), None);
+    let base = resolve_gateway(args.gateway.gateway.as_deref(), None).validated()?;
     let read_stdin = || -> anyhow::Result<String> {
         let mut line = String::new();
         std::io::stdin()
@@ -707,7 +603,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
 
 /// Forgets the stored credentials for a gateway.
 pub async fn logout(args: GatewayArg) -> anyhow::Result<()> {
-    let base = resolve_gateway(args.gateway.as_deref(), None);
+    let base = resolve_gateway(args.gateway.as_deref(), None).validated()?;
     if crate::login::forget(&base)? {
         println!("Credentials for {base} removed.");
     } else {

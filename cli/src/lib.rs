@@ -2,6 +2,7 @@
 //! gateway's OpenFaaS-compatible API the way faas-cli does.
 
 pub mod autoscaler;
+pub mod calls;
 pub mod client;
 pub mod commands;
 pub mod login;
@@ -58,7 +59,7 @@ pub enum Command {
     #[command(alias = "ls")]
     List(commands::ListArgs),
     /// Show one function.
-    Describe(commands::NameArgs),
+    Describe(commands::DescribeArgs),
     /// Call a function with stdin as the body (add --async to queue it).
     Invoke(commands::InvokeArgs),
     /// Remove a function.
@@ -68,14 +69,28 @@ pub enum Command {
     Logs(commands::LogsArgs),
     /// Set a function's replica count.
     Scale(commands::ScaleArgs),
-    /// Show what became of an async call.
-    Call(commands::CallArgs),
+    /// Show what became of an async call (`call <id>` or `call show <id>`), re-drive a failed
+    /// one (`call retry <id>`) or cancel a queued one (`call cancel <id>`).
+    Call(calls::CallArgs),
     /// List async calls, newest first.
-    Calls(commands::CallsArgs),
+    Calls(calls::CallsArgs),
+    /// The dead-letter queue: list failed calls, re-drive one (`dlq retry <id>`) or all of them
+    /// (`dlq retry --all`).
+    Dlq(calls::DlqArgs),
+    /// Print shell completions for `sluice` to stdout (bash, zsh, fish, elvish, powershell).
+    Completion(CompletionArgs),
     /// Check credentials against a gateway and store them for every later command.
     Login(commands::LoginArgs),
     /// Forget the stored credentials for a gateway.
     Logout(GatewayArg),
+}
+
+/// `sluice completion <shell>`.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Gateway flags, shared by `sluice up` and `sluice gateway`.
@@ -354,6 +369,10 @@ pub struct BackendFlags {
     /// against the gateway's --max-in-flight. It grants nothing on the management API.
     #[arg(long, env = "SLUICE_INTERNAL_TOKEN", hide_env_values = true)]
     pub internal_token: Option<String>,
+    /// Create the database --database-url names if it does not exist (connecting to the
+    /// server's `postgres` database to do so).
+    #[arg(long, env = "SLUICE_CREATE_DATABASE")]
+    pub create_database: bool,
 }
 
 impl BackendFlags {
@@ -364,6 +383,7 @@ impl BackendFlags {
                 db_connections: self.db_connections,
                 nats: sluice_nats::JetStreamConfig::new(nats.clone()),
                 connect_timeout: self.connect_timeout,
+                create_database: self.create_database,
             })),
             (None, None) if !required => Ok(None),
             _ => anyhow::bail!(
@@ -702,6 +722,12 @@ impl QueueWorkerArgs {
     }
 }
 
+/// An error as the `sluice` command prints it: its message and causes on one line (no debug
+/// output, no JSON), so a script can take it as it is.
+pub fn error_line(error: &anyhow::Error) -> String {
+    client::one_line(&format!("{error:#}"))
+}
+
 /// Runs one `sluice` command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -727,8 +753,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Remove(args) => commands::remove(args).await,
         Command::Logs(args) => commands::logs(args).await,
         Command::Scale(args) => commands::scale(args).await,
-        Command::Call(args) => commands::call(args).await,
-        Command::Calls(args) => commands::calls(args).await,
+        Command::Call(args) => calls::call(args).await,
+        Command::Calls(args) => calls::calls(args).await,
+        Command::Dlq(args) => calls::dlq(args).await,
+        Command::Completion(args) => {
+            use clap::CommandFactory;
+            // Made whole first: clap_complete panics on a write error (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut Cli::command(), "sluice", &mut script);
+            let mut out = std::io::stdout().lock();
+            out.write_all(&script)?;
+            out.flush()?;
+            Ok(())
+        }
         Command::Login(args) => commands::login(args).await,
         Command::Logout(args) => commands::logout(args).await,
     }
@@ -743,6 +780,7 @@ async fn serve(
     let data_dir = config.data_dir.clone();
     let embedded = config.shared.is_none();
     let prepared = up::Prepared::new(config, role).await?;
+    let backends = prepared.backend_lines();
     let listener = match listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -760,6 +798,9 @@ async fn serve(
         Some(listener) => {
             let addr = listener.local_addr()?;
             let _ = writeln!(out, "sluice listening on http://{addr}");
+            for line in &backends {
+                let _ = writeln!(out, "{line}");
+            }
             if embedded {
                 let _ = writeln!(out, "data in {}", data_dir.display());
             }
@@ -773,6 +814,9 @@ async fn serve(
         }
         None => {
             let _ = writeln!(out, "sluice queue worker running");
+            for line in &backends {
+                let _ = writeln!(out, "{line}");
+            }
         }
     }
     let _ = out.flush();
@@ -794,4 +838,41 @@ pub(crate) async fn stop_on_signal(shutdown: tokio_util::sync::CancellationToken
         _ = int.recv() => {}
     }
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn an_error_is_printed_on_one_line() {
+        let error = anyhow::anyhow!("the gateway answered 502:\n<html>\n  oops</html>")
+            .context("listing functions");
+        assert_eq!(
+            error_line(&error),
+            "listing functions: the gateway answered 502: <html> oops</html>"
+        );
+    }
+
+    #[test]
+    fn bash_completions_name_the_subcommands() {
+        let mut out = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "sluice",
+            &mut out,
+        );
+        let script = String::from_utf8(out).unwrap();
+        for subcommand in ["deploy", "invoke", "dlq", "completion", "cancel"] {
+            assert!(script.contains(subcommand), "{subcommand}");
+        }
+    }
 }

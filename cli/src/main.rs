@@ -19,7 +19,7 @@ async fn main() -> std::process::ExitCode {
     match sluice_cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", sluice_cli::error_line(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -27,8 +27,8 @@ use sluice_nats::{JetStreamConfig, JetStreamQueue};
 use sluice_provider::{ProcessConfig, ProcessProvider};
 use sluice_queue_worker::WorkerConfig;
 use sluice_store::{
-    CachedFunctions, PgStore, SealedSecrets, SecretsKey, SqliteIntake, SqliteQueue, SqliteStore,
-    SqliteWriter, open_postgres, open_sqlite,
+    CachedFunctions, PgOpenError, PgStore, PgTarget, SealedSecrets, SecretsKey, SqliteIntake,
+    SqliteQueue, SqliteStore, SqliteWriter, create_database, open_postgres, open_sqlite,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -43,6 +43,87 @@ pub struct SharedBackends {
     pub nats: JetStreamConfig,
     /// How long start-up keeps trying to reach Postgres and NATS (they may be starting too).
     pub connect_timeout: Duration,
+    /// Create the database `database_url` names if it does not exist.
+    pub create_database: bool,
+}
+
+impl SharedBackends {
+    /// What this process uses, for its start-up lines and log: server, database, NATS and
+    /// stream (never a password).
+    pub fn describe(&self) -> anyhow::Result<Vec<String>> {
+        let target =
+            PgTarget::of(&self.database_url).map_err(|e| anyhow::anyhow!("--database-url: {e}"))?;
+        Ok(vec![
+            format!(
+                "database: Postgres on {}, database {}",
+                target.server(),
+                target.database
+            ),
+            format!(
+                "queue: NATS JetStream at {}, stream {}",
+                without_credentials(&self.nats.url),
+                self.nats.stream
+            ),
+        ])
+    }
+}
+
+/// NATS URLs (comma-separated) with any user and password taken out.
+pub fn without_credentials(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| {
+            let url = url.trim();
+            let (scheme, rest) = match url.split_once("://") {
+                Some((scheme, rest)) => (format!("{scheme}://"), rest),
+                None => (String::new(), url),
+            };
+            let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}{host}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// An error that waiting will not fix: [`retrying`] gives up on it at once.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct GiveUp(String);
+
+/// Opens the shared database (made first with `--create-database`). A database that does not
+/// exist is said plainly, at once, rather than retried until the connect timeout.
+async fn open_database(shared: &SharedBackends) -> anyhow::Result<PgStore> {
+    let target =
+        PgTarget::of(&shared.database_url).map_err(|e| anyhow::anyhow!("--database-url: {e}"))?;
+    if shared.create_database {
+        let made = retrying(shared.connect_timeout, || async {
+            create_database(&shared.database_url)
+                .await
+                .context("cannot create the database (--create-database)")
+        })
+        .await?;
+        if made {
+            tracing::info!(server = %target.server(), database = %target.database, "created the database");
+        }
+    }
+    let pool =
+        retrying(shared.connect_timeout, || async {
+            match open_postgres(&shared.database_url, shared.db_connections).await {
+                Ok(pool) => Ok(pool),
+                Err(PgOpenError::MissingDatabase(t)) => Err(GiveUp(format!(
+                    "the database \"{}\" does not exist on {}; create it (createdb {}) or pass \
+                 --create-database",
+                    t.database,
+                    t.server(),
+                    t.database
+                ))
+                .into()),
+                Err(e) => Err(anyhow::Error::new(e)
+                    .context("cannot open the Postgres database (--database-url)")),
+            }
+        })
+        .await?;
+    tracing::info!(server = %target.server(), database = %target.database, "using Postgres");
+    Ok(PgStore::new(pool))
 }
 
 /// What this process runs.
@@ -337,17 +418,16 @@ impl Prepared {
                 }
             }
             Some(shared) => {
-                let pool = retrying(shared.connect_timeout, || async {
-                    open_postgres(&shared.database_url, shared.db_connections)
-                        .await
-                        .context("cannot open the Postgres database (--database-url)")
-                })
-                .await?;
-                let store = PgStore::new(pool);
+                let store = open_database(shared).await?;
                 let queue = retrying(shared.connect_timeout, || {
                     connect_queue(shared, &config, None)
                 })
                 .await?;
+                tracing::info!(
+                    nats = %without_credentials(&shared.nats.url),
+                    stream = %shared.nats.stream,
+                    "using NATS JetStream"
+                );
                 let calls: Arc<dyn CallStore> = Arc::new(store.clone());
                 let queued: Arc<dyn CallQueue> = Arc::new(queue.clone());
                 let bound = config.gateway.max_queued_per_function;
@@ -390,6 +470,16 @@ impl Prepared {
             password_file,
             kube,
         })
+    }
+
+    /// Which shared backends this process uses, for its start-up lines (none on the embedded
+    /// default).
+    pub fn backend_lines(&self) -> Vec<String> {
+        self.config
+            .shared
+            .as_ref()
+            .and_then(|shared| shared.describe().ok())
+            .unwrap_or_default()
     }
 
     /// How to log in, for the start-up message: the command when Sluice keeps the password,
@@ -734,6 +824,7 @@ where
     loop {
         match attempt().await {
             Ok(value) => return Ok(value),
+            Err(error) if error.is::<GiveUp>() => return Err(error),
             Err(error) if tokio::time::Instant::now() + wait < deadline => {
                 tracing::warn!(error = %format!("{error:#}"), ?wait, "not ready yet; trying again");
                 tokio::time::sleep(wait).await;
@@ -834,4 +925,50 @@ async fn run_workers(
         joined.context("queue worker panicked")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_urls_are_shown_without_credentials() {
+        assert_eq!(
+            without_credentials("nats://user:secret@10.0.0.1:4222, nats://10.0.0.2:4222"),
+            "nats://10.0.0.1:4222,nats://10.0.0.2:4222"
+        );
+        assert_eq!(without_credentials("token@host:4222"), "host:4222");
+    }
+
+    #[test]
+    fn the_backends_are_described_without_a_password() {
+        let shared = SharedBackends {
+            database_url: "postgres://sluice:hunter2@db.example:5432/calls".into(),
+            db_connections: 4,
+            nats: JetStreamConfig::new("nats://u:p@127.0.0.1:4222"),
+            connect_timeout: Duration::from_secs(1),
+            create_database: false,
+        };
+        let lines = shared.describe().unwrap();
+        assert_eq!(
+            lines,
+            [
+                "database: Postgres on db.example:5432, database calls",
+                "queue: NATS JetStream at nats://127.0.0.1:4222, stream SLUICE_CALLS",
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retrying_gives_up_at_once_on_what_waiting_cannot_fix() {
+        let mut tries = 0;
+        let error = retrying(Duration::from_secs(60), || {
+            tries += 1;
+            async { Err::<(), _>(GiveUp("the database \"x\" does not exist".into()).into()) }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(tries, 1);
+        assert_eq!(error.to_string(), "the database \"x\" does not exist");
+    }
 }

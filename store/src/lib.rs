@@ -22,7 +22,9 @@ mod sqlite_queue;
 mod sqlite_writer;
 
 pub use cached::CachedFunctions;
-pub use postgres::{PgStore, open_postgres};
+pub use postgres::{
+    PgOpenError, PgStore, PgTarget, create_database, open_postgres, quote_identifier,
+};
 pub use secrets::{KeyError, SealedSecrets, SecretsKey};
 pub use sqlite::{SqliteStore, open_sqlite};
 pub use sqlite_intake::SqliteIntake;

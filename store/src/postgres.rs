@@ -2,23 +2,130 @@
 //! itself is shared with SQLite, in `sql.rs`).
 
 use sluice_core::StoreError;
-use sqlx::postgres::{PgArguments, PgPoolOptions, PgRow};
+use std::str::FromStr;
+
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::query::Query;
-use sqlx::{PgPool, Postgres};
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
+
+/// Where a Postgres URL points, for messages: server and database, never the password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgTarget {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+}
+
+impl PgTarget {
+    /// Reads `url`, or says why it is not a Postgres URL.
+    pub fn of(url: &str) -> Result<Self, PgOpenError> {
+        Ok(Self::from_options(&options_of(url)?))
+    }
+
+    fn from_options(options: &PgConnectOptions) -> Self {
+        Self {
+            host: options.get_host().to_owned(),
+            port: options.get_port(),
+            // Postgres takes the user's name when no database is named.
+            database: options
+                .get_database()
+                .unwrap_or(options.get_username())
+                .to_owned(),
+        }
+    }
+
+    /// `host:port`.
+    pub fn server(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+impl std::fmt::Display for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "database {} on {}:{}",
+            self.database, self.host, self.port
+        )
+    }
+}
+
+/// Why [`open_postgres`] failed: callers tell a database that is not there (which waiting
+/// will not fix) from a server that is not reachable yet.
+#[derive(Debug, thiserror::Error)]
+pub enum PgOpenError {
+    #[error("the database \"{}\" does not exist on {}", .0.database, .0.server())]
+    MissingDatabase(PgTarget),
+    #[error("not a Postgres URL: {0}")]
+    BadUrl(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn options_of(url: &str) -> Result<PgConnectOptions, PgOpenError> {
+    PgConnectOptions::from_str(url).map_err(|e| PgOpenError::BadUrl(e.to_string()))
+}
+
+/// Postgres's SQLSTATE for a database that does not exist (`invalid_catalog_name`).
+const MISSING_DATABASE: &str = "3D000";
 
 /// Connects to Postgres at `url` and brings the schema up to date. Several Sluice processes may
 /// do this at once: sqlx serialises migrations with an advisory lock.
-pub async fn open_postgres(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+pub async fn open_postgres(url: &str, max_connections: u32) -> Result<PgPool, PgOpenError> {
+    let options = options_of(url)?;
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
-        .connect(url)
+        .connect_with(options.clone())
         .await
-        .map_err(|e| StoreError::Unavailable(format!("connecting to Postgres: {e}")))?;
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some(MISSING_DATABASE) => {
+                PgOpenError::MissingDatabase(PgTarget::from_options(&options))
+            }
+            _ => StoreError::Unavailable(format!("connecting to Postgres: {e}")).into(),
+        })?;
     sqlx::migrate!("./migrations/postgres")
         .run(&pool)
         .await
         .map_err(|e| StoreError::Unavailable(format!("migrating the Postgres schema: {e}")))?;
     Ok(pool)
+}
+
+/// Creates the database `url` names unless it exists, connected to the same server's
+/// `postgres` database. Returns whether it made it. Several processes may race to do this: the
+/// losers find it made.
+pub async fn create_database(url: &str) -> Result<bool, PgOpenError> {
+    let options = options_of(url)?;
+    let target = PgTarget::from_options(&options);
+    let unavailable =
+        |e: sqlx::Error| StoreError::Unavailable(format!("creating the {target}: {e}"));
+    let mut conn = PgConnection::connect_with(&options.clone().database("postgres"))
+        .await
+        .map_err(unavailable)?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&target.database)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(unavailable)?;
+    if exists {
+        return Ok(false);
+    }
+    let create = format!("CREATE DATABASE {}", quote_identifier(&target.database));
+    match sqlx::query(&create).execute(&mut conn).await {
+        Ok(_) => Ok(true),
+        // duplicate_database, or the catalog's unique index when two creates race.
+        Err(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("42P04" | "23505")) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(unavailable(e).into()),
+    }
+}
+
+/// `name` as a quoted SQL identifier: in double quotes, each double quote doubled.
+pub fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Function registry and call records in Postgres.
@@ -119,3 +226,32 @@ fn id_list<'a>(ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {
 }
 
 crate::sql::sql_store!(PgStore, sqlx::postgres::PgRow, sqlx::Postgres);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_identifier_is_quoted_whatever_it_holds() {
+        assert_eq!(quote_identifier("sluice"), "\"sluice\"");
+        assert_eq!(
+            quote_identifier("x\"; DROP DATABASE y; --"),
+            "\"x\"\"; DROP DATABASE y; --\""
+        );
+    }
+
+    #[test]
+    fn a_target_names_server_and_database_but_never_the_password() {
+        let target = PgTarget::of("postgres://sluice:hunter2@db.example:6543/calls").unwrap();
+        assert_eq!(target.server(), "db.example:6543");
+        assert_eq!(target.database, "calls");
+        assert_eq!(target.to_string(), "database calls on db.example:6543");
+        assert!(!format!("{target:?}").contains("hunter2"));
+        // No database named: Postgres takes the user's name.
+        assert_eq!(
+            PgTarget::of("postgres://sluice@db").unwrap().database,
+            "sluice"
+        );
+        assert!(PgTarget::of("postgres://db:port/x").is_err());
+    }
+}

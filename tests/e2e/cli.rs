@@ -212,5 +212,10 @@ async fn quickstart_with_the_cli() {
     // A gateway that is not there is named, with what to do.
     let down = sluice("http://127.0.0.1:9", &["list"], "");
     let stderr = String::from_utf8_lossy(&down.stderr);
-    assert!(stderr.contains("is `sluice up` running?"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot reach the gateway at http://127.0.0.1:9: ")
+            && stderr.contains("(is sluice up running? set --gateway or SLUICE_URL)")
+            && stderr.lines().count() == 1,
+        "{stderr}"
+    );
 }

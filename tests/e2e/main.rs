@@ -27,6 +27,7 @@ mod api;
 mod async_calls;
 mod bad_input;
 mod cli;
+mod cli_calls;
 mod cluster;
 mod corpus;
 mod durability;
