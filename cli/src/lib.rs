@@ -5,6 +5,7 @@ pub mod autoscaler;
 pub mod client;
 pub mod commands;
 pub mod login;
+pub mod readiness;
 pub mod stack;
 pub mod up;
 pub mod watchdog;
