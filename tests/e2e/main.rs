@@ -29,6 +29,7 @@ mod bad_input;
 mod cli;
 mod cluster;
 mod corpus;
+mod crash;
 mod durability;
 mod harness;
 mod hostile;
