@@ -8,14 +8,18 @@
 //! is only in the path while capacity is short, so there is no mode to flap in and out of.
 //!
 //! Replicas come from an [`EndpointSource`] (the process provider's local replicas, or pods'
-//! addresses from Kubernetes EndpointSlices), so the same code serves both.
+//! addresses from Kubernetes EndpointSlices), so the same code serves both. A function its source
+//! reports crash-looping with no replica ready is not waited for: the request fails at once,
+//! and requests already held for it are let go with the same error.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_core::{Autoscaler, Endpoint, EndpointSource, FunctionRef, InFlight, ReadyReplica};
+use sluice_core::{
+    Autoscaler, CrashLoop, Endpoint, EndpointSource, FunctionRef, InFlight, ReadyReplica,
+};
 use tokio::sync::Notify;
 
 /// How long and how many requests the activator holds.
@@ -47,6 +51,12 @@ pub enum ActivatorError {
     NotReady { function: String, waited: Duration },
     #[error("function {0} is scaled to zero and could not be woken")]
     ScaledToZero(String),
+    /// Its replicas keep exiting and none is ready: waiting would only run out the clock.
+    #[error("function {function} is {crash_loop}")]
+    CrashLooping {
+        function: String,
+        crash_loop: Arc<CrashLoop>,
+    },
 }
 
 /// The activator. Cheap to clone.
@@ -100,6 +110,8 @@ enum Pick {
     Unknown,
     /// It is scaled to zero.
     AtZero,
+    /// No replica is ready and its replicas keep exiting.
+    CrashLooping(Arc<CrashLoop>),
     /// Replicas are starting, or every ready one is full.
     Wait,
 }
@@ -146,6 +158,11 @@ impl Activator {
         }
     }
 
+    /// Why `function`'s replicas keep exiting, while they do (as its endpoint source says).
+    pub fn crash_loop(&self, function: &FunctionRef) -> Option<Arc<CrashLoop>> {
+        self.inner.source.ready(function)?.crash_loop
+    }
+
     /// Requests held for `function` now.
     pub fn held(&self, function: &FunctionRef) -> usize {
         lock(&self.inner.functions)
@@ -166,6 +183,12 @@ impl Activator {
         let mut changes = match self.pick(function, &state, limit) {
             Pick::Got(endpoint) => return Ok(endpoint),
             Pick::Unknown => return Err(ActivatorError::Gone(function.to_string())),
+            Pick::CrashLooping(crash_loop) => {
+                return Err(ActivatorError::CrashLooping {
+                    function: function.to_string(),
+                    crash_loop,
+                });
+            }
             Pick::AtZero | Pick::Wait => self
                 .inner
                 .source
@@ -193,6 +216,12 @@ impl Activator {
             match self.pick(function, &state, limit) {
                 Pick::Got(endpoint) => return Ok(endpoint),
                 Pick::Unknown => return Err(ActivatorError::Gone(function.to_string())),
+                Pick::CrashLooping(crash_loop) => {
+                    return Err(ActivatorError::CrashLooping {
+                        function: function.to_string(),
+                        crash_loop,
+                    });
+                }
                 Pick::AtZero => {
                     // Bounded by the hold timeout like the rest of the wait.
                     let woke =
@@ -236,10 +265,10 @@ impl Activator {
             return Pick::Unknown;
         };
         if set.ready.is_empty() {
-            return if set.desired == 0 {
-                Pick::AtZero
-            } else {
-                Pick::Wait
+            return match set.crash_loop {
+                Some(crash_loop) => Pick::CrashLooping(crash_loop),
+                None if set.desired == 0 => Pick::AtZero,
+                None => Pick::Wait,
             };
         }
         let n = set.ready.len();

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use sluice_activator::{Activator, ActivatorConfig, ActivatorError};
 use sluice_core::{
-    Autoscaler, EndpointSource, FunctionRef, ReadyReplica, ReadySet, ReplicaLoad, ScaleStatus,
-    ScalingGuard, Tracked,
+    Autoscaler, CrashLoop, EndpointSource, FunctionRef, ReadyReplica, ReadySet, ReplicaLoad,
+    ScaleStatus, ScalingGuard, Tracked,
 };
 use tokio::sync::watch;
 
@@ -80,6 +80,7 @@ impl Autoscaler for Waker {
                     Some(ReadySet {
                         desired: 1,
                         ready: vec![r.clone()],
+                        crash_loop: None,
                     }),
                 );
                 true
@@ -134,6 +135,7 @@ async fn the_least_busy_replica_with_room_gets_the_request() {
         Some(ReadySet {
             desired: 2,
             ready: vec![a.clone(), b.clone()],
+            crash_loop: None,
         }),
     );
     let first = activator.endpoint(&f(), Some(2)).await.unwrap();
@@ -161,6 +163,7 @@ async fn a_full_function_holds_requests_until_a_slot_frees() {
         Some(ReadySet {
             desired: 1,
             ready: vec![a.clone()],
+            crash_loop: None,
         }),
     );
     let busy = activator.endpoint(&f(), Some(1)).await.unwrap();
@@ -195,6 +198,7 @@ async fn holding_is_bounded_in_number_and_time() {
         Some(ReadySet {
             desired: 1,
             ready: vec![],
+            crash_loop: None,
         }),
     );
     let first = tokio::spawn({
@@ -221,6 +225,7 @@ async fn a_function_at_zero_is_woken_once_and_served() {
         Some(ReadySet {
             desired: 0,
             ready: vec![],
+            crash_loop: None,
         }),
     );
     let got = activator.endpoint(&f(), None).await.unwrap();
@@ -236,6 +241,7 @@ async fn a_function_that_cannot_be_woken_is_refused_without_spinning() {
         Some(ReadySet {
             desired: 0,
             ready: vec![],
+            crash_loop: None,
         }),
     );
     assert!(matches!(
@@ -255,6 +261,7 @@ async fn a_closed_replica_gets_nothing_and_a_removed_function_is_gone() {
         Some(ReadySet {
             desired: 1,
             ready: vec![a.clone(), b.clone()],
+            crash_loop: None,
         }),
     );
     for _ in 0..4 {
@@ -267,6 +274,7 @@ async fn a_closed_replica_gets_nothing_and_a_removed_function_is_gone() {
             Some(ReadySet {
                 desired: 1,
                 ready: vec![],
+                crash_loop: None,
             }),
         );
         async move { activator.endpoint(&f(), None).await }
@@ -297,4 +305,62 @@ async fn a_drained_replica_is_told_when_its_last_request_ends() {
         .await
         .expect("drained once idle")
         .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_looping_function_fails_at_once_and_lets_its_held_requests_go() {
+    let (activator, source, _) = setup(None, 10);
+    let starting = ReadySet {
+        desired: 1,
+        ready: vec![],
+        crash_loop: None,
+    };
+    source.set(&f(), Some(starting.clone()));
+    // Held while its replica starts...
+    let held = tokio::spawn({
+        let activator = activator.clone();
+        async move { activator.endpoint(&f(), None).await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(activator.held(&f()), 1);
+    // ...and let go, well before the hold timeout, once the replica is seen crash-looping.
+    let crash_loop = Arc::new(CrashLoop::new(
+        "exited with status 3".into(),
+        3,
+        ["boom".to_owned()],
+    ));
+    let looping = ReadySet {
+        crash_loop: Some(crash_loop.clone()),
+        ..starting
+    };
+    source.set(&f(), Some(looping.clone()));
+    let started = tokio::time::Instant::now();
+    let err = held.await.unwrap().unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(
+        err,
+        ActivatorError::CrashLooping {
+            function: f().to_string(),
+            crash_loop: crash_loop.clone(),
+        }
+    );
+    assert!(err.to_string().contains("exited with status 3"), "{err}");
+    // A new request is not held at all.
+    let started = tokio::time::Instant::now();
+    assert!(matches!(
+        activator.endpoint(&f(), None).await,
+        Err(ActivatorError::CrashLooping { .. })
+    ));
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(activator.crash_loop(&f()), Some(crash_loop));
+    // A replica that is ready (an earlier one, or one that came up) serves all the same.
+    let r = replica(1);
+    source.set(
+        &f(),
+        Some(ReadySet {
+            ready: vec![r.clone()],
+            ..looping
+        }),
+    );
+    assert_eq!(activator.endpoint(&f(), None).await.unwrap().url, r.url);
 }

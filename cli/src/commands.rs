@@ -30,20 +30,21 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, Args)]
 pub struct DeployArgs {
-    /// Stack file in OpenFaaS's schema; deploys every function in it.
+    /// Stack file in OpenFaaS's schema; deploys every function in it. Without -f (and without
+    /// --name): ./stack.yml, else ./stack.yaml.
     #[arg(short = 'f', long = "yaml", conflicts_with_all = ["name", "image", "fprocess"])]
     pub file: Option<PathBuf>,
-    /// With -f: deploy only these functions.
-    #[arg(long, requires = "file")]
+    /// Deploy only these functions of the stack file.
+    #[arg(long, conflicts_with = "name")]
     pub filter: Vec<String>,
-    /// Function name (without -f).
-    #[arg(long, required_unless_present = "file")]
+    /// Function name (deploys one function from flags, with --fprocess).
+    #[arg(long, requires = "fprocess")]
     pub name: Option<String>,
     /// Image, recorded for OpenFaaS parity.
-    #[arg(long)]
+    #[arg(long, requires = "name")]
     pub image: Option<String>,
     /// The command: run per request, or as a server on $PORT with --env mode=http.
-    #[arg(long, required_unless_present = "file")]
+    #[arg(long, requires = "name")]
     pub fprocess: Option<String>,
     #[arg(long)]
     pub namespace: Option<String>,
@@ -56,14 +57,45 @@ pub struct DeployArgs {
     /// Annotation, KEY=VALUE (repeatable).
     #[arg(long = "annotation", value_parser = parse_pair)]
     pub annotations: Vec<(String, String)>,
+    /// How long to wait for every function deployed to be ready before failing.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Return once the gateway has taken the deployments, without waiting for readiness.
+    #[arg(long)]
+    pub no_wait: bool,
     #[command(flatten)]
     pub gateway: GatewayArg,
+}
+
+/// The stack files `sluice deploy` reads when given neither -f nor --name, in order (as
+/// faas-cli does).
+pub const DEFAULT_STACK_FILES: [&str; 2] = ["stack.yml", "stack.yaml"];
+
+/// `./stack.yml`, else `./stack.yaml`.
+fn default_stack_file() -> anyhow::Result<PathBuf> {
+    DEFAULT_STACK_FILES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no stack file: neither ./{} nor ./{} exists here; name one with -f, or deploy \
+                 one function with --name and --fprocess",
+                DEFAULT_STACK_FILES[0],
+                DEFAULT_STACK_FILES[1]
+            )
+        })
 }
 
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     // Functions whose settings local processes do not honour, told once the provider is known.
     let mut unhonoured: Vec<(String, Vec<&'static str>)> = Vec::new();
-    let (deployments, stack_gateway) = match &args.file {
+    let file = match (&args.file, &args.name) {
+        (Some(path), _) => Some(path.clone()),
+        (None, None) => Some(default_stack_file()?),
+        (None, Some(_)) => None,
+    };
+    let (deployments, stack_gateway) = match &file {
         Some(path) => {
             let stack = Stack::load(path)?;
             for warning in stack.warnings() {
@@ -126,9 +158,13 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     };
     report_unhonoured(&client, &unhonoured).await;
     let mut failed = 0;
+    let mut deployed = Vec::with_capacity(deployments.len());
     for d in deployments {
         match deploy_one(&client, &d).await {
-            Ok(verb) => println!("{verb} {}.", d.service),
+            Ok(verb) => {
+                println!("{verb} {}.", d.service);
+                deployed.push((d.service.clone(), d.namespace.clone()));
+            }
             Err(e) => {
                 failed += 1;
                 eprintln!("{}: {e:#}", d.service);
@@ -136,6 +172,24 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         }
     }
     anyhow::ensure!(failed == 0, "{failed} function(s) failed to deploy");
+    if args.no_wait || deployed.is_empty() {
+        return Ok(());
+    }
+    let terminal = std::io::stdout().is_terminal();
+    let not_ready = crate::readiness::wait_ready(&client, deployed, args.timeout, terminal).await?;
+    for (name, why) in &not_ready {
+        eprintln!("{name}: {why}");
+    }
+    anyhow::ensure!(
+        not_ready.is_empty(),
+        "{} function(s) did not become ready: {}",
+        not_ready.len(),
+        not_ready
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(())
 }
 
@@ -209,20 +263,38 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<30} {:>12} {:>10}  Command",
-        "Function", "Invocations", "Replicas"
+        "{:<30} {:>12} {:>10}  {:<14} Command",
+        "Function", "Invocations", "Replicas", "Status"
     )?;
     for f in functions {
         writeln!(
             out,
-            "{:<30} {:>12} {:>10}  {}",
+            "{:<30} {:>12} {:>10}  {:<14} {}",
             f.name,
             f.invocation_count,
             format!("{}/{}", f.available_replicas, f.replicas),
-            f.env_process.unwrap_or_default()
+            status_word(&f),
+            f.env_process.as_deref().unwrap_or_default()
         )?;
+        if let Some(c) = &f.crash_loop {
+            let last = c.last_line().unwrap_or("(no output)");
+            writeln!(out, "  {} {}; last log line: {last}", f.name, c.exit)?;
+        }
     }
     Ok(())
+}
+
+/// One word for where a function stands.
+fn status_word(f: &FunctionStatus) -> &'static str {
+    if f.available_replicas > 0 {
+        "Ready"
+    } else if f.crash_loop.is_some() {
+        "Crash-looping"
+    } else if f.replicas == 0 {
+        "At zero"
+    } else {
+        "Not Ready"
+    }
 }
 
 #[derive(Debug, Args)]
@@ -259,17 +331,25 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
         return print_json(&f);
     }
     println!("Name:               {}", f.name);
-    println!("Namespace:          {}", f.namespace.unwrap_or_default());
     println!(
-        "Status:             {}",
-        if f.available_replicas > 0 {
-            "Ready"
-        } else {
-            "Not Ready"
-        }
+        "Namespace:          {}",
+        f.namespace.as_deref().unwrap_or_default()
     );
+    println!("Status:             {}", status_word(&f));
     if let Some(problem) = &f.problem {
         println!("Problem:            {problem}");
+    }
+    if let Some(c) = &f.crash_loop {
+        println!(
+            "Last exit:          {} ({} times in a row)",
+            c.exit, c.exits
+        );
+        if !c.last_lines.is_empty() {
+            println!("Last output:");
+            for line in &c.last_lines {
+                println!("  {line}");
+            }
+        }
     }
     println!("Replicas:           {}", f.replicas);
     println!("Available replicas: {}", f.available_replicas);

@@ -7,6 +7,7 @@ pub mod client;
 pub mod commands;
 pub mod login;
 pub mod new;
+pub mod readiness;
 pub mod stack;
 pub mod up;
 pub mod watchdog;

@@ -147,6 +147,76 @@ pub struct FunctionStatus {
     /// (an image that cannot be pulled, a crash loop, a quota).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// Sluice's: set while the function's replicas keep exiting (see [`CrashLoop`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crash_loop: Option<CrashLoop>,
+}
+
+/// A function whose replicas keep exiting: each run ended before it became ready (or soon
+/// after), [`CrashLoop::exits`] times in a row. It lasts until a replica becomes ready.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CrashLoop {
+    /// How the last run ended: `exited with status 3`, `killed by signal 9`, `cannot start ...`.
+    pub exit: String,
+    /// Runs in a row that ended too soon.
+    pub exits: u32,
+    /// The last run's last lines of output, oldest first: at most [`CrashLoop::MAX_LINES`],
+    /// each cut at [`CrashLoop::MAX_LINE_CHARS`] characters.
+    #[serde(default)]
+    pub last_lines: Vec<String>,
+}
+
+impl CrashLoop {
+    pub const MAX_LINES: usize = 5;
+    pub const MAX_LINE_CHARS: usize = 200;
+
+    /// Keeps the last [`Self::MAX_LINES`] of `lines`, each cut to [`Self::MAX_LINE_CHARS`].
+    pub fn new(exit: String, exits: u32, lines: impl IntoIterator<Item = String>) -> Self {
+        let mut last_lines: Vec<String> = lines.into_iter().collect();
+        let skip = last_lines.len().saturating_sub(Self::MAX_LINES);
+        last_lines.drain(..skip);
+        let last_lines = last_lines
+            .into_iter()
+            .map(|line| truncate_chars(line, Self::MAX_LINE_CHARS))
+            .collect();
+        Self {
+            exit: truncate_chars(exit, Self::MAX_LINE_CHARS),
+            exits,
+            last_lines,
+        }
+    }
+
+    /// The last line of output, if there was any.
+    pub fn last_line(&self) -> Option<&str> {
+        self.last_lines.last().map(String::as_str)
+    }
+}
+
+fn truncate_chars(mut s: String, max: usize) -> String {
+    if let Some((cut, _)) = s.char_indices().nth(max) {
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+/// `crash-looping: exited with status 3 (3 times in a row); last output: boom`.
+impl std::fmt::Display for CrashLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "crash-looping: {} ({} time{} in a row)",
+            self.exit,
+            self.exits,
+            if self.exits == 1 { "" } else { "s" }
+        )?;
+        if self.last_lines.is_empty() {
+            write!(f, "; no output")
+        } else {
+            write!(f, "; last output: {}", self.last_lines.join(" | "))
+        }
+    }
 }
 
 impl FunctionDeployment {
@@ -313,6 +383,36 @@ mod tests {
         assert_eq!(d.service, "y");
         assert_eq!(d.env_process.as_deref(), Some("cat"));
         assert_eq!(d.labels, Some(BTreeMap::new()));
+    }
+
+    #[test]
+    fn a_crash_loop_keeps_a_few_short_lines_and_says_why() {
+        let lines = (0..20)
+            .map(|i| format!("line {i}"))
+            .chain(["é".repeat(500)]);
+        let c = CrashLoop::new("exited with status 3".into(), 3, lines);
+        assert_eq!(c.last_lines.len(), CrashLoop::MAX_LINES);
+        assert_eq!(c.last_lines[0], "line 16");
+        assert_eq!(
+            c.last_line().unwrap().chars().count(),
+            CrashLoop::MAX_LINE_CHARS + 3
+        );
+        let c = CrashLoop::new(
+            "exited with status 3".into(),
+            3,
+            ["a".into(), "boom".into()],
+        );
+        assert_eq!(
+            c.to_string(),
+            "crash-looping: exited with status 3 (3 times in a row); last output: a | boom"
+        );
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["lastLines"][1], "boom");
+        let c = CrashLoop::new("killed by signal 9".into(), 1, []);
+        assert_eq!(
+            c.to_string(),
+            "crash-looping: killed by signal 9 (1 time in a row); no output"
+        );
     }
 
     #[test]

@@ -16,8 +16,8 @@ pub mod seams;
 pub mod time;
 
 pub use api::{
-    DeploymentBounds, FUNCTION_LABEL, FunctionDeployment, FunctionResources, FunctionStatus,
-    FunctionUsage,
+    CrashLoop, DeploymentBounds, FUNCTION_LABEL, FunctionDeployment, FunctionResources,
+    FunctionStatus, FunctionUsage,
 };
 pub use call::{
     CallId, CallMeta, CallOutcome, CallRecord, CallResult, CallState, CallbackOutcome, QueueName,

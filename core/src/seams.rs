@@ -19,7 +19,7 @@ use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
-use crate::api::FunctionDeployment;
+use crate::api::{CrashLoop, FunctionDeployment};
 use crate::call::{CallId, CallOutcome, CallRecord, CallResult, CallbackOutcome, QueuedCall};
 use crate::config::{ConfigError, FunctionConfig};
 use crate::name::FunctionRef;
@@ -174,6 +174,9 @@ pub struct ReadySet {
     /// The ones ready for traffic (possibly more than `desired` while a new configuration rolls
     /// out beside the old one).
     pub ready: Vec<ReadyReplica>,
+    /// Set while the function's replicas keep exiting before they become ready: with no
+    /// replica ready, a request for it fails at once rather than waiting for one.
+    pub crash_loop: Option<Arc<CrashLoop>>,
 }
 
 /// Which replicas of a function are ready, and where: local processes, or pods' addresses from

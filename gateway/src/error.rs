@@ -60,6 +60,17 @@ pub enum ApiError {
     ScaledToZero(String),
     #[error("function {function} has no ready replica with room after waiting {waited:?}")]
     NotReady { function: String, waited: Duration },
+    /// Its replicas keep exiting and none is ready. The message says how the last one ended,
+    /// not what it wrote (its output is the admin's to read, through describe and logs).
+    #[error(
+        "function {function} is crash-looping: its replica {exit}, {exits} time(s) in a row, \
+         and none is ready; see its logs and `sluice describe {function}`"
+    )]
+    CrashLooping {
+        function: String,
+        exit: String,
+        exits: u32,
+    },
     #[error(
         "function {function} already has {limit} requests waiting for a replica; try again shortly"
     )]
@@ -109,6 +120,7 @@ impl ApiError {
             | Self::Overloaded(_)
             | Self::BodiesOverBudget(_)
             | Self::ActivatorFull { .. }
+            | Self::CrashLooping { .. }
             | Self::StoreUnavailable(_)
             | Self::QueueUnavailable(_)
             | Self::QueueFull(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -141,6 +153,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::ScaledToZero(_) => "scaled_to_zero",
             Self::NotReady { .. } => "no_ready_replica",
+            Self::CrashLooping { .. } => "function_crash_looping",
             Self::ActivatorFull { .. } => "activator_full",
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::Upstream(_) => "upstream_unreachable",
@@ -268,6 +281,14 @@ impl From<sluice_activator::ActivatorError> for ApiError {
             E::Full { function, limit } => Self::ActivatorFull { function, limit },
             E::NotReady { function, waited } => Self::NotReady { function, waited },
             E::ScaledToZero(f) => Self::ScaledToZero(f),
+            E::CrashLooping {
+                function,
+                crash_loop,
+            } => Self::CrashLooping {
+                function,
+                exit: crash_loop.exit.clone(),
+                exits: crash_loop.exits,
+            },
         }
     }
 }
@@ -326,6 +347,28 @@ mod tests {
         assert_eq!(
             body,
             r#"{"code":"function_not_found","message":"function echo is not deployed"}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn a_crash_loop_is_a_503_saying_how_without_the_functions_output() {
+        let crash_loop = sluice_core::CrashLoop::new(
+            "exited with status 3".into(),
+            3,
+            ["password=hunter2".to_owned()],
+        );
+        let error: ApiError = sluice_activator::ActivatorError::CrashLooping {
+            function: "crash.openfaas-fn".into(),
+            crash_loop: std::sync::Arc::new(crash_loop),
+        }
+        .into();
+        let (status, marker, retry, body) = render(error).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(marker.as_deref(), Some("function_crash_looping"));
+        assert_eq!(retry, None);
+        assert_eq!(
+            body,
+            r#"{"code":"function_crash_looping","message":"function crash.openfaas-fn is crash-looping: its replica exited with status 3, 3 time(s) in a row, and none is ready; see its logs and `sluice describe crash.openfaas-fn`"}"#
         );
     }
 

@@ -228,6 +228,10 @@ fn status_of(state: &AppState, spec: FunctionSpec) -> FunctionStatus {
     let invocations = state.metrics.invocations(&spec.function);
     let scaling = state.autoscaler.status(&spec.function);
     let problem = state.orchestrator.problem(&spec.function);
+    let crash_loop = state
+        .activator
+        .crash_loop(&spec.function)
+        .map(|c| (*c).clone());
     let d = spec.deployment;
     // The label OpenFaaS tools select on, beside the function's own.
     let mut labels = d.labels.unwrap_or_default();
@@ -253,6 +257,7 @@ fn status_of(state: &AppState, spec: FunctionSpec) -> FunctionStatus {
         target_replicas: scaling.as_ref().map(|s| u64::from(s.target)),
         scale_reason: scaling.map(|s| s.reason),
         problem,
+        crash_loop,
     }
 }
 

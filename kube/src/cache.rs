@@ -216,7 +216,11 @@ impl EndpointSource for Cache {
                 load: load.clone(),
             })
             .collect();
-        Some(ReadySet { desired, ready })
+        Some(ReadySet {
+            desired,
+            ready,
+            crash_loop: None,
+        })
     }
 
     fn changes(&self, function: &FunctionRef) -> Option<watch::Receiver<u64>> {

@@ -12,6 +12,7 @@
 mod container;
 mod logs;
 mod process;
+mod restarts;
 mod runtime;
 mod secrets;
 mod spec;

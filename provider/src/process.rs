@@ -205,8 +205,12 @@ fn secret_error(e: StoreError) -> ProviderError {
 
 #[async_trait]
 impl Orchestrator for ProcessProvider {
+    /// Also refuses a command whose program is not there. Only here, at deploy time: a function
+    /// restored whose program has gone since is started all the same, and crash-loops, saying
+    /// why.
     fn validate(&self, spec: &FunctionSpec) -> Result<(), ProviderError> {
-        self.run_spec(spec).map(drop)
+        let run = self.run_spec(spec)?;
+        crate::sys::check_program(&run).map_err(ProviderError::InvalidSpec)
     }
 
     async fn apply(&self, spec: &FunctionSpec) -> Result<(), ProviderError> {
@@ -270,6 +274,11 @@ impl Orchestrator for ProcessProvider {
 
     fn replicas(&self, function: &FunctionRef) -> Option<Replicas> {
         self.runtime(function).ok().map(|rt| rt.counts())
+    }
+
+    /// A function whose replicas keep exiting: how the last run ended, and its last lines.
+    fn problem(&self, function: &FunctionRef) -> Option<String> {
+        Some(self.runtime(function).ok()?.crash_loop()?.to_string())
     }
 
     fn logs(

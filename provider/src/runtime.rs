@@ -1,10 +1,11 @@
 //! One function's replicas on this machine: starting, probing, restarting and stopping them.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_core::{FunctionRef, ReadyReplica, ReadySet, ReplicaLoad, Replicas};
+use sluice_core::{CrashLoop, FunctionRef, ReadyReplica, ReadySet, ReplicaLoad, Replicas};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Child;
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::logs::{LogBuffer, pump_lines};
+use crate::restarts::Restarts;
 use crate::secrets::{SECRETS_DIR_ENV, SecretFiles};
 use crate::spec::{Mode, RunSpec};
 use crate::{sys, watchdog};
@@ -38,7 +40,16 @@ struct Replica {
     ready: Arc<Mutex<Option<Arc<str>>>>,
     /// Requests the activator sent it; drained before it is stopped.
     load: Arc<ReplicaLoad>,
+    /// Set while it keeps exiting (HTTP mode), cleared when it becomes ready.
+    crash: CrashSlot,
 }
+
+/// Where a replica's supervisor reports it crash-looping.
+type CrashSlot = Arc<Mutex<Option<Arc<CrashLoop>>>>;
+
+/// How long the output of a run that ended may take to be read to its end (its pipes close
+/// with it, unless a process it left behind holds them).
+const OUTPUT_GRACE: Duration = Duration::from_millis(200);
 
 /// Replicas in rotation.
 #[derive(Debug, Default)]
@@ -245,7 +256,13 @@ impl FunctionRuntime {
         Some(ReadySet {
             desired: u32::try_from(rotation.current.len()).unwrap_or(u32::MAX),
             ready,
+            crash_loop: crash_loop(&rotation),
         })
+    }
+
+    /// Why the function's current replicas keep exiting, while one does.
+    pub(crate) fn crash_loop(&self) -> Option<Arc<CrashLoop>> {
+        crash_loop(&lock(&self.replicas))
     }
 
     /// Bumped whenever the ready set may have changed.
@@ -256,13 +273,14 @@ impl FunctionRuntime {
     fn start_replica(self: &Arc<Self>, spec: Arc<RunSpec>) -> Replica {
         let cancel = self.root.child_token();
         let ready = Arc::new(Mutex::new(None));
+        let crash = CrashSlot::default();
         let id = format!(
             "{}-{}",
             self.function.name,
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
         let rt = self.clone();
-        let (task_cancel, task_ready) = (cancel.clone(), ready.clone());
+        let (task_cancel, task_ready, task_crash) = (cancel.clone(), ready.clone(), crash.clone());
         self.tracker.spawn(async move {
             // Kept until the replica has stopped: then its secrets directory goes.
             let (spec, _secrets) = match rt.secret_files(&id, spec) {
@@ -275,13 +293,17 @@ impl FunctionRuntime {
             };
             match spec.mode {
                 Mode::Classic => rt.run_classic(id, spec, task_ready, task_cancel).await,
-                Mode::Http => rt.supervise_http(id, spec, task_ready, task_cancel).await,
+                Mode::Http => {
+                    rt.supervise_http(id, spec, task_ready, task_crash, task_cancel)
+                        .await
+                }
             }
         });
         Replica {
             cancel,
             ready,
             load: Arc::default(),
+            crash,
         }
     }
 
@@ -358,32 +380,45 @@ impl FunctionRuntime {
         self.set_ready(&ready, None);
     }
 
+    /// Runs an HTTP-mode replica's process, restarting it with backoff whenever it ends, and
+    /// reports the replica crash-looping while its runs keep ending too soon
+    /// ([`Restarts`]); a run that becomes ready clears that.
     async fn supervise_http(
         &self,
         id: String,
         spec: Arc<RunSpec>,
         ready: Arc<Mutex<Option<Arc<str>>>>,
+        crash: CrashSlot,
         cancel: CancellationToken,
     ) {
-        let mut backoff = self.config.restart_backoff_min;
+        let mut restarts = Restarts::new(
+            self.config.restart_backoff_min,
+            self.config.restart_backoff_max,
+        );
         while !cancel.is_cancelled() {
             let started = tokio::time::Instant::now();
-            match self.run_http_once(&id, &spec, &ready, &cancel).await {
+            let (how, output) = match self
+                .run_http_once(&id, &spec, &ready, &crash, &cancel)
+                .await
+            {
                 Exit::Cancelled => break,
-                Exit::Ended(how) => {
-                    self.logs
-                        .push(&id, format!("replica {how}; restarting in {backoff:?}"));
-                    tracing::warn!(function = %self.function, replica = %id, %how, ?backoff, "replica exited");
-                }
-            }
-            if started.elapsed() > self.config.restart_backoff_max {
-                backoff = self.config.restart_backoff_min;
+                Exit::Ended { how, output } => (how, output),
+            };
+            let next = restarts.ended(started.elapsed());
+            let backoff = next.delay;
+            self.logs
+                .push(&id, format!("replica {how}; restarting in {backoff:?}"));
+            tracing::warn!(function = %self.function, replica = %id, %how, ?backoff, "replica exited");
+            if next.crash_looping {
+                let crash_loop = CrashLoop::new(how, next.short_runs, output);
+                tracing::warn!(function = %self.function, replica = %id, %crash_loop, "replica crash-looping");
+                *lock(&crash) = Some(Arc::new(crash_loop));
+                self.bump();
             }
             tokio::select! {
                 () = cancel.cancelled() => break,
                 () = tokio::time::sleep(backoff) => {}
             }
-            backoff = (backoff * 2).min(self.config.restart_backoff_max);
         }
     }
 
@@ -392,11 +427,12 @@ impl FunctionRuntime {
         id: &str,
         spec: &RunSpec,
         ready: &Mutex<Option<Arc<str>>>,
+        crash: &Mutex<Option<Arc<CrashLoop>>>,
         cancel: &CancellationToken,
     ) -> Exit {
         let port = match free_port().await {
             Ok(p) => p,
-            Err(e) => return Exit::Ended(format!("found no free port: {e}")),
+            Err(e) => return Exit::early(format!("found no free port: {e}")),
         };
         let replica_marker = format!("{}={id}", sys::REPLICA_MARKER);
         let env = [
@@ -407,13 +443,13 @@ impl FunctionRuntime {
         let cmd = sys::command(spec, &env, sys::Lifetime::DiesWithSluice);
         let mut child = match sys::spawn(cmd, &spec.argv[0], spec.workdir.as_deref()) {
             Ok(c) => c,
-            Err(msg) => return Exit::Ended(msg),
+            Err(msg) => return Exit::early(msg),
         };
         if let Err(msg) = sys::limit_memory(&child, spec) {
             self.terminate(&mut child).await;
-            return Exit::Ended(msg);
+            return Exit::early(msg);
         }
-        self.capture_output(id, &mut child);
+        let output = self.capture_output(id, &mut child);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let probe = wait_ready(addr, &spec.readiness_path, |msg| self.logs.push(id, msg));
         tokio::select! {
@@ -424,44 +460,63 @@ impl FunctionRuntime {
                     Some(true) => {}
                     Some(false) => {
                         self.terminate(&mut child).await;
-                        return Exit::Ended(format!("found port {port} taken by another process"));
+                        return Exit::early(format!("found port {port} taken by another process"));
                     }
                     None => tracing::warn!(
                         function = %self.function, replica = %id, port,
                         "cannot tell who listens on the replica's port (no permission); trusting the probe"
                     ),
                 }
+                *lock(crash) = None;
                 self.set_ready(ready, Some(addr));
                 tracing::info!(function = %self.function, replica = %id, %addr, "http replica ready");
             }
-            status = child.wait() => return Exit::Ended(describe_exit(status)),
+            status = child.wait() => return output.ended(describe_exit(status)).await,
             () = cancel.cancelled() => {
                 self.terminate(&mut child).await;
                 return Exit::Cancelled;
             }
         }
-        let exit = tokio::select! {
-            status = child.wait() => Exit::Ended(describe_exit(status)),
-            () = cancel.cancelled() => Exit::Cancelled,
+        let status = tokio::select! {
+            status = child.wait() => Some(status),
+            () = cancel.cancelled() => None,
         };
         self.set_ready(ready, None);
-        if matches!(exit, Exit::Cancelled) {
-            self.terminate(&mut child).await;
+        match status {
+            Some(status) => output.ended(describe_exit(status)).await,
+            None => {
+                self.terminate(&mut child).await;
+                Exit::Cancelled
+            }
         }
-        exit
     }
 
-    fn capture_output(&self, id: &str, child: &mut Child) {
-        if let Some(out) = child.stdout.take() {
-            let (logs, id) = (self.logs.clone(), id.to_owned());
-            self.tracker
-                .spawn(async move { pump_lines(out, |l| logs.push(&id, l)).await });
+    /// Sends the child's stdout and stderr, line by line, to the function's logs, keeping the
+    /// run's last few lines for a crash-loop report.
+    fn capture_output(&self, id: &str, child: &mut Child) -> RunOutput {
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(CrashLoop::MAX_LINES)));
+        let mut pumps = Vec::with_capacity(2);
+        let streams: [Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>; 2] = [
+            child.stdout.take().map(|o| Box::new(o) as _),
+            child.stderr.take().map(|e| Box::new(e) as _),
+        ];
+        for stream in streams.into_iter().flatten() {
+            let (logs, id, tail) = (self.logs.clone(), id.to_owned(), tail.clone());
+            pumps.push(self.tracker.spawn(async move {
+                pump_lines(stream, |l| {
+                    {
+                        let mut tail = lock(&tail);
+                        if tail.len() == CrashLoop::MAX_LINES {
+                            tail.pop_front();
+                        }
+                        tail.push_back(l.clone());
+                    }
+                    logs.push(&id, l);
+                })
+                .await;
+            }));
         }
-        if let Some(err) = child.stderr.take() {
-            let (logs, id) = (self.logs.clone(), id.to_owned());
-            self.tracker
-                .spawn(async move { pump_lines(err, |l| logs.push(&id, l)).await });
-        }
+        RunOutput { tail, pumps }
     }
 
     async fn terminate(&self, child: &mut Child) {
@@ -481,12 +536,59 @@ pub(crate) async fn terminate(child: &mut Child, grace: Duration) {
 
 enum Exit {
     Cancelled,
-    Ended(String),
+    /// The run ended: how, and its last lines of output.
+    Ended {
+        how: String,
+        output: Vec<String>,
+    },
 }
 
+impl Exit {
+    /// A run that ended before its process wrote anything (or started at all).
+    fn early(how: String) -> Self {
+        Self::Ended {
+            how,
+            output: Vec::new(),
+        }
+    }
+}
+
+/// The output of one run being read.
+struct RunOutput {
+    /// Its last lines, at most [`CrashLoop::MAX_LINES`].
+    tail: Arc<Mutex<VecDeque<String>>>,
+    pumps: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunOutput {
+    /// The run ended `how`: its last lines, once its output has been read to its end (within
+    /// [`OUTPUT_GRACE`]).
+    async fn ended(self, how: String) -> Exit {
+        let _ =
+            tokio::time::timeout(OUTPUT_GRACE, futures_util::future::join_all(self.pumps)).await;
+        let output = lock(&self.tail).drain(..).collect();
+        Exit::Ended { how, output }
+    }
+}
+
+/// The first current replica found crash-looping, if any.
+fn crash_loop(rotation: &Rotation) -> Option<Arc<CrashLoop>> {
+    rotation.current.iter().find_map(|r| lock(&r.crash).clone())
+}
+
+/// How a function's process ended, in the words a person reads: `exited with status 3`,
+/// `killed by signal 9`.
 pub(crate) fn describe_exit(status: std::io::Result<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
     match status {
-        Ok(s) => format!("exited with {s}"),
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(signal)) if s.core_dumped() => {
+                format!("killed by signal {signal} (core dumped)")
+            }
+            (None, Some(signal)) => format!("killed by signal {signal}"),
+            (None, None) => format!("ended: {s}"),
+        },
         Err(e) => format!("could not be waited for: {e}"),
     }
 }

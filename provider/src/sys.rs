@@ -93,6 +93,61 @@ pub(crate) fn resolve_program(spec: &RunSpec) -> Option<String> {
         .and_then(|found| found.to_str().map(str::to_owned))
 }
 
+/// Refuses a command whose program is not there, so a deployment fails at once, naming it,
+/// rather than as a replica that never starts: a path (a relative one from the function's
+/// working directory) that is not an executable file, or a name that is an executable file in
+/// no directory of the `PATH` its process gets (relative directories of it taken from the
+/// working directory, as the spawn takes them).
+pub(crate) fn check_program(spec: &RunSpec) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(program) = spec.argv.first() else {
+        return Ok(());
+    };
+    let here = match spec.workdir.as_deref() {
+        Some(dir) => dir.to_path_buf(),
+        None => std::env::current_dir().unwrap_or_default(),
+    };
+    let executable = |candidate: &Path| {
+        std::fs::metadata(candidate)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = here.join(program);
+        return if executable(&path) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the command's program {program:?} is not an executable file ({} {})",
+                path.display(),
+                if path.exists() {
+                    "is not executable"
+                } else {
+                    "does not exist"
+                }
+            ))
+        };
+    }
+    let path = match spec.env.get("PATH") {
+        Some(p) => p.clone(),
+        None => match std::env::var("PATH") {
+            Ok(p) => p,
+            // The spawn falls back to a default search path: nothing to check against.
+            Err(_) => return Ok(()),
+        },
+    };
+    if path
+        .split(':')
+        .any(|dir| executable(&here.join(dir).join(program)))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "the command's program {program:?} was not found: no executable of that name on \
+             the PATH the function gets ({path})"
+        ))
+    }
+}
+
 /// Describes a spawn failure so a user can act on it.
 pub(crate) fn spawn(
     mut cmd: Command,
@@ -295,5 +350,40 @@ mod tests {
         assert_eq!(resolve_program(&spec("tool", None)), None);
         assert_eq!(resolve_program(&spec("./tool", Some(&path))), None);
         assert_eq!(resolve_program(&spec("no-such-tool", Some(&path))), None);
+    }
+
+    #[test]
+    fn a_program_that_is_not_there_is_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let tool = bin.join("tool");
+        std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.path().join("data.txt"), "x").unwrap();
+        let path = bin.display().to_string();
+        let in_dir = |argv0: &str, path: Option<&str>| {
+            let mut s = spec(argv0, path);
+            s.workdir = Some(dir.path().to_path_buf());
+            check_program(&s)
+        };
+        // On the function's PATH, its own relative directories from its working directory, or
+        // a path from there.
+        assert_eq!(in_dir("tool", Some(&path)), Ok(()));
+        assert_eq!(in_dir("tool", Some("/nowhere:bin")), Ok(()));
+        assert_eq!(in_dir("./bin/tool", None), Ok(()));
+        assert_eq!(in_dir(tool.to_str().unwrap(), None), Ok(()));
+        assert_eq!(check_program(&spec("sh", None)), Ok(()), "Sluice's PATH");
+        let err = in_dir("no-such-tool", Some(&path)).unwrap_err();
+        assert!(err.contains("\"no-such-tool\" was not found"), "{err}");
+        assert!(err.contains(&path), "{err}");
+        let err = in_dir("./server.py", None).unwrap_err();
+        assert!(
+            err.contains("\"./server.py\"") && err.contains("does not exist"),
+            "{err}"
+        );
+        let err = in_dir("./data.txt", None).unwrap_err();
+        assert!(err.contains("is not executable"), "{err}");
     }
 }

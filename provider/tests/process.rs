@@ -254,12 +254,27 @@ async fn http_mode_serves_after_readiness_scales_and_restarts() {
     })
     .await;
     assert_eq!(p.replicas(&crashy.function).unwrap().ready, 0);
-    assert!(matches!(
-        activator(&p, Duration::from_millis(100))
-            .endpoint(&crashy.function, None)
-            .await,
-        Err(ActivatorError::NotReady { .. })
-    ));
+    // Three quick exits in a row: crash-looping, with how it ended and what it said; a request
+    // is refused at once rather than held for a replica that will not come.
+    eventually("crashy reported crash-looping", || async {
+        p.problem(&crashy.function).is_some()
+    })
+    .await;
+    let problem = p.problem(&crashy.function).unwrap();
+    assert!(
+        problem.starts_with("crash-looping: exited with status 3") && problem.ends_with("boom"),
+        "{problem}"
+    );
+    let started = tokio::time::Instant::now();
+    match activator(&p, WAIT).endpoint(&crashy.function, None).await {
+        Err(ActivatorError::CrashLooping { crash_loop, .. }) => {
+            assert_eq!(crash_loop.exit, "exited with status 3");
+            assert_eq!(crash_loop.last_line(), Some("boom"));
+            assert!(crash_loop.exits >= 3, "{crash_loop:?}");
+        }
+        other => panic!("not refused as crash-looping: {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(1));
 
     p.remove(&echo.function).await.unwrap();
     assert!(p.replicas(&echo.function).is_none());
@@ -267,6 +282,38 @@ async fn http_mode_serves_after_readiness_scales_and_restarts() {
         p.remove(&echo.function).await,
         Err(ProviderError::NotFound(_))
     ));
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_crash_loop_ends_when_a_replica_becomes_ready() {
+    let p = provider();
+    let dir = tempfile::tempdir().unwrap();
+    let count = dir.path().join("count");
+    // Fails its first four starts (a dependency not up yet, say), then serves.
+    let command = format!(
+        "sh -c 'n=$(cat {count} 2>/dev/null || echo 0); echo $((n+1)) > {count}; \
+         if [ $n -lt 4 ]; then echo \"start $n failed\" >&2; exit 1; fi; exec python3 -u echo.py'",
+        count = count.display()
+    );
+    let late = spec("late", &command, &[("mode", "http")], 1);
+    p.apply(&late).await.unwrap();
+    eventually("late reported crash-looping", || async {
+        p.problem(&late.function).is_some()
+    })
+    .await;
+    let problem = p.problem(&late.function).unwrap();
+    assert!(problem.contains("exited with status 1"), "{problem}");
+    assert!(problem.contains("failed"), "{problem}");
+    // Restarts go on meanwhile; once one run is ready, the crash loop is over.
+    eventually("late ready", || async {
+        p.replicas(&late.function).unwrap().ready == 1
+    })
+    .await;
+    assert_eq!(p.problem(&late.function), None);
+    let a = activator(&p, WAIT);
+    a.endpoint(&late.function, None).await.unwrap();
+    assert_eq!(a.crash_loop(&late.function), None);
     p.shutdown().await;
 }
 
@@ -288,6 +335,22 @@ async fn invalid_deployments_are_refused() {
         .unwrap()
         .insert(WORKDIR_ANNOTATION.into(), "/definitely/not/here".into());
     assert!(p.validate(&bad).is_err());
+    // A program that is not there is named (relative paths from the function's directory).
+    for (command, named) in [
+        (
+            "no-such-program --flag",
+            "\"no-such-program\" was not found",
+        ),
+        (
+            "./no-such-server.py",
+            "\"./no-such-server.py\" is not an executable file",
+        ),
+    ] {
+        let err = p.validate(&spec("bad", command, &[], 1)).unwrap_err();
+        assert!(err.to_string().contains(named), "{err}");
+    }
+    p.validate(&spec("good", "python3 -u echo.py", &[], 1))
+        .unwrap();
 }
 
 #[tokio::test]

@@ -30,6 +30,7 @@ mod cli;
 mod cli_calls;
 mod cluster;
 mod corpus;
+mod crash;
 mod durability;
 mod harness;
 mod hostile;

@@ -448,7 +448,7 @@ async fn http_mode_exits_when_the_function_does() {
     let status = wd.exited(PATIENCE).await;
     assert!(!status.success());
     let stderr = wd.stderr();
-    assert!(stderr.contains("exit status: 3"), "{stderr}");
+    assert!(stderr.contains("exited with status 3"), "{stderr}");
 }
 
 #[tokio::test]
