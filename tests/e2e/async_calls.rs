@@ -231,8 +231,14 @@ async fn a_function_that_cannot_be_reached_is_recorded_as_failed() {
     let url = &sluice.url;
     let http = crate::harness::http();
     let receiver = Receiver::start().await;
-    // A server that exits at once never becomes ready.
-    let mut echo = sample("echo", "python3 -c 'raise SystemExit(3)'", true, &[]);
+    // A server that never listens never becomes ready (one that exits at once would be
+    // crash-looping after its third start, a 503 of its own: tests/e2e/crash.rs).
+    let mut echo = sample(
+        "echo",
+        "python3 -c 'import time; time.sleep(3600)'",
+        true,
+        &[],
+    );
     echo["annotations"]["com.openfaas.retry.attempts"] = "2".into();
     echo["annotations"]["com.openfaas.retry.min_wait"] = "50ms".into();
     deploy(&http, url, &echo).await;

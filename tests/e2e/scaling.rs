@@ -245,8 +245,15 @@ async fn a_full_buffer_and_a_hold_timeout_answer_with_json_errors() {
     );
     let url = &sluice.url;
     let http = crate::harness::http();
-    // A server that exits at once never becomes ready: every request is held.
-    let broken = sample("broken", "python3 -c 'raise SystemExit(3)'", true, &[]);
+    // A server that never listens never becomes ready: every request is held. (One that exits
+    // at once would be crash-looping soon, and its held requests released with a 503 of its
+    // own: tests/e2e/crash.rs.)
+    let broken = sample(
+        "broken",
+        "python3 -c 'import time; time.sleep(3600)'",
+        true,
+        &[],
+    );
     deploy(&http, url, &broken).await;
     let started = Instant::now();
     let answers: Vec<(u16, Option<String>, Option<String>, Value)> =
