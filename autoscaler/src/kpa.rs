@@ -1,7 +1,9 @@
 //! The scaling decision, after Knative's KPA, as a pure function of (samples, replicas, config).
 //!
 //! - **Stable mode**: the average load over the stable window (60 s) divided by what one replica
-//!   should carry (`target × utilization`), rounded up.
+//!   should carry (`target × utilization`), rounded up. The load is the function's
+//!   [`Metric`]: requests started per second, requests in flight, or millicores of CPU, each
+//!   summed over its replicas.
 //! - **Panic mode**: when the average over the panic window (6 s) asks for at least
 //!   `panic_threshold` (200 %) of the current replicas, that count is used instead, and the
 //!   function is never scaled down until the load has stayed below the threshold for a whole
@@ -18,13 +20,16 @@ use std::time::Duration;
 pub use sluice_core::config::{Metric, ScaleConfig};
 
 /// The load seen in one second.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Sample {
     pub at: Duration,
     /// Most requests in flight at once during the second (held ones included).
     pub concurrency: f64,
     /// Requests that started during the second.
     pub requests: f64,
+    /// Millicores used by all the function's replicas since the last sample, where the
+    /// orchestrator measures it (zero where it does not; only read for [`Metric::Cpu`]).
+    pub cpu: f64,
 }
 
 /// What a decision remembers for the next one.
@@ -49,6 +54,7 @@ fn average(samples: &[Sample], since: Duration, metric: Metric) -> f64 {
         .map(|s| match metric {
             Metric::Concurrency => s.concurrency,
             Metric::Rps => s.requests,
+            Metric::Cpu => s.cpu,
         })
         .collect();
     if values.is_empty() {
@@ -105,6 +111,7 @@ pub fn decide_explained(
     let unit = match config.metric {
         Metric::Concurrency => "in flight",
         Metric::Rps => "req/s",
+        Metric::Cpu => "millicores",
     };
     let stable = average(
         samples,

@@ -1,5 +1,6 @@
 //! The decision loop both autoscalers share: once a tick, for every function the orchestrator
-//! runs, a sample of its load, the KPA decision, and the new replica count applied; wake-ups
+//! runs, a sample of its load (and, for a function that scales on CPU, its replicas' CPU from
+//! `Orchestrator::usage`), the KPA decision, and the new replica count applied; wake-ups
 //! from zero; counts pinned when set from outside.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -170,6 +171,11 @@ impl Scaler {
             return;
         };
         let current = replicas.desired;
+        // Asked of the orchestrator outside the memory lock: it may read /proc.
+        let cpu = match config.metric {
+            kpa::Metric::Cpu => self.orchestrator.usage(function).map_or(0.0, |u| u.cpu),
+            _ => 0.0,
+        };
         let (decision, pinned) = {
             let mut memory = lock(&self.memory);
             let m = remembered(&mut memory, function);
@@ -188,6 +194,7 @@ impl Scaler {
                 at: now,
                 concurrency: observed.peak as f64,
                 requests,
+                cpu,
             });
             let horizon = now.saturating_sub(config.stable_window);
             while m.samples.front().is_some_and(|s| s.at <= horizon) {
@@ -221,7 +228,8 @@ impl Scaler {
             // A function found at zero that may stay there is left there until a request
             // comes (a wake-up, or load in a sample): an autoscaler that starts, or takes
             // over, does not wake every idle function.
-            let no_load = observed.in_flight == 0 && observed.peak == 0 && requests == 0.0;
+            let no_load =
+                observed.in_flight == 0 && observed.peak == 0 && requests == 0.0 && cpu == 0.0;
             if current == 0 && config.zero && no_load && !pinned {
                 m.status = Some(ScaleStatus {
                     target: 0,

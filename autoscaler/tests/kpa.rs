@@ -9,8 +9,8 @@ use sluice_autoscaler::kpa::{self, KpaState, Metric, Sample, ScaleConfig};
 const SEC: Duration = Duration::from_secs(1);
 
 /// A function that aims at exactly `target` per replica (proportion 1), measured in requests in
-/// flight (the samples below carry the same load in both measures, so the decisions are the
-/// same in `rps`).
+/// flight (the samples below carry the same load in every measure, so the decisions are the
+/// same in `rps` and `cpu`).
 fn config(min: u32, max: u32, target: f64, zero: bool) -> ScaleConfig {
     ScaleConfig {
         min,
@@ -34,6 +34,7 @@ fn samples(now: Duration, loads: &[f64]) -> Vec<Sample> {
             at: now - SEC * (n - 1 - i as u32),
             concurrency: c,
             requests: c,
+            cpu: c,
         })
         .collect()
 }
@@ -119,41 +120,49 @@ proptest! {
     }
 }
 
-/// A second a sample, `rate` requests started in each and `in_flight` at most at once, over
-/// `seconds` seconds ending at `now`.
-fn steady(now: Duration, seconds: u32, rate: f64, in_flight: f64) -> Vec<Sample> {
+/// A second a sample, `rate` requests started in each, `in_flight` at most at once and `cpu`
+/// millicores used, over `seconds` seconds ending at `now`.
+fn steady(now: Duration, seconds: u32, rate: f64, in_flight: f64, cpu: f64) -> Vec<Sample> {
     (0..seconds)
         .map(|i| Sample {
             at: now - SEC * (seconds - 1 - i),
             concurrency: in_flight,
             requests: rate,
+            cpu,
         })
         .collect()
 }
 
 fn metric() -> impl Strategy<Value = Metric> {
-    prop_oneof![Just(Metric::Rps), Just(Metric::Concurrency)]
+    prop_oneof![
+        Just(Metric::Rps),
+        Just(Metric::Concurrency),
+        Just(Metric::Cpu)
+    ]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
-    /// In either measure, at any target and proportion: never above max, never below min
+    /// In every measure, at any target and proportion: never above max, never below min
     /// (nothing here may go to zero), and a load held for a whole stable window gets exactly
     /// what it asks for, `load / (target × proportion)` rounded up, within the bounds.
     #[test]
     fn a_steady_load_gets_load_over_target_times_proportion_within_bounds(
         metric in metric(), min in 1u32..5, extra in 0u32..30,
         target in 0.5f64..200.0, proportion in 0.05f64..=1.0,
-        rate in 0.0f64..2000.0, in_flight in 0.0f64..500.0, current in 1u32..60,
+        rate in 0.0f64..2000.0, in_flight in 0.0f64..500.0, cpu in 0.0f64..20000.0,
+        current in 1u32..60,
     ) {
         let c = ScaleConfig {
             min, max: min + extra, metric, target, utilization: proportion,
             ..ScaleConfig::default()
         };
         let now = Duration::from_secs(1000);
-        let load = match metric { Metric::Rps => rate, Metric::Concurrency => in_flight };
-        let s = steady(now, 60, rate, in_flight);
+        let load = match metric {
+            Metric::Rps => rate, Metric::Concurrency => in_flight, Metric::Cpu => cpu,
+        };
+        let s = steady(now, 60, rate, in_flight, cpu);
         let (d, _) = decide(&c, &s, now, current, Duration::from_secs(3600));
         prop_assert!(d.desired <= c.max && d.desired >= c.min, "{d:?}");
         let wanted = ((load / (target * proportion)).ceil() as u32).clamp(c.min, c.max);
@@ -169,6 +178,7 @@ proptest! {
         metric in metric(), target in 0.5f64..100.0, proportion in 0.05f64..=1.0,
         rates in prop::collection::vec(0.0f64..1000.0, 1..90),
         in_flight in prop::collection::vec(0.0f64..1000.0, 90),
+        cpu in prop::collection::vec(0.0f64..8000.0, 90),
         factor in 1.0f64..10.0, current in 1u32..40,
     ) {
         let c = ScaleConfig {
@@ -176,22 +186,28 @@ proptest! {
             ..ScaleConfig::default()
         };
         let now = Duration::from_secs(1000);
-        let at = |rates: &[f64], in_flight: &[f64]| -> Vec<Sample> {
+        // Each measure's loads, in the order [rps, in flight, cpu].
+        let at = |[rates, in_flight, cpu]: [&[f64]; 3]| -> Vec<Sample> {
             let n = rates.len() as u32;
-            rates.iter().zip(in_flight).enumerate().map(|(i, (&r, &f))| Sample {
-                at: now - SEC * (n - 1 - i as u32), concurrency: f, requests: r,
+            (0..rates.len()).map(|i| Sample {
+                at: now - SEC * (n - 1 - i as u32),
+                requests: rates[i], concurrency: in_flight[i], cpu: cpu[i],
             }).collect()
         };
         let scaled = |xs: &[f64]| -> Vec<f64> { xs.iter().map(|x| x * factor).collect() };
-        let base = at(&rates, &in_flight);
-        let more = match metric {
-            Metric::Rps => at(&scaled(&rates), &in_flight),
-            Metric::Concurrency => at(&rates, &scaled(&in_flight)),
+        let loads = [rates.clone(), in_flight.clone(), cpu.clone()];
+        let all_scaled = [scaled(&rates), scaled(&in_flight), scaled(&cpu)];
+        let chosen = match metric { Metric::Rps => 0, Metric::Concurrency => 1, Metric::Cpu => 2 };
+        // Only the chosen measure grows; then every measure but the chosen one.
+        let pick = |grow: &dyn Fn(usize) -> bool| -> Vec<Sample> {
+            let v: Vec<&[f64]> = (0..3)
+                .map(|k| if grow(k) { &all_scaled[k][..] } else { &loads[k][..] })
+                .collect();
+            at([v[0], v[1], v[2]])
         };
-        let other = match metric {
-            Metric::Rps => at(&rates, &scaled(&in_flight)),
-            Metric::Concurrency => at(&scaled(&rates), &in_flight),
-        };
+        let base = pick(&|_| false);
+        let more = pick(&|k| k == chosen);
+        let other = pick(&|k| k != chosen);
         let (low, _) = decide(&c, &base, now, current, Duration::ZERO);
         let (high, _) = decide(&c, &more, now, current, Duration::ZERO);
         let (same, _) = decide(&c, &other, now, current, Duration::ZERO);
@@ -227,7 +243,7 @@ fn the_default_scales_a_fast_function_on_its_request_rate_and_back() {
     assert_eq!(c.metric, Metric::Rps);
     let start = Duration::from_secs(1000);
     // A minute of nothing, then 20 req/s with 2 in flight at most.
-    let mut s = steady(start, 60, 0.0, 0.0);
+    let mut s = steady(start, 60, 0.0, 0.0, 0.0);
     let (mut current, mut state, mut up_at) = (1, KpaState::default(), None);
     for i in 1..=30u32 {
         let now = start + SEC * i;
@@ -235,6 +251,7 @@ fn the_default_scales_a_fast_function_on_its_request_rate_and_back() {
             at: now,
             concurrency: 2.0,
             requests: 20.0,
+            cpu: 0.0,
         });
         let (d, next) = kpa::decide(&c, &s, now, current, Duration::ZERO, state);
         (current, state) = (d.desired, next);
@@ -255,6 +272,7 @@ fn the_default_scales_a_fast_function_on_its_request_rate_and_back() {
             at: now,
             concurrency: 0.0,
             requests: 0.0,
+            cpu: 0.0,
         });
         let (d, next) = kpa::decide(&c, &s, now, current, SEC * i, state);
         assert!(d.desired >= 1, "went below min: {d:?}");
@@ -275,7 +293,7 @@ fn the_default_scales_a_fast_function_on_its_request_rate_and_back() {
         ..ScaleConfig::default()
     };
     let now = start + SEC * 30;
-    let busy = steady(now, 60, 20.0, 2.0);
+    let busy = steady(now, 60, 20.0, 2.0, 0.0);
     assert_eq!(
         decide(&capacity, &busy, now, 1, Duration::ZERO).0.desired,
         1
@@ -356,6 +374,22 @@ fn rps_scales_on_request_rate() {
     assert_eq!(d.desired, 4, "{d:?}");
 }
 
+/// `cpu` divides the replicas' millicores by the target, whatever the requests: a function
+/// busy with work of its own (no request in flight) scales all the same.
+#[test]
+fn cpu_scales_on_millicores() {
+    let mut c = config(1, 20, 100.0, false);
+    c.metric = kpa::Metric::Cpu;
+    let now = Duration::from_secs(100);
+    let s: Vec<Sample> = samples(now, &[0.0; 60])
+        .into_iter()
+        .map(|s| Sample { cpu: 450.0, ..s })
+        .collect();
+    let (d, _) = decide(&c, &s, now, 4, Duration::from_secs(60));
+    assert_eq!(d.desired, 5, "{d:?}");
+    assert!(d.reason.contains("millicores"), "{d:?}");
+}
+
 #[test]
 fn labels_are_read_and_bad_ones_named() {
     let labels: BTreeMap<String, String> = [
@@ -392,7 +426,7 @@ fn labels_are_read_and_bad_ones_named() {
 
     for (key, value) in [
         ("com.openfaas.scale.target", "0"),
-        ("com.openfaas.scale.type", "cpu"),
+        ("com.openfaas.scale.type", "memory"),
         ("com.openfaas.scale.zero", "yes"),
         ("com.openfaas.scale.zero-duration", "soon"),
         ("com.openfaas.scale.target-proportion", "1.5"),

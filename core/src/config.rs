@@ -43,6 +43,10 @@ pub const DEFAULT_RPS_TARGET: f64 = 5.0;
 /// Requests in flight one replica is meant to carry under `com.openfaas.scale.type: capacity`
 /// when no target is set (OpenFaaS Pro's default target).
 pub const DEFAULT_CAPACITY_TARGET: f64 = 50.0;
+/// Millicores one replica is meant to use under `com.openfaas.scale.type: cpu` when no target is
+/// set: half a core. (OpenFaaS Pro documents one default target, 50, for every type; as a CPU
+/// target that would scale a function that is merely awake.)
+pub const DEFAULT_CPU_TARGET: f64 = 500.0;
 /// Share of the target aimed at when `com.openfaas.scale.target-proportion` is not set
 /// (OpenFaaS Pro's default).
 pub const DEFAULT_TARGET_PROPORTION: f64 = 0.9;
@@ -86,6 +90,9 @@ pub enum Metric {
     Concurrency,
     /// Requests started per second: `com.openfaas.scale.type: rps`, the default.
     Rps,
+    /// CPU used by all the function's replicas, in millicores (a thousandth of a core), where
+    /// the orchestrator measures it (`Orchestrator::usage`): `com.openfaas.scale.type: cpu`.
+    Cpu,
 }
 
 /// How one function scales.
@@ -400,16 +407,12 @@ fn scale_config(
     c.metric = match get(SCALE_TYPE_LABEL) {
         None | Some("rps") => Metric::Rps,
         Some("capacity") => Metric::Concurrency,
-        Some("cpu") => {
-            return Err(bad(format!(
-                "label {SCALE_TYPE_LABEL} cpu is not supported: Sluice does not measure its \
-                 replicas' CPU (neither local processes nor pods); use rps (requests per second \
-                 per replica) or capacity (requests in flight per replica)"
-            )));
-        }
+        // Whether the replicas' CPU is measured is the orchestrator's to say
+        // (`Orchestrator::validate`).
+        Some("cpu") => Metric::Cpu,
         Some(other) => {
             return Err(bad(format!(
-                "label {SCALE_TYPE_LABEL} must be rps or capacity, got {other:?}"
+                "label {SCALE_TYPE_LABEL} must be rps, capacity or cpu, got {other:?}"
             )));
         }
     };
@@ -420,13 +423,14 @@ fn scale_config(
                 return Err(bad(format!(
                     "label {SCALE_TARGET_LABEL} must be a number above 0 and at most \
                      {MAX_SCALE_TARGET} (load per replica: requests per second for rps, requests \
-                     in flight for capacity), got {v:?}"
+                     in flight for capacity, millicores for cpu), got {v:?}"
                 )));
             }
         },
         None => match c.metric {
             Metric::Rps => DEFAULT_RPS_TARGET,
             Metric::Concurrency => DEFAULT_CAPACITY_TARGET,
+            Metric::Cpu => DEFAULT_CPU_TARGET,
         },
     };
     if let Some(v) = get(SCALE_PROPORTION_LABEL) {
@@ -602,6 +606,10 @@ mod tests {
         let capacity = scale(&[(SCALE_TYPE_LABEL, "capacity")]);
         assert_eq!(capacity.metric, Metric::Concurrency);
         assert_eq!(capacity.target, DEFAULT_CAPACITY_TARGET);
+        let cpu = scale(&[(SCALE_TYPE_LABEL, "cpu")]);
+        assert_eq!((cpu.metric, cpu.target), (Metric::Cpu, DEFAULT_CPU_TARGET));
+        let cpu = scale(&[(SCALE_TYPE_LABEL, "cpu"), (SCALE_TARGET_LABEL, "100")]);
+        assert_eq!(cpu.per_replica(), 90.0);
         let rps = scale(&[
             (SCALE_TYPE_LABEL, " rps "),
             (SCALE_TARGET_LABEL, "20"),
@@ -651,11 +659,10 @@ mod tests {
                 "is above",
             ),
             (vec![(SCALE_MAX_LABEL, "0")], vec![], SCALE_MAX_LABEL),
-            (vec![(SCALE_TYPE_LABEL, "cpu")], vec![], "not supported"),
             (
                 vec![(SCALE_TYPE_LABEL, "memory")],
                 vec![],
-                "rps or capacity",
+                "rps, capacity or cpu",
             ),
             (vec![(SCALE_TARGET_LABEL, "0")], vec![], SCALE_TARGET_LABEL),
             (vec![(SCALE_TARGET_LABEL, "1e9")], vec![], "at most"),

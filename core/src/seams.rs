@@ -19,7 +19,7 @@ use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
-use crate::api::{CrashLoop, FunctionDeployment};
+use crate::api::{CrashLoop, FunctionDeployment, FunctionUsage};
 use crate::call::{CallId, CallOutcome, CallRecord, CallResult, CallbackOutcome, QueuedCall};
 use crate::config::{ConfigError, FunctionConfig};
 use crate::name::FunctionRef;
@@ -259,6 +259,15 @@ pub trait Orchestrator: Send + Sync + Debug {
     /// What stops the function's replicas from running, in the orchestrator's words (an image
     /// that cannot be pulled, a container crash-looping, a quota), if anything.
     fn problem(&self, _function: &FunctionRef) -> Option<String> {
+        None
+    }
+
+    /// CPU and memory used by all the function's replicas, where this orchestrator measures
+    /// them; `None` when it does not (the default; Kubernetes, whose usage is the metrics
+    /// server's, not Sluice's) or not for this function. `cpu` is in millicores, averaged since
+    /// the orchestrator's previous measurement, as in OpenFaaS's `FunctionUsage`. Cheap enough
+    /// to call once a second for every function; never called per request.
+    fn usage(&self, _function: &FunctionRef) -> Option<FunctionUsage> {
         None
     }
 

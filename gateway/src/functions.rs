@@ -228,6 +228,11 @@ fn status_of(state: &AppState, spec: FunctionSpec) -> FunctionStatus {
     let invocations = state.metrics.invocations(&spec.function);
     let scaling = state.autoscaler.status(&spec.function);
     let problem = state.orchestrator.problem(&spec.function);
+    // Left out when the orchestrator does not measure it, or measures nothing (no replica).
+    let usage = state
+        .orchestrator
+        .usage(&spec.function)
+        .filter(|u| *u != sluice_core::FunctionUsage::default());
     let crash_loop = state
         .activator
         .crash_loop(&spec.function)
@@ -253,7 +258,7 @@ fn status_of(state: &AppState, spec: FunctionSpec) -> FunctionStatus {
         replicas: u64::from(replicas.desired),
         available_replicas: u64::from(replicas.ready),
         created_at: Some(spec.created_at),
-        usage: None,
+        usage,
         target_replicas: scaling.as_ref().map(|s| u64::from(s.target)),
         scale_reason: scaling.map(|s| s.reason),
         problem,

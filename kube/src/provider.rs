@@ -477,6 +477,14 @@ impl KubeProvider {
 impl Orchestrator for KubeProvider {
     fn validate(&self, spec: &FunctionSpec) -> Result<(), ProviderError> {
         let d = &spec.deployment;
+        if spec.config.scale.metric == sluice_core::Metric::Cpu {
+            return Err(invalid(format!(
+                "label {} cpu is not supported on Kubernetes: Sluice does not measure pods' \
+                 CPU; use rps (requests per second per replica) or capacity (requests in \
+                 flight per replica)",
+                sluice_core::config::SCALE_TYPE_LABEL,
+            )));
+        }
         if d.image.trim().is_empty() {
             return Err(invalid(
                 "image is required: on Kubernetes a function runs its own image".into(),

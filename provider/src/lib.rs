@@ -18,6 +18,7 @@ mod secrets;
 mod spec;
 mod sys;
 mod templates;
+mod usage;
 mod watchdog;
 
 pub use container::{WatchdogConfig, WatchdogError, run_watchdog};

@@ -6,16 +6,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sluice_core::{
-    EndpointSource, FunctionRef, FunctionSpec, LogStream, Orchestrator, ProviderError, ReadySet,
-    Replicas, SecretValue, Secrets, StoreError,
+    EndpointSource, FunctionRef, FunctionSpec, FunctionUsage, LogStream, Metric, Orchestrator,
+    ProviderError, ReadySet, Replicas, SecretValue, Secrets, StoreError,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::logs::LogBuffer;
 use crate::runtime::{FunctionRuntime, RuntimeConfig};
-use crate::spec::RunSpec;
+use crate::spec::{Mode, RunSpec};
 use crate::templates::TemplateDirs;
+use crate::usage::Meter;
 
 /// Settings of the process provider.
 #[derive(Debug, Clone)]
@@ -74,6 +75,8 @@ struct Inner {
     tracker: TaskTracker,
     /// Runners for OpenFaaS templates, and Python handlers' environments.
     templates: TemplateDirs,
+    /// HTTP-mode replicas' CPU and memory.
+    meter: Meter,
 }
 
 impl ProcessProvider {
@@ -91,6 +94,7 @@ impl ProcessProvider {
                 functions: Mutex::new(HashMap::new()),
                 cancel: CancellationToken::new(),
                 tracker: TaskTracker::new(),
+                meter: Meter::default(),
             }),
         }
     }
@@ -208,8 +212,17 @@ impl Orchestrator for ProcessProvider {
     /// Also refuses a command whose program is not there. Only here, at deploy time: a function
     /// restored whose program has gone since is started all the same, and crash-loops, saying
     /// why.
+    /// CPU is measured only for HTTP-mode replicas, so only they scale on it.
     fn validate(&self, spec: &FunctionSpec) -> Result<(), ProviderError> {
         let run = self.run_spec(spec)?;
+        if spec.config.scale.metric == Metric::Cpu && run.mode != Mode::Http {
+            return Err(ProviderError::InvalidSpec(format!(
+                "label {} cpu needs an HTTP-mode function (envVars.mode: http, or a template): \
+                 a classic function runs a process per request, whose CPU is not measured; \
+                 use rps or capacity",
+                sluice_core::config::SCALE_TYPE_LABEL
+            )));
+        }
         crate::sys::check_program(&run).map_err(ProviderError::InvalidSpec)
     }
 
@@ -274,6 +287,24 @@ impl Orchestrator for ProcessProvider {
 
     fn replicas(&self, function: &FunctionRef) -> Option<Replicas> {
         self.runtime(function).ok().map(|rt| rt.counts())
+    }
+
+    /// An HTTP-mode function's replicas' CPU and resident memory, each summed over the
+    /// replica's process group; `None` for a classic-mode function (a process per request).
+    /// One measurement of every HTTP-mode function at a time, at most one per half second.
+    fn usage(&self, function: &FunctionRef) -> Option<FunctionUsage> {
+        self.runtime(function).ok()?.process_groups()?;
+        self.inner.meter.usage(function, || {
+            let functions = self
+                .inner
+                .functions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            functions
+                .iter()
+                .filter_map(|(f, rt)| Some((f.clone(), rt.process_groups()?)))
+                .collect()
+        })
     }
 
     /// A function whose replicas keep exiting: how the last run ended, and its last lines.

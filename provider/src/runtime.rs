@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +43,17 @@ struct Replica {
     load: Arc<ReplicaLoad>,
     /// Set while it keeps exiting (HTTP mode), cleared when it becomes ready.
     crash: CrashSlot,
+    /// The process group its process leads while one runs (HTTP mode); 0 when none does.
+    group: Arc<AtomicI32>,
+}
+
+/// Clears a replica's recorded process group when its run ends, however it ends.
+struct Recorded<'a>(&'a AtomicI32);
+
+impl Drop for Recorded<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Release);
+    }
 }
 
 /// Where a replica's supervisor reports it crash-looping.
@@ -265,6 +277,24 @@ impl FunctionRuntime {
         crash_loop(&lock(&self.replicas))
     }
 
+    /// The process groups of the replicas in rotation whose process runs now, or `None` for a
+    /// classic-mode function (its processes are runs of one request each: not measured).
+    pub(crate) fn process_groups(&self) -> Option<Vec<i32>> {
+        if lock(&self.spec).mode != Mode::Http {
+            return None;
+        }
+        let rotation = lock(&self.replicas);
+        Some(
+            rotation
+                .current
+                .iter()
+                .chain(&rotation.outgoing)
+                .map(|r| r.group.load(Ordering::Acquire))
+                .filter(|&g| g > 0)
+                .collect(),
+        )
+    }
+
     /// Bumped whenever the ready set may have changed.
     pub(crate) fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
@@ -274,13 +304,15 @@ impl FunctionRuntime {
         let cancel = self.root.child_token();
         let ready = Arc::new(Mutex::new(None));
         let crash = CrashSlot::default();
+        let group = Arc::new(AtomicI32::new(0));
         let id = format!(
             "{}-{}",
             self.function.name,
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
         let rt = self.clone();
-        let (task_cancel, task_ready, task_crash) = (cancel.clone(), ready.clone(), crash.clone());
+        let (task_cancel, task_ready, task_crash, task_group) =
+            (cancel.clone(), ready.clone(), crash.clone(), group.clone());
         self.tracker.spawn(async move {
             // Kept until the replica has stopped: then its secrets directory goes.
             let (spec, _secrets) = match rt.secret_files(&id, spec) {
@@ -294,7 +326,7 @@ impl FunctionRuntime {
             match spec.mode {
                 Mode::Classic => rt.run_classic(id, spec, task_ready, task_cancel).await,
                 Mode::Http => {
-                    rt.supervise_http(id, spec, task_ready, task_crash, task_cancel)
+                    rt.supervise_http(id, spec, task_ready, task_crash, task_group, task_cancel)
                         .await
                 }
             }
@@ -304,6 +336,7 @@ impl FunctionRuntime {
             ready,
             load: Arc::default(),
             crash,
+            group,
         }
     }
 
@@ -389,6 +422,7 @@ impl FunctionRuntime {
         spec: Arc<RunSpec>,
         ready: Arc<Mutex<Option<Arc<str>>>>,
         crash: CrashSlot,
+        group: Arc<AtomicI32>,
         cancel: CancellationToken,
     ) {
         let mut restarts = Restarts::new(
@@ -398,7 +432,7 @@ impl FunctionRuntime {
         while !cancel.is_cancelled() {
             let started = tokio::time::Instant::now();
             let (how, output) = match self
-                .run_http_once(&id, &spec, &ready, &crash, &cancel)
+                .run_http_once(&id, &spec, &ready, &crash, &group, &cancel)
                 .await
             {
                 Exit::Cancelled => break,
@@ -428,6 +462,7 @@ impl FunctionRuntime {
         spec: &RunSpec,
         ready: &Mutex<Option<Arc<str>>>,
         crash: &Mutex<Option<Arc<CrashLoop>>>,
+        group: &AtomicI32,
         cancel: &CancellationToken,
     ) -> Exit {
         let port = match free_port().await {
@@ -445,6 +480,10 @@ impl FunctionRuntime {
             Ok(c) => c,
             Err(msg) => return Exit::early(msg),
         };
+        // The child leads its own process group: its id is the group's.
+        let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+        group.store(pid, Ordering::Release);
+        let _recorded = Recorded(group);
         if let Err(msg) = sys::limit_memory(&child, spec) {
             self.terminate(&mut child).await;
             return Exit::early(msg);

@@ -1,5 +1,6 @@
 //! The few operating-system calls the process provider needs that std and tokio do not offer:
-//! tie a child's life to Sluice's, and signal a child's whole process group.
+//! tie a child's life to Sluice's, signal a child's whole process group, and the units of
+//! `/proc`'s figures.
 
 #![allow(unsafe_code)]
 
@@ -183,6 +184,20 @@ pub(crate) fn limit_memory(child: &Child, spec: &RunSpec) -> Result<(), String> 
         ));
     }
     Ok(())
+}
+
+/// Clock ticks per second: the unit of the CPU times in `/proc/<pid>/stat`.
+pub(crate) fn clock_ticks() -> u64 {
+    // SAFETY: sysconf(3) reads a system setting; it has no memory effects.
+    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(100)
+}
+
+/// Bytes in a memory page: the unit of the resident set size in `/proc/<pid>/stat`.
+pub(crate) fn page_size() -> u64 {
+    // SAFETY: sysconf(3) reads a system setting; it has no memory effects.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
 }
 
 /// Sends `signal` to the process group led by `child` (each child leads its own group).

@@ -282,3 +282,37 @@ async fn the_secrets_api_needs_credentials() {
     let r: Value = get_json(&http, format!("{url}/system/secrets")).await;
     assert_eq!(r, serde_json::json!([]));
 }
+
+/// OpenFaaS's `usage` in a function's status: an HTTP-mode function's replicas' resident memory
+/// (and CPU) once measured, in both the list and the single status; a classic function (a
+/// process per request, not measured) has none.
+#[tokio::test]
+async fn an_http_functions_status_has_its_replicas_memory_and_a_classic_ones_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = crate::harness::http();
+    deploy(&http, url, &sample("echo", "python3 -u echo.py", true, &[])).await;
+    deploy(&http, url, &sample("cat", "cat", false, &[])).await;
+    let usage: Value = eventually("echo's memory in its status", || async {
+        let f: Value = try_get_json(&http, format!("{url}/system/function/echo")).await?;
+        (f["usage"]["totalMemoryBytes"].as_f64()? > 0.0).then(|| f["usage"].clone())
+    })
+    .await;
+    // A Python server holds megabytes, not bytes: the sum is of pages, not a count.
+    let bytes = usage["totalMemoryBytes"].as_f64().unwrap();
+    assert!(bytes > 1_000_000.0, "{usage}");
+    let list: Vec<Value> = get_json(&http, format!("{url}/system/functions")).await;
+    let by_name = |name: &str| list.iter().find(|f| f["name"] == name).unwrap().clone();
+    assert!(
+        by_name("echo")["usage"]["totalMemoryBytes"]
+            .as_f64()
+            .unwrap()
+            > 1_000_000.0,
+        "{list:?}"
+    );
+    let cat = by_name("cat");
+    assert!(cat.get("usage").is_none(), "{cat}");
+    let cat: Value = get_json(&http, format!("{url}/system/function/cat")).await;
+    assert!(cat.get("usage").is_none(), "{cat}");
+}

@@ -574,8 +574,9 @@ async fn bad_scaling_labels_are_refused_with_what_is_allowed() {
     let url = &sluice.url;
     let http = crate::harness::http();
     for (label, value, says) in [
-        ("com.openfaas.scale.type", "cpu", "does not measure"),
-        ("com.openfaas.scale.type", "memory", "rps or capacity"),
+        // A classic function's CPU is not measured: `cpu` needs HTTP mode.
+        ("com.openfaas.scale.type", "cpu", "HTTP-mode"),
+        ("com.openfaas.scale.type", "memory", "rps, capacity or cpu"),
         ("com.openfaas.scale.target", "0", "above 0"),
         ("com.openfaas.scale.target", "1000001", "at most"),
         ("com.openfaas.scale.target", "lots", "requests per second"),
@@ -603,4 +604,50 @@ async fn bad_scaling_labels_are_refused_with_what_is_allowed() {
         serde_json::json!([]),
         "a refused function was kept"
     );
+}
+
+/// `com.openfaas.scale.type: cpu` on the process provider: a function whose replica uses about
+/// 300 millicores in a thread of its own, with a target of 100 millicores a replica, scales
+/// past one replica with no request sent (only its CPU can scale it), and says why; a function
+/// beside it on the default measure (`rps`, no load) stays at one.
+#[tokio::test]
+async fn a_function_that_scales_on_cpu_scales_out_when_its_replicas_are_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &["--scale-window", "10s"]);
+    let url = &sluice.url;
+    let http = crate::harness::http();
+    let burn = sample(
+        "burn",
+        "python3 -u burn.py",
+        true,
+        &[
+            ("com.openfaas.scale.type", "cpu"),
+            ("com.openfaas.scale.target", "100"),
+            ("com.openfaas.scale.max", "2"),
+        ],
+    );
+    deploy(&http, url, &burn).await;
+    deploy(&http, url, &sample("echo", "python3 -u echo.py", true, &[])).await;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(40);
+    loop {
+        let burn = counts(&http, url, "burn").await;
+        assert_eq!(counts(&http, url, "echo").await.0, 1, "echo scaled");
+        if burn.0 >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "burn still on {burn:?} after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let f: Value = get_json(&http, format!("{url}/system/function/burn")).await;
+    assert!(
+        f["scaleReason"].as_str().unwrap().contains("millicores"),
+        "{f}"
+    );
+    assert!(f["usage"]["cpu"].as_f64().unwrap() > 0.0, "{f}");
+    replicas_become(&http, url, "burn", 2).await;
 }

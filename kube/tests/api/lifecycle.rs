@@ -412,6 +412,16 @@ async fn deployments_kubernetes_would_refuse_are_refused_before_any_call() {
             .to_string()
             .contains("requests.memory")
     );
+    // Pods' CPU is not measured here: a function cannot scale on it.
+    let mut bad = echo();
+    let mut config = (*bad.config).clone();
+    config.scale.metric = sluice_core::Metric::Cpu;
+    bad.config = std::sync::Arc::new(config);
+    let err = provider.validate(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("com.openfaas.scale.type cpu is not supported on Kubernetes"),
+        "{err}"
+    );
     assert!(provider.validate(&echo()).is_ok());
     api.expect_silence().await;
 }
