@@ -8,23 +8,12 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-use crate::harness::{ADMIN_PASSWORD, ADMIN_USER, Sluice, deploy, eventually, http, sample};
+use crate::harness::{ADMIN_PASSWORD, Sluice, deploy, eventually, http, sample};
 
 /// Runs `sluice <args>` as the test admin (credentials from the environment, nothing stored
 /// in `home`), with no gateway in the environment: each call says which one.
 fn sluice(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .env("HOME", home)
-        .env("SLUICE_CONFIG_DIR", home)
-        .env("SLUICE_ADMIN_USER", ADMIN_USER)
-        .env("SLUICE_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env_remove("SLUICE_URL")
-        .env_remove("OPENFAAS_URL")
-        .env_remove("SLUICE_TOKEN")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    crate::harness::cli(home, None, args, "")
 }
 
 fn ok(out: Output) -> String {

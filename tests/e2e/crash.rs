@@ -4,42 +4,26 @@
 //! is refused at deploy. And `sluice deploy`'s wait: default stack file, progress, `--no-wait`.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::harness::{
-    ADMIN_PASSWORD, ADMIN_USER, Backend, Sluice, deploy, eventually, functions_dir, get_json, http,
-    sample, try_get_json,
+    Backend, Sluice, deploy, eventually, functions_dir, get_json, http, sample, try_get_json,
 };
 
 /// Runs `sluice <args>` in `dir` against `gateway` as the admin (credentials from the
 /// environment, none stored).
 fn sluice_in(dir: &Path, gateway: &str, args: &[&str]) -> (Output, Duration) {
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .current_dir(dir)
-        .env("SLUICE_URL", gateway)
-        .env("SLUICE_CONFIG_DIR", dir)
-        .env("SLUICE_ADMIN_USER", ADMIN_USER)
-        .env("SLUICE_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env_remove("OPENFAAS_URL")
-        .env_remove("SLUICE_TOKEN")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = crate::harness::cli(dir, Some(gateway), args, "");
     (out, started.elapsed())
 }
 
 /// Its stdout and stderr together.
 fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    crate::harness::printed(out)
 }
 
 /// A server that writes two lines and exits with status 3 at once, retried quickly when called

@@ -36,6 +36,43 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// Runs the `sluice` command in `dir` as the test admin (credentials from the environment, none
+/// stored; its config dir is `dir`), against `gateway` (`SLUICE_URL`) when given, with `stdin`
+/// as its input.
+pub fn cli(dir: &Path, gateway: Option<&str>, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", dir)
+        .env("SLUICE_CONFIG_DIR", dir)
+        .env("SLUICE_ADMIN_USER", ADMIN_USER)
+        .env("SLUICE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env_remove("SLUICE_URL")
+        .env_remove("OPENFAAS_URL")
+        .env_remove("SLUICE_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(gateway) = gateway {
+        command.env("SLUICE_URL", gateway);
+    }
+    let mut child = command.spawn().expect("sluice starts");
+    // A command that does not read its input closes the pipe early; that is its business.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    child.wait_with_output().unwrap()
+}
+
+/// A command's stdout and stderr together, for messages.
+pub fn printed(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// The directory holding the sample functions.
 pub fn functions_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

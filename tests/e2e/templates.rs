@@ -8,26 +8,17 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::harness::{ADMIN_PASSWORD, ADMIN_USER, Sluice, eventually, http};
+use crate::harness::{Sluice, cli, eventually, http, printed};
 
 /// `sluice deploy -f <stack>` as the test admin; returns (success, stdout + stderr).
 fn deploy_stack(url: &str, stack: &Path, config: &Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["deploy", "-f", stack.to_str().unwrap()])
-        .env("SLUICE_URL", url)
-        .env("SLUICE_CONFIG_DIR", config)
-        .env("SLUICE_ADMIN_USER", ADMIN_USER)
-        .env("SLUICE_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env_remove("SLUICE_TOKEN")
-        .env_remove("OPENFAAS_URL")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let out = cli(
+        config,
+        Some(url),
+        &["deploy", "-f", stack.to_str().unwrap()],
+        "",
     );
-    (out.status.success(), text)
+    (out.status.success(), printed(&out))
 }
 
 const STACK: &str = "\
@@ -298,38 +289,12 @@ async fn each_new_function_template_tests_deploys_and_answers() {
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data"), &[]);
     let url = sluice.url.as_str();
-    let cli = |cwd: &Path, args: &[&str], stdin: &str| {
-        use std::io::Write;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(args)
-            .current_dir(cwd)
-            .env("SLUICE_URL", url)
-            .env("SLUICE_CONFIG_DIR", dir.path())
-            .env("SLUICE_ADMIN_USER", ADMIN_USER)
-            .env("SLUICE_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env_remove("SLUICE_TOKEN")
-            .env_remove("OPENFAAS_URL")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "sluice {args:?}: {text}");
+    let run = |cwd: &Path, args: &[&str], stdin: &str| {
+        let out = cli(cwd, Some(url), args, stdin);
+        assert!(out.status.success(), "sluice {args:?}: {}", printed(&out));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let listed = cli(dir.path(), &["new", "--list"], "");
+    let listed = run(dir.path(), &["new", "--list"], "");
     for (lang, test) in [
         ("python", &["python3", "-m", "unittest", "handler_test"][..]),
         ("node", &["npm", "test"][..]),
@@ -341,7 +306,7 @@ async fn each_new_function_template_tests_deploys_and_answers() {
         let project = dir.path().join(lang);
         std::fs::create_dir(&project).unwrap();
         let name = format!("hello-{lang}");
-        cli(&project, &["new", &name, "--lang", lang], "");
+        run(&project, &["new", &name, "--lang", lang], "");
         // The template's own test passes as made.
         let out = Command::new(test[0])
             .args(&test[1..])
@@ -356,9 +321,9 @@ async fn each_new_function_template_tests_deploys_and_answers() {
             String::from_utf8_lossy(&out.stderr)
         );
         // No -f: ./stack.yml, as faas-cli reads it; the deploy waits for the function.
-        let deployed = cli(&project, &["deploy"], "");
+        let deployed = run(&project, &["deploy"], "");
         assert!(deployed.contains(&format!("{name}: ready")), "{deployed}");
-        let answer = cli(&project, &["invoke", &name], "hi\n");
+        let answer = run(&project, &["invoke", &name], "hi\n");
         assert_eq!(answer, "Hello, hi!\n", "{lang}");
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::harness::{ADMIN_PASSWORD, ADMIN_USER, Sluice, deploy, get_json, sample};
+use crate::harness::{Sluice, deploy, get_json, sample};
 
 fn now_nanos() -> u128 {
     SystemTime::now()
@@ -104,16 +104,12 @@ async fn fprocess_in_the_environment_is_the_command_when_envprocess_is_empty() {
          environment:\n      fprocess: wc -c\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["deploy", "-f", stack.to_str().unwrap()])
-        .env("SLUICE_URL", url)
-        .env("SLUICE_CONFIG_DIR", dir.path())
-        .env("SLUICE_ADMIN_USER", ADMIN_USER)
-        .env("SLUICE_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env_remove("SLUICE_TOKEN")
-        .env_remove("OPENFAAS_URL")
-        .output()
-        .unwrap();
+    let out = crate::harness::cli(
+        dir.path(),
+        Some(url),
+        &["deploy", "-f", stack.to_str().unwrap()],
+        "",
+    );
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && printed.contains("Deployed from-env."),
