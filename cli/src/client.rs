@@ -92,14 +92,38 @@ impl std::fmt::Display for Gateway {
 /// stack file's `provider.gateway`, then the default.
 pub fn resolve_gateway(flag: Option<&str>, stack_gateway: Option<&str>) -> Gateway {
     let from_env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+    choose_gateway(
+        flag,
+        from_env("SLUICE_URL"),
+        from_env("OPENFAAS_URL"),
+        stack_gateway,
+    )
+}
+
+/// [`resolve_gateway`] with the environment's variables given.
+fn choose_gateway(
+    flag: Option<&str>,
+    sluice_url: Option<String>,
+    openfaas_url: Option<String>,
+    stack_gateway: Option<&str>,
+) -> Gateway {
     let (value, source) = flag
         .map(|f| (f.to_owned(), GatewaySource::Flag))
-        .or_else(|| from_env("SLUICE_URL").map(|v| (v, GatewaySource::SluiceUrl)))
-        .or_else(|| from_env("OPENFAAS_URL").map(|v| (v, GatewaySource::OpenfaasUrl)))
-        .or_else(|| stack_gateway.map(|g| (g.to_owned(), GatewaySource::StackFile)))
-        .unwrap_or_else(|| ("http://127.0.0.1:8080".to_owned(), GatewaySource::Default));
+        .or_else(|| sluice_url.map(|v| (v, GatewaySource::SluiceUrl)))
+        .or_else(|| openfaas_url.map(|v| (v, GatewaySource::OpenfaasUrl)))
+        .or_else(|| {
+            // A stack file naming the default gateway (as `sluice new` writes it) names no
+            // other machine: it is the default, and gets the environment's credentials.
+            stack_gateway
+                .filter(|g| normalise_gateway_url(g).as_deref() != Ok(DEFAULT_GATEWAY))
+                .map(|g| (g.to_owned(), GatewaySource::StackFile))
+        })
+        .unwrap_or_else(|| (DEFAULT_GATEWAY.to_owned(), GatewaySource::Default));
     Gateway::from_source(&value, source)
 }
+
+/// Where the CLI looks for a gateway when nothing names one.
+const DEFAULT_GATEWAY: &str = "http://127.0.0.1:8080";
 
 /// A gateway URL as the CLI uses it: `http://` when no scheme is given, no trailing slash.
 /// Returns why it cannot be used otherwise, in a few plain words.
@@ -399,6 +423,16 @@ mod tests {
             let got = normalise_gateway_url(given).unwrap_err();
             assert!(got.contains(why), "{given}: {got}");
         }
+    }
+
+    #[test]
+    fn a_stack_file_naming_the_default_gateway_names_no_other_machine() {
+        let source = |stack: &str| choose_gateway(None, None, None, Some(stack)).source();
+        assert_eq!(source("http://127.0.0.1:8080"), GatewaySource::Default);
+        assert_eq!(source("127.0.0.1:8080/"), GatewaySource::Default);
+        assert_eq!(source("http://gw.example:8080"), GatewaySource::StackFile);
+        let env = choose_gateway(None, Some("http://x:1".into()), None, Some("http://y:2"));
+        assert_eq!(env.source(), GatewaySource::SluiceUrl);
     }
 
     #[test]

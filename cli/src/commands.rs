@@ -148,14 +148,11 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             (vec![d], None)
         }
     };
-    let base = resolve_gateway(args.gateway.gateway.as_deref(), stack_gateway.as_deref());
-    let client = if stack_gateway.as_deref().map(|g| g.trim_end_matches('/')) == Some(base.as_str())
-        && resolve_gateway(args.gateway.gateway.as_deref(), None) != base
-    {
-        Client::for_stack_gateway(base)?
-    } else {
-        Client::new(base)?
-    };
+    // A gateway only the stack file names gets only credentials stored for it (Client::new).
+    let client = Client::new(resolve_gateway(
+        args.gateway.gateway.as_deref(),
+        stack_gateway.as_deref(),
+    ))?;
     report_unhonoured(&client, &unhonoured).await;
     let mut failed = 0;
     let mut deployed = Vec::with_capacity(deployments.len());

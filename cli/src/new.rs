@@ -114,7 +114,16 @@ pub fn run(args: NewArgs) -> anyhow::Result<()> {
         anyhow::bail!("give a name and --lang (or --list)");
     };
     let made = create(Path::new("."), &name, &lang)?;
-    println!("Made {name}/ and {}.", made.stack_file);
+    match &made.entry_to_add {
+        None => println!("Made {name}/ and its entry in stack.yml."),
+        Some(entry) => {
+            println!("Made {name}/.");
+            eprintln!(
+                "warning: stack.yml's functions: is not its last part, so {name} was not \
+                 added to it; add this under functions: yourself:\n{entry}"
+            );
+        }
+    }
     println!("Test it:   cd {name} && {}", made.test);
     println!("Deploy it: sluice deploy && echo hi | sluice invoke {name}");
     Ok(())
@@ -123,8 +132,9 @@ pub fn run(args: NewArgs) -> anyhow::Result<()> {
 /// What [`create`] made.
 #[derive(Debug)]
 pub struct Made {
-    pub stack_file: &'static str,
     pub test: &'static str,
+    /// The function's stack.yml entry, when it could not be added to the file there.
+    pub entry_to_add: Option<String>,
 }
 
 /// Writes function `name` from template `lang` into `dir/<name>/`, and its entry into
@@ -173,18 +183,12 @@ pub fn create(dir: &Path, name: &str, lang: &str) -> anyhow::Result<Made> {
             let fits = appended.as_ref().is_some_and(|s| {
                 s.functions.contains_key(name) && s.functions.len() == stack.functions.len() + 1
             });
-            anyhow::ensure!(
-                fits,
-                "cannot add {name} at the end of {} (its functions: is not the last part); add \
-                 this under functions: yourself, then run sluice new again with another name, \
-                 or write the files by hand:\n{entry}",
-                stack_path.display()
-            );
-            text
+            // Rewriting the file would lose its comments and layout: the user adds it.
+            fits.then_some(text)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!(
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
             "version: 1.0\nprovider:\n  name: openfaas\n  gateway: http://127.0.0.1:8080\nfunctions:\n{entry}"
-        ),
+        )),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", stack_path.display())),
     };
     for (path, text) in template.files {
@@ -196,11 +200,17 @@ pub fn create(dir: &Path, name: &str, lang: &str) -> anyhow::Result<Made> {
         std::fs::write(&path, fill(text))
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    std::fs::write(&stack_path, stack_text)
-        .with_context(|| format!("cannot write {}", stack_path.display()))?;
+    let entry_to_add = match stack_text {
+        Some(text) => {
+            std::fs::write(&stack_path, text)
+                .with_context(|| format!("cannot write {}", stack_path.display()))?;
+            None
+        }
+        None => Some(entry),
+    };
     Ok(Made {
-        stack_file: "stack.yml",
         test: template.test,
+        entry_to_add,
     })
 }
 
@@ -232,14 +242,20 @@ mod tests {
             assert!(err.contains(needle), "{err}");
         }
         assert!(!dir.path().join("three").exists());
-        // A stack file whose functions: is not last: nothing is written, and the entry is shown.
-        std::fs::write(
-            dir.path().join("stack.yml"),
-            "functions:\n  a:\n    fprocess: cat\nprovider:\n  name: openfaas\n",
-        )
-        .unwrap();
-        let err = create(dir.path(), "four", "go").unwrap_err().to_string();
-        assert!(err.contains("four:\n    handler: ./four"), "{err}");
-        assert!(!dir.path().join("four").exists());
+        // A stack file whose functions: is not last: the function is made, the file left as it
+        // was, and the entry given to add by hand.
+        let odd = "functions:\n  a:\n    fprocess: cat\nprovider:\n  name: openfaas\n";
+        std::fs::write(dir.path().join("stack.yml"), odd).unwrap();
+        let made = create(dir.path(), "four", "go").unwrap();
+        assert!(
+            made.entry_to_add
+                .unwrap()
+                .starts_with("  four:\n    handler: ./four")
+        );
+        assert!(dir.path().join("four/handler.go").is_file());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("stack.yml")).unwrap(),
+            odd
+        );
     }
 }

@@ -144,7 +144,17 @@ pub async fn wait_ready(
             if let Some(ns) = namespace {
                 request = request.query(&[("namespace", ns)]);
             }
-            match client.send(request).await {
+            // One poll may not outlast the deadline: a gateway that never answers is a failure.
+            let left = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(Duration::from_secs(1));
+            let sent = match tokio::time::timeout(left, client.send(request)).await {
+                Ok(sent) => sent,
+                Err(_) => Err(anyhow::anyhow!(
+                    "the gateway did not answer within {left:?}"
+                )),
+            };
+            match sent {
                 Ok(response) if response.status().is_success() => {
                     match client::json::<FunctionStatus>(response).await {
                         Ok(status) => states[i] = readiness(&status),

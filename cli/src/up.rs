@@ -288,6 +288,15 @@ struct Backends {
     secrets: Option<Arc<dyn Secrets>>,
 }
 
+/// `secrets`, once its key is seen to open the secrets already kept.
+async fn checked_secrets(secrets: SealedSecrets) -> anyhow::Result<Arc<dyn Secrets>> {
+    secrets
+        .verify()
+        .await
+        .context("the secrets key does not fit the secrets in the database")?;
+    Ok(Arc::new(secrets))
+}
+
 /// The key secrets are sealed under: the operator's (`--secrets-key-file`), else one kept in
 /// the data dir, made on first start.
 fn secrets_key(config: &UpConfig) -> anyhow::Result<SecretsKey> {
@@ -409,9 +418,12 @@ impl Prepared {
                     functions,
                     calls: Arc::new(store.clone()),
                     queue: Arc::new(queue.clone()),
-                    secrets: secrets_key.map(|key| {
-                        Arc::new(SealedSecrets::sqlite(store.clone(), key)) as Arc<dyn Secrets>
-                    }),
+                    secrets: match secrets_key {
+                        Some(key) => {
+                            Some(checked_secrets(SealedSecrets::sqlite(store.clone(), key)).await?)
+                        }
+                        None => None,
+                    },
                     intake: Arc::new(SqliteIntake::new(queue.clone(), store)),
                     sqlite_queue: Some(queue),
                     jetstream: None,
@@ -432,9 +444,12 @@ impl Prepared {
                 let queued: Arc<dyn CallQueue> = Arc::new(queue.clone());
                 let bound = config.gateway.max_queued_per_function;
                 Backends {
-                    secrets: secrets_key.map(|key| {
-                        Arc::new(SealedSecrets::postgres(store.clone(), key)) as Arc<dyn Secrets>
-                    }),
+                    secrets: match secrets_key {
+                        Some(key) => Some(
+                            checked_secrets(SealedSecrets::postgres(store.clone(), key)).await?,
+                        ),
+                        None => None,
+                    },
                     functions: Arc::new(store),
                     intake: Arc::new(BatchedIntake::new(calls.clone(), queued.clone(), bound)),
                     calls,

@@ -601,8 +601,11 @@ impl Worker {
         match sent {
             Ok(_) => {
                 if payload.body.len() > self.config.result_max_bytes {
-                    // Kept only to call back: no longer needed.
-                    self.calls.forget_result(id).await?;
+                    // Kept only to call back: no longer needed. The callback went: failing
+                    // to forget must not send it again (the retention sweep removes it).
+                    if let Err(error) = self.calls.forget_result(id).await {
+                        tracing::warn!(call = %id, %error, "could not forget an oversized result");
+                    }
                 }
                 Ok(done)
             }

@@ -99,8 +99,14 @@ impl SecretsKey {
             .open(path)
         {
             Ok(f) => f,
+            // Made by another process starting at the same time: read, once (a dangling
+            // symlink reads as missing, and must not send us round again).
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Self::load_or_create(path);
+                let text = std::fs::read_to_string(path).map_err(io)?;
+                return Ok((
+                    Self::from_base64(&text, &path.display().to_string())?,
+                    false,
+                ));
             }
             Err(e) => return Err(io(e)),
         };
@@ -172,6 +178,8 @@ impl SecretsKey {
 pub(crate) trait SealedRows: Send + Sync + fmt::Debug {
     async fn names(&self, namespace: &str) -> Result<Vec<String>, StoreError>;
     async fn count(&self, namespace: &str) -> Result<u64, StoreError>;
+    /// One secret, any: for checking the key.
+    async fn any(&self) -> Result<Option<(String, String, Vec<u8>)>, StoreError>;
     async fn get(&self, namespace: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
     async fn insert(
         &self,
@@ -211,6 +219,16 @@ impl SealedSecrets {
         Self {
             rows: Arc::new(store),
             key: Arc::new(key),
+        }
+    }
+
+    /// Checks that the key opens the secrets already kept (one of them): a gateway given
+    /// another key than the one they were sealed under is told at start, not at its first
+    /// deploy of a function that names one.
+    pub async fn verify(&self) -> Result<(), StoreError> {
+        match self.rows.any().await? {
+            Some((namespace, name, sealed)) => self.key.open(&namespace, &name, &sealed).map(drop),
+            None => Ok(()),
         }
     }
 

@@ -572,6 +572,14 @@ macro_rules! sql_store {
                 Ok(u64::try_from(n).unwrap_or(0))
             }
 
+            async fn any(&self) -> Result<Option<(String, String, Vec<u8>)>, StoreError> {
+                let row = sqlx::query("SELECT namespace, name, sealed FROM secrets LIMIT 1")
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(row.map(|r| (r.get("namespace"), r.get("name"), r.get("sealed"))))
+            }
+
             async fn get(&self, namespace: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
                 let row = sqlx::query("SELECT sealed FROM secrets WHERE namespace = $1 AND name = $2")
                     .bind(namespace)

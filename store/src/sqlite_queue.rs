@@ -296,8 +296,10 @@ impl SqliteQueue {
         tokio::spawn(async move {
             if let Err(Ok((rows, started))) = answer.send(claim.await) {
                 let seqs = rows.iter().map(|r| r.get::<i64, _>("seq"));
-                let ids = started.iter().map(|r| r.get::<&str, _>("id"));
-                queue.give_back(&token_back, seqs, ids).await;
+                let starts = started
+                    .iter()
+                    .map(|r| (r.get::<&str, _>("id"), r.get::<i64, _>("attempts")));
+                queue.give_back(&token_back, seqs, starts).await;
             }
         });
         let (mut rows, started) = claimed
@@ -328,9 +330,10 @@ impl SqliteQueue {
                     // and say so.
                     tracing::error!(seq, error = %e, "unreadable queued call; parking it");
                     let call_id = row.get::<&str, _>("call_id");
-                    if started.remove(call_id).is_some() {
+                    if let Some(attempt) = started.remove(call_id) {
                         // Its record, if it has one, is not left running.
-                        self.give_back(&token, [], [call_id]).await;
+                        self.give_back(&token, [], [(call_id, i64::from(attempt))])
+                            .await;
                     }
                     if let Err(error) = lease.release(Duration::from_secs(24 * 3600)).await {
                         // Its lease runs out instead; the calls claimed with it go on.
@@ -360,11 +363,14 @@ impl SqliteQueue {
         &self,
         token: &str,
         seqs: impl IntoIterator<Item = i64>,
-        started: impl IntoIterator<Item = &'a str>,
+        started: impl IntoIterator<Item = (&'a str, i64)>,
     ) {
         let seqs = serde_json::to_string(&seqs.into_iter().collect::<Vec<_>>())
             .expect("numbers encode as JSON");
-        let started = crate::sqlite::id_list(started);
+        // Each start as [id, attempt]: only the attempt this claim started is undone, as
+        // `undo_start` does (a call whose lease ran out may be another worker's by now).
+        let started = serde_json::to_string(&started.into_iter().collect::<Vec<_>>())
+            .expect("ids and numbers encode as JSON");
         let given = self
             .write(
                 sqlx::query(
@@ -372,7 +378,9 @@ impl SqliteQueue {
                      WHERE seq IN (SELECT value FROM json_each($1)) AND lease_token = $2; \
                      UPDATE calls SET state = 'queued', attempts = attempts - 1, \
                      started_at = NULL \
-                     WHERE id IN (SELECT value FROM json_each($3)) AND state = 'running'",
+                     WHERE state = 'running' AND EXISTS (SELECT 1 FROM json_each($3) AS s \
+                     WHERE json_extract(s.value, '$[0]') = calls.id \
+                     AND json_extract(s.value, '$[1]') = calls.attempts)",
                 )
                 .bind(seqs)
                 .bind(token.to_owned())

@@ -207,7 +207,11 @@ async fn secrets_reach_functions_as_files_and_nowhere_else(backend: Backend) {
         list,
         json!([{"name": "api-key", "namespace": "openfaas-fn"}])
     );
-    assert_eq!(call(&http, &url).await, "second\n700\n400\n");
+    // The replica that had blob serves until its replacement is ready.
+    eventually("the redeployed function without blob", || async {
+        (call(&http, &url).await == "second\n700\n400\n").then_some(())
+    })
+    .await;
 
     // A restart brings the function back with its secrets (the key is kept in the data dir).
     assert!(sluice.stop().success());
@@ -276,15 +280,16 @@ async fn secrets_reach_functions_as_files_and_nowhere_else(backend: Backend) {
 
 on_both_backends!(secrets_reach_functions_as_files_and_nowhere_else);
 
-/// An operator's key (`--secrets-key-file`) is used instead of one in the data dir; a key that
-/// is not 32 bytes in base64 stops Sluice before it listens, naming the file.
+/// An operator's key (`--secrets-key-file`) is used instead of one in the data dir; another key
+/// than the kept secrets were sealed under, or one that is not 32 bytes in base64, stops Sluice
+/// before it listens, saying so.
 #[tokio::test]
 async fn the_operators_secrets_key_is_used_and_checked() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("key");
-    std::fs::write(&key, "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=\n").unwrap();
+    let key_path = dir.path().join("key");
+    std::fs::write(&key_path, "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=\n").unwrap();
     let data = dir.path().join("data");
-    let key_arg = key.to_str().unwrap();
+    let key_arg = key_path.to_str().unwrap();
     let sluice = crate::harness::Sluice::start(&data, &["--secrets-key-file", key_arg]);
     let (s, _) = send(
         &http(),
@@ -297,21 +302,32 @@ async fn the_operators_secrets_key_is_used_and_checked() {
     assert!(sluice.stop().success());
     assert!(!data.join("secrets.key").exists());
 
-    std::fs::write(&key, "c2hvcnQ=\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--secrets-key-file",
-            key_arg,
-            "--data-dir",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let start = |key: &str| {
+        std::fs::write(&key_path, key).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--secrets-key-file",
+                key_arg,
+                "--data-dir",
+            ])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Another key than the one the kept secrets were sealed under: refused at start.
+    let stderr = start("KysrKysrKysrKysrKysrKysrKysrKysrKysrKysrKys=\n");
+    assert!(
+        stderr.contains("the secrets key does not fit the secrets in the database")
+            && stderr.contains("api-key"),
+        "{stderr}"
+    );
+    // Not a key at all.
+    let stderr = start("c2hvcnQ=\n");
     assert!(
         stderr.contains(key_arg) && stderr.contains("not 32 bytes in base64"),
         "{stderr}"

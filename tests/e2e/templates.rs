@@ -12,10 +12,11 @@ use crate::harness::{Sluice, cli, eventually, http, printed};
 
 /// `sluice deploy -f <stack>` as the test admin; returns (success, stdout + stderr).
 fn deploy_stack(url: &str, stack: &Path, config: &Path) -> (bool, String) {
+    // A cold pip install and Go build on a busy machine may take longer than the default 60 s.
     let out = cli(
         config,
         Some(url),
-        &["deploy", "-f", stack.to_str().unwrap()],
+        &["deploy", "--timeout", "300s", "-f", stack.to_str().unwrap()],
         "",
     );
     (out.status.success(), printed(&out))
