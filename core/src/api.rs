@@ -134,8 +134,8 @@ pub struct FunctionStatus {
     pub available_replicas: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<Timestamp>,
-    /// What the replicas use, where the provider measures it (neither provider does yet, so it
-    /// is left out, as faas-provider's `omitempty` leaves it out).
+    /// What the replicas use, where the provider measures it (local HTTP-mode replicas); left
+    /// out elsewhere, as faas-provider's `omitempty` leaves it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<FunctionUsage>,
     /// Sluice's: the replica count the autoscaler last decided on, and why.

@@ -173,11 +173,11 @@ pub(crate) async fn update(
 ) -> Result<StatusCode, ApiError> {
     let body = state.read_json(&headers, body).await?;
     let mut spec = checked(&state, body)?;
-    check_secrets(&state, &spec).await?;
     let _serial = state.lock_function(&spec.function).await;
     let Some(existing) = state.functions.get(&spec.function).await? else {
         return Err(ApiError::FunctionNotFound(spec.function.to_string()));
     };
+    check_secrets(&state, &spec).await?;
     let scale = spec.config.scale.within(state.config.max_replicas_limit);
     spec.replicas = existing.replicas.clamp(scale.min, scale.max);
     spec.created_at = existing.created_at;

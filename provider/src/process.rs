@@ -176,6 +176,11 @@ impl ProcessProvider {
             return Ok(Vec::new());
         }
         let secrets = self.secrets()?;
+        if self.inner.config.run_dir.is_none() {
+            return Err(ProviderError::InvalidSpec(
+                "this provider has no run dir to give replicas their secrets in".into(),
+            ));
+        }
         let namespace = &spec.function.namespace;
         let mut values = Vec::with_capacity(names.len());
         for name in names {

@@ -41,8 +41,9 @@ const TEMPLATES: &[Template] = &[
         names: &["node18", "node20", "node22"],
         program: "node",
         flags: &[],
-        needs: &[],
-        install: "Node.js (and npm, for handlers with dependencies)",
+        needs: &["flock", "prlimit"],
+        install: "Node.js (and npm, for handlers with dependencies), with flock and prlimit \
+                  (util-linux)",
         file: "node.js",
         source: include_str!("../templates/node.js"),
     },
@@ -77,7 +78,7 @@ pub(crate) struct TemplateDirs {
     runners: PathBuf,
     venvs: PathBuf,
     builds: PathBuf,
-    written: std::sync::OnceLock<Result<(), String>>,
+    written: std::sync::OnceLock<()>,
 }
 
 impl TemplateDirs {
@@ -90,29 +91,30 @@ impl TemplateDirs {
         }
     }
 
-    /// Writes this build's runners (once per provider: a newer Sluice replaces older ones).
+    /// Writes this build's runners (once per provider: a newer Sluice replaces older ones; a
+    /// failed write is tried again at the next deploy).
     fn write_runners(&self) -> Result<(), ProviderError> {
-        self.written
-            .get_or_init(|| {
-                use std::os::unix::fs::DirBuilderExt;
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&self.runners)
-                    .and_then(|()| {
-                        TEMPLATES
-                            .iter()
-                            .try_for_each(|t| std::fs::write(self.runners.join(t.file), t.source))
-                    })
-                    .map_err(|e| {
-                        format!(
-                            "cannot write the templates' runners to {}: {e}",
-                            self.runners.display()
-                        )
-                    })
+        if self.written.get().is_some() {
+            return Ok(());
+        }
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.runners)
+            .and_then(|()| {
+                TEMPLATES
+                    .iter()
+                    .try_for_each(|t| std::fs::write(self.runners.join(t.file), t.source))
             })
-            .clone()
-            .map_err(ProviderError::Internal)
+            .map_err(|e| {
+                ProviderError::Internal(format!(
+                    "cannot write the templates' runners to {}: {e}",
+                    self.runners.display()
+                ))
+            })?;
+        let _ = self.written.set(());
+        Ok(())
     }
 
     /// `spec` as it runs here: for a function that names a template, with the template's
@@ -188,6 +190,15 @@ impl TemplateDirs {
             "SLUICE_BUILD_DIR".to_owned(),
             self.builds.to_string_lossy().into_owned(),
         );
+        // The runner sets limits.memory itself once its install or build is done: they are
+        // not held to it.
+        if let Some(limit) = std::sync::Arc::make_mut(&mut expanded.config)
+            .memory_limit
+            .take()
+        {
+            d.env_vars
+                .insert("SLUICE_MEMORY_LIMIT".to_owned(), limit.to_string());
+        }
         Ok(Some(expanded))
     }
 }

@@ -65,4 +65,8 @@ MAIN
     fi
 ) 9> "$base/$key.lock"
 
+# limits.memory, held to the server only (not to the build above).
+if [ -n "${SLUICE_MEMORY_LIMIT:-}" ]; then
+    ulimit -d $((SLUICE_MEMORY_LIMIT / 1024))
+fi
 exec "$build/handler"

@@ -25,10 +25,24 @@ function installDependencies() {
   const missing = deps.filter((d) => !fs.existsSync(path.join(handlerDir, "node_modules", d)));
   if (missing.length === 0) return;
   console.log(`installing ${missing.join(", ")} with npm in ${handlerDir}`);
-  execFileSync("npm", ["install", "--omit=dev", "--no-audit", "--no-fund"], {
-    cwd: handlerDir,
-    stdio: ["ignore", process.stderr, process.stderr],
-  });
+  // Replicas starting together install one at a time (npm is not safe run twice at once in one
+  // directory); a later one finds the work done and npm makes it quick.
+  const base = process.env.SLUICE_BUILD_DIR || require("os").tmpdir();
+  fs.mkdirSync(base, { recursive: true, mode: 0o700 });
+  const key = require("crypto").createHash("sha256").update(handlerDir).digest("hex").slice(0, 16);
+  execFileSync(
+    "flock",
+    [path.join(base, `npm-${key}.lock`), "npm", "install", "--omit=dev", "--no-audit", "--no-fund"],
+    { cwd: handlerDir, stdio: ["ignore", process.stderr, process.stderr] },
+  );
+}
+
+// limits.memory ($SLUICE_MEMORY_LIMIT, bytes) as this process's data limit, set once the
+// dependencies are installed (npm is not held to it).
+function limitMemory() {
+  const limit = process.env.SLUICE_MEMORY_LIMIT;
+  if (!limit) return;
+  execFileSync("prlimit", ["--pid", String(process.pid), `--data=${limit}:${limit}`]);
 }
 
 class FunctionEvent {
@@ -171,4 +185,5 @@ function serve(handler) {
 }
 
 installDependencies();
+limitMemory();
 serve(require(path.join(handlerDir, "handler")));

@@ -8,10 +8,13 @@ import http.server
 import importlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import types
 import urllib.parse
 
 HANDLER_DIR = os.getcwd()
@@ -58,6 +61,16 @@ def in_own_venv():
                     shutil.rmtree(os.path.join(base, old), ignore_errors=True)
     env = dict(os.environ, SLUICE_IN_VENV="1")
     os.execve(python, [python, "-u", __file__], env)
+
+
+def limit_memory():
+    """limits.memory ($SLUICE_MEMORY_LIMIT, bytes), as the serving process's data limit: set
+    here, after the requirements are installed (pip is not held to it). Threads' stacks count
+    towards it, so they are kept small."""
+    limit = os.environ.get("SLUICE_MEMORY_LIMIT")
+    if limit:
+        threading.stack_size(512 * 1024)
+        resource.setrlimit(resource.RLIMIT_DATA, (int(limit), int(limit)))
 
 
 class Headers(dict):
@@ -148,9 +161,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         if url.path == "/_/health":
             return self._send(200, [("Content-Type", "text/plain")], b"OK")
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            return self._send(413, [("Content-Type", "text/plain")], b"request body too large")
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        if length < 0 or length > MAX_BODY or chunked:
+            # The body is not read: the connection cannot carry another request after it.
+            self.close_connection = True
+            status, why = (413, b"request body too large") if length > MAX_BODY else (400, b"bad body")
+            return self._send(status, [("Content-Type", "text/plain"), ("Connection", "close")], why)
         body = self.rfile.read(length) if length else b""
         headers = Headers((k.lower(), v) for k, v in self.headers.items())
         query = Query(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
@@ -185,15 +205,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
 if __name__ == "__main__":
     in_own_venv()
     # The handler is imported as the template imports it: `from function import handler`,
-    # so a handler's own relative imports work.
-    pkg_root = tempfile.mkdtemp(prefix="sluice-python3-http-")
-    os.symlink(HANDLER_DIR, os.path.join(pkg_root, "function"))
-    sys.path.insert(0, pkg_root)
+    # the handler directory being the package `function`, so its relative imports work.
+    package = types.ModuleType("function")
+    package.__path__ = [HANDLER_DIR]
+    sys.modules["function"] = package
     handler = importlib.import_module("function.handler")
+    limit_memory()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
     server.daemon_threads = True
     print(f"python3-http listening on port {os.environ['PORT']}", flush=True)
-    try:
-        server.serve_forever()
-    finally:
-        shutil.rmtree(pkg_root, ignore_errors=True)
+    server.serve_forever()

@@ -32,6 +32,8 @@ functions:
     lang: python3-http
     handler: ./py
     image: example/py:latest
+    limits:
+      memory: 256Mi
   nodefn:
     lang: node20
     handler: ./nodefn
@@ -72,6 +74,7 @@ func Handle(w http.ResponseWriter, r *http.Request) {
 /// back; it imports a module of its own relatively and one from its requirements.
 const PY_HANDLER: &str = r#"
 import json
+import resource
 import six
 from .greeting import greet
 
@@ -80,7 +83,8 @@ def handle(event, context):
     if event.path == "/fail":
         return {"statusCode": 418, "body": "teapot", "headers": {"X-Why": "asked"}}
     if event.path == "/json":
-        return {"statusCode": 200, "body": {"q": event.query.get("q"), "all": event.query.getlist("q")}}
+        return {"statusCode": 200, "body": {"q": event.query.get("q"), "all": event.query.getlist("q"),
+                                            "limit": resource.getrlimit(resource.RLIMIT_DATA)[0]}}
     return {
         "statusCode": 200,
         "body": greet(event.body.decode()) + " via " + event.method + " " + event.path
@@ -175,7 +179,11 @@ async fn python3_http_node20_and_golang_middleware_functions_deploy_and_answer()
         .unwrap();
     assert_eq!(r.headers()["content-type"], "application/json");
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body, serde_json::json!({"q": "a", "all": ["a", "b"]}));
+    // limits.memory holds the server (set after pip installed the requirements, unlimited).
+    assert_eq!(
+        body,
+        serde_json::json!({"q": "a", "all": ["a", "b"], "limit": 256 << 20})
+    );
 
     let r = eventually("the node20 function", || async {
         let r = http
