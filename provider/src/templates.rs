@@ -275,4 +275,60 @@ mod tests {
         assert!(which("sh").is_some());
         assert!(which("no-such-program-sluice").is_none());
     }
+
+    /// The python3-http runner answers a body it will not read with its status and closes the
+    /// connection: the unread bytes are never taken as another request.
+    #[test]
+    fn a_body_the_python_runner_refuses_ends_its_connection() {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("handler.py"),
+            "def handle(event, context):\n    return {'statusCode': 200, 'body': 'ran'}\n",
+        )
+        .unwrap();
+        let runner = dir.path().join("runner.py");
+        std::fs::write(&runner, TEMPLATES[0].source).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = std::process::Command::new("python3")
+            .arg(&runner)
+            .current_dir(dir.path())
+            .env("PORT", port.to_string())
+            .env("SLUICE_MAX_BODY_BYTES", "10")
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Duration::from_secs(20);
+        let mut waited = std::time::Duration::ZERO;
+        let mut conn = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(c) => break c,
+                // Polled until it listens, within the deadline.
+                Err(_) if waited < deadline => {
+                    let step = std::time::Duration::from_millis(20);
+                    std::thread::sleep(step);
+                    waited += step;
+                }
+                Err(e) => panic!("the runner never listened: {e}"),
+            }
+        };
+        let smuggled = "GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+        write!(
+            conn,
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{smuggled}",
+            smuggled.len()
+        )
+        .unwrap();
+        conn.set_read_timeout(Some(deadline)).unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+        assert!(!answer.contains("ran"), "{answer}");
+    }
 }
