@@ -73,6 +73,31 @@ impl Credentials {
         self
     }
 
+    /// Whether a login with `user` and `password` is good: the admin's, or (with any user
+    /// name) an API token in the password field. Checked as the `Authorization` header is.
+    pub(crate) fn login_ok(&self, user: &str, password: &str) -> bool {
+        let basic = self.accepts(&Offered::Basic {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        });
+        let token = self.accepts(&Offered::Bearer(password.to_owned()));
+        basic | token
+    }
+
+    /// What the portal's session key is derived from: the digests of the admin password and
+    /// the tokens, so a change to any of them ends every session.
+    pub(crate) fn session_secret(&self) -> Vec<u8> {
+        let mut secret = Vec::new();
+        if let Some((user, password)) = &self.admin {
+            secret.extend_from_slice(&Sha256::digest(user.as_bytes()));
+            secret.extend_from_slice(&password.0);
+        }
+        for token in &self.tokens {
+            secret.extend_from_slice(&token.0);
+        }
+        secret
+    }
+
     /// Whether `offered` is an `Authorization` header value these credentials accept.
     fn accepts(&self, offered: &Offered) -> bool {
         match offered {
@@ -157,7 +182,7 @@ impl Default for Failures {
 
 impl Failures {
     /// `Err` with how long to wait while `client` is over its limit.
-    fn check(&self, client: IpAddr) -> Result<(), ApiError> {
+    pub(crate) fn check(&self, client: IpAddr) -> Result<(), ApiError> {
         let client = key_of(client);
         let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
         let now = tokio::time::Instant::now();
@@ -178,7 +203,7 @@ impl Failures {
     }
 
     /// Records a failed attempt from `client`.
-    fn failed(&self, client: IpAddr) {
+    pub(crate) fn failed(&self, client: IpAddr) {
         let client = key_of(client);
         if self.limiter.len() > FAILURE_ADDRESSES {
             self.limiter.retain_recent();
@@ -212,11 +237,16 @@ fn key_of(client: IpAddr) -> IpAddr {
 }
 
 /// The address a request came from (unspecified when the server was not told).
-fn client_of(request_extensions: &axum::http::Extensions) -> IpAddr {
+pub(crate) fn client_of(request_extensions: &axum::http::Extensions) -> IpAddr {
     request_extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
 }
+
+/// Marks a request the gateway made itself for someone it already authenticated (the portal's
+/// invoke panel, for a browser with a session).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Authenticated;
 
 /// Checks that a request carries credentials `state` accepts (or `internal_ok` and the queue
 /// worker's token). Open when the gateway runs without authentication.
@@ -229,6 +259,11 @@ pub(crate) fn check(
     let Some(credentials) = &state.config.auth else {
         return Ok(());
     };
+    // Made by the portal for a logged-in browser, which proved itself with the same
+    // credentials; a client cannot put this in a request.
+    if extensions.get::<Authenticated>().is_some() {
+        return Ok(());
+    }
     let client = client_of(extensions);
     if internal_ok && headers.contains_key(sluice_core::headers::INTERNAL) {
         // The queue worker's token: counted like any credential when it is wrong. The right

@@ -141,8 +141,17 @@ pub(crate) async fn create(
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     let body = state.read_json(&headers, body).await?;
-    let mut spec = checked(&state, body)?;
-    check_secrets(&state, &spec).await?;
+    deploy(&state, body).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Deploys a new function (`POST /system/functions`, and the portal's deploy form).
+pub(crate) async fn deploy(
+    state: &AppState,
+    deployment: FunctionDeployment,
+) -> Result<FunctionRef, ApiError> {
+    let mut spec = checked(state, deployment)?;
+    check_secrets(state, &spec).await?;
     spec.replicas = spec
         .config
         .scale
@@ -163,7 +172,7 @@ pub(crate) async fn create(
     }
     state.policies.forget(&spec.function);
     tracing::info!(function = %spec.function, replicas = spec.replicas, "deployed");
-    Ok(StatusCode::ACCEPTED)
+    Ok(spec.function)
 }
 
 pub(crate) async fn update(
@@ -172,12 +181,21 @@ pub(crate) async fn update(
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     let body = state.read_json(&headers, body).await?;
-    let mut spec = checked(&state, body)?;
+    redeploy(&state, body).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Changes a deployed function (`PUT /system/functions`, and the portal's deploy form).
+pub(crate) async fn redeploy(
+    state: &AppState,
+    deployment: FunctionDeployment,
+) -> Result<FunctionRef, ApiError> {
+    let mut spec = checked(state, deployment)?;
     let _serial = state.lock_function(&spec.function).await;
     let Some(existing) = state.functions.get(&spec.function).await? else {
         return Err(ApiError::FunctionNotFound(spec.function.to_string()));
     };
-    check_secrets(&state, &spec).await?;
+    check_secrets(state, &spec).await?;
     let scale = spec.config.scale.within(state.config.max_replicas_limit);
     spec.replicas = existing.replicas.clamp(scale.min, scale.max);
     spec.created_at = existing.created_at;
@@ -185,7 +203,7 @@ pub(crate) async fn update(
     state.policies.forget(&spec.function);
     state.orchestrator.apply(&spec).await?;
     tracing::info!(function = %spec.function, replicas = spec.replicas, "updated");
-    Ok(StatusCode::ACCEPTED)
+    Ok(spec.function)
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,22 +223,28 @@ pub(crate) async fn delete(
     let req: DeleteRequest = state.read_json(&headers, body).await?;
     let ns = req.namespace.as_deref().or(q.namespace.as_deref());
     let function = FunctionRef::parse(&req.function_name, ns)?;
-    let _serial = state.lock_function(&function).await;
-    if !state.functions.delete(&function).await? {
+    remove(&state, &function).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Removes a function (`DELETE /system/functions`, and the portal).
+pub(crate) async fn remove(state: &AppState, function: &FunctionRef) -> Result<(), ApiError> {
+    let _serial = state.lock_function(function).await;
+    if !state.functions.delete(function).await? {
         return Err(ApiError::FunctionNotFound(function.to_string()));
     }
-    state.metrics.forget(&function);
-    state.activator.forget(&function);
-    state.policies.forget(&function);
-    match state.orchestrator.remove(&function).await {
+    state.metrics.forget(function);
+    state.activator.forget(function);
+    state.policies.forget(function);
+    match state.orchestrator.remove(function).await {
         Ok(()) | Err(sluice_core::ProviderError::NotFound(_)) => {}
         Err(e) => return Err(e.into()),
     }
     tracing::info!(%function, "removed");
-    Ok(StatusCode::ACCEPTED)
+    Ok(())
 }
 
-fn status_of(state: &AppState, spec: FunctionSpec) -> FunctionStatus {
+pub(crate) fn status_of(state: &AppState, spec: FunctionSpec) -> FunctionStatus {
     let replicas = state
         .orchestrator
         .replicas(&spec.function)
@@ -317,10 +341,21 @@ pub(crate) async fn scale(
 ) -> Result<StatusCode, ApiError> {
     let req: ScaleRequest = state.read_json(&headers, body).await?;
     let function = FunctionRef::parse(&name, req.namespace.as_deref().or(q.namespace.as_deref()))?;
-    let _serial = state.lock_function(&function).await;
+    scale_to(&state, &function, req.replicas).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Sets a function's replica count by hand (`POST /system/scale-function`, and the portal); the
+/// autoscaler leaves it for one window.
+pub(crate) async fn scale_to(
+    state: &AppState,
+    function: &FunctionRef,
+    replicas: i64,
+) -> Result<u32, ApiError> {
+    let _serial = state.lock_function(function).await;
     let spec = state
         .functions
-        .get(&function)
+        .get(function)
         .await?
         .ok_or_else(|| ApiError::FunctionNotFound(function.to_string()))?;
     let max = spec
@@ -328,25 +363,25 @@ pub(crate) async fn scale(
         .scale
         .within(state.config.max_replicas_limit)
         .max;
-    let replicas = u32::try_from(req.replicas)
+    let count = u32::try_from(replicas)
         .ok()
         .filter(|n| *n <= max)
         .ok_or_else(|| {
             ApiError::BadRequest(format!(
-                "replicas must be between 0 and {max} (the function's {SCALE_MAX_LABEL}), got {}",
-                req.replicas
+                "replicas must be between 0 and {max} (the function's {SCALE_MAX_LABEL}), got \
+                 {replicas}"
             ))
         })?;
-    if !state.functions.set_replicas(&function, replicas).await? {
+    if !state.functions.set_replicas(function, count).await? {
         return Err(ApiError::FunctionNotFound(function.to_string()));
     }
     {
         let _scaling = state.autoscaler.exclusive().await;
-        state.orchestrator.scale(&function, replicas).await?;
-        state.autoscaler.pin(&function, replicas, "set by hand");
+        state.orchestrator.scale(function, count).await?;
+        state.autoscaler.pin(function, count, "set by hand");
     }
-    tracing::info!(%function, replicas, "scaled by hand");
-    Ok(StatusCode::ACCEPTED)
+    tracing::info!(%function, replicas = count, "scaled by hand");
+    Ok(count)
 }
 
 pub(crate) async fn namespaces(

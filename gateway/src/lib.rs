@@ -22,6 +22,7 @@ mod policy;
 mod secrets;
 mod serve;
 mod sync;
+mod ui;
 mod upstream;
 
 use std::sync::Arc;
@@ -167,6 +168,8 @@ pub struct Shared {
     /// The gateway-wide rate limit, if any.
     rate: Option<Arc<policy::Rate>>,
     metrics: Arc<metrics::Metrics>,
+    /// The web portal's sessions.
+    portal: ui::Portal,
     shutdown: CancellationToken,
 }
 
@@ -204,6 +207,7 @@ impl AppState {
             rate: config.rate_limit.map(|n| Arc::new(policy::Rate::new(n))),
             bodies: body::BodyBudget::new(config.max_body_buffer),
             metrics: Arc::default(),
+            portal: ui::Portal::new(config.auth.as_ref()),
             calls,
             queue,
             intake,
@@ -318,6 +322,33 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// A portal form's body (URL-encoded), within the form limit and the body budget.
+    async fn read_form(
+        &self,
+        headers: &axum::http::HeaderMap,
+        body: axum::body::Body,
+    ) -> Result<body::Held, ApiError> {
+        let is_form = headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        if !is_form {
+            return Err(ApiError::UnsupportedMediaType(
+                "a form must be sent as application/x-www-form-urlencoded".into(),
+            ));
+        }
+        body::read(
+            headers,
+            body,
+            ui::FORM_LIMIT.min(self.config.max_body_bytes),
+            self.config.body_timeout,
+            &self.bodies,
+        )
+        .await
+    }
+}
+
 /// The gateway as one service: function calls, sync and async, go straight from the connection
 /// to their handler (through the same head limits); everything else goes through the router.
 /// Function calls are most of the traffic, and the router's layers of boxed services and
@@ -410,6 +441,7 @@ fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "OK" }))
         .route("/metrics", get(metrics::metrics))
         .merge(system)
+        .merge(ui::router(state.clone()))
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::NotFound(format!("route {}", uri.path()))
         })

@@ -35,6 +35,8 @@ struct Series {
     sum: f64,
     /// Observations at or below each of [`BUCKETS`].
     buckets: [u64; BUCKETS.len()],
+    /// When the last one was made (milliseconds since the epoch), for the portal.
+    last_at: i64,
 }
 
 /// Invocation counts and durations, by function and status code. The label sets are bounded:
@@ -58,6 +60,7 @@ impl Metrics {
         let secs = took.as_secs_f64();
         s.count += 1;
         s.sum += secs;
+        s.last_at = sluice_core::Timestamp::now().as_millis();
         for (bucket, bound) in s.buckets.iter_mut().zip(BUCKETS) {
             if secs <= bound {
                 *bucket += 1;
@@ -72,6 +75,29 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .get(function)
             .map_or(0, |codes| codes.values().map(|s| s.count).sum())
+    }
+
+    /// What the portal shows of `function`'s calls: how many, how many the function or the
+    /// platform answered with a 5xx, and when the last was answered.
+    pub(crate) fn summary(&self, function: &FunctionRef) -> CallSummary {
+        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(codes) = series.get(function) else {
+            return CallSummary::default();
+        };
+        CallSummary {
+            invocations: codes.values().map(|s| s.count).sum(),
+            errors: codes
+                .iter()
+                .filter(|(code, _)| **code >= 500)
+                .map(|(_, s)| s.count)
+                .sum(),
+            last_at: codes
+                .values()
+                .map(|s| s.last_at)
+                .max()
+                .filter(|at| *at > 0)
+                .map(sluice_core::Timestamp::from_millis),
+        }
     }
 
     /// Drops the series of a removed function.
@@ -95,6 +121,14 @@ impl Metrics {
             })
             .collect()
     }
+}
+
+/// A function's calls in short (see [`Metrics::summary`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct CallSummary {
+    pub(crate) invocations: u64,
+    pub(crate) errors: u64,
+    pub(crate) last_at: Option<sluice_core::Timestamp>,
 }
 
 fn label(function: &FunctionRef) -> String {

@@ -26,6 +26,7 @@ macro_rules! on_both_backends {
 mod api;
 mod async_calls;
 mod bad_input;
+mod browser;
 mod cli;
 mod cli_calls;
 mod cluster;
@@ -35,6 +36,8 @@ mod durability;
 mod harness;
 mod hostile;
 mod kubernetes;
+mod portal;
+mod portal_browser;
 mod scaling;
 mod secrets;
 mod security;

@@ -1,0 +1,78 @@
+//! The overview: totals across functions, and the newest async calls.
+
+use axum::Extension;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use maud::{Markup, html};
+use sluice_core::{CallFilter, Timestamp};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::ui::Viewer;
+use crate::ui::layout::{self, Nav};
+
+/// Calls the overview lists.
+const RECENT_CALLS: u32 = 10;
+
+async fn cards(state: &AppState) -> Result<Markup, ApiError> {
+    let specs = state.functions.list().await?;
+    let (mut desired, mut ready, mut invocations, mut errors, mut at_zero) = (0, 0, 0, 0, 0);
+    for spec in &specs {
+        let replicas = state
+            .orchestrator
+            .replicas(&spec.function)
+            .unwrap_or_default();
+        desired += u64::from(replicas.desired);
+        ready += u64::from(replicas.ready);
+        at_zero += u64::from(replicas.desired == 0 && replicas.ready == 0);
+        let calls = state.metrics.summary(&spec.function);
+        invocations += calls.invocations;
+        errors += calls.errors;
+    }
+    let recent = state
+        .calls
+        .list_calls(&CallFilter {
+            limit: RECENT_CALLS,
+            ..CallFilter::default()
+        })
+        .await?;
+    let now = Timestamp::now();
+    Ok(html! {
+        div #overview hx-get="/ui/api/overview" hx-trigger="every 5s" hx-swap="outerHTML" {
+            div.cards {
+                div.card { div.muted { "Functions" } div.big #total-functions { (specs.len()) } div.muted { (at_zero) " at zero" } }
+                div.card { div.muted { "Replicas" } div.big #total-replicas { (ready) " / " (desired) } div.muted { "ready / desired" } }
+                div.card { div.muted { "Invocations" } div.big { (invocations) } div.muted { "since this gateway started" } }
+                div.card { div.muted { "Errors (5xx)" } div.big { @if errors > 0 { span.bad { (errors) } } @else { "0" } } div.muted { "since this gateway started" } }
+            }
+            h2 { "Newest async calls" }
+            @if recent.is_empty() {
+                p.muted { "No async calls yet." }
+            } @else {
+                div.table-wrap { table {
+                    thead { tr { th scope="col" { "Call" } th scope="col" { "Function" } th scope="col" { "State" } th scope="col" { "Submitted" } } }
+                    tbody { @for call in &recent { tr {
+                        td { a href=(format!("/ui/calls/{}", call.id)) { code { (call.id) } } }
+                        td { (call.function) "." (call.namespace) }
+                        td { (call.state.as_str()) }
+                        td { (layout::ago(call.submitted_at, now)) }
+                    } } }
+                } }
+            }
+        }
+    })
+}
+
+/// `GET /ui/`.
+pub(crate) async fn page(
+    State(state): State<AppState>,
+    Extension(viewer): Extension<Viewer>,
+) -> Result<Response, ApiError> {
+    let body = cards(&state).await?;
+    Ok(layout::page(&viewer, Nav::Overview, "Overview", body).into_response())
+}
+
+/// `GET /ui/api/overview`: the same, for its live refresh.
+pub(crate) async fn fragment(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(cards(&state).await?.into_response())
+}

@@ -1,0 +1,268 @@
+//! The web portal over plain HTTP: who may see it, the session cookie, and CSRF. (What a browser
+//! does with it is in `browser.rs`.)
+
+use reqwest::StatusCode;
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+
+use crate::harness::{ADMIN_PASSWORD, ADMIN_USER, get_json, up_with_echo};
+
+/// A client that follows no redirect and keeps no cookie, so each answer is seen as sent.
+fn browserless() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Logs in; the session cookie (`name=value`) and the whole `Set-Cookie` line.
+pub async fn log_in(url: &str, extra: &[(&str, &str)]) -> (String, String) {
+    let mut request = browserless().post(format!("{url}/ui/login")).form(&[
+        ("user", ADMIN_USER),
+        ("password", ADMIN_PASSWORD),
+        ("next", "/ui/functions"),
+    ]);
+    for (k, v) in extra {
+        request = request.header(*k, *v);
+    }
+    let r = request.send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()[LOCATION], "/ui/functions");
+    let set = r.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    let cookie = set.split(';').next().unwrap().to_owned();
+    (cookie, set)
+}
+
+/// The CSRF token a page carries.
+fn csrf_of(page: &str) -> String {
+    let start = page
+        .find(r#"name="csrf-token" content=""#)
+        .expect("a csrf meta tag")
+        + r#"name="csrf-token" content=""#.len();
+    page[start..start + page[start..].find('"').unwrap()].to_owned()
+}
+
+#[tokio::test]
+async fn without_a_session_pages_redirect_to_the_login_and_the_api_answers_401() {
+    let (_dir, sluice, _http) = up_with_echo(&[]).await;
+    let url = &sluice.url;
+    let client = browserless();
+    for page in [
+        "/ui/",
+        "/ui/functions",
+        "/ui/functions?q=ec",
+        "/ui/functions/openfaas-fn/echo",
+        "/ui/functions/openfaas-fn/echo/scale",
+        "/ui/functions/openfaas-fn/echo/remove",
+        "/ui/deploy",
+        "/ui/calls",
+        "/ui/dead-letters",
+        "/ui/no-such-page",
+    ] {
+        let r = client.get(format!("{url}{page}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{page}");
+        let location = r.headers()[LOCATION].to_str().unwrap();
+        assert!(
+            location.starts_with("/ui/login?next=/ui/"),
+            "{page}: {location}"
+        );
+    }
+    // A change without a session goes nowhere either.
+    let r = client
+        .post(format!("{url}/ui/functions/openfaas-fn/echo/remove"))
+        .form(&[("_csrf", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    for api in [
+        "/ui/api/overview",
+        "/ui/api/functions",
+        "/ui/api/functions/openfaas-fn/echo/logs",
+        "/ui/api/functions/openfaas-fn/echo/summary",
+        "/ui/api/anything",
+    ] {
+        let r = client.get(format!("{url}{api}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{api}");
+        // No Basic challenge: a browser would pop up its own password dialog.
+        assert!(!r.headers().contains_key("www-authenticate"), "{api}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "unauthorized", "{api}");
+    }
+    let r = client.get(format!("{url}/ui/login")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains("Log in to Sluice"));
+    // A cookie that was never issued, or was altered, is no session.
+    let r = client
+        .get(format!("{url}/ui/"))
+        .header(
+            COOKIE,
+            "sluice_session=v1.YWRtaW4.99999999999.AAAAAAAAAAAAAAAAAAAAAA.AAAA",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    // The management API still wants its own credentials, not the portal's cookie.
+    let (cookie, _) = log_in(url, &[]).await;
+    let r = client
+        .get(format!("{url}/system/functions"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_login_sets_a_strict_cookie_and_a_wrong_password_is_refused() {
+    let (_dir, sluice, _http) = up_with_echo(&[]).await;
+    let url = &sluice.url;
+    let client = browserless();
+    let r = client
+        .post(format!("{url}/ui/login"))
+        .form(&[("user", ADMIN_USER), ("password", "not-the-password")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(!r.headers().contains_key(SET_COOKIE));
+    assert!(r.text().await.unwrap().contains("not right"));
+
+    let (cookie, set) = log_in(url, &[]).await;
+    assert!(set.contains("HttpOnly"), "{set}");
+    assert!(set.contains("SameSite=Strict"), "{set}");
+    assert!(set.contains("Path=/ui"), "{set}");
+    assert!(!set.contains("Secure"), "{set}");
+    let (_, over_tls) = log_in(url, &[("x-forwarded-proto", "https")]).await;
+    assert!(over_tls.contains("; Secure"), "{over_tls}");
+
+    let r = client
+        .get(format!("{url}/ui/functions"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    let page = r.text().await.unwrap();
+    assert!(page.contains(r#"data-function="echo""#), "{page}");
+
+    // Logging out takes the cookie away.
+    let csrf = csrf_of(&page);
+    let r = client
+        .post(format!("{url}/ui/logout"))
+        .header(COOKIE, &cookie)
+        .form(&[("_csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(
+        r.headers()[SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+}
+
+#[tokio::test]
+async fn a_change_without_the_sessions_csrf_token_is_refused() {
+    let (_dir, sluice, http) = up_with_echo(&[]).await;
+    let url = &sluice.url;
+    let client = browserless();
+    let (cookie, _) = log_in(url, &[]).await;
+    let page = client
+        .get(format!("{url}/ui/functions/openfaas-fn/echo/scale"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = csrf_of(&page);
+    let scale = format!("{url}/ui/functions/openfaas-fn/echo/scale");
+    // No token, a wrong token, another session's token, a token from another origin.
+    let (other_cookie, _) = log_in(url, &[]).await;
+    let other_page = client
+        .get(format!("{url}/ui/"))
+        .header(COOKIE, &other_cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let other_csrf = csrf_of(&other_page);
+    assert_ne!(csrf, other_csrf);
+    for (form, origin) in [
+        (vec![("replicas", "3")], None),
+        (vec![("replicas", "3"), ("_csrf", "wrong")], None),
+        (
+            vec![("replicas", "3"), ("_csrf", other_csrf.as_str())],
+            None,
+        ),
+        (
+            vec![("replicas", "3"), ("_csrf", csrf.as_str())],
+            Some("http://evil.example"),
+        ),
+    ] {
+        let mut request = client.post(&scale).header(COOKIE, &cookie).form(&form);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{form:?} {origin:?}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "forbidden");
+    }
+    // A JSON or other body cannot carry the token in a field: refused too.
+    let r = client
+        .post(&scale)
+        .header(COOKIE, &cookie)
+        .body(format!("replicas=3&_csrf={csrf}"))
+        .header("content-type", "text/plain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let status: serde_json::Value = get_json(&http, format!("{url}/system/function/echo")).await;
+    assert_eq!(status["replicas"], 1, "nothing was scaled: {status}");
+
+    // With the token, in the form or in htmx's header, the change is made.
+    let r = client
+        .post(&scale)
+        .header(COOKIE, &cookie)
+        .form(&[("replicas", "2"), ("_csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let status: serde_json::Value = get_json(&http, format!("{url}/system/function/echo")).await;
+    assert_eq!(status["replicas"], 2, "{status}");
+    let r = client
+        .post(&scale)
+        .header(COOKIE, &cookie)
+        .header("x-csrf-token", &csrf)
+        .form(&[("replicas", "1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    // A count out of range is shown next to its field.
+    let r = client
+        .post(&scale)
+        .header(COOKIE, &cookie)
+        .form(&[("replicas", "-4"), ("_csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let page = r.text().await.unwrap();
+    assert!(page.contains(r#"id="replicas-error""#), "{page}");
+}
