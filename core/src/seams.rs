@@ -571,6 +571,9 @@ pub trait CallStore: Send + Sync + Debug {
     async fn purge_calls(&self, before: Timestamp, batch: u32) -> Result<u64, StoreError>;
     /// Keeps the request of a call that failed for good, so it can be re-driven.
     async fn keep_request(&self, call: &QueuedCall, at: Timestamp) -> Result<(), StoreError>;
+    /// The request kept for a call that failed for good (see [`Self::keep_request`]), to be
+    /// looked at before it is re-driven; `None` when none is kept.
+    async fn kept_request(&self, id: &CallId) -> Result<Option<QueuedCall>, StoreError>;
     /// Makes a failed call queued again for a re-drive (attempts start again from zero) and
     /// hands back its kept request. `None` (and no change) unless the call is `failed` with its
     /// request kept.

@@ -58,6 +58,14 @@ pub(crate) async fn retry(
     ApiPath(id): ApiPath<String>,
 ) -> Result<axum::response::Response, ApiError> {
     let id = CallId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let submitted_at = redrive(&state, &id).await?;
+    crate::invoke::accepted(&id, submitted_at)
+}
+
+/// Re-drives a failed call (the API's retry, and the portal's): queued again with its kept
+/// request, as a new round. Returns when it was first submitted.
+pub(crate) async fn redrive(state: &AppState, id: &CallId) -> Result<Timestamp, ApiError> {
+    let id = id.clone();
     let Some(mut call) = state.calls.requeue_failed(&id).await? else {
         return Err(match state.calls.get(&id).await? {
             None => ApiError::NotFound(format!("call {id}")),
@@ -91,7 +99,7 @@ pub(crate) async fn retry(
         return Err(e.into());
     }
     tracing::info!(call = %id, "re-driven");
-    crate::invoke::accepted(&id, call.meta.submitted_at)
+    Ok(call.meta.submitted_at)
 }
 
 /// `DELETE /system/calls/<id>`: cancels a call that is still queued.
@@ -100,13 +108,18 @@ pub(crate) async fn cancel(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<CallRecord>, ApiError> {
     let id = CallId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    cancel_call(&state, &id).await.map(Json)
+}
+
+/// Cancels a call that is still queued (the API's, and the portal's).
+pub(crate) async fn cancel_call(state: &AppState, id: &CallId) -> Result<CallRecord, ApiError> {
     let record = state
         .calls
-        .cancel(&id, Timestamp::now())
+        .cancel(id, Timestamp::now())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("call {id}")))?;
     match record.state {
-        CallState::Cancelled => Ok(Json(record)),
+        CallState::Cancelled => Ok(record),
         other => Err(ApiError::Conflict(format!(
             "call {id} is {}; only a queued call can be cancelled",
             other.as_str()
@@ -133,7 +146,7 @@ pub(crate) struct CallPage {
 }
 
 /// A cursor is the last call of a page: `<submitted ms>_<call id>`.
-fn parse_cursor(cursor: &str) -> Option<(Timestamp, CallId)> {
+pub(crate) fn parse_cursor(cursor: &str) -> Option<(Timestamp, CallId)> {
     let (millis, id) = cursor.split_once('_')?;
     Some((
         Timestamp::from_millis(millis.parse().ok()?),

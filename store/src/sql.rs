@@ -495,6 +495,22 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn kept_request(&self, id: &CallId) -> Result<Option<QueuedCall>, StoreError> {
+                let Some(row) = sqlx::query("SELECT meta, body FROM call_requests WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(unavailable)?
+                else {
+                    return Ok(None);
+                };
+                let meta: String = row.get("meta");
+                Ok(Some(QueuedCall {
+                    meta: serde_json::from_str(&meta).map_err(unavailable)?,
+                    body: row.get::<Vec<u8>, _>("body").into(),
+                }))
+            }
+
             async fn requeue_failed(&self, id: &CallId) -> Result<Option<QueuedCall>, StoreError> {
                 let mut tx = self.pool.begin().await.map_err(unavailable)?;
                 let Some(row) = sqlx::query("SELECT meta, body FROM call_requests WHERE id = $1")

@@ -474,10 +474,13 @@ async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
         None,
         "nothing kept yet"
     );
+    assert_eq!(store.kept_request(&failing.meta.id).await.unwrap(), None);
     store
         .keep_request(&failing, Timestamp::now())
         .await
         .unwrap();
+    let kept = store.kept_request(&failing.meta.id).await.unwrap().unwrap();
+    assert_eq!((&kept.meta, &kept.body), (&failing.meta, &failing.body));
     let back = store
         .requeue_failed(&failing.meta.id)
         .await
@@ -497,6 +500,11 @@ async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
         store.requeue_failed(&failing.meta.id).await.unwrap(),
         None,
         "re-driven twice"
+    );
+    assert_eq!(
+        store.kept_request(&failing.meta.id).await.unwrap(),
+        None,
+        "a re-drive takes the kept request"
     );
     assert!(store.forget(&failing.meta.id).await.unwrap());
 

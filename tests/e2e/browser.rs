@@ -153,6 +153,19 @@ impl Browser {
         }
     }
 
+    /// Waits until the browser is at `path` (a click's navigation has happened).
+    pub async fn until_path(&self, path: &str) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.path().await != path {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting to get to {path}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.find("#main").await;
+    }
+
     /// Waits until `check` on the page's text in `css` holds.
     pub async fn until_text(&self, css: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
         let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -186,8 +199,7 @@ impl Browser {
         self.fill("#user", ADMIN_USER).await;
         self.fill("#password", ADMIN_PASSWORD).await;
         self.click("button[type=submit]").await;
-        self.find("#main h1").await;
-        assert_eq!(self.path().await, "/ui/");
+        self.until_path("/ui/").await;
     }
 
     /// Ends the session and the browser.

@@ -56,6 +56,8 @@ async fn without_a_session_pages_redirect_to_the_login_and_the_api_answers_401()
         "/ui/deploy",
         "/ui/calls",
         "/ui/dead-letters",
+        "/ui/dead-letters/redrive-all",
+        "/ui/calls/some-call",
         "/ui/no-such-page",
     ] {
         let r = client.get(format!("{url}{page}")).send().await.unwrap();
@@ -79,6 +81,9 @@ async fn without_a_session_pages_redirect_to_the_login_and_the_api_answers_401()
         "/ui/api/functions",
         "/ui/api/functions/openfaas-fn/echo/logs",
         "/ui/api/functions/openfaas-fn/echo/summary",
+        "/ui/api/calls/some-call/summary",
+        "/ui/api/calls/some-call/result",
+        "/ui/api/calls/some-call/request",
         "/ui/api/anything",
     ] {
         let r = client.get(format!("{url}{api}")).send().await.unwrap();
@@ -265,4 +270,64 @@ async fn a_change_without_the_sessions_csrf_token_is_refused() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let page = r.text().await.unwrap();
     assert!(page.contains(r#"id="replicas-error""#), "{page}");
+}
+
+#[tokio::test]
+async fn a_result_is_downloaded_as_bytes_never_as_a_page_of_the_portal() {
+    let (_dir, sluice, http) = up_with_echo(&[]).await;
+    let url = &sluice.url;
+    // A function's answer that is HTML with a script: shown escaped, downloaded inert.
+    let r = http
+        .post(format!("{url}/async-function/echo"))
+        .header("content-type", "text/html")
+        .body("<script>alert(1)</script>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.headers()["x-call-id"].to_str().unwrap().to_owned();
+    crate::harness::eventually("the call to finish", || async {
+        let c: serde_json::Value = get_json(&http, format!("{url}/system/calls/{id}")).await;
+        (c["state"] == "succeeded").then_some(())
+    })
+    .await;
+    let (cookie, _) = log_in(url, &[]).await;
+    let client = browserless();
+    let page = client
+        .get(format!("{url}/ui/calls/{id}"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{page}"
+    );
+    assert!(!page.contains("<script>alert(1)"), "{page}");
+    let r = client
+        .get(format!("{url}/ui/api/calls/{id}/result"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "application/octet-stream");
+    assert!(
+        r.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment;")
+    );
+    assert_eq!(r.text().await.unwrap(), "<script>alert(1)</script>");
+    // Nothing kept for a call that did not fail.
+    let r = client
+        .get(format!("{url}/ui/api/calls/{id}/request"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }

@@ -56,6 +56,7 @@ async fn log_in_see_the_functions_and_invoke_one() {
     // The filter narrows the list, without JavaScript's help (a plain GET form).
     browser.fill("#q", "sha").await;
     browser.click("form[role=search] button").await;
+    browser.until_path("/ui/functions?q=sha").await;
     browser.find("tr[data-function='sha512sum']").await;
     assert!(
         browser
@@ -103,6 +104,7 @@ async fn log_in_see_the_functions_and_invoke_one() {
 
     // Scale, asked first, then done.
     browser.click("a[href$='/scale']").await;
+    browser.until_path("/ui/functions/openfaas-fn/echo/scale").await;
     browser.fill("#replicas", "2").await;
     browser.click("#confirm").await;
     browser
@@ -133,5 +135,100 @@ async fn the_portal_fits_a_phone() {
         "the page is {page}px wide on a {window}px screen"
     );
     browser.screenshot("functions-phone").await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn an_async_call_is_followed_to_its_callback_and_a_dead_letter_is_re_driven() {
+    let (_dir, sluice, http) = up_with_samples().await;
+    let url = &sluice.url;
+    let receiver = crate::harness::Receiver::start().await;
+    let browser = Browser::start(1280, 900).await;
+    browser.log_in(url).await;
+
+    // Submitted from the invoke panel with a callback, then followed in the calls view.
+    browser
+        .go(&format!("{url}/ui/functions/openfaas-fn/echo"))
+        .await;
+    browser.fill("#body", "queued from the portal").await;
+    browser.click("input[name=mode][value=async]").await;
+    browser.fill("#callback_url", &receiver.url).await;
+    browser.click("#invoke").await;
+    let id = browser.text("#call-link").await;
+    browser.click("#call-link").await;
+    browser
+        .until_text("#call-state", "the call to succeed", |t| t == "succeeded")
+        .await;
+    browser
+        .until_text("#timeline", "the callback", |t| {
+            t.contains("Callback delivered")
+        })
+        .await;
+    let result = browser.text("#result-body").await;
+    assert!(result.contains("queued from the portal"), "{result}");
+    crate::harness::callbacks(&receiver, 1).await;
+    assert_eq!(receiver.received()[0].header("x-call-id"), id);
+    browser.screenshot("call").await;
+    browser.go(&format!("{url}/ui/calls")).await;
+    browser.find(&format!("tr[data-call='{id}']")).await;
+    browser.screenshot("calls").await;
+
+    // A function that fails with one attempt allowed: its call is dead-lettered.
+    let mut failing = sample("flip", "python3 -u fail.py", true, &[]);
+    failing["annotations"]["com.openfaas.retry.attempts"] = "1".into();
+    deploy(&http, url, &failing).await;
+    let r = http
+        .post(format!("{url}/async-function/flip"))
+        .body("please")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let dead = r.headers()["x-call-id"].to_str().unwrap().to_owned();
+    browser.go(&format!("{url}/ui/dead-letters")).await;
+    let row = format!("tr[data-call='{dead}']");
+    let deadline = tokio::time::Instant::now() + crate::harness::PATIENCE;
+    while browser
+        .client
+        .find(fantoccini::Locator::Css(&row))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call never failed for good"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        browser.client.refresh().await.unwrap();
+    }
+    browser.screenshot("dead-letters").await;
+
+    // The function is fixed (the same name, now a server that answers), then the dead letter is
+    // re-driven from the portal, all of them, after a confirmation.
+    let mut fixed = sample("flip", "python3 -u echo.py", true, &[]);
+    fixed["annotations"]["com.openfaas.retry.attempts"] = "1".into();
+    let r = http
+        .put(format!("{url}/system/functions"))
+        .json(&fixed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    crate::harness::eventually("the fixed function", || async {
+        let s: serde_json::Value =
+            crate::harness::get_json(&http, format!("{url}/system/function/flip")).await;
+        (s["availableReplicas"] == 1 && s["envProcess"] == "python3 -u echo.py").then_some(())
+    })
+    .await;
+    browser.click("#redrive-all").await;
+    assert_eq!(browser.text("#count").await, "1");
+    browser.click("#confirm").await;
+    browser.find("[role=status]").await;
+    browser.go(&format!("{url}/ui/calls/{dead}")).await;
+    browser
+        .until_text("#call-state", "the re-driven call to succeed", |t| {
+            t == "succeeded"
+        })
+        .await;
     browser.close().await;
 }

@@ -4,6 +4,7 @@
 //! data, downloads) lives under `/ui/api/`, which answers `401` rather than redirecting when the
 //! session is gone.
 
+mod calls;
 mod functions;
 mod overview;
 
@@ -42,6 +43,18 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(
             "/ui/api/functions/{namespace}/{name}/logs",
             get(functions::logs),
+        )
+        .route("/ui/calls", get(calls::list))
+        .route("/ui/calls/{id}", get(calls::detail))
+        .route("/ui/calls/{id}/retry", post(calls::retry))
+        .route("/ui/calls/{id}/cancel", post(calls::cancel))
+        .route("/ui/api/calls/{id}/summary", get(calls::summary_fragment))
+        .route("/ui/api/calls/{id}/result", get(calls::download_result))
+        .route("/ui/api/calls/{id}/request", get(calls::download_request))
+        .route("/ui/dead-letters", get(calls::dead_letters))
+        .route(
+            "/ui/dead-letters/redrive-all",
+            get(calls::redrive_all_form).post(calls::redrive_all),
         )
 }
 
