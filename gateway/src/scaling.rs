@@ -3,10 +3,11 @@
 //! and held at once, requests started), kept in memory by the gateway, and
 //! `GET /system/function/<name>/scaling`, which serves it.
 //!
-//! Memory is bounded by the number of functions, not by time or traffic: a function gets one
-//! ring of [`SAMPLES`] compact slots (12 bytes each, 8,640 bytes in all) the first time it is
-//! sampled, written in place from then on; a function the gateway no longer runs is dropped at
-//! the next sample. Numbers too large for a slot are saturated.
+//! Memory is bounded by the number of functions, not by time or traffic: a function has at most
+//! one ring of [`SAMPLES`] compact slots (12 bytes each, 8,640 bytes in all), written in place,
+//! and none while its chart is one sample repeated (an idle function: the ring is made at its
+//! first change and freed after an hour without one); a function the gateway no longer runs is
+//! dropped at the next sample. Numbers too large for a slot are saturated.
 //!
 //! Nothing here is on the sync path. The sampler reads counters that are kept anyway: the
 //! activator's per-function counts ([`sluice_activator::Activator::sample`], peaks since its
@@ -133,29 +134,54 @@ impl Slot {
 }
 
 /// One function's samples: tick `t` lives in slot `t % SAMPLES`.
+///
+/// A function whose samples have all been the same for the whole window (an idle function, at
+/// zero or at its minimum) keeps no slots: its chart is that one sample repeated. The slots are
+/// allocated at its first change, and freed again once it has been steady for an hour.
 #[derive(Debug)]
 struct Ring {
-    /// Allocated once, [`SAMPLES`] long.
-    slots: Box<[Slot]>,
+    /// [`SAMPLES`] long; `None` while every sample in the window is `last`.
+    slots: Option<Box<[Slot]>>,
+    /// The newest sample.
+    last: Slot,
     /// The tick of the newest sample.
     newest: u64,
-    /// The tick of the first sample (slots before it were never written).
+    /// The tick of the first sample (there is nothing before it).
     first: u64,
+    /// Every sample from this tick to `newest` is `last`, with no gap.
+    steady_since: u64,
 }
 
 fn slot_of(tick: u64) -> usize {
     (tick % SAMPLES as u64) as usize
 }
 
+/// The oldest tick of the window that ends at `newest`.
+fn window_start(newest: u64) -> u64 {
+    newest.saturating_sub(SAMPLES as u64 - 1)
+}
+
 impl Ring {
     fn new(tick: u64, sample: Sample) -> Self {
-        let mut slots = vec![GAP; SAMPLES].into_boxed_slice();
-        slots[slot_of(tick)] = Slot::of(sample);
         Self {
-            slots,
+            slots: None,
+            last: Slot::of(sample),
             newest: tick,
             first: tick,
+            steady_since: tick,
         }
+    }
+
+    /// The slots, made from the steady sample if there are none.
+    fn slots(&mut self) -> &mut [Slot] {
+        let (first, newest, last) = (self.first, self.newest, self.last);
+        self.slots.get_or_insert_with(|| {
+            let mut slots = vec![GAP; SAMPLES].into_boxed_slice();
+            for t in first.max(window_start(newest))..=newest {
+                slots[slot_of(t)] = last;
+            }
+            slots
+        })
     }
 
     fn put(&mut self, tick: u64, mut sample: Sample) {
@@ -163,21 +189,46 @@ impl Ring {
             return;
         }
         if tick == self.newest {
-            let slot = &mut self.slots[slot_of(tick)];
-            *slot = slot.merged(sample);
+            let merged = self.last.merged(sample);
+            if merged != self.last {
+                self.slots()[slot_of(tick)] = merged;
+                self.last = merged;
+                self.steady_since = tick;
+            }
             return;
-        }
-        // Intervals the sampler missed (a stalled runtime) hold nothing; their slots still
-        // hold samples from an hour ago, which must not show as now.
-        let missed = tick - self.newest - 1;
-        for t in (self.newest + 1).max(tick.saturating_sub(SAMPLES as u64))..tick {
-            self.slots[slot_of(t)] = GAP;
         }
         // The activator's count covers every interval since the last sample: as a rate, it is
         // spread over them.
+        let missed = tick - self.newest - 1;
         sample.started /= u32::try_from(missed + 1).unwrap_or(u32::MAX);
-        self.slots[slot_of(tick)] = Slot::of(sample);
+        let slot = Slot::of(sample);
+        if missed > 0 || slot != self.last {
+            let newest = self.newest;
+            let slots = self.slots();
+            // Intervals the sampler missed (a stalled runtime) hold nothing; their slots still
+            // hold samples from an hour ago, which must not show as now.
+            for t in (newest + 1).max(tick.saturating_sub(SAMPLES as u64))..tick {
+                slots[slot_of(t)] = GAP;
+            }
+            self.steady_since = tick;
+        }
+        if let Some(slots) = &mut self.slots {
+            slots[slot_of(tick)] = slot;
+        }
+        self.last = slot;
         self.newest = tick;
+        // Steady for the whole window: the slots say nothing `last` does not.
+        if self.slots.is_some() && self.steady_since <= window_start(tick) {
+            self.slots = None;
+        }
+    }
+
+    /// The sample at `tick` (within the window), `None` for a gap.
+    fn at(&self, tick: u64) -> Option<Slot> {
+        match &self.slots {
+            None => Some(self.last),
+            Some(slots) => Some(slots[slot_of(tick)]).filter(|s| *s != GAP),
+        }
     }
 }
 
@@ -256,9 +307,7 @@ impl ScalingHistory {
     pub fn points(&self, function: &FunctionRef, since: Option<u64>) -> Option<Vec<ScalingPoint>> {
         let rings = self.rings();
         let ring = rings.get(function)?;
-        let oldest = ring
-            .first
-            .max(ring.newest.saturating_sub(SAMPLES as u64 - 1));
+        let oldest = ring.first.max(window_start(ring.newest));
         let after = since.map_or(0, |ms| match ms.checked_sub(self.origin_unix_ms) {
             Some(ms) => ms / RESOLUTION_MS + 1,
             None => 0,
@@ -268,10 +317,9 @@ impl ScalingHistory {
         let len = ring.newest.saturating_add(1).saturating_sub(from);
         let mut points = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         for tick in from..=ring.newest {
-            let slot = ring.slots[slot_of(tick)];
-            if slot == GAP {
+            let Some(slot) = ring.at(tick) else {
                 continue;
-            }
+            };
             points.push(ScalingPoint {
                 at: self.unix_ms(tick),
                 replicas: u32::from(slot.replicas),
@@ -501,6 +549,94 @@ mod tests {
         );
         let points = history.points(&f, None).unwrap();
         assert_eq!((points[0].in_flight, points[0].rps), (2_000, 1.0));
+    }
+
+    /// The ring against the plainest model of it: every tick's sample in a map, gaps and all.
+    /// Long steady runs (where the ring keeps no slots), changes, missed intervals and second
+    /// samples of one interval, in a fixed pseudo-random order.
+    #[test]
+    fn the_ring_shows_what_a_plain_list_of_every_sample_would() {
+        let history = ScalingHistory::new();
+        let f = function("f");
+        let mut model: std::collections::BTreeMap<u64, Option<Slot>> = Default::default();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut random = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut sample = Sample::default();
+        let (mut tick, mut freed) = (1, 0);
+        for step in 0..20_000 {
+            // Busy and idle stretches in turn; idle ones are longer than the window.
+            if (step / 1_500) % 2 == 1 {
+                sample = Sample {
+                    replicas: 1,
+                    available_replicas: 1,
+                    ..Sample::default()
+                };
+                tick += u64::from(random(50) != 0);
+            } else {
+                match random(100) {
+                    // Mostly the same again, as an idle function is.
+                    0..=84 => tick += 1,
+                    85..=93 => {
+                        sample.replicas = u32::try_from(random(3)).unwrap();
+                        sample.in_flight = u32::try_from(random(4)).unwrap();
+                        sample.started = u32::try_from(random(3) * 10).unwrap();
+                        tick += 1;
+                    }
+                    // Missed intervals, sometimes more than an hour of them.
+                    94..=97 => {
+                        let long = random(4) == 0;
+                        tick += 2 + random(if long { 900 } else { 5 });
+                    }
+                    // A second sample of the same interval.
+                    _ => {}
+                }
+            }
+            history.record(tick, vec![(f.clone(), sample)]);
+            let newest = *model.keys().next_back().unwrap_or(&0);
+            if model.is_empty() {
+                model.insert(tick, Some(Slot::of(sample)));
+            } else if tick == newest {
+                let merged = model[&tick].unwrap().merged(sample);
+                model.insert(tick, Some(merged));
+            } else {
+                let missed = tick - newest - 1;
+                for t in newest + 1..tick {
+                    model.insert(t, None);
+                }
+                let mut spread = sample;
+                spread.started /= u32::try_from(missed + 1).unwrap();
+                model.insert(tick, Some(Slot::of(spread)));
+            }
+            let expected: Vec<(u64, Slot)> = model
+                .range(window_start(tick)..)
+                .filter_map(|(t, slot)| Some((history.unix_ms(*t), (*slot)?)))
+                .collect();
+            let got: Vec<(u64, Slot)> = history
+                .points(&f, None)
+                .unwrap()
+                .into_iter()
+                .map(|p| {
+                    let slot = Slot::of(Sample {
+                        replicas: p.replicas,
+                        available_replicas: p.available_replicas,
+                        in_flight: p.in_flight,
+                        held: p.held,
+                        started: (p.rps * RESOLUTION.as_secs_f64()).round() as u32,
+                    });
+                    (p.at, slot)
+                })
+                .collect();
+            assert_eq!(got, expected, "step {step}, tick {tick}");
+            if history.rings()[&f].slots.is_none() {
+                freed += 1;
+            }
+        }
+        assert!(freed > 3_000, "steady hours keep no slots: {freed}");
     }
 
     #[test]

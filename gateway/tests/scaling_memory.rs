@@ -66,29 +66,40 @@ fn held() -> isize {
 
 const FUNCTIONS: usize = 2_000;
 
-/// What the history may hold for 2,000 functions: 9,000 bytes each (a ring is 8,640 bytes; the
-/// rest is the map's share and the function's name).
+/// What the history may hold for 2,000 busy functions: 9,000 bytes each (a ring is 8,640
+/// bytes; the rest is the map's share and the function's name).
 const BOUND: isize = 2_000 * 9_000;
 
-/// Records `ticks` full rounds of samples, from tick `from`, every number in use.
-fn fill(history: &ScalingHistory, functions: &[FunctionRef], from: u64, ticks: u64) {
+/// What it may hold for 2,000 idle ones (no rings): 300 bytes each.
+const IDLE_BOUND: isize = 2_000 * 300;
+
+/// Records `ticks` full rounds of samples for `functions`, from tick `from`: busy ones with
+/// every number changing each tick, idle ones with one replica and nothing else.
+fn fill(history: &ScalingHistory, functions: &[FunctionRef], from: u64, ticks: u64, busy: bool) {
     for tick in from..from + ticks {
         let n = u32::try_from(tick).unwrap();
-        let round = functions
-            .iter()
-            .map(|f| {
-                let sample = Sample {
-                    replicas: n % 64,
-                    available_replicas: n % 63,
-                    in_flight: n,
-                    held: n % 500,
-                    started: n * 1_000,
-                };
-                (f.clone(), sample)
-            })
-            .collect();
+        let sample = if busy {
+            Sample {
+                replicas: n % 64,
+                available_replicas: n % 63,
+                in_flight: n,
+                held: n % 500,
+                started: n * 1_000,
+            }
+        } else {
+            Sample {
+                replicas: 1,
+                available_replicas: 1,
+                ..Sample::default()
+            }
+        };
+        let round = functions.iter().map(|f| (f.clone(), sample)).collect();
         history.record(tick, round);
     }
+}
+
+fn mib(bytes: isize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 #[test]
@@ -97,45 +108,63 @@ fn two_thousand_functions_with_an_hour_of_samples_stay_within_bound_and_do_not_g
     let functions: Vec<FunctionRef> = (0..FUNCTIONS)
         .map(|i| FunctionRef::parse(&format!("function-{i:04}"), Some("openfaas-fn")).unwrap())
         .collect();
+    let per_function = |bytes: isize| bytes / isize::try_from(FUNCTIONS).unwrap();
     let before = held();
     let history = ScalingHistory::new();
     let hour = SAMPLES as u64;
-    fill(&history, &functions, 1, hour);
-    let full = held() - before;
-    assert_eq!(history.len(), FUNCTIONS);
-    assert_eq!(
-        history.points(&functions[7], None).unwrap().len(),
-        SAMPLES,
-        "a full hour is kept"
+    let mut tick = 1;
+    let mut run = |functions: &[FunctionRef], ticks: u64, busy: bool| {
+        fill(&history, functions, tick, ticks, busy);
+        tick += ticks;
+        held() - before
+    };
+
+    // An hour idle: the charts are one sample repeated, and no ring is allocated.
+    let idle = run(&functions, hour, false);
+    assert!(
+        idle <= IDLE_BOUND,
+        "{idle} bytes held for idle functions, over {IDLE_BOUND}"
     );
+    // An hour busy: every function's ring is full.
+    let full = run(&functions, hour, true);
+    assert_eq!(history.len(), FUNCTIONS);
+    let points = history.points(&functions[7], None).unwrap();
+    assert_eq!(points.len(), SAMPLES, "a full hour is kept");
+    drop(points);
     assert!(
         full <= BOUND,
         "{full} bytes held, over the bound of {BOUND} bytes"
     );
     // Rings are allocated once: another hour of samples (wrapping every ring) adds nothing.
-    fill(&history, &functions, hour + 1, hour);
-    let after_two_hours = held() - before;
-    // Printed only now: the first print allocates stdout's buffer.
-    let per_function = full / isize::try_from(FUNCTIONS).unwrap();
-    println!(
-        "scaling history: {FUNCTIONS} functions, {SAMPLES} samples each: {full} bytes \
-         ({:.1} MiB, {per_function} bytes per function)",
-        full as f64 / (1024.0 * 1024.0)
-    );
-    assert_eq!(after_two_hours, full, "the history grew with time");
-    assert_eq!(
-        history.points(&functions[7], None).unwrap()[0].in_flight,
-        u32::try_from(hour + 1).unwrap()
-    );
-    // Functions removed: their memory goes back.
-    let kept = &functions[..FUNCTIONS / 2];
-    fill(&history, kept, 2 * hour + 1, 1);
+    let two_hours = run(&functions, hour, true);
+    assert_eq!(two_hours, full, "the history grew with time");
+    // Half the functions removed: their memory goes back.
+    let half = run(&functions[..FUNCTIONS / 2], 1, true);
     assert_eq!(history.len(), FUNCTIONS / 2);
     assert!(
-        held() - before <= full / 2 + 200_000,
-        "{} bytes held for {} functions",
-        held() - before,
+        half <= full / 2 + idle,
+        "{half} bytes held for {} functions",
         FUNCTIONS / 2
+    );
+    // Idle for an hour again: the rings are freed.
+    let idle_again = run(&functions[..FUNCTIONS / 2], hour, false);
+    assert!(
+        idle_again <= idle,
+        "{idle_again} bytes held once idle again"
+    );
+    let points = history.points(&functions[7], None).unwrap();
+    assert_eq!(points.len(), SAMPLES);
+    assert!(points.iter().all(|p| p.replicas == 1 && p.rps == 0.0));
+    drop(points);
+    // Printed only now: the first print allocates stdout's buffer.
+    println!(
+        "scaling history, {FUNCTIONS} functions, an hour of {SAMPLES} samples each: busy \
+         {full} bytes ({:.1} MiB, {} bytes a function); idle {idle} bytes ({:.2} MiB, {} \
+         bytes a function)",
+        mib(full),
+        per_function(full),
+        mib(idle),
+        per_function(idle),
     );
     drop(history);
     assert_eq!(held(), before, "everything is freed with the history");
