@@ -11,9 +11,14 @@
 //! addresses from Kubernetes EndpointSlices), so the same code serves both. A function its source
 //! reports crash-looping with no replica ready is not waited for: the request fails at once,
 //! and requests already held for it are let go with the same error.
+//!
+//! It also counts, per function, what the gateway's scaling chart shows ([`Activator::sample`]):
+//! requests started, the most in flight on replicas at once, the most held at once. A request
+//! that finds room at once costs one relaxed atomic add for all of it (and one subtraction when
+//! it ends): the counts share one word with the in-flight count.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,10 +83,64 @@ struct Inner {
 struct FunctionState {
     /// Requests held now.
     held: AtomicUsize,
-    /// Notified (one waiter at a time) whenever a request on any of its replicas ends.
-    freed: Arc<Notify>,
+    /// The most held at once since the last [`Activator::sample`].
+    held_peak: AtomicUsize,
+    /// Shared with each of its requests' guards.
+    counts: Arc<Counts>,
     /// Where the round-robin among equally busy replicas starts next.
     next: AtomicUsize,
+}
+
+/// A function's requests as they start and end: what each request's guard holds.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Notified (one waiter at a time) whenever a request on any of its replicas ends.
+    freed: Notify,
+    /// Requests started (the high 32 bits, wrapping) and in flight on its replicas (the low 32
+    /// bits): one word, so that a request that finds room at once is counted with one add.
+    load: AtomicU64,
+    /// The most in flight at once since the last [`Activator::sample`].
+    in_flight_peak: AtomicU32,
+    /// The started count (high half of `load`) at the last [`Activator::sample`].
+    sampled: AtomicU32,
+}
+
+/// One request started, in [`Counts::load`].
+const STARTED: u64 = 1 << 32;
+/// One request in flight, in [`Counts::load`].
+const IN_FLIGHT: u64 = 1;
+
+impl Counts {
+    /// Counts `add` ([`STARTED`] and/or [`IN_FLIGHT`]) and keeps the in-flight peak. Relaxed:
+    /// these are statistics, read a few seconds later; nothing is ordered by them.
+    fn count(&self, add: u64) {
+        let load = self
+            .load
+            .fetch_add(add, Ordering::Relaxed)
+            .wrapping_add(add);
+        if add & IN_FLIGHT != 0 {
+            let in_flight = load as u32;
+            // A load before the read-modify-write: the peak only moves when a new high is met.
+            if in_flight > self.in_flight_peak.load(Ordering::Relaxed) {
+                self.in_flight_peak.fetch_max(in_flight, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// What the activator saw of one function's requests since the previous
+/// [`Activator::sample`]: the numbers behind the gateway's scaling chart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LoadSample {
+    /// Requests started: sent to a replica at once, or held for one (requests refused at once,
+    /// for a full buffer or a function that is not there, are not counted).
+    pub started: u32,
+    /// The most requests in flight on its replicas at once (each counted from when it is sent
+    /// to a replica until its response has ended); at least as many as are in flight now.
+    pub in_flight: u32,
+    /// The most requests held at once, waiting for a replica with room; at least as many as
+    /// are held now.
+    pub held: u32,
 }
 
 /// One held request; the count goes down when it is dropped.
@@ -93,13 +152,14 @@ impl Drop for Holding<'_> {
     }
 }
 
-/// Wakes one held request when a request ends; dropped after the request's [`InFlight`], so
-/// the slot is free when the waiter looks.
-struct Freed(Arc<Notify>);
+/// Counts a request out of its function's in-flight requests and wakes one held request when
+/// it ends; dropped after the request's [`InFlight`], so the slot is free when the waiter looks.
+struct Freed(Arc<Counts>);
 
 impl Drop for Freed {
     fn drop(&mut self) {
-        self.0.notify_one();
+        self.0.load.fetch_sub(IN_FLIGHT, Ordering::Relaxed);
+        self.0.freed.notify_one();
     }
 }
 
@@ -170,6 +230,32 @@ impl Activator {
             .map_or(0, |s| s.held.load(Ordering::Acquire))
     }
 
+    /// What `function`'s requests did since the previous call: how many started, and the most
+    /// in flight and held at once (the peaks start again from what is in flight and held now).
+    /// Meant for one sampler (the gateway's scaling history): a second caller would split the
+    /// counts with it. A function no request has reached yet has nothing to say.
+    pub fn sample(&self, function: &FunctionRef) -> LoadSample {
+        let functions = lock(&self.inner.functions);
+        let Some(state) = functions.get(function) else {
+            return LoadSample::default();
+        };
+        let counts = &state.counts;
+        let load = counts.load.load(Ordering::Relaxed);
+        let (started, in_flight) = ((load >> 32) as u32, load as u32);
+        let since = counts.sampled.swap(started, Ordering::Relaxed);
+        let held = state.held.load(Ordering::Relaxed);
+        let held_peak = state.held_peak.swap(held, Ordering::Relaxed).max(held);
+        LoadSample {
+            // Wrapping: the count is 32 bits; fewer than 2^32 start between two samples.
+            started: started.wrapping_sub(since),
+            in_flight: counts
+                .in_flight_peak
+                .swap(in_flight, Ordering::Relaxed)
+                .max(in_flight),
+            held: u32::try_from(held_peak).unwrap_or(u32::MAX),
+        }
+    }
+
     /// A replica of `function` with room for one more request (at most `concurrency` at once
     /// per replica), holding the request while there is none. The request must already be
     /// [tracked](Autoscaler::track), so the autoscaler counts it as load while it is held.
@@ -180,7 +266,8 @@ impl Activator {
     ) -> Result<Endpoint, ActivatorError> {
         let state = self.state(function);
         let limit = concurrency.unwrap_or(usize::MAX).max(1);
-        let mut changes = match self.pick(function, &state, limit) {
+        // Sent at once, the request is counted started and in flight in one add.
+        let mut changes = match self.pick(function, &state, limit, STARTED | IN_FLIGHT) {
             Pick::Got(endpoint) => return Ok(endpoint),
             Pick::Unknown => return Err(ActivatorError::Gone(function.to_string())),
             Pick::CrashLooping(crash_loop) => {
@@ -196,7 +283,8 @@ impl Activator {
                 .ok_or_else(|| ActivatorError::Gone(function.to_string()))?,
         };
         let buffer = self.inner.config.buffer;
-        if state.held.fetch_add(1, Ordering::AcqRel) >= buffer {
+        let held = state.held.fetch_add(1, Ordering::AcqRel);
+        if held >= buffer {
             state.held.fetch_sub(1, Ordering::AcqRel);
             return Err(ActivatorError::Full {
                 function: function.to_string(),
@@ -204,16 +292,19 @@ impl Activator {
             });
         }
         let _holding = Holding(&state.held);
+        // Held: started now, in flight when a replica takes it.
+        state.held_peak.fetch_max(held + 1, Ordering::Relaxed);
+        state.counts.count(STARTED);
         let waited = self.inner.config.hold_timeout;
         let deadline = tokio::time::Instant::now() + waited;
         let mut failed_wakes = 0;
         loop {
             // Seen before looking, so a change or a freed slot after the look wakes us.
             changes.borrow_and_update();
-            let freed = state.freed.notified();
+            let freed = state.counts.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            match self.pick(function, &state, limit) {
+            match self.pick(function, &state, limit, IN_FLIGHT) {
                 Pick::Got(endpoint) => return Ok(endpoint),
                 Pick::Unknown => return Err(ActivatorError::Gone(function.to_string())),
                 Pick::CrashLooping(crash_loop) => {
@@ -259,8 +350,9 @@ impl Activator {
         }
     }
 
-    /// One look at the ready replicas: the least busy with room, round-robin among equals.
-    fn pick(&self, function: &FunctionRef, state: &FunctionState, limit: usize) -> Pick {
+    /// One look at the ready replicas: the least busy with room, round-robin among equals. A
+    /// request sent to one is counted with `add` (see [`Counts::count`]).
+    fn pick(&self, function: &FunctionRef, state: &FunctionState, limit: usize, add: u64) -> Pick {
         let Some(set) = self.inner.source.ready(function) else {
             return Pick::Unknown;
         };
@@ -285,7 +377,7 @@ impl Activator {
             if let Some(in_flight) = replica.load.begin(limit) {
                 return Pick::Got(Endpoint::new(
                     replica.url.clone(),
-                    guard(in_flight, state.freed.clone()),
+                    guard(in_flight, &state.counts, add),
                 ));
             }
         }
@@ -293,7 +385,9 @@ impl Activator {
     }
 }
 
-/// Dropped in order: the request leaves its replica, then a held request is woken.
-fn guard(in_flight: InFlight, freed: Arc<Notify>) -> (InFlight, Freed) {
-    (in_flight, Freed(freed))
+/// Counts the request (`add`), and returns its guard, dropped in order: the request leaves its
+/// replica, then its function's count, and a held request is woken.
+fn guard(in_flight: InFlight, counts: &Arc<Counts>, add: u64) -> (InFlight, Freed) {
+    counts.count(add);
+    (in_flight, Freed(counts.clone()))
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_activator::{Activator, ActivatorConfig, ActivatorError};
+use sluice_activator::{Activator, ActivatorConfig, ActivatorError, LoadSample};
 use sluice_core::{
     Autoscaler, CrashLoop, EndpointSource, FunctionRef, ReadyReplica, ReadySet, ReplicaLoad,
     ScaleStatus, ScalingGuard, Tracked,
@@ -363,4 +363,80 @@ async fn a_crash_looping_function_fails_at_once_and_lets_its_held_requests_go() 
         }),
     );
     assert_eq!(activator.endpoint(&f(), None).await.unwrap().url, r.url);
+}
+
+/// What the gateway's scaling chart reads: requests started, and the most in flight and held at
+/// once between two samples, however short-lived.
+#[tokio::test(start_paused = true)]
+async fn a_sample_counts_starts_and_keeps_the_peaks_seen_since_the_last() {
+    let (activator, source, _) = setup(None, 10);
+    let a = replica(1);
+    source.set(
+        &f(),
+        Some(ReadySet {
+            desired: 1,
+            ready: vec![a.clone()],
+            crash_loop: None,
+        }),
+    );
+    assert_eq!(
+        activator.sample(&f()),
+        LoadSample::default(),
+        "no request yet"
+    );
+    // Three in flight at once (the replica's limit), a fourth held.
+    let mut busy = Vec::new();
+    for _ in 0..3 {
+        busy.push(activator.endpoint(&f(), Some(3)).await.unwrap());
+    }
+    let held = tokio::spawn({
+        let activator = activator.clone();
+        async move { activator.endpoint(&f(), Some(3)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(activator.held(&f()), 1);
+    // Two end before anyone looks; the held one takes a slot.
+    busy.truncate(1);
+    let fourth = held.await.unwrap().unwrap();
+    assert_eq!(a.load.in_flight(), 2);
+    assert_eq!(
+        activator.sample(&f()),
+        LoadSample {
+            started: 4,
+            in_flight: 3,
+            held: 1,
+        },
+        "the peaks, not what is left at the look"
+    );
+    // Nothing new: what is in flight now is the peak, nothing started.
+    assert_eq!(
+        activator.sample(&f()),
+        LoadSample {
+            started: 0,
+            in_flight: 2,
+            held: 0,
+        }
+    );
+    drop((busy, fourth));
+    assert_eq!(
+        activator.sample(&f()).in_flight,
+        2,
+        "in flight at the start"
+    );
+    assert_eq!(activator.sample(&f()), LoadSample::default());
+    // A request refused at once (a full buffer) did not start.
+    let (activator, source, _) = setup(None, 0);
+    source.set(
+        &f(),
+        Some(ReadySet {
+            desired: 1,
+            ready: vec![],
+            crash_loop: None,
+        }),
+    );
+    assert!(matches!(
+        activator.endpoint(&f(), None).await,
+        Err(ActivatorError::Full { .. })
+    ));
+    assert_eq!(activator.sample(&f()), LoadSample::default());
 }

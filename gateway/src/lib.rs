@@ -4,6 +4,8 @@
 //!   Sluice's calls API.
 //! - `/function/<name>[/path]`: synchronous invocation, proxied to a ready replica.
 //! - `/async-function/<name>[/path]`: the call is stored durably on the queue, then `202`.
+//! - `/system/function/<name>/scaling`: the function's scaling chart over the last hour, from
+//!   the history the gateway keeps in memory (`scaling.rs`).
 //!
 //! The gateway meets the rest of Sluice only through `sluice-core`'s traits, so the same code
 //! serves the single-machine and the cluster form.
@@ -19,6 +21,7 @@ mod limits;
 mod logs;
 mod metrics;
 mod policy;
+mod scaling;
 mod secrets;
 mod serve;
 mod sync;
@@ -43,6 +46,7 @@ pub use error::ApiError;
 pub use functions::restore;
 pub use intake::BatchedIntake;
 pub use limits::HeadLimits;
+pub use scaling::{RESOLUTION, SAMPLES, Sample, ScalingHistory, ScalingPoint, ScalingSeries};
 pub use serve::{ConnectionLimits, RESERVED_DESCRIPTORS, raise_open_file_limit};
 pub use sluice_core::config::AUTH_LABEL;
 pub use sync::sync_functions;
@@ -170,6 +174,8 @@ pub struct Shared {
     metrics: Arc<metrics::Metrics>,
     /// The web portal's sessions.
     portal: ui::Portal,
+    /// Every function's scaling chart over the last hour, sampled by [`serve`].
+    scaling_history: scaling::ScalingHistory,
     shutdown: CancellationToken,
 }
 
@@ -208,6 +214,7 @@ impl AppState {
             bodies: body::BodyBudget::new(config.max_body_buffer),
             metrics: Arc::default(),
             portal: ui::Portal::new(config.auth.as_ref()),
+            scaling_history: scaling::ScalingHistory::new(),
             calls,
             queue,
             intake,
@@ -222,6 +229,19 @@ impl AppState {
                 .collect(),
             shutdown,
         }))
+    }
+
+    /// `function`'s scaling chart: a point every [`RESOLUTION`] over the last hour, after
+    /// `since` (milliseconds since the Unix epoch) if given, oldest first; `None` if this
+    /// gateway does not run the function. A function deployed since the last sample has no
+    /// points yet.
+    pub fn scaling(&self, function: &FunctionRef, since: Option<u64>) -> Option<Vec<ScalingPoint>> {
+        self.orchestrator.replicas(function)?;
+        Some(
+            self.scaling_history
+                .points(function, since)
+                .unwrap_or_default(),
+        )
     }
 
     /// Held while a management change to `function` runs, so changes to one function apply in
@@ -419,6 +439,7 @@ fn router(state: AppState) -> Router {
                 .delete(functions::delete),
         )
         .route("/system/function/{name}", get(functions::describe))
+        .route("/system/function/{name}/scaling", get(scaling::chart))
         .route("/system/scale-function/{name}", post(functions::scale))
         .route("/system/namespaces", get(functions::namespaces))
         .route(
@@ -462,8 +483,22 @@ fn router(state: AppState) -> Router {
 }
 
 /// Serves the gateway on `listener` until `shutdown`, then lets in-flight requests finish.
+/// Samples every function's scaling history meanwhile.
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
     let limits = state.config.connections.clone();
-    serve::serve_connections(listener, Gateway::new(state), limits, shutdown).await
+    // Stopped with the gateway, even when serving ends without a shutdown (an error).
+    let sampling = shutdown.child_token();
+    let sampler = tokio::spawn({
+        let (state, sampling) = (state.clone(), sampling.clone());
+        async move {
+            scaling::sample_every(&state.scaling_history, || scaling::read(&state), sampling).await;
+        }
+    });
+    let served = serve::serve_connections(listener, Gateway::new(state), limits, shutdown).await;
+    sampling.cancel();
+    if let Err(error) = sampler.await {
+        tracing::error!(%error, "the scaling sampler failed");
+    }
+    served
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::harness::{Receiver, Sluice, deploy, eventually, get_json, sample, try_get_json};
@@ -650,4 +650,123 @@ async fn a_function_that_scales_on_cpu_scales_out_when_its_replicas_are_busy() {
     );
     assert!(f["usage"]["cpu"].as_f64().unwrap() > 0.0, "{f}");
     replicas_become(&http, url, "burn", 2).await;
+}
+
+/// The scaling chart (`GET /system/function/<name>/scaling`), sampled every 5 s by the
+/// gateway: a burst shows as requests in flight and held, a request rate, and replicas rising
+/// to meet it; points come oldest first, `since` gives only newer ones, and an unknown function
+/// or a bad `since` is a JSON error.
+#[tokio::test]
+async fn the_scaling_chart_shows_a_burst_and_the_replicas_rising_to_meet_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = crate::harness::http();
+    // Two requests per replica, and the autoscaler aiming at two in flight per replica within
+    // a short window: a burst is held at first, then replicas are added.
+    let sleep = sample(
+        "sleep",
+        "python3 -u sleep.py",
+        true,
+        &[
+            ("com.sluice.concurrency", "2"),
+            ("com.openfaas.scale.type", "capacity"),
+            ("com.openfaas.scale.target", "2"),
+            ("com.openfaas.scale.target-proportion", "1"),
+            ("com.sluice.scale.window", "10s"),
+        ],
+    );
+    deploy(&http, url, &sleep).await;
+    replicas_become(&http, url, "sleep", 1).await;
+    let chart_url = format!("{url}/system/function/sleep/scaling");
+    // Before the load: a point with its one replica ready and nothing in flight.
+    let quiet: Value = eventually("a point with one replica ready", || async {
+        let chart: Value = try_get_json(&http, chart_url.clone()).await?;
+        let last = chart["points"].as_array()?.last()?.clone();
+        (last["availableReplicas"] == 1).then_some(last)
+    })
+    .await;
+    assert_eq!(quiet["replicas"], 1, "{quiet}");
+    let started_at = quiet["at"].as_u64().unwrap();
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let (http, url, stop) = (http.clone(), url.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    let r = http
+                        .get(format!("{url}/function/sleep?seconds=0.5"))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+                }
+            })
+        })
+        .collect();
+    let busy: Vec<Value> = eventually(
+        "the chart to show the burst and replicas rising",
+        || async {
+            let chart: Value =
+                try_get_json(&http, format!("{chart_url}?since={started_at}")).await?;
+            let points = chart["points"].as_array()?.clone();
+            let loaded = points.iter().any(|p| {
+                p["inFlight"].as_u64() > Some(0)
+                    && p["held"].as_u64() > Some(0)
+                    && p["rps"].as_f64() > Some(0.0)
+            });
+            let most = points.iter().filter_map(|p| p["replicas"].as_u64()).max()?;
+            (loaded && most >= 3).then_some(points)
+        },
+    )
+    .await;
+    stop.cancel();
+    for client in clients {
+        client.await.unwrap();
+    }
+    for p in &busy {
+        assert!(p["at"].as_u64().unwrap() > started_at, "since: {p}");
+    }
+    let at: Vec<u64> = busy.iter().map(|p| p["at"].as_u64().unwrap()).collect();
+    assert!(
+        at.windows(2)
+            .all(|w| w[1] > w[0] && (w[1] - w[0]) % 5_000 == 0),
+        "oldest first, 5 s apart: {at:?}"
+    );
+
+    let whole: Value = get_json(&http, chart_url.clone()).await;
+    assert_eq!(
+        (
+            &whole["function"],
+            &whole["namespace"],
+            &whole["resolutionSeconds"]
+        ),
+        (&json!("sleep"), &json!("openfaas-fn"), &json!(5)),
+        "{whole}"
+    );
+    let newest = whole["points"].as_array().unwrap().last().unwrap()["at"].clone();
+    let none: Value = get_json(&http, format!("{chart_url}?since={newest}")).await;
+    assert_eq!(none["points"], json!([]), "nothing after the newest point");
+
+    let r = http
+        .get(format!("{url}/system/function/nothere/scaling"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "function_not_found", "{body}");
+    let r = http
+        .get(format!("{chart_url}?since=yesterday"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "bad_request", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("since"),
+        "{body}"
+    );
 }

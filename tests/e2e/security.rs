@@ -87,6 +87,7 @@ async fn the_management_api_needs_credentials() {
         ("PUT", "/system/functions"),
         ("DELETE", "/system/functions"),
         ("GET", "/system/function/echo"),
+        ("GET", "/system/function/echo/scaling"),
         ("POST", "/system/scale-function/echo"),
         ("GET", "/system/info"),
         ("GET", "/system/namespaces"),
