@@ -81,6 +81,7 @@ async fn without_a_session_pages_redirect_to_the_login_and_the_api_answers_401()
         "/ui/api/functions",
         "/ui/api/functions/openfaas-fn/echo/logs",
         "/ui/api/functions/openfaas-fn/echo/summary",
+        "/ui/api/functions/openfaas-fn/echo/scaling",
         "/ui/api/calls/some-call/summary",
         "/ui/api/calls/some-call/result",
         "/ui/api/calls/some-call/request",

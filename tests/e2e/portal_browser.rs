@@ -104,7 +104,9 @@ async fn log_in_see_the_functions_and_invoke_one() {
 
     // Scale, asked first, then done.
     browser.click("a[href$='/scale']").await;
-    browser.until_path("/ui/functions/openfaas-fn/echo/scale").await;
+    browser
+        .until_path("/ui/functions/openfaas-fn/echo/scale")
+        .await;
     browser.fill("#replicas", "2").await;
     browser.click("#confirm").await;
     browser
@@ -230,5 +232,104 @@ async fn an_async_call_is_followed_to_its_callback_and_a_dead_letter_is_re_drive
             t == "succeeded"
         })
         .await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn the_scaling_chart_moves_during_a_burst() {
+    let (_dir, sluice, http) = up_with_samples().await;
+    let url = &sluice.url;
+    // Two requests per replica, the autoscaler aiming at two in flight per replica within a
+    // short window: a burst is held at first, then replicas are added.
+    let sleep = sample(
+        "sleep",
+        "python3 -u sleep.py",
+        true,
+        &[
+            ("com.sluice.concurrency", "2"),
+            ("com.openfaas.scale.type", "capacity"),
+            ("com.openfaas.scale.target", "2"),
+            ("com.openfaas.scale.target-proportion", "1"),
+            ("com.sluice.scale.window", "10s"),
+        ],
+    );
+    deploy(&http, url, &sleep).await;
+    let browser = Browser::start(1280, 900).await;
+    browser.log_in(url).await;
+    browser
+        .go(&format!("{url}/ui/functions/openfaas-fn/sleep"))
+        .await;
+    // Quiet first: a sample with its one replica and nothing in flight.
+    browser
+        .until_text("#scaling-now", "a quiet sample", |t| {
+            t.starts_with("Last 5 s: 1 replicas (1 ready), at most 0 in flight")
+        })
+        .await;
+    let quiet_line = browser
+        .find("#chart-counts polyline.s-inflight")
+        .await
+        .attr("points")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let (http, url, stop) = (http.clone(), url.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    let _ = http
+                        .get(format!("{url}/function/sleep?seconds=0.5"))
+                        .send()
+                        .await;
+                }
+            })
+        })
+        .collect();
+    // The page refreshes its chart by itself (htmx, every 5 s): the burst shows, then the
+    // replicas that were added for it.
+    let busy = browser
+        .until_text("#scaling-now", "the burst in the chart", |t| {
+            t.split("at most ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|in_flight| in_flight > 0)
+        })
+        .await;
+    browser
+        .until_text("#scaling-now", "replicas added", |t| {
+            t.split("Last 5 s: ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|replicas| replicas >= 2)
+        })
+        .await;
+    let busy_line = browser
+        .find("#chart-counts polyline.s-inflight")
+        .await
+        .attr("points")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert_ne!(
+        quiet_line, busy_line,
+        "the in-flight line did not move: {busy}"
+    );
+    browser
+        .client
+        .execute(
+            "document.getElementById('scaling-heading').scrollIntoView()",
+            vec![],
+        )
+        .await
+        .unwrap();
+    browser.screenshot("scaling").await;
+    stop.cancel();
+    for client in clients {
+        client.await.unwrap();
+    }
     browser.close().await;
 }

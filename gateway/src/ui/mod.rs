@@ -12,6 +12,7 @@
 //! (`crate::functions`, the stores, the intake), so the portal can do nothing the API could not.
 
 mod assets;
+mod chart;
 mod layout;
 mod login;
 mod pages;

@@ -396,6 +396,12 @@ async fn detail_page(
             a.button.secondary href=(format!("{href}/remove")) { "Remove…" }
             a href=(calls_href) { "Its async calls" }
         }
+        section aria-labelledby="scaling-heading" {
+            h2 #scaling-heading { "Scaling over the last hour" }
+            div #scaling hx-get=(format!("/ui/api/functions/{}/{}/scaling", function.namespace, function.name)) hx-trigger="every 5s" hx-swap="innerHTML" {
+                (scaling_chart(state, &function))
+            }
+        }
         (invoke_panel(viewer, &status, form, result))
         section aria-labelledby="logs-heading" {
             h2 #logs-heading { "Logs" }
@@ -760,4 +766,22 @@ pub(crate) async fn logs(
         Body::from_stream(ndjson),
     )
         .into_response())
+}
+
+fn scaling_chart(state: &AppState, function: &FunctionRef) -> Markup {
+    let points = state.scaling(function, None).unwrap_or_default();
+    let now = u64::try_from(Timestamp::now().as_millis()).unwrap_or(0);
+    crate::ui::chart::scaling(&points, now)
+}
+
+/// `GET /ui/api/functions/<namespace>/<name>/scaling`: the chart, for its live refresh.
+pub(crate) async fn scaling(
+    State(state): State<AppState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let function = FunctionRef::parse(&name, Some(&namespace))?;
+    if state.functions.get(&function).await?.is_none() {
+        return Err(ApiError::FunctionNotFound(function.to_string()));
+    }
+    Ok(scaling_chart(&state, &function).into_response())
 }

@@ -37,6 +37,10 @@ pub(crate) fn routes() -> Router<AppState> {
             get(functions::remove_form).post(functions::remove),
         )
         .route(
+            "/ui/api/functions/{namespace}/{name}/scaling",
+            get(functions::scaling),
+        )
+        .route(
             "/ui/api/functions/{namespace}/{name}/summary",
             get(functions::summary),
         )
