@@ -509,11 +509,15 @@ impl Prepared {
                  gateway can run commands on this machine"
                     .to_owned(),
             ),
-            (Some(_), Some(file)) => Some(format!(
-                "log in with: sluice login --gateway {gateway_url} --password-stdin < {}",
-                file.display()
+            (Some(credentials), Some(file)) => Some(format!(
+                "log in with: sluice login --gateway {gateway_url} --password-stdin < {file}\n\
+                 portal: {gateway_url}/ui/ (user {user}, the password in {file})",
+                file = file.display(),
+                user = credentials.admin_user().unwrap_or("admin"),
             )),
-            (Some(_), None) => None,
+            (Some(_), None) => Some(format!(
+                "portal: {gateway_url}/ui/ (log in with the admin's user name and password)"
+            )),
         }
     }
 

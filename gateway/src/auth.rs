@@ -73,6 +73,11 @@ impl Credentials {
         self
     }
 
+    /// The admin's user name, if there is an admin.
+    pub fn admin_user(&self) -> Option<&str> {
+        self.admin.as_ref().map(|(user, _)| user.as_str())
+    }
+
     /// Whether a login with `user` and `password` is good: the admin's, or (with any user
     /// name) an API token in the password field. Checked as the `Authorization` header is.
     pub(crate) fn login_ok(&self, user: &str, password: &str) -> bool {
