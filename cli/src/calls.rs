@@ -143,22 +143,84 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
     if let Some(code) = record.status_code {
         println!("Status:    {code}");
     }
-    if let Some(e) = record.error {
+    if let Some(e) = &record.error {
         println!("Error:     {e}");
     }
-    if let Some(url) = record.callback_url {
-        let outcome = match record.callback {
+    if let Some(url) = &record.callback_url {
+        let outcome = match &record.callback {
             None => "pending".to_owned(),
             Some(cb) if cb.delivered => format!("delivered ({} tries)", cb.attempts),
             Some(cb) => format!(
                 "failed after {} tries: {}",
                 cb.attempts,
-                cb.error.unwrap_or_default()
+                cb.error.as_deref().unwrap_or_default()
             ),
         };
         println!("Callback:  {url} ({outcome})");
     }
+    write_timeline(&mut std::io::stdout().lock(), &record)?;
     Ok(())
+}
+
+/// The call's timeline, one line per step, oldest first: when it was queued, then each
+/// attempt, callback delivery and re-drive the record keeps. Nothing without a timeline.
+fn write_timeline(out: &mut impl Write, record: &CallRecord) -> std::io::Result<()> {
+    let Some(timeline) = &record.timeline else {
+        return Ok(());
+    };
+    let mut steps = vec![(record.submitted_at, "queued".to_owned())];
+    for a in &timeline.attempts {
+        let what = match a.redrive {
+            0 => format!("attempt {}", a.attempt),
+            r => format!("attempt {} (re-drive {r})", a.attempt),
+        };
+        let line = step(
+            &what,
+            a.outcome.as_str(),
+            a.status_code,
+            a.duration_seconds,
+            a.error.as_deref(),
+        );
+        steps.push((a.started_at, line));
+    }
+    for c in &timeline.callbacks {
+        let outcome = if c.delivered { "delivered" } else { "failed" };
+        let what = format!("callback {}", c.attempt);
+        let line = step(&what, outcome, c.status_code, None, c.error.as_deref());
+        steps.push((c.at, line));
+    }
+    for r in &timeline.redrives {
+        steps.push((r.at, format!("re-drive {}", r.redrive)));
+    }
+    // Stable: steps at the same moment stay in the order above.
+    steps.sort_by_key(|(at, _)| *at);
+    writeln!(out, "Timeline:")?;
+    for (at, line) in steps {
+        writeln!(out, "  {}  {}", at.to_rfc3339(), line.trim_end())?;
+    }
+    Ok(())
+}
+
+/// One step of a timeline: what, how it ended, its status and duration, and why it failed.
+/// The error is the function's or a receiver's words: control characters are shown as
+/// spaces, so it stays on its line and cannot drive the terminal.
+fn step(
+    what: &str,
+    outcome: &str,
+    status: Option<u16>,
+    duration_seconds: Option<f64>,
+    error: Option<&str>,
+) -> String {
+    let status = status.map(|s| s.to_string()).unwrap_or_default();
+    let duration = duration_seconds
+        .map(|d| format!("{d:.3}s"))
+        .unwrap_or_default();
+    let error: String = error
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    format!("{what:<24} {outcome:<11} {status:>3} {duration:>9}  {error}")
 }
 
 #[derive(Debug, Args)]
@@ -546,6 +608,82 @@ mod tests {
         assert!(parse(&["dlq", "retry"]).is_err());
         assert!(parse(&["dlq", "retry", "abc", "--all"]).is_err());
         assert!(parse(&["dlq", "--limit", "0"]).is_err());
+    }
+
+    #[test]
+    fn a_timeline_is_shown_oldest_first_one_line_a_step() {
+        use sluice_core::{
+            AttemptOutcome, CallAttempt, CallRedrive, CallTimeline, CallbackDelivery, Timestamp,
+        };
+        let at = |s: i64| Timestamp::from_millis(1_795_000_000_000 + s * 1000);
+        let attempt =
+            |n, redrive, started, outcome, status: Option<u16>, error: Option<&str>| CallAttempt {
+                attempt: n,
+                redrive,
+                started_at: at(started),
+                finished_at: status.map(|_| at(started + 1)),
+                duration_seconds: status.map(|_| 0.25),
+                status_code: status,
+                error: error.map(str::to_owned),
+                outcome,
+            };
+        let mut record: CallRecord = serde_json::from_value(serde_json::json!({
+            "id": "c1", "function": "flaky", "namespace": "openfaas-fn", "method": "POST",
+            "path": "/", "state": "succeeded", "attempts": 1, "submittedAt": at(0),
+        }))
+        .unwrap();
+        let mut out = Vec::new();
+        write_timeline(&mut out, &record).unwrap();
+        assert!(out.is_empty(), "no timeline, no lines");
+        record.timeline = Some(CallTimeline {
+            attempts: vec![
+                attempt(
+                    1,
+                    0,
+                    1,
+                    AttemptOutcome::Failed,
+                    Some(503),
+                    Some("failed:\n\x1b[2Jno"),
+                ),
+                attempt(2, 0, 3, AttemptOutcome::Interrupted, None, None),
+                attempt(3, 0, 5, AttemptOutcome::Failed, Some(500), Some("gave up")),
+                attempt(1, 1, 9, AttemptOutcome::Succeeded, Some(200), None),
+            ],
+            callbacks: vec![
+                CallbackDelivery {
+                    attempt: 1,
+                    at: at(6),
+                    delivered: false,
+                    status_code: Some(503),
+                    error: Some("receiver answered 503".into()),
+                },
+                CallbackDelivery {
+                    attempt: 1,
+                    at: at(10),
+                    delivered: true,
+                    status_code: Some(200),
+                    error: None,
+                },
+            ],
+            redrives: vec![CallRedrive {
+                redrive: 1,
+                at: at(8),
+            }],
+        });
+        let mut out = Vec::new();
+        write_timeline(&mut out, &record).unwrap();
+        let want = "\
+Timeline:
+  2026-11-18T11:06:40.000Z  queued
+  2026-11-18T11:06:41.000Z  attempt 1                failed      503    0.250s  failed:  [2Jno
+  2026-11-18T11:06:43.000Z  attempt 2                interrupted
+  2026-11-18T11:06:45.000Z  attempt 3                failed      500    0.250s  gave up
+  2026-11-18T11:06:46.000Z  callback 1               failed      503            receiver answered 503
+  2026-11-18T11:06:48.000Z  re-drive 1
+  2026-11-18T11:06:49.000Z  attempt 1 (re-drive 1)   succeeded   200    0.250s
+  2026-11-18T11:06:50.000Z  callback 1               delivered   200
+";
+        assert_eq!(String::from_utf8(out).unwrap(), want);
     }
 
     #[test]

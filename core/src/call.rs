@@ -272,6 +272,119 @@ pub struct CallRecord {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub callback: Option<CallbackOutcome>,
+    /// Times the call was re-driven after failing for good (each re-drive counts its attempts
+    /// from zero again).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub redrives: u32,
+    /// What happened to the call step by step (each attempt, callback delivery and re-drive),
+    /// the most recent of each kept (see [`CallTimeline`]). Only [`CallStore::get`] fills it:
+    /// listings ([`CallStore::list_calls`]) leave it `None`, and it is then left out of the
+    /// JSON, so a page of calls stays cheap.
+    ///
+    /// [`CallStore::get`]: crate::CallStore::get
+    /// [`CallStore::list_calls`]: crate::CallStore::list_calls
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<CallTimeline>,
+}
+
+/// Attempts a call's timeline keeps: the most recent ones (older ones are dropped as new ones
+/// are started).
+pub const TIMELINE_ATTEMPTS: usize = 50;
+
+/// Callback deliveries a call's timeline keeps, the most recent ones.
+pub const TIMELINE_CALLBACKS: usize = 20;
+
+/// Re-drives a call's timeline keeps, the most recent ones.
+pub const TIMELINE_REDRIVES: usize = 20;
+
+/// Characters of an attempt's or a callback delivery's error kept in the timeline.
+pub const TIMELINE_ERROR_CHARS: usize = 500;
+
+/// A call's history, for `GET /system/calls/<id>`: each list oldest first, each bounded
+/// ([`TIMELINE_ATTEMPTS`], [`TIMELINE_CALLBACKS`], [`TIMELINE_REDRIVES`]; beyond, the oldest
+/// entries are dropped). When the call was queued is the record's `submittedAt`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallTimeline {
+    pub attempts: Vec<CallAttempt>,
+    pub callbacks: Vec<CallbackDelivery>,
+    pub redrives: Vec<CallRedrive>,
+}
+
+/// One attempt at running a call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallAttempt {
+    /// The attempt's number, from 1, counted afresh after each re-drive (as the record's
+    /// `attempts` is).
+    pub attempt: u32,
+    /// The re-drive the attempt belongs to: 0 for the attempts before any re-drive.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub redrive: u32,
+    pub started_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// How long the function took to answer (none for an attempt that did not finish).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+    /// The HTTP status the function (or the platform on its behalf) answered with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    /// Why it failed (at most [`TIMELINE_ERROR_CHARS`] characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub outcome: AttemptOutcome,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// The call's current attempt, still running.
+    Running,
+    Succeeded,
+    /// Failed: retried if another attempt follows, else the call failed with it.
+    Failed,
+    /// Never finished: the worker running it went away (a crash, a lost lease) and the call
+    /// was started again, or its attempt was cut short some other way.
+    Interrupted,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// One try at delivering a call's result to its `X-Callback-Url`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallbackDelivery {
+    /// The try's number, from 1 (counted afresh after a re-drive, as the record's
+    /// `callback.attempts` is).
+    pub attempt: u32,
+    pub at: Timestamp,
+    pub delivered: bool,
+    /// The receiver's status, if it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    /// Why it was not delivered (at most [`TIMELINE_ERROR_CHARS`] characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A re-drive of a call that had failed for good (`POST /system/calls/<id>/retry`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallRedrive {
+    /// Which re-drive, from 1: the `redrive` of the attempts that followed it.
+    pub redrive: u32,
+    pub at: Timestamp,
 }
 
 impl CallRecord {
@@ -293,6 +406,8 @@ impl CallRecord {
             status_code: None,
             error: None,
             callback: None,
+            redrives: 0,
+            timeline: None,
         }
     }
 }

@@ -20,8 +20,10 @@ pub use api::{
     FunctionStatus, FunctionUsage,
 };
 pub use call::{
-    CallId, CallMeta, CallOutcome, CallRecord, CallResult, CallState, CallbackOutcome, QueueName,
-    QueuedCall, check_function_path,
+    AttemptOutcome, CallAttempt, CallId, CallMeta, CallOutcome, CallRecord, CallRedrive,
+    CallResult, CallState, CallTimeline, CallbackDelivery, CallbackOutcome, QueueName, QueuedCall,
+    TIMELINE_ATTEMPTS, TIMELINE_CALLBACKS, TIMELINE_ERROR_CHARS, TIMELINE_REDRIVES,
+    check_function_path,
 };
 pub use callback::{CallbackPolicy, CallbackRefusal, CallbackRule};
 pub use config::{ConfigError, FunctionConfig, Metric, Mode, ScaleConfig};

@@ -491,7 +491,8 @@ pub struct CallFilter {
 /// Records of async calls.
 #[async_trait]
 pub trait CallStore: Send + Sync + Debug {
-    /// Calls matching `filter`, newest first.
+    /// Calls matching `filter`, newest first, without their timelines (`timeline` is `None`:
+    /// a page of calls reads no history).
     async fn list_calls(&self, filter: &CallFilter) -> Result<Vec<CallRecord>, StoreError>;
     /// Records a newly accepted call; `false` (and no change) if a call with that id exists.
     async fn create(&self, record: &CallRecord) -> Result<bool, StoreError>;
@@ -503,6 +504,11 @@ pub trait CallStore: Send + Sync + Debug {
         }
         Ok(created)
     }
+    /// The call's record with its timeline (`timeline` is `Some`): each attempt started (and
+    /// not undone) with how it ended, each callback delivery recorded, each re-drive; the most
+    /// recent of each, up to [`crate::TIMELINE_ATTEMPTS`], [`crate::TIMELINE_CALLBACKS`] and
+    /// [`crate::TIMELINE_REDRIVES`]. The timeline is written by the same statements that
+    /// record starts, outcomes, callbacks and re-drives.
     async fn get(&self, id: &CallId) -> Result<Option<CallRecord>, StoreError>;
     /// Deletes a call's record: only for a call whose submission failed (it was never queued).
     async fn forget(&self, id: &CallId) -> Result<bool, StoreError>;
@@ -533,12 +539,14 @@ pub trait CallStore: Send + Sync + Debug {
     /// Undoes [`Self::start_attempt`] for a call that was started but did not run after all
     /// (it goes back on the queue untouched): queued again, `attempt` not counted. Nothing
     /// changes unless the call is still running on `attempt`. What the start cleared (the
-    /// last attempt's outcome, on a call waiting for a retry) is not brought back.
+    /// last attempt's outcome, on a call waiting for a retry) is not brought back; the
+    /// attempt leaves the timeline.
     async fn undo_start(&self, id: &CallId, attempt: u32) -> Result<(), StoreError>;
     /// Cancels a call that is still queued. Returns the record as it now is, `None` if there is
     /// no such call; a call past `queued` is returned unchanged.
     async fn cancel(&self, id: &CallId, at: Timestamp) -> Result<Option<CallRecord>, StoreError>;
-    /// Records how the invocation ended.
+    /// Records how the invocation ended, on the record and on the timeline's current attempt
+    /// (a retry is an outcome whose state is `queued`: the attempt failed).
     async fn finish(&self, id: &CallId, outcome: &CallOutcome) -> Result<(), StoreError>;
     /// Keeps the response (if any), then records how the invocation ended: a finished call
     /// always has the response it was meant to keep.
@@ -576,9 +584,10 @@ pub trait CallStore: Send + Sync + Debug {
     async fn kept_request(&self, id: &CallId) -> Result<Option<QueuedCall>, StoreError>;
     /// Makes a failed call queued again for a re-drive (attempts start again from zero) and
     /// hands back its kept request. `None` (and no change) unless the call is `failed` with its
-    /// request kept.
+    /// request kept. The timeline keeps the earlier attempts and callbacks, and gains the
+    /// re-drive.
     async fn requeue_failed(&self, id: &CallId) -> Result<Option<QueuedCall>, StoreError>;
-    /// Records how the callback went.
+    /// Records how the callback went: the record's `callback`, and a delivery on the timeline.
     async fn record_callback(
         &self,
         id: &CallId,

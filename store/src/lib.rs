@@ -20,6 +20,7 @@ mod sqlite;
 mod sqlite_intake;
 mod sqlite_queue;
 mod sqlite_writer;
+mod timeline;
 
 pub use cached::CachedFunctions;
 pub use postgres::{

@@ -206,19 +206,126 @@ impl PgStore {
     }
 }
 
+// A call's timeline lives in JSONB arrays on its row (`attempt_log`, `callback_log`,
+// `redrive_log`), written by the very statements that record each step, so it costs no round
+// trip of its own. The bounds below are `sluice_core::TIMELINE_*`; the store's contract tests
+// hold them to it. On the right of `SET`, columns are the row's values before the update.
+
+/// `$column = ` its array with `$entry` appended, the oldest entry dropped when it holds `$max`
+/// already (entries are appended one at a time, so it never holds more).
+macro_rules! append {
+    ($column:literal, $max:literal, $entry:literal) => {
+        concat!(
+            $column,
+            " = (CASE WHEN jsonb_array_length(",
+            $column,
+            ") >= ",
+            $max,
+            " THEN ",
+            $column,
+            " - 0 ELSE ",
+            $column,
+            " END) || jsonb_build_array(",
+            $entry,
+            ")"
+        )
+    };
+}
+
+/// The attempt started at `$1` added to the timeline.
+macro_rules! log_start {
+    () => {
+        append!(
+            "attempt_log",
+            50,
+            "jsonb_build_object('attempt', attempts + 1, 'redrive', redrives, \
+             'startedAt', $1::bigint)"
+        )
+    };
+}
+
+/// The outcome bound as [`FINISH`] binds it written on the timeline's last attempt, if that is
+/// the call's current attempt and has not finished (a finish comes after its start).
+macro_rules! log_finish {
+    () => {
+        "attempt_log = CASE WHEN ((attempt_log -> -1) ->> 'attempt')::bigint = attempts \
+         AND ((attempt_log -> -1) -> 'finishedAt') IS NULL \
+         THEN jsonb_set(attempt_log, '{-1}', (attempt_log -> -1) || jsonb_build_object(\
+         'finishedAt', $4::bigint, 'durationMs', $5::bigint, 'statusCode', $2::bigint, \
+         'error', substr($3::text, 1, 500), 'state', $1::text)) \
+         ELSE attempt_log END"
+    };
+}
+
+/// Starts attempts at `$1` of the queued or running calls that `$where` picks, as
+/// `start_attempt` starts one; returns their ids and attempt numbers.
+macro_rules! start_calls {
+    ($where:literal) => {
+        concat!(
+            "UPDATE calls SET state = 'running', attempts = attempts + 1, started_at = $1, \
+             finished_at = NULL, duration_ms = NULL, status_code = NULL, error = NULL, ",
+            log_start!(),
+            " WHERE ",
+            $where,
+            " AND state IN ('queued', 'running') RETURNING id, attempts"
+        )
+    };
+}
+
+/// Starts an attempt of the call whose id is `$2`.
+const START_ATTEMPT: &str = start_calls!("id = $2");
+
 /// Starts attempts of the calls whose ids are the array `$2` at `$1`.
-const START_ATTEMPTS: &str = "UPDATE calls SET state = 'running', attempts = attempts + 1, \
-     started_at = $1, finished_at = NULL, duration_ms = NULL, status_code = NULL, error = NULL \
-     WHERE id = ANY($2::text[]) AND state IN ('queued', 'running') RETURNING id, attempts";
+const START_ATTEMPTS: &str = start_calls!("id = ANY($2::text[])");
+
+/// Undoes the start of attempt `$2` of call `$1`, if the call is still running on it: its
+/// entry (the timeline's last) is taken off the timeline.
+const UNDO_START: &str = "UPDATE calls SET state = 'queued', attempts = attempts - 1, \
+     started_at = NULL, attempt_log = CASE WHEN ((attempt_log -> -1) ->> 'attempt')::bigint = \
+     attempts THEN attempt_log - (-1) ELSE attempt_log END \
+     WHERE id = $1 AND attempts = $2 AND state = 'running'";
+
+/// Records how a call's invocation ended: its outcome in `$1`..`$5` (state, status, error,
+/// time, duration), its id in `$6`.
+const FINISH: &str = concat!(
+    "UPDATE calls SET state = $1, status_code = $2, error = $3, finished_at = $4, \
+     duration_ms = $5, ",
+    log_finish!(),
+    " WHERE id = $6"
+);
 
 /// Keeps a call's response (`$6`..`$10`: id, status, headers, body, time) and records its
-/// outcome as [`crate::sql::FINISH`] does, in one statement (so one round trip and commit).
-const FINISH_WITH_RESULT: &str = "WITH kept AS (INSERT INTO call_results (id, status_code, \
+/// outcome as [`FINISH`] does, in one statement (so one round trip and commit).
+const FINISH_WITH_RESULT: &str = concat!(
+    "WITH kept AS (INSERT INTO call_results (id, status_code, \
      headers, body, stored_at) VALUES ($6, $7, $8, $9, $10) ON CONFLICT (id) DO UPDATE SET \
      status_code = EXCLUDED.status_code, headers = EXCLUDED.headers, body = EXCLUDED.body, \
      stored_at = EXCLUDED.stored_at RETURNING id) \
      UPDATE calls SET state = $1, status_code = $2, error = $3, finished_at = $4, \
-     duration_ms = $5 WHERE id = $6 RETURNING id";
+     duration_ms = $5, ",
+    log_finish!(),
+    " WHERE id = $6 RETURNING id"
+);
+
+/// Records how a callback went (`$1`, a `CallbackOutcome` as JSON) on call `$2`.
+const RECORD_CALLBACK: &str = concat!(
+    "UPDATE calls SET callback = $1, ",
+    append!("callback_log", 20, "$1::jsonb"),
+    " WHERE id = $2"
+);
+
+/// Makes failed call `$1` queued again, re-driven at `$2`.
+const REQUEUE_FAILED: &str = concat!(
+    "UPDATE calls SET state = 'queued', attempts = 0, started_at = NULL, finished_at = NULL, \
+     duration_ms = NULL, status_code = NULL, error = NULL, callback = NULL, \
+     redrives = redrives + 1, ",
+    append!(
+        "redrive_log",
+        20,
+        "jsonb_build_object('redrive', redrives + 1, 'at', $2::bigint)"
+    ),
+    " WHERE id = $1 AND state = 'failed'"
+);
 
 /// Call ids as one parameter: a text array.
 fn id_list<'a>(ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {

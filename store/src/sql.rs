@@ -129,6 +129,7 @@ macro_rules! sql_store {
             row.get::<Option<i64>, _>(col).map(Timestamp::from_millis)
         }
 
+        /// A call's record as a listing gives it: without its timeline.
         fn record_from_row(row: &$row) -> Result<CallRecord, StoreError> {
             let state: String = row.get("state");
             let state = CallState::parse(&state)
@@ -158,18 +159,40 @@ macro_rules! sql_store {
                     .and_then(|c| u16::try_from(c).ok()),
                 error: row.get("error"),
                 callback,
+                redrives: u32::try_from(row.get::<i64, _>("redrives")).unwrap_or(0),
+                timeline: None,
             })
+        }
+
+        /// A call's record with its timeline, from a row of [`GET_CALL`](crate::sql::GET_CALL).
+        /// A timeline that cannot be read is left out (and logged), not made the record's
+        /// failure: the queue worker reads records to finish their calls.
+        fn record_with_timeline(row: &$row) -> Result<CallRecord, StoreError> {
+            let mut record = record_from_row(row)?;
+            let timeline = $crate::timeline::read(
+                row.get("attempt_log_text"),
+                row.get("callback_log_text"),
+                row.get("redrive_log_text"),
+                record.state,
+            );
+            match timeline {
+                Ok(timeline) => record.timeline = Some(timeline),
+                Err(error) => {
+                    tracing::warn!(call = %record.id, %error, "the call's timeline is unreadable; left out");
+                }
+            }
+            Ok(record)
         }
 
         /// A write statement, owning what it binds (so it can go to a writer task).
         type WriteQuery = sqlx::query::Query<'static, $db, <$db as sqlx::Database>::Arguments<'static>>;
 
         fn finish_query(id: &CallId, outcome: &CallOutcome) -> WriteQuery {
-            bind_finish(sqlx::query($crate::sql::FINISH), outcome).bind(id.as_str().to_owned())
+            bind_finish(sqlx::query(super::FINISH), outcome).bind(id.as_str().to_owned())
         }
 
-        /// Binds an outcome to `$1`..`$5` of [`sql::FINISH`](crate::sql::FINISH) (the call's
-        /// id, `$6`, is bound next).
+        /// Binds an outcome to `$1`..`$5` of the backend's `FINISH` (the call's id, `$6`, is
+        /// bound next).
         fn bind_finish(query: WriteQuery, outcome: &CallOutcome) -> WriteQuery {
             query
                 .bind(outcome.state.as_str())
@@ -252,13 +275,13 @@ macro_rules! sql_store {
             }
 
             async fn get(&self, id: &CallId) -> Result<Option<CallRecord>, StoreError> {
-                sqlx::query("SELECT * FROM calls WHERE id = $1")
+                sqlx::query($crate::sql::GET_CALL)
                     .bind(id.as_str())
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(unavailable)?
                     .as_ref()
-                    .map(record_from_row)
+                    .map(record_with_timeline)
                     .transpose()
             }
 
@@ -277,13 +300,7 @@ macro_rules! sql_store {
             ) -> Result<Option<u32>, StoreError> {
                 let row = self
                     .write_returning(
-                        sqlx::query(
-                            "UPDATE calls SET state = 'running', attempts = attempts + 1, \
-                             started_at = $1, finished_at = NULL, duration_ms = NULL, \
-                             status_code = NULL, error = NULL \
-                             WHERE id = $2 AND state IN ('queued', 'running') \
-                             RETURNING attempts",
-                        )
+                        sqlx::query(super::START_ATTEMPT)
                         .bind(at.as_millis())
                         .bind(id.as_str().to_owned()),
                     )
@@ -325,10 +342,7 @@ macro_rules! sql_store {
 
             async fn undo_start(&self, id: &CallId, attempt: u32) -> Result<(), StoreError> {
                 self.write(
-                    sqlx::query(
-                        "UPDATE calls SET state = 'queued', attempts = attempts - 1, \
-                         started_at = NULL WHERE id = $1 AND attempts = $2 AND state = 'running'",
-                    )
+                    sqlx::query(super::UNDO_START)
                     .bind(id.as_str().to_owned())
                     .bind(i64::from(attempt)),
                 )
@@ -521,12 +535,9 @@ macro_rules! sql_store {
                 else {
                     return Ok(None);
                 };
-                let requeued = sqlx::query(
-                    "UPDATE calls SET state = 'queued', attempts = 0, started_at = NULL, \
-                     finished_at = NULL, duration_ms = NULL, status_code = NULL, error = NULL, \
-                     callback = NULL WHERE id = $1 AND state = 'failed'",
-                )
+                let requeued = sqlx::query(super::REQUEUE_FAILED)
                 .bind(id.as_str())
+                .bind(Timestamp::now().as_millis())
                 .execute(&mut *tx)
                 .await
                 .map_err(unavailable)?;
@@ -552,10 +563,20 @@ macro_rules! sql_store {
                 id: &CallId,
                 outcome: &CallbackOutcome,
             ) -> Result<(), StoreError> {
-                let json = serde_json::to_string(outcome).map_err(unavailable)?;
+                // The error as the timeline keeps it (it is not the callback's own text: a
+                // receiver's answer or a connection's error), so it fits its bound there too.
+                let shortened = outcome.error.as_deref().and_then($crate::timeline::shortened);
+                let json = match shortened {
+                    None => serde_json::to_string(outcome),
+                    Some(error) => serde_json::to_string(&CallbackOutcome {
+                        error: Some(error),
+                        ..outcome.clone()
+                    }),
+                }
+                .map_err(unavailable)?;
                 let done = self
                     .write(
-                        sqlx::query("UPDATE calls SET callback = $1 WHERE id = $2")
+                        sqlx::query(super::RECORD_CALLBACK)
                             .bind(json)
                             .bind(id.as_str().to_owned()),
                     )
@@ -677,10 +698,13 @@ pub(crate) const INSERT_CALL: &str = "INSERT INTO calls (id, namespace, function
      callback_url, state, attempts, submitted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
      ON CONFLICT (id) DO NOTHING";
 
-/// Records how a call's invocation ended: its outcome in `$1`..`$5`, its id in `$6`.
-/// `FINISH_WITH_RESULT` (one per database) does the same and keeps the response.
-pub(crate) const FINISH: &str = "UPDATE calls SET state = $1, status_code = $2, error = $3, \
-     finished_at = $4, duration_ms = $5 WHERE id = $6";
+/// A call's record with its timeline's columns as text (Postgres keeps them as JSONB), as
+/// `record_with_timeline` reads it. The statements that write calls (`FINISH`,
+/// `START_ATTEMPTS`, ...) are one per database, in `sqlite.rs` and `postgres.rs`: their SQL
+/// differs only in how they write the timeline's JSON.
+pub(crate) const GET_CALL: &str = "SELECT *, CAST(attempt_log AS TEXT) AS attempt_log_text, \
+     CAST(callback_log AS TEXT) AS callback_log_text, \
+     CAST(redrive_log AS TEXT) AS redrive_log_text FROM calls WHERE id = $1";
 
 /// Calls started per statement of `start_attempts`.
 pub(crate) const START_MANY_ROWS: usize = 500;

@@ -166,30 +166,134 @@ pub(crate) async fn insert_new_calls<'c, 'r>(
     Ok(rows.iter().map(|row| row.get("id")).collect())
 }
 
+// A call's timeline lives in JSON arrays on its row (`attempt_log`, `callback_log`,
+// `redrive_log`), written by the very statements that record each step, so it costs no round
+// trip of its own. The bounds below are `sluice_core::TIMELINE_*`; the store's contract tests
+// hold them to it. On the right of `SET`, columns are the row's values before the update.
+
+/// `$column = ` its JSON array with `$entry` appended, the oldest entry dropped when it holds
+/// `$max` already (entries are appended one at a time, so it never holds more).
+macro_rules! append {
+    ($column:literal, $max:literal, $entry:literal) => {
+        concat!(
+            $column,
+            " = json_insert(CASE WHEN json_array_length(",
+            $column,
+            ") >= ",
+            $max,
+            " THEN json_remove(",
+            $column,
+            ", '$[0]') ELSE ",
+            $column,
+            " END, '$[#]', ",
+            $entry,
+            ")"
+        )
+    };
+}
+
+/// The attempt started at `$1` added to the timeline.
+macro_rules! log_start {
+    () => {
+        append!(
+            "attempt_log",
+            50,
+            "json_object('attempt', attempts + 1, 'redrive', redrives, 'startedAt', $1)"
+        )
+    };
+}
+
+/// The outcome bound as [`FINISH`] binds it written on the timeline's last attempt, if that is
+/// the call's current attempt and has not finished (a finish comes after its start).
+macro_rules! log_finish {
+    () => {
+        "attempt_log = CASE WHEN json_extract(attempt_log, '$[#-1].attempt') = attempts \
+         AND json_type(attempt_log, '$[#-1].finishedAt') IS NULL \
+         THEN json_set(attempt_log, '$[#-1].finishedAt', $4, '$[#-1].durationMs', $5, \
+         '$[#-1].statusCode', $2, '$[#-1].error', substr($3, 1, 500), '$[#-1].state', $1) \
+         ELSE attempt_log END"
+    };
+}
+
+/// The call's current attempt taken off the timeline, its start undone.
+macro_rules! log_undo {
+    () => {
+        "attempt_log = CASE WHEN json_extract(attempt_log, '$[#-1].attempt') = attempts \
+         THEN json_remove(attempt_log, '$[#-1]') ELSE attempt_log END"
+    };
+}
+
+pub(crate) use log_undo;
+
 /// Starts attempts at `$1` of the queued or running calls that `$where` picks, as
 /// `start_attempt` starts one; returns their ids and attempt numbers.
 macro_rules! start_calls {
     ($where:literal) => {
         concat!(
             "UPDATE calls SET state = 'running', attempts = attempts + 1, started_at = $1, \
-             finished_at = NULL, duration_ms = NULL, status_code = NULL, error = NULL WHERE ",
+             finished_at = NULL, duration_ms = NULL, status_code = NULL, error = NULL, ",
+            log_start!(),
+            " WHERE ",
             $where,
             " AND state IN ('queued', 'running') RETURNING id, attempts"
         )
     };
 }
 
+/// Starts an attempt of the call whose id is `$2`.
+const START_ATTEMPT: &str = start_calls!("id = $2");
+
 /// Starts attempts of the calls whose ids are the JSON array `$2` (see [`id_list`]).
 pub(crate) const START_ATTEMPTS: &str = start_calls!("id IN (SELECT value FROM json_each($2))");
 
+/// Undoes the start of attempt `$2` of call `$1`, if the call is still running on it.
+const UNDO_START: &str = concat!(
+    "UPDATE calls SET state = 'queued', attempts = attempts - 1, started_at = NULL, ",
+    log_undo!(),
+    " WHERE id = $1 AND attempts = $2 AND state = 'running'"
+);
+
+/// Records how a call's invocation ended: its outcome in `$1`..`$5` (state, status, error,
+/// time, duration), its id in `$6`.
+const FINISH: &str = concat!(
+    "UPDATE calls SET state = $1, status_code = $2, error = $3, finished_at = $4, \
+     duration_ms = $5, ",
+    log_finish!(),
+    " WHERE id = $6"
+);
+
 /// Keeps a call's response (`$6`..`$10`: id, status, headers, body, time), then records its
-/// outcome as [`crate::sql::FINISH`] does: two statements, sent to SQLite in one go.
-const FINISH_WITH_RESULT: &str = "INSERT INTO call_results (id, status_code, headers, body, \
+/// outcome as [`FINISH`] does: two statements, sent to SQLite in one go.
+const FINISH_WITH_RESULT: &str = concat!(
+    "INSERT INTO call_results (id, status_code, headers, body, \
      stored_at) VALUES ($6, $7, $8, $9, $10) ON CONFLICT (id) DO UPDATE SET \
      status_code = EXCLUDED.status_code, headers = EXCLUDED.headers, body = EXCLUDED.body, \
      stored_at = EXCLUDED.stored_at; \
      UPDATE calls SET state = $1, status_code = $2, error = $3, finished_at = $4, \
-     duration_ms = $5 WHERE id = $6 RETURNING id";
+     duration_ms = $5, ",
+    log_finish!(),
+    " WHERE id = $6 RETURNING id"
+);
+
+/// Records how a callback went (`$1`, a `CallbackOutcome` as JSON) on call `$2`.
+const RECORD_CALLBACK: &str = concat!(
+    "UPDATE calls SET callback = $1, ",
+    append!("callback_log", 20, "json($1)"),
+    " WHERE id = $2"
+);
+
+/// Makes failed call `$1` queued again, re-driven at `$2`.
+const REQUEUE_FAILED: &str = concat!(
+    "UPDATE calls SET state = 'queued', attempts = 0, started_at = NULL, finished_at = NULL, \
+     duration_ms = NULL, status_code = NULL, error = NULL, callback = NULL, \
+     redrives = redrives + 1, ",
+    append!(
+        "redrive_log",
+        20,
+        "json_object('redrive', redrives + 1, 'at', $2)"
+    ),
+    " WHERE id = $1 AND state = 'failed'"
+);
 
 /// Call ids as one parameter: a JSON array, for `json_each`.
 pub(crate) fn id_list<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {

@@ -373,15 +373,16 @@ impl SqliteQueue {
             .expect("ids and numbers encode as JSON");
         let given = self
             .write(
-                sqlx::query(
+                sqlx::query(concat!(
                     "UPDATE queue SET lease_token = NULL, lease_until = NULL \
                      WHERE seq IN (SELECT value FROM json_each($1)) AND lease_token = $2; \
                      UPDATE calls SET state = 'queued', attempts = attempts - 1, \
-                     started_at = NULL \
-                     WHERE state = 'running' AND EXISTS (SELECT 1 FROM json_each($3) AS s \
+                     started_at = NULL, ",
+                    crate::sqlite::log_undo!(),
+                    " WHERE state = 'running' AND EXISTS (SELECT 1 FROM json_each($3) AS s \
                      WHERE json_extract(s.value, '$[0]') = calls.id \
                      AND json_extract(s.value, '$[1]') = calls.attempts)",
-                )
+                ))
                 .bind(seqs)
                 .bind(token.to_owned())
                 .bind(started),

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_core::{
-    CallFilter, CallId, CallOutcome, CallQueue, CallRecord, CallResult, CallState, CallStore,
-    CallbackOutcome, FunctionDeployment, FunctionRef, FunctionSpec, FunctionStore, QueueError,
-    SecretValue, Secrets, StoreError, Timestamp,
+    AttemptOutcome, CallFilter, CallId, CallOutcome, CallQueue, CallRecord, CallResult, CallState,
+    CallStore, CallTimeline, CallbackDelivery, CallbackOutcome, FunctionDeployment, FunctionRef,
+    FunctionSpec, FunctionStore, QueueError, SecretValue, Secrets, StoreError, TIMELINE_ATTEMPTS,
+    TIMELINE_CALLBACKS, TIMELINE_ERROR_CHARS, TIMELINE_REDRIVES, Timestamp,
 };
 use sluice_store::{
     CachedFunctions, PgStore, SealedSecrets, SecretsKey, SqliteQueue, SqliteStore, open_postgres,
@@ -625,6 +626,321 @@ async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
     finish_with_result_contract(store).await;
     start_attempts_contract(store).await;
     retention_contract(store).await;
+    timeline_contract(store).await;
+    timeline_bounds_contract(store).await;
+}
+
+/// The outcome of an attempt that ended at `ms` after `took` ms, in `state`.
+fn ended(state: CallState, status: u16, error: Option<&str>, ms: i64, took: u64) -> CallOutcome {
+    CallOutcome {
+        state,
+        status_code: Some(status),
+        error: error.map(str::to_owned),
+        finished_at: Timestamp::from_millis(ms),
+        duration_ms: took,
+    }
+}
+
+/// A callback try at `ms`.
+fn tried(attempt: u32, status: u16, delivered: bool, ms: i64) -> CallbackOutcome {
+    CallbackOutcome {
+        delivered,
+        status_code: Some(status),
+        error: (!delivered).then(|| format!("receiver answered {status}")),
+        attempts: attempt,
+        at: Timestamp::from_millis(ms),
+    }
+}
+
+/// An attempt as (attempt, redrive, outcome, status, duration).
+type AttemptSummary = (u32, u32, AttemptOutcome, Option<u16>, Option<f64>);
+
+/// The attempts of a timeline, summed up.
+fn attempts_of(record: &CallRecord) -> Vec<AttemptSummary> {
+    record
+        .timeline
+        .as_ref()
+        .expect("get fills the timeline")
+        .attempts
+        .iter()
+        .map(|a| {
+            (
+                a.attempt,
+                a.redrive,
+                a.outcome,
+                a.status_code,
+                a.duration_seconds,
+            )
+        })
+        .collect()
+}
+
+/// A call's timeline: each attempt with how it ended (failed and retried, interrupted by a
+/// start that came before its finish, given up on, undone), each callback delivery, each
+/// re-drive; written by the statements that record each step, and left out of listings.
+async fn timeline_contract<S: CallStore>(store: &S) {
+    use AttemptOutcome::{Failed, Interrupted, Running, Succeeded};
+    let at = Timestamp::from_millis;
+    let c = call("timeline", &b"body"[..]);
+    let id = &c.meta.id;
+    assert!(
+        CallStore::create(store, &CallRecord::queued(&c.meta))
+            .await
+            .unwrap()
+    );
+    let get = || async { CallStore::get(store, id).await.unwrap().expect("recorded") };
+    assert_eq!(get().await.timeline, Some(CallTimeline::default()));
+
+    // Attempt 1 fails and is retried (the worker records the retry as `queued`).
+    assert_eq!(store.start_attempt(id, at(1_000)).await.unwrap(), Some(1));
+    assert_eq!(
+        attempts_of(&get().await),
+        [(1, 0, Running, None, None)],
+        "started, not finished"
+    );
+    let retry = ended(
+        CallState::Queued,
+        503,
+        Some("attempt 1 of 4 failed: function answered 503; retrying in 0.5s"),
+        1_250,
+        250,
+    );
+    store.finish(id, &retry).await.unwrap();
+    // Attempt 2 is cut short (its worker died): attempt 3 starts without it finishing.
+    assert_eq!(store.start_attempt(id, at(2_000)).await.unwrap(), Some(2));
+    assert_eq!(store.start_attempt(id, at(3_000)).await.unwrap(), Some(3));
+    // Attempt 3 fails for good, its response kept with it.
+    let gave_up = ended(
+        CallState::Failed,
+        500,
+        Some("gave up after 3 attempts: function answered 500"),
+        3_040,
+        40,
+    );
+    let result = CallResult {
+        status_code: 500,
+        headers: vec![],
+        body: Bytes::from_static(b"no"),
+        stored_at: at(3_040),
+    };
+    store
+        .finish_with_result(id, &gave_up, Some(&result))
+        .await
+        .unwrap();
+    // Its callback fails once, then is delivered.
+    store
+        .record_callback(id, &tried(1, 503, false, 3_100))
+        .await
+        .unwrap();
+    store
+        .record_callback(id, &tried(2, 200, true, 4_100))
+        .await
+        .unwrap();
+    let failed = get().await;
+    assert_eq!(failed.state, CallState::Failed);
+    assert_eq!(
+        attempts_of(&failed),
+        [
+            (1, 0, Failed, Some(503), Some(0.25)),
+            (2, 0, Interrupted, None, None),
+            (3, 0, Failed, Some(500), Some(0.04)),
+        ]
+    );
+    let timeline = failed.timeline.as_ref().unwrap();
+    let first = &timeline.attempts[0];
+    assert_eq!(
+        (first.started_at, first.finished_at),
+        (at(1_000), Some(at(1_250)))
+    );
+    assert_eq!(first.error, retry.error);
+    assert_eq!(timeline.attempts[1].started_at, at(2_000));
+    assert_eq!(timeline.attempts[1].finished_at, None);
+    assert_eq!(timeline.attempts[2].error, gave_up.error);
+    assert_eq!(
+        timeline.callbacks,
+        [
+            CallbackDelivery {
+                attempt: 1,
+                at: at(3_100),
+                delivered: false,
+                status_code: Some(503),
+                error: Some("receiver answered 503".into()),
+            },
+            CallbackDelivery {
+                attempt: 2,
+                at: at(4_100),
+                delivered: true,
+                status_code: Some(200),
+                error: None,
+            },
+        ]
+    );
+    assert!(timeline.redrives.is_empty());
+    assert_eq!(failed.redrives, 0);
+
+    // Re-driven: the earlier attempts and callbacks stay; the new round's attempts count from
+    // one again and say which re-drive they follow.
+    store.keep_request(&c, at(5_000)).await.unwrap();
+    let before = Timestamp::now();
+    assert!(store.requeue_failed(id).await.unwrap().is_some());
+    let requeued = get().await;
+    assert_eq!((requeued.attempts, requeued.redrives), (0, 1));
+    let redrives = &requeued.timeline.as_ref().unwrap().redrives;
+    assert_eq!(redrives.len(), 1);
+    assert_eq!(redrives[0].redrive, 1);
+    assert!(redrives[0].at >= before, "re-driven now");
+    // An outcome recorded with no attempt started (a re-drive the queue refused, put back as
+    // failed) leaves the earlier attempts as they ended.
+    let refused = CallOutcome {
+        state: CallState::Failed,
+        status_code: None,
+        error: Some("re-drive failed".into()),
+        finished_at: Timestamp::now(),
+        duration_ms: 0,
+    };
+    store.finish(id, &refused).await.unwrap();
+    assert_eq!(attempts_of(&get().await), attempts_of(&failed));
+    store.keep_request(&c, at(5_500)).await.unwrap();
+    assert!(store.requeue_failed(id).await.unwrap().is_some());
+    // Started by a claim and put back untouched: the attempt leaves the timeline.
+    assert_eq!(store.start_attempt(id, at(6_000)).await.unwrap(), Some(1));
+    store.undo_start(id, 1).await.unwrap();
+    assert_eq!(
+        attempts_of(&get().await).len(),
+        3,
+        "the undone start is gone"
+    );
+    assert_eq!(
+        store
+            .start_attempts(std::slice::from_ref(id), at(7_000))
+            .await
+            .unwrap()[id],
+        1
+    );
+    store
+        .finish(id, &ended(CallState::Succeeded, 200, None, 7_010, 10))
+        .await
+        .unwrap();
+    let done = get().await;
+    assert_eq!(done.state, CallState::Succeeded);
+    assert_eq!(
+        attempts_of(&done),
+        [
+            (1, 0, Failed, Some(503), Some(0.25)),
+            (2, 0, Interrupted, None, None),
+            (3, 0, Failed, Some(500), Some(0.04)),
+            (1, 2, Succeeded, Some(200), Some(0.01)),
+        ]
+    );
+    let timeline = done.timeline.as_ref().unwrap();
+    assert_eq!(timeline.attempts[3].started_at, at(7_000));
+    assert_eq!(
+        timeline
+            .redrives
+            .iter()
+            .map(|r| r.redrive)
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(timeline.callbacks.len(), 2, "kept across re-drives");
+    assert_eq!(done.redrives, 2);
+
+    // Listings carry no timeline.
+    let listed = store
+        .list_calls(&CallFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mine = listed.iter().find(|r| &r.id == id).expect("listed");
+    assert_eq!(mine.timeline, None);
+    assert_eq!(mine.redrives, 2);
+    // The JSON of the record says all of it, in the API's names.
+    let json = serde_json::to_value(&done).unwrap();
+    assert_eq!(json["redrives"], 2);
+    assert_eq!(json["timeline"]["attempts"][1]["outcome"], "interrupted");
+    assert_eq!(json["timeline"]["attempts"][0]["durationSeconds"], 0.25);
+    assert_eq!(json["timeline"]["attempts"][3]["redrive"], 2);
+    assert_eq!(json["timeline"]["callbacks"][0]["statusCode"], 503);
+    assert!(store.forget(id).await.unwrap());
+}
+
+/// Each part of a timeline keeps only its most recent entries, and errors only so long; the
+/// record's own fields are as they were.
+async fn timeline_bounds_contract<S: CallStore>(store: &S) {
+    let at = Timestamp::from_millis;
+    let c = call("timeline-bounds", &b""[..]);
+    let id = &c.meta.id;
+    assert!(
+        CallStore::create(store, &CallRecord::queued(&c.meta))
+            .await
+            .unwrap()
+    );
+    let extra = 5;
+    let starts = TIMELINE_ATTEMPTS + extra;
+    let long_error = "x".repeat(3 * TIMELINE_ERROR_CHARS);
+    for n in 1..=starts {
+        let ms = i64::try_from(n).unwrap() * 1_000;
+        store.start_attempt(id, at(ms)).await.unwrap();
+        // Every other attempt is cut short; the last one fails.
+        if n % 2 == 1 {
+            let retry = ended(CallState::Queued, 503, Some(&long_error), ms + 1, 1);
+            store.finish(id, &retry).await.unwrap();
+        }
+    }
+    for n in 1..=TIMELINE_CALLBACKS + extra {
+        let mut outcome = tried(u32::try_from(n).unwrap(), 503, false, 100_000);
+        outcome.error = Some(long_error.clone());
+        store.record_callback(id, &outcome).await.unwrap();
+    }
+    let record = CallStore::get(store, id).await.unwrap().unwrap();
+    assert_eq!(
+        record.attempts,
+        u32::try_from(starts).unwrap(),
+        "the count is not bounded"
+    );
+    assert_eq!(record.error.as_deref(), Some(long_error.as_str()));
+    let timeline = record.timeline.unwrap();
+    let numbers: Vec<u32> = timeline.attempts.iter().map(|a| a.attempt).collect();
+    let want: Vec<u32> = (extra + 1..=starts)
+        .map(|n| u32::try_from(n).unwrap())
+        .collect();
+    assert_eq!(numbers, want, "the most recent {TIMELINE_ATTEMPTS}");
+    let outcomes: Vec<AttemptOutcome> = timeline.attempts.iter().map(|a| a.outcome).collect();
+    assert_eq!(
+        outcomes[..2],
+        [AttemptOutcome::Interrupted, AttemptOutcome::Failed]
+    );
+    let last = timeline.attempts.last().unwrap();
+    assert_eq!(last.outcome, AttemptOutcome::Failed);
+    assert_eq!(last.error.as_ref().unwrap().len(), TIMELINE_ERROR_CHARS);
+    let tries: Vec<u32> = timeline.callbacks.iter().map(|c| c.attempt).collect();
+    let want: Vec<u32> = (extra + 1..=TIMELINE_CALLBACKS + extra)
+        .map(|n| u32::try_from(n).unwrap())
+        .collect();
+    assert_eq!(tries, want, "the most recent {TIMELINE_CALLBACKS}");
+    assert_eq!(
+        timeline.callbacks[0].error.as_ref().unwrap().len(),
+        TIMELINE_ERROR_CHARS
+    );
+    // Re-drives too.
+    let gave_up = ended(CallState::Failed, 500, None, 200_000, 1);
+    for _ in 0..TIMELINE_REDRIVES + 2 {
+        store.start_attempt(id, at(150_000)).await.unwrap();
+        store.finish(id, &gave_up).await.unwrap();
+        store.keep_request(&c, at(200_000)).await.unwrap();
+        assert!(store.requeue_failed(id).await.unwrap().is_some());
+    }
+    let record = CallStore::get(store, id).await.unwrap().unwrap();
+    let timeline = record.timeline.unwrap();
+    let rounds: Vec<u32> = timeline.redrives.iter().map(|r| r.redrive).collect();
+    let total = u32::try_from(TIMELINE_REDRIVES + 2).unwrap();
+    assert_eq!(rounds, (3..=total).collect::<Vec<_>>());
+    assert_eq!(record.redrives, total);
+    assert_eq!(timeline.attempts.len(), TIMELINE_ATTEMPTS);
+    assert_eq!(timeline.attempts.last().unwrap().redrive, total - 1);
+    assert!(store.forget(id).await.unwrap());
 }
 
 /// The response kept and the outcome recorded in one go; a call nobody recorded is not found.
@@ -1185,11 +1501,20 @@ async fn the_sqlite_queue_starts_the_calls_it_hands_out() {
     let running = record(run.meta.id.clone()).await;
     assert_eq!((running.state, running.attempts), (CallState::Running, 1));
     assert!(running.started_at.is_some());
+    // On the timeline too, by the claim's own statement.
+    let attempts = running.timeline.unwrap().attempts;
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(
+        (attempts[0].attempt, attempts[0].outcome),
+        (1, AttemptOutcome::Running)
+    );
+    assert_eq!(Some(attempts[0].started_at), running.started_at);
 
     // Put back untouched: the start is undone, once.
     store.undo_start(&run.meta.id, 1).await.unwrap();
     let back = record(run.meta.id.clone()).await;
     assert_eq!((back.state, back.attempts), (CallState::Queued, 0));
+    assert!(back.timeline.unwrap().attempts.is_empty());
     store.undo_start(&run.meta.id, 1).await.unwrap();
     assert_eq!(
         record(run.meta.id.clone()).await.attempts,
@@ -1253,4 +1578,10 @@ async fn a_claim_given_up_mid_way_gives_its_calls_back() {
     );
     let record = CallStore::get(&store, &c.meta.id).await.unwrap().unwrap();
     assert_eq!((record.state, record.attempts), (CallState::Running, 1));
+    let attempts = record.timeline.unwrap().attempts;
+    assert_eq!(
+        attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(),
+        [1],
+        "the given-back start left the timeline"
+    );
 }

@@ -258,12 +258,15 @@ pub struct Receiver {
     pub url: String,
     seen: Arc<Mutex<Vec<Callback>>>,
     refusing: Arc<std::sync::atomic::AtomicUsize>,
+    refuse_next: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Debug, Clone)]
 struct ReceiverState {
     seen: Arc<Mutex<Vec<Callback>>>,
     refusing: Arc<std::sync::atomic::AtomicUsize>,
+    /// Callbacks still to be refused before taking any (see [`Receiver::refuse_next`]).
+    refuse_next: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Receiver {
@@ -272,12 +275,20 @@ impl Receiver {
         let state = ReceiverState {
             seen: Arc::default(),
             refusing: Arc::default(),
+            refuse_next: Arc::default(),
         };
         let app = axum::Router::new()
             .fallback(
                 |State(state): State<ReceiverState>, headers: HeaderMap, body: Bytes| async move {
                     if state.refusing.load(Ordering::SeqCst) > 0 {
                         state.refusing.fetch_add(1, Ordering::SeqCst);
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let counted_down =
+                        state
+                            .refuse_next
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+                    if counted_down.is_ok() {
                         return axum::http::StatusCode::SERVICE_UNAVAILABLE;
                     }
                     state.seen.lock().unwrap().push(Callback { headers, body });
@@ -294,7 +305,14 @@ impl Receiver {
             url,
             seen: state.seen,
             refusing: state.refusing,
+            refuse_next: state.refuse_next,
         }
+    }
+
+    /// Answers 503 to the next `n` callbacks, then takes them.
+    pub fn refuse_next(&self, n: usize) {
+        self.refuse_next
+            .store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Answers 503 to every callback until [`Receiver::accept`].

@@ -42,5 +42,6 @@ mod scaling;
 mod secrets;
 mod security;
 mod templates;
+mod timeline;
 mod watchdog;
 mod wire;
