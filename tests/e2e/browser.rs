@@ -169,16 +169,19 @@ impl Browser {
     /// Waits until `check` on the page's text in `css` holds.
     pub async fn until_text(&self, css: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
         let deadline = tokio::time::Instant::now() + PATIENCE;
+        let mut last = None;
         loop {
             if let Ok(element) = self.client.find(Locator::Css(css)).await
                 && let Ok(text) = element.text().await
-                && check(&text)
             {
-                return text;
+                if check(&text) {
+                    return text;
+                }
+                last = Some(text);
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what} in {css}"
+                "timed out waiting for {what} in {css}; it said {last:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -163,7 +163,7 @@ async fn an_async_call_is_followed_to_its_callback_and_a_dead_letter_is_re_drive
         .await;
     browser
         .until_text("#timeline", "the callback", |t| {
-            t.contains("Callback delivered")
+            t.contains("Callback try 1") && t.contains("delivered")
         })
         .await;
     let result = browser.text("#result-body").await;

@@ -189,26 +189,29 @@ async fn checked_change(
 ) -> Result<Request, ApiError> {
     crate::auth::check_origin(request.method(), request.headers())?;
     let key = &state.portal.key;
-    if let Some(token) = request.headers().get(CSRF_HEADER) {
-        let token = token.to_str().unwrap_or_default();
-        return if key.csrf_ok(session, token) {
-            Ok(request)
-        } else {
-            Err(csrf_refused())
-        };
-    }
+    let in_header = match request.headers().get(CSRF_HEADER) {
+        Some(token) if key.csrf_ok(session, token.to_str().unwrap_or_default()) => true,
+        Some(_) => return Err(csrf_refused()),
+        None => false,
+    };
     let is_form = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     if !is_form {
-        return Err(csrf_refused());
+        // The portal sends nothing else; a change without a form body needs the header.
+        return if in_header {
+            Ok(request)
+        } else {
+            Err(csrf_refused())
+        };
     }
+    // The form is read here, within the body budget, whichever way the token came.
     let (parts, body) = request.into_parts();
     let held = state.read_form(&parts.headers, body).await?;
     let token = form_urlencoded_value(&held.bytes, CSRF_FIELD);
-    if !token.is_some_and(|t| key.csrf_ok(session, &t)) {
+    if !in_header && !token.is_some_and(|t| key.csrf_ok(session, &t)) {
         return Err(csrf_refused());
     }
     let mut request = Request::from_parts(parts, axum::body::Body::from(held.bytes.clone()));

@@ -194,8 +194,70 @@ fn parse_id(id: &str) -> Option<CallId> {
     CallId::parse(id).ok()
 }
 
-/// The call's life in order: queued, started, finished, called back.
+/// The call's life in order: queued, each attempt, each callback delivery, each re-drive (from
+/// the record's timeline; the aggregate fields when the store kept none).
 fn timeline(call: &CallRecord) -> Markup {
+    let Some(history) = &call.timeline else {
+        return aggregate_timeline(call);
+    };
+    // (when, order among equals, class, markup)
+    let mut events: Vec<(Timestamp, u8, &str, Markup)> = vec![(
+        call.submitted_at,
+        0,
+        "",
+        html! { "Queued " (layout::time(call.submitted_at)) },
+    )];
+    for r in &history.redrives {
+        events.push((
+            r.at,
+            1,
+            "",
+            html! { "Re-driven (round " (r.redrive) ") " (layout::time(r.at)) },
+        ));
+    }
+    for a in &history.attempts {
+        let class = match a.outcome {
+            sluice_core::AttemptOutcome::Succeeded => "ok",
+            sluice_core::AttemptOutcome::Failed | sluice_core::AttemptOutcome::Interrupted => "bad",
+            sluice_core::AttemptOutcome::Running => "",
+        };
+        events.push((
+            a.started_at,
+            2,
+            class,
+            html! {
+                "Attempt " (a.attempt) @if a.redrive > 0 { " of re-drive " (a.redrive) }
+                " started " (layout::time(a.started_at)) ": " strong { (a.outcome.as_str()) }
+                @if let Some(code) = a.status_code { ", status " (code) }
+                @if let Some(d) = a.duration_seconds { ", " (format!("{d:.3}")) " s" }
+                @if let Some(e) = &a.error { " — " (e) }
+            },
+        ));
+    }
+    for c in &history.callbacks {
+        let class = if c.delivered { "ok" } else { "bad" };
+        events.push((
+            c.at,
+            3,
+            class,
+            html! {
+                "Callback try " (c.attempt) " " (layout::time(c.at)) ": "
+                strong { (if c.delivered { "delivered" } else { "not delivered" }) }
+                @if let Some(code) = c.status_code { ", status " (code) }
+                @if let Some(e) = &c.error { " — " (e) }
+            },
+        ));
+    }
+    events.sort_by_key(|(at, order, _, _)| (*at, *order));
+    html! {
+        ol.timeline #timeline {
+            @for (_, _, class, item) in &events { li class=(class) { (item) } }
+        }
+    }
+}
+
+/// The timeline from the record's aggregate fields alone.
+fn aggregate_timeline(call: &CallRecord) -> Markup {
     html! {
         ol.timeline #timeline {
             li { "Queued " (layout::time(call.submitted_at)) }
@@ -223,7 +285,11 @@ fn timeline(call: &CallRecord) -> Markup {
 }
 
 fn summary(viewer: &Viewer, call: &CallRecord) -> Markup {
-    let live = !call.state.is_terminal();
+    // Followed until it has ended and, if it has a callback URL, its callback was tried.
+    let live = !call.state.is_terminal()
+        || (call.state != CallState::Cancelled
+            && call.callback_url.is_some()
+            && call.callback.is_none());
     let href = call_href(&call.id);
     html! {
         div #call-summary hx-get=[live.then(|| format!("/ui/api/calls/{}/summary", crate::ui::login::encode(call.id.as_str())))] hx-trigger=[live.then_some("every 2s")] hx-swap="outerHTML" {
