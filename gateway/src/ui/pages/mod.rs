@@ -4,6 +4,7 @@
 //! data, downloads) lives under `/ui/api/`, which answers `401` rather than redirecting when the
 //! session is gone.
 
+mod deploy;
 mod functions;
 mod overview;
 
@@ -20,6 +21,8 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/ui/", get(overview::page))
         .route("/ui/api/overview", get(overview::fragment))
+        .route("/ui/deploy", get(deploy::page).post(deploy::deploy))
+        .route("/ui/deploy/stack", post(deploy::deploy_stack))
         .route("/ui/functions", get(functions::list))
         .route("/ui/api/functions", get(functions::table_fragment))
         .route("/ui/functions/{namespace}/{name}", get(functions::detail))
