@@ -172,7 +172,7 @@ pub(crate) fn parse(
     if let Err(e) = validate_label("namespace", namespace) {
         problems.field("namespace", e.to_string());
     }
-    let mut env = pairs(&form.env, "env").unwrap_or_else(|e| {
+    let mut env = pairs(&form.env, "variable").unwrap_or_else(|e| {
         problems.field("env", e);
         BTreeMap::new()
     });
@@ -1198,7 +1198,7 @@ mod tests {
     #[test]
     fn key_value_lines_are_read_or_refused_naming_the_line() {
         assert_eq!(
-            pairs("A=1\n\n  B = two words \n", "env").unwrap(),
+            pairs("A=1\n\n  B = two words \n", "variable").unwrap(),
             BTreeMap::from([
                 ("A".to_owned(), "1".to_owned()),
                 ("B".to_owned(), " two words ".to_owned())
@@ -1206,11 +1206,11 @@ mod tests {
         );
         for (text, needle) in [
             ("A=1\nnope", r#"line 2 ("nope") is not KEY=value"#),
-            ("=1", "line 1 has no env name"),
+            ("=1", "line 1 has no variable name"),
             ("A=1\nA=2", "line 2 sets A again (line 1 set it first)"),
             ("A B=1", "space"),
         ] {
-            let e = pairs(text, "env").unwrap_err();
+            let e = pairs(text, "variable").unwrap_err();
             assert!(e.contains(needle), "{text:?}: {e}");
         }
     }
