@@ -12,7 +12,6 @@ use sluice_core::{FunctionDeployment, FunctionStatus, LogLine};
 
 use crate::GatewayArg;
 use crate::client::{self, Client, resolve_gateway};
-use crate::stack::Stack;
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
@@ -97,7 +96,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     };
     let (deployments, stack_gateway) = match &file {
         Some(path) => {
-            let stack = Stack::load(path)?;
+            let stack = crate::stack::load(path)?;
             for warning in stack.warnings() {
                 eprintln!("warning: {}: {warning}", path.display());
             }
@@ -123,7 +122,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
                     if !fields.is_empty() {
                         unhonoured.push((name.clone(), fields));
                     }
-                    f.deployment(name, &dir)
+                    crate::stack::deployment(f, name, &dir)
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             (deployments, stack.provider.and_then(|p| p.gateway))
@@ -133,7 +132,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             let mut annotations: BTreeMap<String, String> =
                 args.annotations.iter().cloned().collect();
             annotations
-                .entry(sluice_provider::WORKDIR_ANNOTATION.to_owned())
+                .entry(sluice_core::config::WORKDIR_ANNOTATION.to_owned())
                 .or_insert(current_dir);
             let d = FunctionDeployment {
                 service: args.name.clone().unwrap_or_default(),

@@ -225,7 +225,7 @@ mod tests {
         let handler = std::fs::read_to_string(dir.path().join("one/handler.py")).unwrap();
         assert!(handler.starts_with("# one: "), "{handler}");
         create(dir.path(), "two", "shell").unwrap();
-        let stack = Stack::load(&dir.path().join("stack.yml")).unwrap();
+        let stack = crate::stack::load(&dir.path().join("stack.yml")).unwrap();
         assert_eq!(stack.functions.len(), 2);
         assert_eq!(stack.functions["one"].lang.as_deref(), Some("python3-http"));
         assert_eq!(

@@ -1,344 +1,74 @@
-//! OpenFaaS's `stack.yml`, as `faas-cli deploy -f` reads it.
+//! OpenFaaS's `stack.yml`, as `faas-cli deploy -f` reads it: the file, and the files it names
+//! relative to its own directory. Reading its text into deployments is `sluice_core::stack`'s
+//! (the portal reads pasted ones too).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
-use serde::Deserialize;
-use sluice_core::config::LANG_ANNOTATION;
-use sluice_core::{FunctionDeployment, FunctionResources};
-use sluice_provider::WORKDIR_ANNOTATION;
+pub use sluice_core::stack::{Stack, StackError, StackFunction, StackPaths, StackProvider};
 
-#[derive(Debug, Deserialize)]
-pub struct Stack {
-    #[serde(default)]
-    pub version: Option<serde_yaml::Value>,
-    #[serde(default)]
-    pub provider: Option<StackProvider>,
-    #[serde(default)]
-    pub functions: BTreeMap<String, StackFunction>,
-    /// Templates and build settings, for `faas-cli build`: nothing a deploy uses.
-    #[serde(default)]
-    pub configuration: Option<serde_yaml::Value>,
-    /// Keys no version of the format has: reported, with the nearest known one.
-    #[serde(flatten)]
-    pub unknown: BTreeMap<String, serde_yaml::Value>,
+/// Reads the stack file at `path`.
+pub fn load(path: &Path) -> anyhow::Result<Stack> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Stack::parse(&text).with_context(|| format!("{} is not a valid stack file", path.display()))
 }
 
-const STACK_KEYS: &[&str] = &["version", "provider", "functions", "configuration"];
+/// A stack file's directory, which its relative `handler:` and `environment_file:` paths are
+/// read from: a handler directory becomes the absolute path it is on this machine.
+#[derive(Debug, Clone, Copy)]
+pub struct StackDir<'a>(pub &'a Path);
 
-#[derive(Debug, Deserialize)]
-pub struct StackProvider {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub gateway: Option<String>,
-    #[serde(flatten)]
-    pub unknown: BTreeMap<String, serde_yaml::Value>,
-}
-
-const PROVIDER_KEYS: &[&str] = &["name", "gateway"];
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub struct StackFunction {
-    #[serde(default)]
-    pub image: Option<String>,
-    #[serde(default)]
-    pub handler: Option<String>,
-    /// The OpenFaaS template whose server runs the handler (`python3-http`, `node20`, ...).
-    #[serde(default)]
-    pub lang: Option<String>,
-    #[serde(default)]
-    pub fprocess: Option<String>,
-    #[serde(default)]
-    pub namespace: Option<String>,
-    #[serde(default)]
-    pub environment: BTreeMap<String, serde_yaml::Value>,
-    #[serde(default)]
-    pub labels: Option<BTreeMap<String, serde_yaml::Value>>,
-    #[serde(default)]
-    pub annotations: Option<BTreeMap<String, serde_yaml::Value>>,
-    #[serde(default)]
-    pub secrets: Vec<String>,
-    #[serde(default)]
-    pub constraints: Vec<String>,
-    #[serde(default)]
-    pub limits: Option<FunctionResources>,
-    #[serde(default)]
-    pub requests: Option<FunctionResources>,
-    #[serde(default)]
-    pub readonly_root_filesystem: bool,
-    /// Files of `environment:` maps, merged under the function's own `environment`.
-    #[serde(default)]
-    pub environment_file: Vec<String>,
-    /// For `faas-cli build` and `publish` only; a deploy, faas-cli's too, does not read them.
-    #[serde(default)]
-    pub skip_build: Option<serde_yaml::Value>,
-    #[serde(default)]
-    pub build_options: Option<serde_yaml::Value>,
-    #[serde(default)]
-    pub build_args: Option<serde_yaml::Value>,
-    #[serde(default)]
-    pub build_secrets: Option<serde_yaml::Value>,
-    #[serde(default)]
-    pub platforms: Option<serde_yaml::Value>,
-    #[serde(flatten)]
-    pub unknown: BTreeMap<String, serde_yaml::Value>,
-}
-
-const FUNCTION_KEYS: &[&str] = &[
-    "image",
-    "handler",
-    "lang",
-    "fprocess",
-    "namespace",
-    "environment",
-    "environment_file",
-    "labels",
-    "annotations",
-    "secrets",
-    "constraints",
-    "limits",
-    "requests",
-    "readonly_root_filesystem",
-    "skip_build",
-    "build_options",
-    "build_args",
-    "build_secrets",
-    "platforms",
-];
-
-/// `unknown` keys as warnings, each with the known key nearest to it when one is near.
-fn unknown_keys(
-    what: &str,
-    unknown: &BTreeMap<String, serde_yaml::Value>,
-    known: &[&str],
-) -> Vec<String> {
-    unknown
-        .keys()
-        .map(|key| {
-            let nearest = known
-                .iter()
-                .map(|k| (strsim::damerau_levenshtein(key, k), *k))
-                .min()
-                .filter(|(distance, k)| *distance <= (k.len() / 3).max(2));
-            match nearest {
-                Some((_, k)) => format!("{what}: unknown key {key:?} (did you mean {k:?}?)"),
-                None => format!("{what}: unknown key {key:?} is ignored"),
-            }
-        })
-        .collect()
-}
-
-/// YAML scalars (`max_inflight: 10`, `zero: true`) as the strings OpenFaaS's API carries.
-fn scalar(key: &str, v: &serde_yaml::Value) -> anyhow::Result<String> {
-    Ok(match v {
-        serde_yaml::Value::String(s) => s.clone(),
-        serde_yaml::Value::Number(n) => n.to_string(),
-        serde_yaml::Value::Bool(b) => b.to_string(),
-        serde_yaml::Value::Null => String::new(),
-        _ => anyhow::bail!("{key} must be a string, number or boolean"),
-    })
-}
-
-fn strings(map: &BTreeMap<String, serde_yaml::Value>) -> anyhow::Result<BTreeMap<String, String>> {
-    map.iter()
-        .map(|(k, v)| Ok((k.clone(), scalar(k, v)?)))
-        .collect()
-}
-
-impl Stack {
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("{} is not a valid stack file", path.display()))
+impl StackPaths for StackDir<'_> {
+    fn shown(&self, path: &str) -> String {
+        self.0.join(path).display().to_string()
     }
 
-    /// Reads a stack file's text.
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
-        Ok(serde_yaml::from_str(text)?)
+    fn handler_dir(&self, handler: &str) -> Result<String, String> {
+        self.0
+            .join(handler)
+            .canonicalize()
+            .map(|dir| dir.display().to_string())
+            .map_err(|e| e.to_string())
     }
 
-    /// What in the file is not read: keys that are not part of the format.
-    pub fn warnings(&self) -> Vec<String> {
-        let mut warnings = unknown_keys("stack file", &self.unknown, STACK_KEYS);
-        if let Some(p) = &self.provider {
-            warnings.extend(unknown_keys("provider", &p.unknown, PROVIDER_KEYS));
-        }
-        for (name, f) in &self.functions {
-            warnings.extend(unknown_keys(
-                &format!("function {name}"),
-                &f.unknown,
-                FUNCTION_KEYS,
-            ));
-        }
-        warnings
+    fn environment_file(&self, file: &str) -> Result<String, String> {
+        std::fs::read_to_string(self.0.join(file)).map_err(|e| e.to_string())
     }
 }
 
-impl StackFunction {
-    /// The settings this function gives that functions run as local processes do not honour.
-    pub fn unhonoured_locally(&self) -> Vec<&'static str> {
-        let mut fields = Vec::new();
-        let set = |r: &Option<FunctionResources>, cpu: bool| {
-            r.as_ref()
-                .is_some_and(|r| !if cpu { &r.cpu } else { &r.memory }.trim().is_empty())
-        };
-        if set(&self.limits, true) {
-            fields.push("limits.cpu");
-        }
-        if set(&self.requests, true) {
-            fields.push("requests.cpu");
-        }
-        if set(&self.requests, false) {
-            fields.push("requests.memory");
-        }
-        if self.readonly_root_filesystem {
-            fields.push("readonly_root_filesystem");
-        }
-        if !self.constraints.is_empty() {
-            fields.push("constraints");
-        }
-        fields
-    }
-
-    /// The function's `environment_file`s, merged in order (a later file wins), read relative
-    /// to the stack file's directory.
-    fn file_environment(&self, stack_dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
-        #[derive(Deserialize)]
-        struct EnvironmentFile {
-            #[serde(default)]
-            environment: BTreeMap<String, serde_yaml::Value>,
-        }
-        let mut merged = BTreeMap::new();
-        for file in &self.environment_file {
-            let path = stack_dir.join(file);
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read environment_file {}", path.display()))?;
-            let parsed: EnvironmentFile = serde_yaml::from_str(&text).with_context(|| {
-                format!(
-                    "environment_file {} is not a YAML file with an environment: map",
-                    path.display()
-                )
-            })?;
-            merged.extend(strings(&parsed.environment)?);
-        }
-        Ok(merged)
-    }
-
-    /// The deployment for function `name`; `stack_dir` anchors a relative `handler`.
-    pub fn deployment(&self, name: &str, stack_dir: &Path) -> anyhow::Result<FunctionDeployment> {
-        let ctx = || format!("function {name} in the stack file");
-        let mut annotations = self
-            .annotations
-            .as_ref()
-            .map(strings)
-            .transpose()
-            .with_context(ctx)?;
-        if let Some(lang) = &self.lang {
-            if self.handler.is_none() {
-                anyhow::bail!("function {name} names lang {lang:?} but no handler: directory");
-            }
-            annotations
-                .get_or_insert_with(BTreeMap::new)
-                .insert(LANG_ANNOTATION.to_owned(), lang.clone());
-        }
-        if let Some(handler) = &self.handler {
-            let dir: PathBuf = stack_dir.join(handler);
-            let dir = dir.canonicalize().with_context(|| {
-                format!("handler directory {} of function {name}", dir.display())
-            })?;
-            annotations
-                .get_or_insert_with(BTreeMap::new)
-                .entry(WORKDIR_ANNOTATION.to_owned())
-                .or_insert_with(|| dir.display().to_string());
-        }
-        Ok(FunctionDeployment {
-            service: name.to_owned(),
-            image: self.image.clone().unwrap_or_default(),
-            namespace: self.namespace.clone(),
-            env_process: self.fprocess.clone(),
-            env_vars: {
-                // The function's own environment wins over its files', as in faas-cli.
-                let mut env = self.file_environment(stack_dir).with_context(ctx)?;
-                env.extend(strings(&self.environment).with_context(ctx)?);
-                env
-            },
-            constraints: self.constraints.clone(),
-            secrets: self.secrets.clone(),
-            labels: Some(
-                self.labels
-                    .as_ref()
-                    .map(strings)
-                    .transpose()
-                    .with_context(ctx)?
-                    .unwrap_or_default(),
-            ),
-            annotations: Some(annotations.unwrap_or_default()),
-            limits: self.limits.clone(),
-            requests: self.requests.clone(),
-            read_only_root_filesystem: self.readonly_root_filesystem,
-        })
-    }
+/// The deployment for function `name` of a stack file in `stack_dir`.
+pub fn deployment(
+    function: &StackFunction,
+    name: &str,
+    stack_dir: &Path,
+) -> anyhow::Result<sluice_core::FunctionDeployment> {
+    Ok(function.deployment(name, &StackDir(stack_dir))?)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use sluice_core::config::WORKDIR_ANNOTATION;
+
     use super::*;
 
     #[test]
     fn the_sample_stack_parses() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions");
-        let stack = Stack::load(&dir.join("stack.yml")).unwrap();
+        let stack = load(&dir.join("stack.yml")).unwrap();
         assert_eq!(
             stack.provider.unwrap().gateway.as_deref(),
             Some("http://127.0.0.1:8080")
         );
-        let echo = stack.functions["echo"].deployment("echo", &dir).unwrap();
+        let echo = deployment(&stack.functions["echo"], "echo", &dir).unwrap();
         assert_eq!(echo.env_vars["mode"], "http");
         let workdir = echo.annotation(WORKDIR_ANNOTATION).unwrap();
         assert!(Path::new(workdir).join("echo.py").is_file());
-        let sleep = stack.functions["sleep"].deployment("sleep", &dir).unwrap();
+        let sleep = deployment(&stack.functions["sleep"], "sleep", &dir).unwrap();
         assert_eq!(sleep.label("com.openfaas.scale.min"), Some("2"));
-    }
-
-    #[test]
-    fn unknown_keys_are_reported_with_the_nearest_known_one() {
-        let stack = Stack::parse(
-            "version: 1.0\nprovder:\n  name: openfaas\nprovider:\n  gatewy: x\n\
-             functions:\n  f:\n    enviroment:\n      a: b\n    secret: [s]\n    \
-             readonly_root_filesytem: true\n    colour: red\n    skip_build: true\n",
-        )
-        .unwrap();
-        assert_eq!(
-            stack.warnings(),
-            [
-                r#"stack file: unknown key "provder" (did you mean "provider"?)"#,
-                r#"provider: unknown key "gatewy" (did you mean "gateway"?)"#,
-                r#"function f: unknown key "colour" is ignored"#,
-                r#"function f: unknown key "enviroment" (did you mean "environment"?)"#,
-                r#"function f: unknown key "readonly_root_filesytem" (did you mean "readonly_root_filesystem"?)"#,
-                r#"function f: unknown key "secret" (did you mean "secrets"?)"#,
-            ]
-        );
-        let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions/stack.yml");
-        assert!(Stack::load(&sample).unwrap().warnings().is_empty());
-    }
-
-    #[test]
-    fn what_local_processes_cannot_honour_is_named() {
-        let stack = Stack::parse(
-            "functions:\n  f:\n    limits:\n      memory: 128Mi\n      cpu: 100m\n    \
-             requests:\n      memory: 64Mi\n    readonly_root_filesystem: true\n  \
-             g:\n    limits:\n      memory: 128Mi\n",
-        )
-        .unwrap();
-        assert_eq!(
-            stack.functions["f"].unhonoured_locally(),
-            ["limits.cpu", "requests.memory", "readonly_root_filesystem"]
-        );
-        assert!(stack.functions["g"].unhonoured_locally().is_empty());
+        assert!(load(&dir.join("stack.yml")).unwrap().warnings().is_empty());
     }
 
     #[test]
@@ -355,7 +85,7 @@ mod tests {
              environment:\n      own: x\n  g:\n    fprocess: cat\n    environment_file: [gone.yml]\n",
         )
         .unwrap();
-        let d = stack.functions["f"].deployment("f", dir.path()).unwrap();
+        let d = deployment(&stack.functions["f"], "f", dir.path()).unwrap();
         assert_eq!(
             d.env_vars,
             BTreeMap::from([
@@ -364,78 +94,32 @@ mod tests {
                 ("shared".to_owned(), "b".to_owned()),
             ])
         );
-        let err = stack.functions["g"]
-            .deployment("g", dir.path())
-            .unwrap_err();
+        let err = deployment(&stack.functions["g"], "g", dir.path()).unwrap_err();
         assert!(format!("{err:#}").contains("gone.yml"), "{err:#}");
     }
 
-    use proptest::prelude::Strategy as _;
-
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
-
-        /// Any text as a stack file: read or refused with an error, never a panic; and so for
-        /// every function's deployment in what was read.
-        #[test]
-        fn any_text_reads_or_is_refused(text in ".{0,400}") {
-            if let Ok(stack) = Stack::parse(&text) {
-                for (name, f) in &stack.functions {
-                    let _ = f.deployment(name, Path::new("."));
-                }
-            }
-        }
-
-        /// Generated stack files with odd scalars: each function comes out with its name, its
-        /// command and its values as strings.
-        #[test]
-        fn generated_stacks_read_whole(
-            functions in proptest::collection::btree_map("[a-z][a-z0-9-]{0,10}", ("[a-z][a-z ]{0,19}", proptest::collection::btree_map("[a-z_]{1,8}", proptest::prop_oneof![
-                proptest::prelude::any::<i64>().prop_map(|n| n.to_string()),
-                proptest::prelude::any::<bool>().prop_map(|b| b.to_string()),
-                "[a-z]{0,8}".prop_map(|s| format!("'{s}'")),
-            ], 0..4)), 1..4),
-        ) {
-            let mut yaml = String::from("version: 1.0\nfunctions:\n");
-            for (name, (process, env)) in &functions {
-                yaml.push_str(&format!("  {name}:\n    fprocess: {process}\n    environment:\n"));
-                for (k, v) in env {
-                    yaml.push_str(&format!("      {k}: {v}\n"));
-                }
-            }
-            let stack = Stack::parse(&yaml).unwrap();
-            proptest::prop_assert_eq!(stack.functions.len(), functions.len());
-            for (name, (process, env)) in &functions {
-                let d = stack.functions[name].deployment(name, Path::new(".")).unwrap();
-                proptest::prop_assert_eq!(&d.service, name);
-                proptest::prop_assert_eq!(d.env_process.as_deref(), Some(process.trim()));
-                for (k, v) in env {
-                    proptest::prop_assert_eq!(&d.env_vars[k], v.trim_matches('\''));
-                }
-            }
-        }
-    }
-
     #[test]
-    fn fprocess_in_the_environment_is_sent_as_faas_cli_sends_it() {
-        // faas-cli sends `environment` as envVars and `fprocess` alone as envProcess; the
-        // provider takes envVars.fprocess when envProcess is empty.
-        let yaml = "functions:\n  f:\n    environment:\n      fprocess: wc -c\n";
-        let d = Stack::parse(yaml).unwrap().functions["f"]
-            .deployment("f", Path::new("."))
-            .unwrap();
-        assert_eq!(d.env_process, None);
-        assert_eq!(d.env_vars["fprocess"], "wc -c");
-    }
-
-    #[test]
-    fn scalars_become_strings() {
-        let yaml = "functions:\n  f:\n    fprocess: cat\n    environment:\n      max_inflight: 10\n      debug: true\n";
-        let stack: Stack = serde_yaml::from_str(yaml).unwrap();
-        let d = stack.functions["f"]
-            .deployment("f", Path::new("."))
-            .unwrap();
-        assert_eq!(d.env_vars["max_inflight"], "10");
-        assert_eq!(d.env_vars["debug"], "true");
+    fn a_handler_directory_is_made_absolute_or_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("h")).unwrap();
+        let stack = Stack::parse(
+            "functions:\n  f:\n    fprocess: cat\n    handler: ./h/../h\n  \
+             g:\n    fprocess: cat\n    handler: ./gone\n",
+        )
+        .unwrap();
+        let d = deployment(&stack.functions["f"], "f", dir.path()).unwrap();
+        let expected = dir.path().join("h").canonicalize().unwrap();
+        assert_eq!(
+            d.annotation(WORKDIR_ANNOTATION),
+            Some(expected.display().to_string().as_str())
+        );
+        let err = deployment(&stack.functions["g"], "g", dir.path()).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            format!(
+                "handler directory {} of function g: No such file or directory (os error 2)",
+                dir.path().join("./gone").display()
+            )
+        );
     }
 }

@@ -104,13 +104,12 @@ async fn the_sample_functions_become_valid_kubernetes_objects() {
         sluice_kube::KubeConfig::default(),
     );
     let dir = repo_root().join("functions");
-    let stack = sluice_cli::stack::Stack::load(&dir.join("stack.yml")).expect("the sample stack");
+    let stack = sluice_cli::stack::load(&dir.join("stack.yml")).expect("the sample stack");
     let mut manifests = Vec::new();
     let names: Vec<&String> = stack.functions.keys().collect();
     assert!(names.len() >= 5, "{names:?}");
     for name in names {
-        let deployment = stack.functions[name]
-            .deployment(name, &dir)
+        let deployment = sluice_cli::stack::deployment(&stack.functions[name], name, &dir)
             .expect("the stack's function");
         let function = FunctionRef::parse(name, Some("openfaas-fn")).unwrap();
         let plain = FunctionSpec::new(function.clone(), deployment.clone(), 1, Timestamp::now())

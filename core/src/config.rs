@@ -66,6 +66,10 @@ const DEFAULT_READINESS_PATH: &str = "/_/health";
 /// Sluice's own: the OpenFaaS template (`lang:` in stack.yml) whose server runs the function's
 /// handler; the function's command is then the template's runner, in HTTP mode.
 pub const LANG_ANNOTATION: &str = "com.sluice.lang";
+/// Sluice's own: the absolute directory a function's command runs in on the machine that runs
+/// it as a local process (`sluice deploy -f` sets it from stack.yml's `handler:`); without it,
+/// the command runs in Sluice's own directory.
+pub const WORKDIR_ANNOTATION: &str = "com.sluice.workdir";
 
 /// A label, annotation or environment setting the deployment got wrong, named in the message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

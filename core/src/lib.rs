@@ -13,6 +13,7 @@ pub mod headers;
 pub mod name;
 pub mod retry;
 pub mod seams;
+pub mod stack;
 pub mod time;
 
 pub use api::{

@@ -256,6 +256,13 @@ pub trait Orchestrator: Send + Sync + Debug {
         false
     }
 
+    /// The OpenFaaS templates (`lang:`, annotation [`crate::config::LANG_ANNOTATION`]) this
+    /// orchestrator runs a function's handler directory with; none by default (a function then
+    /// needs its own command or image).
+    fn templates(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+
     /// What stops the function's replicas from running, in the orchestrator's words (an image
     /// that cannot be pulled, a container crash-looping, a quota), if anything.
     fn problem(&self, _function: &FunctionRef) -> Option<String> {

@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|text: &str| {
     if let Ok(stack) = sluice_cli::stack::Stack::parse(text) {
         for (name, f) in &stack.functions {
-            let _ = f.deployment(name, std::path::Path::new("."));
+            let _ = sluice_cli::stack::deployment(f, name, std::path::Path::new("."));
         }
     }
 });

@@ -297,6 +297,10 @@ impl Orchestrator for ProcessProvider {
     /// An HTTP-mode function's replicas' CPU and resident memory, each summed over the
     /// replica's process group; `None` for a classic-mode function (a process per request).
     /// One measurement of every HTTP-mode function at a time, at most one per half second.
+    fn templates(&self) -> Vec<&'static str> {
+        crate::templates::names()
+    }
+
     fn usage(&self, function: &FunctionRef) -> Option<FunctionUsage> {
         self.runtime(function).ok()?.process_groups()?;
         self.inner.meter.usage(function, || {

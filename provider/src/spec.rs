@@ -6,11 +6,9 @@ use std::time::Duration;
 
 use sluice_core::{FunctionSpec, ProviderError, SecretValue};
 
-/// Annotation naming the directory the function's command runs in. `sluice deploy -f stack.yml`
-/// sets it to the function's `handler` directory; without it the command runs in Sluice's own.
-pub const WORKDIR_ANNOTATION: &str = "com.sluice.workdir";
-
-pub use sluice_core::config::{DEFAULT_MAX_INFLIGHT, Mode, READINESS_PATH_ANNOTATION};
+pub use sluice_core::config::{
+    DEFAULT_MAX_INFLIGHT, Mode, READINESS_PATH_ANNOTATION, WORKDIR_ANNOTATION,
+};
 
 /// Everything needed to start a function's replicas, parsed and checked once at deploy time.
 #[derive(Debug, Clone, PartialEq, Eq)]

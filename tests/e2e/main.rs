@@ -38,6 +38,7 @@ mod hostile;
 mod kubernetes;
 mod portal;
 mod portal_browser;
+mod portal_deploy;
 mod scaling;
 mod secrets;
 mod security;

@@ -33,7 +33,7 @@ pub async fn log_in(url: &str, extra: &[(&str, &str)]) -> (String, String) {
 }
 
 /// The CSRF token a page carries.
-fn csrf_of(page: &str) -> String {
+pub fn csrf_of(page: &str) -> String {
     let start = page
         .find(r#"name="csrf-token" content=""#)
         .expect("a csrf meta tag")

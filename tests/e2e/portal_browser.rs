@@ -2,7 +2,7 @@
 //! sample functions deployed.
 
 use crate::browser::Browser;
-use crate::harness::{Sluice, deploy, http, sample};
+use crate::harness::{Sluice, deploy, functions_dir, get_json, http, sample};
 
 /// `sluice up` with a few of the sample functions.
 async fn up_with_samples() -> (tempfile::TempDir, Sluice, reqwest::Client) {
@@ -331,5 +331,65 @@ async fn the_scaling_chart_moves_during_a_burst() {
     for client in clients {
         client.await.unwrap();
     }
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn deploy_from_the_form_with_a_field_error_shown_for_an_invalid_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let browser = Browser::start(1280, 1400).await;
+    browser.log_in(url).await;
+    browser.click("nav a[href='/ui/deploy']").await;
+    assert_eq!(browser.path().await, "/ui/deploy");
+
+    // A name no function can have: the error is shown next to the name field, which is
+    // marked invalid and described by it; what was typed stays.
+    browser.fill("#name", "Bad_Name").await;
+    browser.fill("#command", "python3 -u echo.py").await;
+    browser
+        .fill("#workdir", &functions_dir().display().to_string())
+        .await;
+    browser.click("#http").await;
+    browser.fill("#env", "GREETING=hi").await;
+    browser.click("#deploy").await;
+    let error = browser.text("#name-error").await;
+    assert!(error.contains("DNS-1123"), "{error}");
+    let name = browser.find("#name").await;
+    assert_eq!(
+        name.attr("aria-invalid").await.unwrap().as_deref(),
+        Some("true")
+    );
+    let described = name.attr("aria-describedby").await.unwrap().unwrap();
+    assert!(described.contains("name-error"), "{described}");
+    assert_eq!(
+        browser
+            .find("#command")
+            .await
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("python3 -u echo.py")
+    );
+    assert!(browser.find("#http").await.is_selected().await.unwrap());
+    browser.screenshot("deploy").await;
+
+    // Fixed: deployed, and its page shows it ready.
+    browser.fill("#name", "hello-portal").await;
+    browser.click("#deploy").await;
+    browser
+        .until_text("#function-state", "hello-portal ready", |t| t == "ready")
+        .await;
+    assert_eq!(
+        browser.path().await,
+        "/ui/functions/openfaas-fn/hello-portal"
+    );
+    browser.screenshot("deployed").await;
+    let status: serde_json::Value =
+        get_json(&http(), format!("{url}/system/function/hello-portal")).await;
+    assert_eq!(status["envVars"]["GREETING"], "hi");
+    assert_eq!(status["envVars"]["mode"], "http");
     browser.close().await;
 }

@@ -5,6 +5,7 @@
 //! session is gone.
 
 mod calls;
+mod deploy;
 mod functions;
 mod overview;
 
@@ -21,6 +22,8 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/ui/", get(overview::page))
         .route("/ui/api/overview", get(overview::fragment))
+        .route("/ui/deploy", get(deploy::page).post(deploy::deploy))
+        .route("/ui/deploy/stack", post(deploy::deploy_stack))
         .route("/ui/functions", get(functions::list))
         .route("/ui/api/functions", get(functions::table_fragment))
         .route("/ui/functions/{namespace}/{name}", get(functions::detail))
