@@ -31,10 +31,10 @@ pub use config::{ConfigError, FunctionConfig, Metric, Mode, ScaleConfig};
 pub use name::{DEFAULT_NAMESPACE, FunctionRef, NameError, default_namespace};
 pub use retry::RetryPolicy;
 pub use seams::{
-    Autoscaler, CallFilter, CallIntake, CallQueue, CallStore, Delivery, Endpoint, EndpointSource,
-    FunctionSpec, FunctionStore, InFlight, Lease, LogLine, LogStream, Orchestrator, ProviderError,
-    QueueError, ReadyReplica, ReadySet, ReplicaLoad, Replicas, ScaleStatus, ScalingGuard,
-    SecretValue, Secrets, StoreError, SubmitError, Submitted, TickReport, Tracked,
+    Autoscaler, Backlog, CallFilter, CallIntake, CallQueue, CallStore, Delivery, Endpoint,
+    EndpointSource, FunctionSpec, FunctionStore, InFlight, Lease, LogLine, LogStream, Orchestrator,
+    ProviderError, QueueError, ReadyReplica, ReadySet, ReplicaLoad, Replicas, ScaleStatus,
+    ScalingGuard, SecretValue, Secrets, StoreError, SubmitError, Submitted, TickReport, Tracked,
 };
 pub use time::Timestamp;
 

@@ -485,6 +485,15 @@ pub trait FunctionStore: Send + Sync + Debug {
     -> Result<bool, StoreError>;
 }
 
+/// Calls not yet finished (see [`CallStore::backlog`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    pub queued: u64,
+    pub running: u64,
+    /// When the oldest call still queued was submitted.
+    pub oldest_queued: Option<Timestamp>,
+}
+
 /// Which calls [`CallStore::list_calls`] returns: newest first, at most `limit`, older than `before`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallFilter {
@@ -586,6 +595,16 @@ pub trait CallStore: Send + Sync + Debug {
     async fn purge_calls(&self, before: Timestamp, batch: u32) -> Result<u64, StoreError>;
     /// Keeps the request of a call that failed for good, so it can be re-driven.
     async fn keep_request(&self, call: &QueuedCall, at: Timestamp) -> Result<(), StoreError>;
+    /// How many calls wait and run, and since when the oldest waiting one has waited.
+    async fn backlog(&self) -> Result<Backlog, StoreError>;
+    /// What the store is, in a word or two, for the portal's overview.
+    fn backend(&self) -> &'static str {
+        "store"
+    }
+    /// Whether the store's database answers now (a round trip).
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// The request kept for a call that failed for good (see [`Self::keep_request`]), to be
     /// looked at before it is re-driven; `None` when none is kept.
     async fn kept_request(&self, id: &CallId) -> Result<Option<QueuedCall>, StoreError>;
@@ -690,4 +709,12 @@ pub trait CallQueue: Send + Sync + Debug {
     }
     /// How long a lease lasts without [`Lease::keep_alive`].
     fn lease_duration(&self) -> Duration;
+    /// What the queue is, in a word or two, for the portal's overview.
+    fn backend(&self) -> &'static str {
+        "queue"
+    }
+    /// Whether the queue's server answers now (a round trip where there is a server).
+    async fn ping(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
 }

@@ -399,6 +399,26 @@ impl JetStreamQueue {
 
 #[async_trait]
 impl CallQueue for JetStreamQueue {
+    fn backend(&self) -> &'static str {
+        "NATS JetStream"
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        self.ensure_connected()?;
+        // A round trip to the server: the stream calls go to is there and answers.
+        let mut stream = self
+            .inner
+            .js
+            .get_stream(&self.inner.config.stream)
+            .await
+            .map_err(|e| unavailable("looking up the stream", e))?;
+        stream
+            .info()
+            .await
+            .map(drop)
+            .map_err(|e| unavailable("reading the stream's state", e))
+    }
+
     async fn enqueue(&self, call: &QueuedCall) -> Result<bool, QueueError> {
         self.ensure_connected()?;
         let meta = serde_json::to_vec(&call.meta).map_err(|e| unavailable("encoding", e))?;

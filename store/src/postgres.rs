@@ -332,7 +332,7 @@ fn id_list<'a>(ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     ids.into_iter().map(str::to_owned).collect()
 }
 
-crate::sql::sql_store!(PgStore, sqlx::postgres::PgRow, sqlx::Postgres);
+crate::sql::sql_store!(PgStore, sqlx::postgres::PgRow, sqlx::Postgres, "Postgres");
 
 #[cfg(test)]
 mod tests {

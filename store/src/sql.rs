@@ -7,13 +7,13 @@
 /// Implements `FunctionStore`, `CallStore` and the secrets' rows (`SealedRows`) for `$store` (a struct with a `pool` field) whose
 /// rows are `$row`, on database `$db`.
 macro_rules! sql_store {
-    ($store:ty, $row:ty, $db:ty) => {
+    ($store:ty, $row:ty, $db:ty, $backend:literal) => {
         mod sql_impl {
             use super::*;
 
             use async_trait::async_trait;
             use sluice_core::{
-                CallFilter, CallId, CallOutcome, CallRecord, CallResult, CallState, CallStore, CallbackOutcome,
+                Backlog, CallFilter, CallId, CallOutcome, CallRecord, CallResult, CallState, CallStore, CallbackOutcome,
                 FunctionDeployment, FunctionRef, FunctionSpec, FunctionStore, QueuedCall, StoreError,
                 Timestamp,
             };
@@ -507,6 +507,44 @@ macro_rules! sql_store {
                 .await
                 .map_err(unavailable)?;
                 Ok(())
+            }
+
+            async fn backlog(&self) -> Result<Backlog, StoreError> {
+                // Through the partial index on unfinished calls: finished ones are not read.
+                let rows = sqlx::query(
+                    "SELECT state, COUNT(*) AS n, MIN(submitted_at) AS oldest FROM calls \
+                     WHERE state IN ('queued', 'running') GROUP BY state",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                let mut backlog = Backlog::default();
+                for row in &rows {
+                    let state: String = row.get("state");
+                    let n = u64::try_from(row.get::<i64, _>("n")).unwrap_or(0);
+                    match state.as_str() {
+                        "queued" => {
+                            backlog.queued = n;
+                            backlog.oldest_queued = row
+                                .get::<Option<i64>, _>("oldest")
+                                .map(Timestamp::from_millis);
+                        }
+                        _ => backlog.running = n,
+                    }
+                }
+                Ok(backlog)
+            }
+
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1")
+                    .execute(&self.pool)
+                    .await
+                    .map(drop)
+                    .map_err(unavailable)
             }
 
             async fn kept_request(&self, id: &CallId) -> Result<Option<QueuedCall>, StoreError> {

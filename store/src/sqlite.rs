@@ -300,4 +300,4 @@ pub(crate) fn id_list<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
     serde_json::to_string(&ids.into_iter().collect::<Vec<_>>()).expect("strings encode as JSON")
 }
 
-crate::sql::sql_store!(SqliteStore, sqlx::sqlite::SqliteRow, sqlx::Sqlite);
+crate::sql::sql_store!(SqliteStore, sqlx::sqlite::SqliteRow, sqlx::Sqlite, "SQLite");

@@ -459,6 +459,10 @@ impl Drop for Reservation<'_> {
 
 #[async_trait]
 impl CallQueue for SqliteQueue {
+    fn backend(&self) -> &'static str {
+        "SQLite"
+    }
+
     async fn enqueue(&self, call: &QueuedCall) -> Result<bool, QueueError> {
         let meta = serde_json::to_string(&call.meta).map_err(unavailable)?;
         let function = &call.meta.function;

@@ -350,9 +350,22 @@ async fn functions_contract<S: FunctionStore + ?Sized>(store: &S) {
 
 /// The call store contract, for every `CallStore`.
 async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
+    CallStore::ping(store).await.unwrap();
+    assert_eq!(
+        store.backlog().await.unwrap(),
+        sluice_core::Backlog::default()
+    );
     let c = call("c1", &b""[..]);
     let rec = CallRecord::queued(&c.meta);
     assert!(CallStore::create(store, &rec).await.unwrap());
+    assert_eq!(
+        store.backlog().await.unwrap(),
+        sluice_core::Backlog {
+            queued: 1,
+            running: 0,
+            oldest_queued: Some(rec.submitted_at),
+        }
+    );
     assert!(
         !CallStore::create(store, &rec).await.unwrap(),
         "duplicate id created twice"
@@ -364,6 +377,8 @@ async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
             .unwrap(),
         Some(1)
     );
+    let backlog = store.backlog().await.unwrap();
+    assert_eq!((backlog.queued, backlog.running), (0, 1));
     assert_eq!(
         store
             .start_attempt(&c.meta.id, Timestamp::now())

@@ -332,3 +332,65 @@ async fn a_result_is_downloaded_as_bytes_never_as_a_page_of_the_portal() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
+
+async fn the_overview_shows_the_backlog_and_the_backends(backend: crate::harness::Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = backend.up(&dir.path().join("data"), &[]);
+    let url = &sluice.url;
+    let http = crate::harness::http();
+    // Calls that take seconds each: for a while they are all waiting or running.
+    let slow = crate::harness::sample("slow", "python3 -u sleep.py", true, &[]);
+    crate::harness::deploy(&http, url, &slow).await;
+    for _ in 0..3 {
+        let r = http
+            .post(format!("{url}/async-function/slow?seconds=3"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let (cookie, _) = log_in(url, &[]).await;
+    let page = browserless()
+        .get(format!("{url}/ui/"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (store, queue) = match backend {
+        crate::harness::Backend::Embedded => ("SQLite", "SQLite"),
+        crate::harness::Backend::Shared(_) => ("Postgres", "NATS JetStream"),
+    };
+    assert!(
+        page.contains(&format!(
+            "Calls and functions: <strong>{store}</strong> <span class=\"ok\">answering"
+        )),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!(
+            "Queue: <strong>{queue}</strong> <span class=\"ok\">answering"
+        )),
+        "{page}"
+    );
+    // Three calls submitted: each waiting or running, and the oldest waiting one named.
+    let queued = |page: &str| -> u64 {
+        let start = page.find(r#"id="queued">"#).unwrap() + r#"id="queued">"#.len();
+        page[start..start + page[start..].find('<').unwrap()]
+            .parse()
+            .unwrap()
+    };
+    let running = |page: &str| -> u64 {
+        let end = page.find(" running").unwrap();
+        let start = page[..end].rfind('>').unwrap() + 1;
+        page[start..end].trim().parse().unwrap()
+    };
+    assert_eq!(queued(&page) + running(&page), 3, "{page}");
+    if queued(&page) > 0 {
+        assert!(page.contains(r#"id="oldest""#), "{page}");
+    }
+}
+
+on_both_backends!(the_overview_shows_the_backlog_and_the_backends);

@@ -40,6 +40,8 @@ async fn log_in_see_the_functions_and_invoke_one() {
     browser
         .until_text("#total-functions", "three functions", |t| t == "3")
         .await;
+    let health = browser.text("#health").await;
+    assert!(health.contains("SQLite answering"), "{health}");
     browser.screenshot("overview").await;
 
     browser.click("nav a[href='/ui/functions']").await;

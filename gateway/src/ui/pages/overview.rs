@@ -29,6 +29,9 @@ async fn cards(state: &AppState) -> Result<Markup, ApiError> {
         invocations += calls.invocations;
         errors += calls.errors;
     }
+    let now = Timestamp::now();
+    let backlog = state.calls.backlog().await?;
+    let health = health(state).await;
     let recent = state
         .calls
         .list_calls(&CallFilter {
@@ -36,14 +39,33 @@ async fn cards(state: &AppState) -> Result<Markup, ApiError> {
             ..CallFilter::default()
         })
         .await?;
-    let now = Timestamp::now();
     Ok(html! {
         div #overview hx-get="/ui/api/overview" hx-trigger="every 5s" hx-swap="outerHTML" {
             div.cards {
                 div.card { div.muted { "Functions" } div.big #total-functions { (specs.len()) } div.muted { (at_zero) " at zero" } }
                 div.card { div.muted { "Replicas" } div.big #total-replicas { (ready) " / " (desired) } div.muted { "ready / desired" } }
                 div.card { div.muted { "Invocations" } div.big { (invocations) } div.muted { "since this gateway started" } }
+                div.card #queue {
+                    div.muted { "Async calls waiting" }
+                    div.big #queued { (backlog.queued) }
+                    div.muted {
+                        (backlog.running) " running"
+                        @if let Some(at) = backlog.oldest_queued { "; the oldest waiting since " span #oldest title=(at.to_rfc3339()) { (layout::ago(at, now)) } }
+                    }
+                }
                 div.card { div.muted { "Errors (5xx)" } div.big { @if errors > 0 { span.bad { (errors) } } @else { "0" } } div.muted { "since this gateway started" } }
+            }
+            h2 { "Backends" }
+            ul #health {
+                @for (what, name, outcome) in &health {
+                    li {
+                        (what) ": " strong { (name) } " "
+                        @match outcome {
+                            Ok(took) => span.ok { "answering (" (took) " ms)" },
+                            Err(e) => span.bad { "not answering: " (e) },
+                        }
+                    }
+                }
             }
             h2 { "Newest async calls" }
             @if recent.is_empty() {
@@ -61,6 +83,30 @@ async fn cards(state: &AppState) -> Result<Markup, ApiError> {
             }
         }
     })
+}
+
+/// How long a backend may take to answer the overview's ping.
+const PING_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The call store and the queue: what each is, and whether it answers (in how many ms).
+async fn health(state: &AppState) -> Vec<(&'static str, &'static str, Result<u128, String>)> {
+    let timed = |started: tokio::time::Instant| started.elapsed().as_millis();
+    let started = tokio::time::Instant::now();
+    let store = match tokio::time::timeout(PING_PATIENCE, state.calls.ping()).await {
+        Ok(Ok(())) => Ok(timed(started)),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", PING_PATIENCE.as_secs())),
+    };
+    let started = tokio::time::Instant::now();
+    let queue = match tokio::time::timeout(PING_PATIENCE, state.queue.ping()).await {
+        Ok(Ok(())) => Ok(timed(started)),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", PING_PATIENCE.as_secs())),
+    };
+    vec![
+        ("Calls and functions", state.calls.backend(), store),
+        ("Queue", state.queue.backend(), queue),
+    ]
 }
 
 /// `GET /ui/`.
