@@ -46,6 +46,15 @@ impl Browser {
     /// Starts chromedriver (on a port it picks and prints) and a browser session at
     /// `width`×`height`.
     pub async fn start(width: u32, height: u32) -> Self {
+        Self::start_with(width, height, true).await
+    }
+
+    /// A browser with JavaScript turned off, as some visitors have it.
+    pub async fn start_without_javascript() -> Self {
+        Self::start_with(1280, 900, false).await
+    }
+
+    async fn start_with(width: u32, height: u32, javascript: bool) -> Self {
         use std::os::unix::process::CommandExt;
         let chromium = program("SLUICE_CHROMIUM", "/usr/bin/chromium");
         let chromedriver = program("SLUICE_CHROMEDRIVER", "/usr/bin/chromedriver");
@@ -89,6 +98,11 @@ impl Browser {
             },
         });
         let mut capabilities = capabilities;
+        if !javascript {
+            capabilities["goog:chromeOptions"]["prefs"] = json!({
+                "profile.managed_default_content_settings.javascript": 2,
+            });
+        }
         // A phone: Chromium's own emulation of its screen (a headless window is never narrower
         // than 500 pixels).
         if width < 500 {

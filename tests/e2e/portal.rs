@@ -394,3 +394,95 @@ async fn the_overview_shows_the_backlog_and_the_backends(backend: crate::harness
 }
 
 on_both_backends!(the_overview_shows_the_backlog_and_the_backends);
+
+#[tokio::test]
+async fn a_queued_call_is_cancelled_and_a_function_removed_from_the_portal() {
+    // One call worked on at a time: a second call waits in the queue.
+    let (_dir, sluice, http) = up_with_echo(&["--worker-concurrency", "1"]).await;
+    let url = &sluice.url;
+    crate::harness::deploy(
+        &http,
+        url,
+        &crate::harness::sample("sleep", "python3 -u sleep.py", true, &[]),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let r = http
+            .post(format!("{url}/async-function/sleep?seconds=5"))
+            .send()
+            .await
+            .unwrap();
+        ids.push(r.headers()["x-call-id"].to_str().unwrap().to_owned());
+    }
+    let queued = crate::harness::eventually("a call still queued", || async {
+        for id in &ids {
+            let c: serde_json::Value = get_json(&http, format!("{url}/system/calls/{id}")).await;
+            if c["state"] == "queued" {
+                return Some(id.clone());
+            }
+        }
+        None
+    })
+    .await;
+    let (cookie, _) = log_in(url, &[]).await;
+    let client = browserless();
+    let page = client
+        .get(format!("{url}/ui/calls/{queued}"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(r#"id="cancel""#), "{page}");
+    let csrf = csrf_of(&page);
+    let r = client
+        .post(format!("{url}/ui/calls/{queued}/cancel"))
+        .header(COOKIE, &cookie)
+        .form(&[("_csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let c: serde_json::Value = get_json(&http, format!("{url}/system/calls/{queued}")).await;
+    assert_eq!(c["state"], "cancelled", "{c}");
+    // Cancelling it again changes nothing (as the API's cancel).
+    let r = client
+        .post(format!("{url}/ui/calls/{queued}/cancel"))
+        .header(COOKIE, &cookie)
+        .form(&[("_csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+
+    // Removing asks first, then removes.
+    let page = client
+        .get(format!("{url}/ui/functions/openfaas-fn/echo/remove"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Remove <strong>echo</strong>"), "{page}");
+    let status: serde_json::Value = get_json(&http, format!("{url}/system/function/echo")).await;
+    assert_eq!(status["name"], "echo", "nothing removed by asking");
+    let r = client
+        .post(format!("{url}/ui/functions/openfaas-fn/echo/remove"))
+        .header(COOKIE, &cookie)
+        .form(&[("_csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let r = http
+        .get(format!("{url}/system/function/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}

@@ -395,3 +395,61 @@ async fn deploy_from_the_form_with_a_field_error_shown_for_an_invalid_name() {
     assert_eq!(status["envVars"]["mode"], "http");
     browser.close().await;
 }
+
+#[tokio::test]
+async fn the_read_only_views_work_without_javascript() {
+    let (_dir, sluice, http) = up_with_samples().await;
+    let url = &sluice.url;
+    let r = http
+        .post(format!("{url}/async-function/echo"))
+        .body("read me without scripts")
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-call-id"].to_str().unwrap().to_owned();
+    crate::harness::eventually("the call to finish", || async {
+        let c: serde_json::Value =
+            crate::harness::get_json(&http, format!("{url}/system/calls/{id}")).await;
+        (c["state"] == "succeeded").then_some(())
+    })
+    .await;
+    let browser = Browser::start_without_javascript().await;
+    // Logging in is a plain form, sent with the keyboard.
+    browser.go(&format!("{url}/ui/")).await;
+    browser.fill("#user", crate::harness::ADMIN_USER).await;
+    browser
+        .fill("#password", crate::harness::ADMIN_PASSWORD)
+        .await;
+    browser
+        .find("#password")
+        .await
+        .send_keys(&fantoccini::key::Key::Enter.to_string())
+        .await
+        .unwrap();
+    browser.until_path("/ui/").await;
+    let htmx = browser
+        .client
+        .execute("return typeof window.htmx", vec![])
+        .await
+        .unwrap();
+    // WebDriver's own scripts still run; the page's do not: htmx never loaded.
+    assert_eq!(htmx, serde_json::json!("undefined"), "scripts ran");
+    assert_eq!(browser.text("#total-functions").await, "3");
+    browser.go(&format!("{url}/ui/functions")).await;
+    browser.find("tr[data-function='sha512sum']").await;
+    browser
+        .go(&format!("{url}/ui/functions/openfaas-fn/echo"))
+        .await;
+    let logs = browser.text("#logs").await;
+    assert!(!logs.is_empty(), "the last lines are on the page");
+    browser.find("#chart-counts").await;
+    browser.go(&format!("{url}/ui/calls")).await;
+    browser.click(&format!("tr[data-call='{id}'] a")).await;
+    browser.until_path(&format!("/ui/calls/{id}")).await;
+    assert_eq!(browser.text("#call-state").await, "succeeded");
+    let result = browser.text("#result-body").await;
+    assert!(result.contains("read me without scripts"), "{result}");
+    browser.go(&format!("{url}/ui/dead-letters")).await;
+    browser.find("#calls").await;
+    browser.close().await;
+}
