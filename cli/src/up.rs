@@ -391,6 +391,12 @@ impl Prepared {
         let secrets_key = (runs_functions && config.kubernetes.is_none())
             .then(|| secrets_key(&config))
             .transpose()?;
+        // The portal signs its sessions with a key derived from the secrets key, so every
+        // gateway sharing it accepts them; on Kubernetes each gateway has a key of its own.
+        if let Some(key) = &secrets_key {
+            config.gateway.portal_secret =
+                Some(zeroize::Zeroizing::new(key.portal_secret().to_vec()));
+        }
         let backends = match &config.shared {
             None => {
                 let db_path = config.data_dir.join("sluice.db");

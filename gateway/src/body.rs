@@ -144,6 +144,14 @@ async fn drain(body: Body) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), reading).await;
 }
 
+/// Whether a request says its body is a URL-encoded form (what the portal's pages send).
+pub(crate) fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+}
+
 /// Reads the whole body within `limit` and parses it as JSON (see [`json`]). The request must
 /// say it is JSON: a body sent as `text/plain` or a form (what a web page can send anywhere
 /// without asking) is refused with 415 before it is read.

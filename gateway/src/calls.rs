@@ -65,7 +65,15 @@ pub(crate) async fn retry(
 /// Re-drives a failed call (the API's retry, and the portal's): queued again with its kept
 /// request, as a new round. Returns when it was first submitted.
 pub(crate) async fn redrive(state: &AppState, id: &CallId) -> Result<Timestamp, ApiError> {
-    let id = id.clone();
+    // In a task of its own: a client that hangs up cannot stop it between taking the kept
+    // request and queueing it again (the call would be queued on no queue).
+    let (state, id) = (state.clone(), id.clone());
+    tokio::spawn(async move { redrive_now(&state, id).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("re-drive task: {e}")))?
+}
+
+async fn redrive_now(state: &AppState, id: CallId) -> Result<Timestamp, ApiError> {
     let Some(mut call) = state.calls.requeue_failed(&id).await? else {
         return Err(match state.calls.get(&id).await? {
             None => ApiError::NotFound(format!("call {id}")),

@@ -91,6 +91,10 @@ pub struct GatewayConfig {
     /// Bytes of request bodies held in memory at once, across all requests; a body that
     /// would go over is refused with `503` before it is read.
     pub max_body_buffer: usize,
+    /// What the web portal signs its session cookies with (32 random bytes or more, the same on
+    /// every gateway that shares the credentials); `None`: a random key of this process's own,
+    /// so sessions last until it stops and are good on this gateway only.
+    pub portal_secret: Option<zeroize::Zeroizing<Vec<u8>>>,
     /// Function requests per second across all functions (sync calls and async submissions;
     /// the queue worker's are not counted); `None` for no limit.
     pub rate_limit: Option<std::num::NonZeroU32>,
@@ -113,6 +117,7 @@ impl Default for GatewayConfig {
             head: HeadLimits::default(),
             body_timeout: Duration::from_secs(60),
             rate_limit: None,
+            portal_secret: None,
             max_body_buffer: 256 * 1024 * 1024,
             max_queued_per_function: None,
         }
@@ -213,7 +218,10 @@ impl AppState {
             rate: config.rate_limit.map(|n| Arc::new(policy::Rate::new(n))),
             bodies: body::BodyBudget::new(config.max_body_buffer),
             metrics: Arc::default(),
-            portal: ui::Portal::new(config.auth.as_ref()),
+            portal: ui::Portal::new(
+                config.auth.as_ref(),
+                config.portal_secret.as_deref().map(|s| s.as_slice()),
+            ),
             scaling_history: scaling::ScalingHistory::new(),
             calls,
             queue,
@@ -348,12 +356,9 @@ impl AppState {
         &self,
         headers: &axum::http::HeaderMap,
         body: axum::body::Body,
+        limit: usize,
     ) -> Result<body::Held, ApiError> {
-        let is_form = headers
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-        if !is_form {
+        if !body::is_form(headers) {
             return Err(ApiError::UnsupportedMediaType(
                 "a form must be sent as application/x-www-form-urlencoded".into(),
             ));
@@ -361,7 +366,7 @@ impl AppState {
         body::read(
             headers,
             body,
-            ui::FORM_LIMIT.min(self.config.max_body_bytes),
+            limit.min(self.config.max_body_bytes),
             self.config.body_timeout,
             &self.bodies,
         )

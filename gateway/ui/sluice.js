@@ -19,12 +19,16 @@
     }
   });
 
-  // A live tail: <pre data-logs-src="..."> is fed the NDJSON lines the gateway streams.
+  // A live tail: <pre data-logs-src="..."> is fed the NDJSON lines the gateway streams. The
+  // stream is dropped while the tab is hidden (a browser keeps few connections per host) and
+  // opened again when it is shown, or a little after the gateway ends it.
   var MAX_LINES = 1000;
   function tail(pre) {
     var src = pre.getAttribute("data-logs-src");
     var status = document.getElementById(pre.getAttribute("data-status") || "");
     var lines = pre.textContent ? pre.textContent.split("\n").filter(Boolean) : [];
+    var controller = null;
+    var retry = null;
     function show() {
       if (lines.length > MAX_LINES) {
         lines = lines.slice(lines.length - MAX_LINES);
@@ -40,48 +44,81 @@
         status.textContent = text;
       }
     }
-    fetch(src, { credentials: "same-origin" }).then(function (response) {
-      if (response.status === 401) {
-        window.location.assign("/ui/login?next=" + encodeURIComponent(window.location.pathname));
+    function later() {
+      if (retry === null && !document.hidden) {
+        retry = window.setTimeout(function () {
+          retry = null;
+          open();
+        }, 3000);
+      }
+    }
+    function open() {
+      if (controller || document.hidden) {
         return;
       }
-      if (!response.ok || !response.body) {
-        say("Live tail unavailable (" + response.status + ").");
-        return;
-      }
-      say("Following new lines.");
-      lines = [];
-      var reader = response.body.getReader();
-      var decoder = new TextDecoder();
-      var pending = "";
-      function read() {
-        return reader.read().then(function (chunk) {
-          if (chunk.done) {
-            say("The log stream ended.");
-            return;
-          }
-          pending += decoder.decode(chunk.value, { stream: true });
-          var parts = pending.split("\n");
-          pending = parts.pop();
-          parts.forEach(function (part) {
-            if (!part) {
+      var mine = new AbortController();
+      controller = mine;
+      fetch(src, { credentials: "same-origin", signal: mine.signal }).then(function (response) {
+        if (response.status === 401) {
+          window.location.assign("/ui/login?next=" + encodeURIComponent(window.location.pathname));
+          return;
+        }
+        if (!response.ok || !response.body) {
+          say("Live tail unavailable (" + response.status + ").");
+          return;
+        }
+        say("Following new lines.");
+        lines = [];
+        var reader = response.body.getReader();
+        var decoder = new TextDecoder();
+        var pending = "";
+        function read() {
+          return reader.read().then(function (chunk) {
+            if (chunk.done) {
               return;
             }
-            try {
-              var line = JSON.parse(part);
-              lines.push((line.timestamp || "") + " " + (line.instance || "") + " " + (line.text || ""));
-            } catch (e) {
-              lines.push(part);
-            }
+            pending += decoder.decode(chunk.value, { stream: true });
+            var parts = pending.split("\n");
+            pending = parts.pop();
+            parts.forEach(function (part) {
+              if (!part) {
+                return;
+              }
+              try {
+                var line = JSON.parse(part);
+                lines.push((line.timestamp || "") + " " + (line.instance || "") + " " + (line.text || ""));
+              } catch (e) {
+                lines.push(part);
+              }
+            });
+            show();
+            return read();
           });
-          show();
-          return read();
-        });
+        }
+        return read();
+      }).catch(function () {
+        // Aborted (the tab was hidden) or cut off: opened again below when it can be.
+      }).then(function () {
+        if (controller === mine) {
+          controller = null;
+          say("Reconnecting to the log stream…");
+          later();
+        }
+      });
+    }
+    document.addEventListener("visibilitychange", function () {
+      if (document.hidden) {
+        if (controller) {
+          var closing = controller;
+          controller = null;
+          closing.abort();
+        }
+        say("Paused while the tab is hidden.");
+      } else {
+        open();
       }
-      return read();
-    }).catch(function () {
-      say("The log stream was cut off; reload to follow again.");
     });
+    open();
   }
 
   // <input type="file" data-fill="id"> puts the chosen file's text in the text area `id`.

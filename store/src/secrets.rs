@@ -41,6 +41,9 @@ pub enum KeyError {
 pub struct SecretsKey {
     key: LessSafeKey,
     rng: SystemRandom,
+    /// A key of its own for the web portal's sessions, derived from this one (HMAC-SHA256 of a
+    /// fixed label), so every gateway that shares the secrets key signs sessions alike.
+    portal: zeroize::Zeroizing<[u8; 32]>,
 }
 
 impl fmt::Debug for SecretsKey {
@@ -62,10 +65,23 @@ impl SecretsKey {
         }
         let key = UnboundKey::new(&CHACHA20_POLY1305, &bytes)
             .map_err(|_| KeyError::Malformed(what.to_owned()))?;
+        let derived = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes),
+            b"sluice portal sessions v1",
+        );
+        let mut portal = zeroize::Zeroizing::new([0u8; 32]);
+        portal.copy_from_slice(derived.as_ref());
         Ok(Self {
+            portal,
             key: LessSafeKey::new(key),
             rng: SystemRandom::new(),
         })
+    }
+
+    /// The secret the web portal signs its sessions with: derived from this key, never the key
+    /// itself.
+    pub fn portal_secret(&self) -> &[u8; 32] {
+        &self.portal
     }
 
     /// The key in `path`; a new random one written there (readable by this user only) if the

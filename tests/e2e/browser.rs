@@ -39,6 +39,7 @@ pub fn screenshots() -> PathBuf {
 pub struct Browser {
     pub client: Client,
     driver: Child,
+    closed: bool,
     _profile: tempfile::TempDir,
 }
 
@@ -122,6 +123,7 @@ impl Browser {
         Self {
             client,
             driver,
+            closed: false,
             _profile: profile,
         }
     }
@@ -131,9 +133,24 @@ impl Browser {
         self.client.goto(url).await.unwrap();
     }
 
-    /// The text of the first element `css` finds, once there is one.
+    /// The text of the first element `css` finds, once there is one. Read in one step by a
+    /// script, so an element htmx replaces meanwhile is never read stale.
     pub async fn text(&self, css: &str) -> String {
-        self.find(css).await.text().await.unwrap()
+        self.find(css).await;
+        self.until_text(css, "its text", |_| true).await
+    }
+
+    /// The rendered text of the first element `css` finds now, if there is one.
+    async fn text_now(&self, css: &str) -> Option<String> {
+        let value = self
+            .client
+            .execute(
+                "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;",
+                vec![serde_json::Value::String(css.to_owned())],
+            )
+            .await
+            .ok()?;
+        value.as_str().map(|t| t.trim().to_owned())
     }
 
     /// The first element `css` finds, waiting for it.
@@ -185,9 +202,7 @@ impl Browser {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         let mut last = None;
         loop {
-            if let Ok(element) = self.client.find(Locator::Css(css)).await
-                && let Ok(text) = element.text().await
-            {
+            if let Some(text) = self.text_now(css).await {
                 if check(&text) {
                     return text;
                 }
@@ -226,6 +241,7 @@ impl Browser {
     }
 
     fn stop_driver(&mut self) {
+        self.closed = true;
         let group = format!("-{}", self.driver.id());
         let _ = Command::new("kill")
             .args(["-KILL", "--", &group])
@@ -237,8 +253,9 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // A test that failed did not close it: end chromedriver and its browsers all the same.
-        if let Ok(None) = self.driver.try_wait() {
+        // A test that failed did not close it: end chromedriver's group all the same (its
+        // browsers outlive chromedriver itself if it died).
+        if !self.closed {
             self.stop_driver();
         }
     }

@@ -1,5 +1,5 @@
 //! The web portal over plain HTTP: who may see it, the session cookie, and CSRF. (What a browser
-//! does with it is in `browser.rs`.)
+//! does with it is in `portal_browser.rs`.)
 
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
@@ -316,6 +316,7 @@ async fn a_result_is_downloaded_as_bytes_never_as_a_page_of_the_portal() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["content-type"], "application/octet-stream");
+    assert_eq!(r.headers()["content-security-policy"], "sandbox");
     assert!(
         r.headers()["content-disposition"]
             .to_str()
@@ -343,7 +344,7 @@ async fn the_overview_shows_the_backlog_and_the_backends(backend: crate::harness
     crate::harness::deploy(&http, url, &slow).await;
     for _ in 0..3 {
         let r = http
-            .post(format!("{url}/async-function/slow?seconds=3"))
+            .post(format!("{url}/async-function/slow?seconds=60"))
             .send()
             .await
             .unwrap();
@@ -409,20 +410,28 @@ async fn a_queued_call_is_cancelled_and_a_function_removed_from_the_portal() {
     let mut ids = Vec::new();
     for _ in 0..2 {
         let r = http
-            .post(format!("{url}/async-function/sleep?seconds=5"))
+            .post(format!("{url}/async-function/sleep?seconds=30"))
             .send()
             .await
             .unwrap();
         ids.push(r.headers()["x-call-id"].to_str().unwrap().to_owned());
     }
-    let queued = crate::harness::eventually("a call still queued", || async {
+    // Once one runs (the worker's one slot taken), the other stays queued behind it.
+    let queued = crate::harness::eventually("one call running, one queued", || async {
+        let mut states = Vec::new();
         for id in &ids {
             let c: serde_json::Value = get_json(&http, format!("{url}/system/calls/{id}")).await;
-            if c["state"] == "queued" {
-                return Some(id.clone());
-            }
+            states.push((
+                c["state"].as_str().unwrap_or_default().to_owned(),
+                id.clone(),
+            ));
         }
-        None
+        let running = states.iter().any(|(s, _)| s == "running");
+        let queued = states
+            .iter()
+            .find(|(s, _)| s == "queued")
+            .map(|(_, id)| id.clone());
+        if running { queued } else { None }
     })
     .await;
     let (cookie, _) = log_in(url, &[]).await;

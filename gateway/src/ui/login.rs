@@ -16,6 +16,9 @@ use super::session;
 use crate::AppState;
 use crate::error::ApiError;
 
+/// Largest login form: anyone may send one, before logging in.
+const LOGIN_FORM_LIMIT: usize = 16 * 1024;
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct NextQuery {
     next: Option<String>,
@@ -111,10 +114,13 @@ pub(crate) async fn submit(
     if let Err(refused) = crate::auth::check_origin(&axum::http::Method::POST, &headers) {
         return refused.into_response();
     }
-    let form: LoginForm = match state.read_form(&headers, body).await.and_then(|held| {
-        serde_urlencoded::from_bytes(&held.bytes)
-            .map_err(|e| ApiError::BadRequest(format!("the login form cannot be read: {e}")))
-    }) {
+    let form: LoginForm = match state
+        .read_form(&headers, body, LOGIN_FORM_LIMIT)
+        .await
+        .and_then(|held| {
+            serde_urlencoded::from_bytes(&held.bytes)
+                .map_err(|e| ApiError::BadRequest(format!("the login form cannot be read: {e}")))
+        }) {
         Ok(form) => form,
         Err(refused) => return refused.into_response(),
     };

@@ -38,16 +38,24 @@ pub(crate) struct Portal {
 }
 
 impl Portal {
-    pub(crate) fn new(auth: Option<&crate::Credentials>) -> Self {
-        match auth {
-            Some(credentials) => Self {
-                key: SessionKey::derive(&credentials.session_secret()),
-                open: false,
-            },
-            None => Self {
-                key: SessionKey::random(),
-                open: true,
-            },
+    /// Sessions signed under a key made of `secret` (random when there is none) and the
+    /// credentials' digests: a password that changes ends every session, and a cookie, being a
+    /// MAC under a random key, tells nothing of the password.
+    pub(crate) fn new(auth: Option<&crate::Credentials>, secret: Option<&[u8]>) -> Self {
+        let random: [u8; 32];
+        let secret = match secret {
+            Some(s) if s.len() >= 32 => s,
+            _ => {
+                random = rand::random();
+                &random
+            }
+        };
+        let credentials = auth
+            .map(crate::Credentials::session_secret)
+            .unwrap_or_default();
+        Self {
+            key: SessionKey::derive(secret, &credentials),
+            open: auth.is_none(),
         }
     }
 }
@@ -56,6 +64,8 @@ impl Portal {
 #[derive(Debug, Clone)]
 pub(crate) struct Viewer {
     pub(crate) user: String,
+    /// When the session ends (seconds since the epoch).
+    pub(crate) expires: u64,
     /// The session's CSRF token, for the page's forms and scripts.
     pub(crate) csrf: String,
 }
@@ -89,14 +99,13 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
 async fn protective_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
             "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
              connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; \
              object-src 'none'",
-        ),
-    );
+        ));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -141,6 +150,7 @@ async fn require_session(State(state): State<AppState>, request: Request, next: 
     };
     let viewer = Viewer {
         user: session.user.clone(),
+        expires: session.expires,
         csrf: portal.key.csrf(&session),
     };
     let secure = over_tls(request.headers());
@@ -166,7 +176,9 @@ async fn require_session(State(state): State<AppState>, request: Request, next: 
 /// A visitor without a session: pages send it to log in, `/ui/api/` answers `401`.
 fn unauthenticated(request: &Request) -> Response {
     let path = request.uri().path();
-    if path.starts_with("/ui/api/") {
+    // What scripts fetch (and htmx's requests from a page whose session ended) get a 401, which
+    // sluice.js turns into a visit to the login page, rather than a login page in a fragment.
+    if path.starts_with("/ui/api/") || request.headers().contains_key("hx-request") {
         let mut response =
             ApiError::Unauthorized("log in to the portal first (/ui/login)".into()).into_response();
         // No Basic challenge: the browser would ask for a password in a dialog of its own.
@@ -194,30 +206,59 @@ async fn checked_change(
         Some(_) => return Err(csrf_refused()),
         None => false,
     };
-    let is_form = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    if !is_form {
-        // The portal sends nothing else; a change without a form body needs the header.
-        return if in_header {
-            Ok(request)
-        } else {
-            Err(csrf_refused())
+    if !crate::body::is_form(request.headers()) {
+        // The portal sends nothing but forms; a change without one has no body to read.
+        let empty = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|n| n.as_bytes() == b"0")
+            && !request.headers().contains_key(header::TRANSFER_ENCODING);
+        return match (in_header, empty) {
+            (true, true) => Ok(request),
+            (true, false) => Err(ApiError::UnsupportedMediaType(
+                "the portal takes changes as application/x-www-form-urlencoded forms".into(),
+            )),
+            (false, _) => Err(csrf_refused()),
         };
     }
-    // The form is read here, within the body budget, whichever way the token came.
-    let (parts, body) = request.into_parts();
-    let held = state.read_form(&parts.headers, body).await?;
+    // The form is read here, within the body budget, whichever way the token came, and held
+    // (counted against the budget) by the handler that takes it as a `HeldForm`.
+    let (mut parts, body) = request.into_parts();
+    let held = state.read_form(&parts.headers, body, FORM_LIMIT).await?;
     let token = form_urlencoded_value(&held.bytes, CSRF_FIELD);
     if !in_header && !token.is_some_and(|t| key.csrf_ok(session, &t)) {
         return Err(csrf_refused());
     }
-    let mut request = Request::from_parts(parts, axum::body::Body::from(held.bytes.clone()));
-    // The body's share of the budget is held until the handler is done with it.
-    request.extensions_mut().insert(std::sync::Arc::new(held));
-    Ok(request)
+    parts.extensions.insert(HeldForm(std::sync::Arc::new(held)));
+    Ok(Request::from_parts(parts, axum::body::Body::empty()))
+}
+
+/// A change's form, read by the session check within the body budget. It counts against the
+/// budget until the handler holding it is done.
+#[derive(Debug, Clone)]
+pub(crate) struct HeldForm(std::sync::Arc<crate::body::Held>);
+
+impl HeldForm {
+    /// The form's fields as `T`.
+    pub(crate) fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
+        serde_urlencoded::from_bytes(&self.0.bytes)
+            .map_err(|e| ApiError::BadRequest(format!("the form cannot be read: {e}")))
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for HeldForm {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, ApiError> {
+        parts.extensions.get::<Self>().cloned().ok_or_else(|| {
+            ApiError::UnsupportedMediaType(
+                "a form must be sent as application/x-www-form-urlencoded".into(),
+            )
+        })
+    }
 }
 
 fn csrf_refused() -> ApiError {

@@ -1,10 +1,10 @@
 //! The portal's sessions: a signed cookie, and the CSRF token bound to it.
 //!
 //! A session is kept by the browser alone, as `v1.<user>.<expires>.<nonce>.<mac>` (the MAC an
-//! HMAC-SHA256 of the rest), so every gateway of a cluster that shares the admin's password
-//! accepts it and nothing is stored per session. The key is derived from the admin password's
-//! digest: changing the password ends every session, and only someone who knows it (or can read
-//! the gateway's memory) can make one. A session ends when it expires (12 hours) or its cookie is
+//! HMAC-SHA256 of the rest), so nothing is stored per session. The key is derived from a random
+//! secret (the secrets key's, shared by every gateway that shares it; else one of the process's
+//! own) and the credentials' digests: changing the password ends every session, and a cookie,
+//! a MAC under a random key, cannot be used to guess the password offline. A session ends when it expires (12 hours) or its cookie is
 //! dropped at logout; a stolen cookie is good until then, as with any bearer credential, which
 //! is why it is `HttpOnly`, `SameSite=Strict`, and `Secure` when served over TLS.
 //!
@@ -46,16 +46,13 @@ pub(crate) struct Session {
 }
 
 impl SessionKey {
-    /// A key derived from `secret` (the admin password's digest), for one purpose.
-    pub(crate) fn derive(secret: &[u8]) -> Self {
+    /// The key for sessions under `secret` (random, or derived from the secrets key) and
+    /// `credentials` (their digests, so a changed password makes a new key).
+    pub(crate) fn derive(secret: &[u8], credentials: &[u8]) -> Self {
         let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
         mac.update(b"sluice portal sessions v1");
+        mac.update(credentials);
         Self(mac.finalize().into_bytes().into())
-    }
-
-    /// A key of this process's own (when the gateway has no admin password).
-    pub(crate) fn random() -> Self {
-        Self(rand::random())
     }
 
     fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
@@ -169,17 +166,21 @@ mod tests {
 
     #[test]
     fn a_session_opens_with_its_own_key_until_it_expires() {
-        let key = SessionKey::derive(b"digest of the password");
+        let key = SessionKey::derive(&[7; 32], b"digest of the password");
         let (session, cookie) = key.issue("admin", 1_000);
         assert_eq!(key.open(&cookie, 1_001), Some(session.clone()));
         assert_eq!(key.open(&cookie, 1_000 + LIFETIME_SECS), None);
-        let other = SessionKey::derive(b"digest of another password");
+        let other = SessionKey::derive(&[7; 32], b"digest of another password");
+        assert_eq!(
+            SessionKey::derive(&[8; 32], b"digest of the password").open(&cookie, 1_001),
+            None
+        );
         assert_eq!(other.open(&cookie, 1_001), None);
     }
 
     #[test]
     fn a_changed_cookie_is_refused() {
-        let key = SessionKey::derive(b"k");
+        let key = SessionKey::derive(&[7; 32], b"k");
         let (_, cookie) = key.issue("admin", 1_000);
         // A later expiry, or another user, with the old MAC.
         let parts: Vec<&str> = cookie.split('.').collect();
@@ -200,7 +201,7 @@ mod tests {
 
     #[test]
     fn a_csrf_token_is_good_for_its_own_session_only() {
-        let key = SessionKey::derive(b"k");
+        let key = SessionKey::derive(&[7; 32], b"k");
         let (a, _) = key.issue("admin", 1_000);
         let (b, _) = key.issue("admin", 1_000);
         let token = key.csrf(&a);

@@ -614,15 +614,26 @@ pub(crate) async fn redrive_all_form(
 
 /// `POST /ui/dead-letters/redrive-all`.
 pub(crate) async fn redrive_all(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let mut redriven = 0;
-    for call in failed_calls(&state, REDRIVE_ALL_MAX).await? {
-        match crate::calls::redrive(&state, &call.id).await {
-            Ok(_) => redriven += 1,
-            // Re-driven meanwhile by someone else, or its request is no longer kept.
-            Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {}
-            Err(e) => return Err(e),
+    // The whole batch in a task of its own, so a client that hangs up does not stop it
+    // half-way through.
+    let batch = async move {
+        let mut redriven = 0;
+        for call in failed_calls(&state, REDRIVE_ALL_MAX).await? {
+            match crate::calls::redrive(&state, &call.id).await {
+                Ok(_) => redriven += 1,
+                // Re-driven meanwhile by someone else, or its request is no longer kept.
+                Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::warn!(redriven, error = %e, "re-driving all dead letters stopped");
+                    return Err(e);
+                }
+            }
         }
-    }
+        Ok::<_, ApiError>(redriven)
+    };
+    let redriven = tokio::spawn(batch)
+        .await
+        .map_err(|e| ApiError::Internal(format!("re-drive task: {e}")))??;
     tracing::info!(redriven, "dead letters re-driven from the portal");
     Ok(Redirect::to(&format!("/ui/dead-letters?redriven={redriven}")).into_response())
 }

@@ -15,7 +15,6 @@
 //! (YAML's errors quote the text they could not take), which the API never does.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::{Request, State};
@@ -511,19 +510,21 @@ pub(crate) fn field_of(message: &str, template: bool) -> Option<&'static str> {
     None
 }
 
-/// Reads the form the session check held (or, for a request that carried its CSRF token in a
-/// header, reads it now, within the form limit and the body budget).
+/// The form the session check read and held (within the form limit and the body budget).
 async fn read<T: serde::de::DeserializeOwned>(
-    state: &AppState,
+    _state: &AppState,
     request: Request,
 ) -> Result<T, ApiError> {
-    let (parts, body) = request.into_parts();
-    let held = match parts.extensions.get::<Arc<crate::body::Held>>() {
-        Some(held) => held.clone(),
-        None => Arc::new(state.read_form(&parts.headers, body).await?),
-    };
-    serde_urlencoded::from_bytes(&held.bytes)
-        .map_err(|e| ApiError::BadRequest(format!("the form cannot be read: {e}")))
+    let (parts, _) = request.into_parts();
+    parts
+        .extensions
+        .get::<crate::ui::HeldForm>()
+        .ok_or_else(|| {
+            ApiError::UnsupportedMediaType(
+                "a form must be sent as application/x-www-form-urlencoded".into(),
+            )
+        })?
+        .parse()
 }
 
 /// `GET /ui/deploy`.

@@ -17,7 +17,7 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::metrics::CallSummary;
 use crate::ui::layout::{self, Nav, csrf_field, notice};
-use crate::ui::{Viewer, status_page};
+use crate::ui::{HeldForm, Viewer, status_page};
 
 /// The part of a function's answer the invoke panel shows; the rest is cut.
 const SHOWN_BYTES: usize = 64 * 1024;
@@ -168,7 +168,7 @@ async fn find(
     namespace: &str,
     name: &str,
 ) -> Result<Option<(FunctionRef, FunctionStatus)>, ApiError> {
-    let Ok(function) = FunctionRef::parse(name, Some(namespace)) else {
+    let Ok(function) = FunctionRef::new(name, Some(namespace)) else {
         return Ok(None);
     };
     Ok(state
@@ -250,7 +250,7 @@ pub(crate) async fn summary(
     State(state): State<AppState>,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let function = FunctionRef::parse(&name, Some(&namespace))?;
+    let function = FunctionRef::new(&name, Some(&namespace))?;
     let Some((function, status)) = find(&state, &function.namespace, &function.name).await? else {
         return Err(ApiError::FunctionNotFound(function.to_string()));
     };
@@ -431,10 +431,10 @@ pub(crate) async fn invoke(
     Extension(viewer): Extension<Viewer>,
     Path((namespace, name)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Body,
+    held: HeldForm,
 ) -> Result<Response, ApiError> {
-    let form: InvokeForm = read_form(body).await?;
-    let Ok(function) = FunctionRef::parse(&name, Some(&namespace)) else {
+    let form: InvokeForm = held.parse()?;
+    let Ok(function) = FunctionRef::new(&name, Some(&namespace)) else {
         return Ok(missing(&viewer, &namespace, &name));
     };
     let result = match call(&state, &function, &form).await {
@@ -454,15 +454,6 @@ pub(crate) async fn invoke(
         None,
     )
     .await
-}
-
-/// The form the session check read (it is handed on as the request's body).
-async fn read_form<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, crate::ui::FORM_LIMIT)
-        .await
-        .map_err(|e| ApiError::BadRequest(format!("the form cannot be read: {e}")))?;
-    serde_urlencoded::from_bytes(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("the form cannot be read: {e}")))
 }
 
 /// Makes the call the invoke panel describes and shows its outcome; `Err` says what was wrong
@@ -662,10 +653,10 @@ pub(crate) async fn scale(
     State(state): State<AppState>,
     Extension(viewer): Extension<Viewer>,
     Path((namespace, name)): Path<(String, String)>,
-    body: Body,
+    held: HeldForm,
 ) -> Result<Response, ApiError> {
-    let form: ScaleForm = read_form(body).await?;
-    let Ok(function) = FunctionRef::parse(&name, Some(&namespace)) else {
+    let form: ScaleForm = held.parse()?;
+    let Ok(function) = FunctionRef::new(&name, Some(&namespace)) else {
         return Ok(missing(&viewer, &namespace, &name));
     };
     let Ok(replicas) = form.replicas.trim().parse::<i64>() else {
@@ -731,7 +722,7 @@ pub(crate) async fn remove(
     Extension(viewer): Extension<Viewer>,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let Ok(function) = FunctionRef::parse(&name, Some(&namespace)) else {
+    let Ok(function) = FunctionRef::new(&name, Some(&namespace)) else {
         return Ok(missing(&viewer, &namespace, &name));
     };
     match crate::functions::remove(&state, &function).await {
@@ -742,28 +733,44 @@ pub(crate) async fn remove(
     }
 }
 
+/// How long one log stream lasts at most (the page opens another while it is shown).
+const TAIL_MAX: Duration = Duration::from_secs(10 * 60);
+
+/// How often a quiet log stream sends an empty line, so a connection that died is noticed.
+const TAIL_HEARTBEAT: Duration = Duration::from_secs(20);
+
 /// `GET /ui/api/functions/<namespace>/<name>/logs`: the function's output as it comes (NDJSON,
-/// as `/system/logs?follow=true` sends it), for the live tail.
+/// as `/system/logs?follow=true` sends it), for the live tail. It ends when the session does,
+/// after [`TAIL_MAX`], or at shutdown, and sends an empty line when quiet.
 pub(crate) async fn logs(
     State(state): State<AppState>,
+    Extension(viewer): Extension<Viewer>,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let function = FunctionRef::parse(&name, Some(&namespace))?;
+    let function = FunctionRef::new(&name, Some(&namespace))?;
     if state.functions.get(&function).await?.is_none() {
         return Err(ApiError::FunctionNotFound(function.to_string()));
     }
     let lines = state.orchestrator.logs(&function, LOG_LINES, true)?;
     let shutdown = state.shutdown.clone();
-    let ndjson = lines
-        .map(|line| {
-            let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
-            bytes.push(b'\n');
-            Ok::<_, std::io::Error>(bytes)
-        })
+    let session_left =
+        Duration::from_secs(viewer.expires.saturating_sub(crate::ui::session::now()));
+    let ndjson = lines.map(|line| {
+        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+        bytes.push(b'\n');
+        Ok::<_, std::io::Error>(bytes)
+    });
+    let heartbeats = futures_util::stream::unfold((), |()| async {
+        tokio::time::sleep(TAIL_HEARTBEAT).await;
+        Some((Ok::<_, std::io::Error>(b"\n".to_vec()), ()))
+    });
+    let stream = futures_util::stream::select(ndjson, heartbeats)
+        .take_until(tokio::time::sleep(session_left.min(TAIL_MAX)))
+        // A follower must not hold the server open at shutdown.
         .take_until(shutdown.cancelled_owned());
     Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(ndjson),
+        Body::from_stream(stream),
     )
         .into_response())
 }
@@ -779,7 +786,7 @@ pub(crate) async fn scaling(
     State(state): State<AppState>,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let function = FunctionRef::parse(&name, Some(&namespace))?;
+    let function = FunctionRef::new(&name, Some(&namespace))?;
     if state.functions.get(&function).await?.is_none() {
         return Err(ApiError::FunctionNotFound(function.to_string()));
     }

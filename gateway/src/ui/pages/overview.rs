@@ -15,6 +15,16 @@ use crate::ui::layout::{self, Nav};
 const RECENT_CALLS: u32 = 10;
 
 async fn cards(state: &AppState) -> Result<Markup, ApiError> {
+    // The backends first: when one does not answer, the rest of the page says so too.
+    let health = health(state).await;
+    if let Some((what, name, Err(e))) = health.iter().find(|(_, _, h)| h.is_err()) {
+        return Ok(html! {
+            div #overview hx-get="/ui/api/overview" hx-trigger="every 5s" hx-swap="outerHTML" {
+                div.notice.bad role="alert" { (what) " (" (name) ") is not answering: " (e) }
+                (health_list(&health))
+            }
+        });
+    }
     let specs = state.functions.list().await?;
     let (mut desired, mut ready, mut invocations, mut errors, mut at_zero) = (0, 0, 0, 0, 0);
     for spec in &specs {
@@ -31,7 +41,6 @@ async fn cards(state: &AppState) -> Result<Markup, ApiError> {
     }
     let now = Timestamp::now();
     let backlog = state.calls.backlog().await?;
-    let health = health(state).await;
     let recent = state
         .calls
         .list_calls(&CallFilter {
@@ -56,17 +65,7 @@ async fn cards(state: &AppState) -> Result<Markup, ApiError> {
                 div.card { div.muted { "Errors (5xx)" } div.big { @if errors > 0 { span.bad { (errors) } } @else { "0" } } div.muted { "since this gateway started" } }
             }
             h2 { "Backends" }
-            ul #health {
-                @for (what, name, outcome) in &health {
-                    li {
-                        (what) ": " strong { (name) } " "
-                        @match outcome {
-                            Ok(took) => span.ok { "answering (" (took) " ms)" },
-                            Err(e) => span.bad { "not answering: " (e) },
-                        }
-                    }
-                }
-            }
+            (health_list(&health))
             h2 { "Newest async calls" }
             @if recent.is_empty() {
                 p.muted { "No async calls yet." }
@@ -85,11 +84,29 @@ async fn cards(state: &AppState) -> Result<Markup, ApiError> {
     })
 }
 
+type Health = Vec<(&'static str, &'static str, Result<u128, String>)>;
+
+fn health_list(health: &Health) -> Markup {
+    html! {
+        ul #health {
+            @for (what, name, outcome) in health {
+                li {
+                    (what) ": " strong { (name) } " "
+                    @match outcome {
+                        Ok(took) => span.ok { "answering (" (took) " ms)" },
+                        Err(e) => span.bad { "not answering: " (e) },
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// How long a backend may take to answer the overview's ping.
 const PING_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The call store and the queue: what each is, and whether it answers (in how many ms).
-async fn health(state: &AppState) -> Vec<(&'static str, &'static str, Result<u128, String>)> {
+async fn health(state: &AppState) -> Health {
     let timed = |started: tokio::time::Instant| started.elapsed().as_millis();
     let started = tokio::time::Instant::now();
     let store = match tokio::time::timeout(PING_PATIENCE, state.calls.ping()).await {
