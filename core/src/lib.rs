@@ -14,6 +14,7 @@ pub mod name;
 pub mod retry;
 pub mod seams;
 pub mod time;
+pub mod trace;
 
 pub use api::{
     CrashLoop, DeploymentBounds, FUNCTION_LABEL, FunctionDeployment, FunctionResources,

@@ -158,6 +158,8 @@ macro_rules! sql_store {
                     .and_then(|c| u16::try_from(c).ok()),
                 error: row.get("error"),
                 callback,
+                trace_id: row.get("trace_id"),
+                request_id: row.get("request_id"),
             })
         }
 
@@ -208,7 +210,9 @@ macro_rules! sql_store {
                             .bind(record.callback_url.clone())
                             .bind(record.state.as_str())
                             .bind(i64::from(record.attempts))
-                            .bind(record.submitted_at.as_millis()),
+                            .bind(record.submitted_at.as_millis())
+                            .bind(record.trace_id.clone())
+                            .bind(record.request_id.clone()),
                     )
                     .await
                     .map_err(unavailable)?;
@@ -674,8 +678,8 @@ pub(crate) use sql_store;
 
 /// Records a new call, unless its id exists (numbered parameters: both databases take them).
 pub(crate) const INSERT_CALL: &str = "INSERT INTO calls (id, namespace, function, method, path, \
-     callback_url, state, attempts, submitted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-     ON CONFLICT (id) DO NOTHING";
+     callback_url, state, attempts, submitted_at, trace_id, request_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING";
 
 /// Records how a call's invocation ended: its outcome in `$1`..`$5`, its id in `$6`.
 /// `FINISH_WITH_RESULT` (one per database) does the same and keeps the response.
@@ -685,7 +689,7 @@ pub(crate) const FINISH: &str = "UPDATE calls SET state = $1, status_code = $2, 
 /// Calls started per statement of `start_attempts`.
 pub(crate) const START_MANY_ROWS: usize = 500;
 
-/// Rows per statement of `create_many`: nine parameters each, far under either database's
+/// Rows per statement of `create_many`: eleven parameters each, far under either database's
 /// limit on a statement's parameters.
 pub(crate) const CREATE_MANY_ROWS: usize = 500;
 
