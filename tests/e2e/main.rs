@@ -42,5 +42,6 @@ mod scaling;
 mod secrets;
 mod security;
 mod templates;
+mod traces;
 mod watchdog;
 mod wire;
