@@ -493,3 +493,27 @@ async fn spans_of_an_async_call_reach_an_otlp_receiver_in_one_trace() {
     assert!(span("queue wait").start <= span("attempt").start);
     assert!(span("queue wait").end <= span("attempt").end);
 }
+
+#[test]
+fn a_bad_otlp_endpoint_stops_start_up_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "-*/not a uri")
+        .env("SLUICE_ADMIN_USER", ADMIN_USER)
+        .env("SLUICE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "it listened: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        "{stderr}"
+    );
+}
