@@ -133,6 +133,25 @@ async fn one_trace_from_the_client_to_the_function_and_the_callback_across_a_res
     );
     assert_eq!(record["traceId"], TRACE_ID, "{record}");
     assert_eq!(record["requestId"], "req-e2e-1", "{record}");
+    // The portal's page of the call shows them.
+    let (cookie, _) = crate::portal::log_in(&url, &[]).await;
+    let page = reqwest::Client::new()
+        .get(format!("{url}/ui/calls/traced-1"))
+        .header(reqwest::header::COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&format!(r#"<code id="call-trace">{TRACE_ID}</code>"#)),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"<code id="call-request-id">req-e2e-1</code>"#),
+        "{page}"
+    );
     let listed: Value = get_json(&http, format!("{url}/system/calls?function=headers")).await;
     assert!(
         listed["calls"]
