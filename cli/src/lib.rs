@@ -9,6 +9,7 @@ pub mod login;
 pub mod new;
 pub mod readiness;
 pub mod stack;
+pub mod telemetry;
 pub mod up;
 pub mod watchdog;
 
@@ -24,8 +25,29 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, propagate_version = true)]
 pub struct Cli {
+    /// How log lines are written to stderr: text, or JSON (one object a line, carrying the
+    /// fields of the spans it was logged in: call id, trace id, function).
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: telemetry::LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Whether the command serves (a gateway, a queue worker or both), so its spans may be
+    /// exported.
+    pub fn serves(&self) -> bool {
+        matches!(
+            self.command,
+            Command::Up(_) | Command::Gateway(_) | Command::QueueWorker(_)
+        )
+    }
 }
 
 /// Where the client commands find the gateway.

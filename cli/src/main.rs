@@ -1,6 +1,5 @@
-//! The `sluice` binary: parse the command line, set up logging, run the command.
-
-use std::io::IsTerminal;
+//! The `sluice` binary: parse the command line, set up logging (and trace export), run the
+//! command.
 
 use clap::Parser;
 
@@ -8,21 +7,21 @@ use clap::Parser;
 async fn main() -> std::process::ExitCode {
     return_large_blocks_to_the_system();
     let cli = sluice_cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    match sluice_cli::run(cli).await {
+    let telemetry = match sluice_cli::telemetry::init(cli.log_format, cli.serves()) {
+        Ok(telemetry) => telemetry,
+        Err(e) => return failed(&e),
+    };
+    let ran = sluice_cli::run(cli).await;
+    telemetry.shutdown().await;
+    match ran {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", sluice_cli::error_line(&e));
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => failed(&e),
     }
+}
+
+fn failed(e: &anyhow::Error) -> std::process::ExitCode {
+    eprintln!("error: {}", sluice_cli::error_line(e));
+    std::process::ExitCode::FAILURE
 }
 
 /// Large blocks (request and response bodies, up to 16 MiB each) get mappings of their own and

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::name::FunctionRef;
 use crate::time::Timestamp;
+use crate::trace::TraceParent;
 
 /// Longest call id accepted from a client's `X-Call-Id`.
 pub const MAX_CALL_ID_LEN: usize = 128;
@@ -77,6 +78,28 @@ pub struct CallMeta {
     /// message on the queue, not a duplicate of the first.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub redrive: u32,
+}
+
+impl CallMeta {
+    /// A stored request header's value (names are stored in lower case, as `http` has them).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The trace the call continues: the `traceparent` stored with it, whose parent is the
+    /// gateway's submit span (the caller's trace, or one the gateway started).
+    pub fn trace_parent(&self) -> Option<TraceParent> {
+        self.header(crate::trace::TRACEPARENT)
+            .and_then(|v| TraceParent::parse(v.as_bytes()))
+    }
+
+    /// The `X-Request-Id` stored with the call (the client's, or one the gateway made).
+    pub fn request_id(&self) -> Option<&str> {
+        self.header(crate::trace::REQUEST_ID)
+    }
 }
 
 /// Checks a path below a function (`/a/b`, as it came, still percent-encoded): it belongs to
@@ -285,6 +308,14 @@ pub struct CallRecord {
     /// [`CallStore::list_calls`]: crate::CallStore::list_calls
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<CallTimeline>,
+    /// The W3C trace the call belongs to (32 hex digits): the caller's, or one the gateway
+    /// started. Every hop of the call (submit, queue, attempts, callbacks) is in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The submission's `X-Request-Id` (the client's, or one the gateway made), sent on to
+    /// the function and the callback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// Attempts a call's timeline keeps: the most recent ones (older ones are dropped as new ones
@@ -408,6 +439,8 @@ impl CallRecord {
             callback: None,
             redrives: 0,
             timeline: None,
+            trace_id: meta.trace_parent().map(|t| t.trace_id.to_string()),
+            request_id: meta.request_id().map(str::to_owned),
         }
     }
 }

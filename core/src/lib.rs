@@ -15,6 +15,7 @@ pub mod retry;
 pub mod seams;
 pub mod stack;
 pub mod time;
+pub mod trace;
 
 pub use api::{
     CrashLoop, DeploymentBounds, FUNCTION_LABEL, FunctionDeployment, FunctionResources,

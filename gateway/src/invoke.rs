@@ -1,12 +1,19 @@
 //! Invocation: `/function/<name>[/path]` proxies to a ready replica; `/async-function/<name>[/path]`
 //! stores the call durably and answers `202`.
+//!
+//! Both continue the caller's W3C trace (or start one) and carry a request id: the function
+//! gets a `traceparent` whose parent is the gateway's span, the caller's `tracestate` and the
+//! `X-Request-Id`, and the answer carries the `X-Request-Id`. An async call stores its submit
+//! span's context with its request headers, so every later hop continues it.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use sluice_core::headers::{self, is_hop_by_hop};
+use sluice_core::trace::{self, SpanTrace, TraceParent};
 use sluice_core::{CallId, CallMeta, CallRecord, FunctionRef, QueuedCall, Submitted, Timestamp};
+use tracing::Instrument as _;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -124,7 +131,21 @@ pub(crate) async fn sync(State(state): State<AppState>, req: Request) -> Respons
             parts
                 .headers
                 .insert(START_TIME.clone(), stamp.start.clone());
-            let answer = proxy(&state, parts, body, &function, &path, &stamp).await;
+            parts
+                .headers
+                .insert(REQUEST_ID.clone(), stamp.request_id.clone());
+            // A debug span: made only when it is exported (or debug logs are on), so a sync
+            // call pays for no span otherwise; the trace is continued either way.
+            let span = tracing::debug_span!(
+                "invoke",
+                function = %function,
+                call_id = stamp.id.to_str().unwrap_or_default(),
+                trace_id = tracing::field::Empty,
+            );
+            continue_trace(&mut parts.headers, &span);
+            let answer = proxy(&state, parts, body, &function, &path, &stamp)
+                .instrument(span)
+                .await;
             let code = match &answer {
                 Ok(response) => Some(response.status()),
                 // Not a function's: no series, or any name sent would make one.
@@ -143,19 +164,91 @@ pub(crate) async fn sync(State(state): State<AppState>, req: Request) -> Respons
     let headers = response.headers_mut();
     headers.insert(CALL_ID.clone(), stamp.id);
     headers.insert(START_TIME.clone(), stamp.start);
+    headers.insert(REQUEST_ID.clone(), stamp.request_id);
     response
 }
 
 static CALL_ID: HeaderName = HeaderName::from_static(headers::CALL_ID);
 static START_TIME: HeaderName = HeaderName::from_static(headers::START_TIME);
 static DURATION_SECONDS: HeaderName = HeaderName::from_static(headers::DURATION_SECONDS);
+static TRACEPARENT: HeaderName = HeaderName::from_static(trace::TRACEPARENT);
+static TRACESTATE: HeaderName = HeaderName::from_static(trace::TRACESTATE);
+static REQUEST_ID: HeaderName = HeaderName::from_static(trace::REQUEST_ID);
+
+/// The caller's trace context: its `traceparent` if it sent exactly one valid one (else none:
+/// a new trace starts).
+fn incoming_trace(headers: &HeaderMap) -> Option<TraceParent> {
+    TraceParent::from_values(
+        headers
+            .get_all(&TRACEPARENT)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
+}
+
+/// The caller's `tracestate`, to pass on as it came, when it goes with a valid `traceparent`
+/// and is itself valid and within bounds (several headers are one list, joined with commas as
+/// the spec says); `None` means it is dropped.
+fn incoming_tracestate(headers: &HeaderMap, parent: Option<&TraceParent>) -> Option<HeaderValue> {
+    parent?;
+    let mut values = headers.get_all(&TRACESTATE).iter();
+    let first = values.next()?;
+    let joined = match values.next() {
+        None => first.clone(),
+        Some(second) => {
+            let mut all = [first, second]
+                .into_iter()
+                .chain(values)
+                .map(HeaderValue::as_bytes)
+                .collect::<Vec<_>>()
+                .join(&b","[..]);
+            all.truncate(trace::MAX_TRACESTATE_LEN + 1);
+            HeaderValue::from_bytes(&all).ok()?
+        }
+    };
+    trace::tracestate_is_valid(joined.as_bytes()).then_some(joined)
+}
+
+/// Continues the caller's trace in `span` for a request going on to a function, in place: the
+/// request's `traceparent` becomes the span's (same trace, the span as parent; a new trace if
+/// the caller sent none usable), and its `tracestate` is kept only if it may be passed on.
+fn continue_trace(headers: &mut HeaderMap, span: &tracing::Span) {
+    let parent = incoming_trace(headers);
+    match incoming_tracestate(headers, parent.as_ref()) {
+        Some(state) => {
+            headers.insert(TRACESTATE.clone(), state);
+        }
+        None => {
+            headers.remove(&TRACESTATE);
+        }
+    }
+    let joined = SpanTrace::remote(span, parent.as_ref());
+    span.record("trace_id", tracing::field::display(joined.trace_id()));
+    headers.insert(TRACEPARENT.clone(), traceparent_value(joined.context()));
+}
+
+/// A `traceparent` header value.
+fn traceparent_value(context: &TraceParent) -> HeaderValue {
+    HeaderValue::from_bytes(&context.encode()).expect("hex digits and dashes are a valid header")
+}
+
+/// The request's id: the client's `X-Request-Id` if it is usable as it is, else a fresh UUID.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get(&REQUEST_ID)
+        .filter(|v| trace::request_id_is_valid(v.as_bytes()))
+        .cloned()
+        .unwrap_or_else(fresh_call_id)
+}
 
 /// What a sync call is stamped with, on its way to the function and on every answer, as
 /// OpenFaaS's gateway stamps it: its id (the caller's `X-Call-Id` if it is a valid call id,
-/// else a fresh UUID) and its start (`X-Start-Time`, nanoseconds since the epoch).
+/// else a fresh UUID) and its start (`X-Start-Time`, nanoseconds since the epoch); and its
+/// `X-Request-Id` (the caller's if usable, else a fresh UUID).
 struct Stamp {
     id: HeaderValue,
     start: HeaderValue,
+    request_id: HeaderValue,
     /// When the gateway took the request, for `X-Duration-Seconds` and the metrics.
     started: std::time::Instant,
 }
@@ -174,6 +267,7 @@ impl Stamp {
         Self {
             id,
             start: HeaderValue::from(nanos),
+            request_id: request_id(headers),
             started,
         }
     }
@@ -387,34 +481,99 @@ fn call_id(headers: &HeaderMap) -> Result<CallId, ApiError> {
     }
 }
 
-/// Headers to replay against the function when the call runs: not Sluice's own, and no
-/// credentials.
-fn replayable(headers: &HeaderMap) -> Result<Vec<(String, String)>, ApiError> {
-    forwardable(headers)
-        .filter(|(k, _)| {
-            k.as_str() != headers::CALLBACK_URL
-                && k.as_str() != headers::CALL_ID
-                && !CREDENTIAL_HEADERS.contains(k)
-        })
-        .map(|(k, v)| {
-            let value = std::str::from_utf8(v.as_bytes()).map_err(|_| {
-                ApiError::BadRequest(format!(
-                    "header {k} is not valid UTF-8; it cannot be queued"
-                ))
-            })?;
-            Ok((k.as_str().to_owned(), value.to_owned()))
-        })
-        .collect()
+/// What an async call carries of its trace through the queue: the submit span's context (the
+/// parent of every later hop), the caller's `tracestate` if it may be passed on, and the
+/// request id.
+struct CallTrace {
+    context: TraceParent,
+    state: Option<HeaderValue>,
+    request_id: HeaderValue,
 }
 
-pub(crate) async fn submit(
-    State(state): State<AppState>,
+/// Headers to replay against the function when the call runs: not Sluice's own, and no
+/// credentials; the caller's trace headers replaced with the call's.
+fn replayable(headers: &HeaderMap, trace: &CallTrace) -> Result<Vec<(String, String)>, ApiError> {
+    let owned = |k: &HeaderName, v: &HeaderValue| {
+        let value = std::str::from_utf8(v.as_bytes()).map_err(|_| {
+            ApiError::BadRequest(format!(
+                "header {k} is not valid UTF-8; it cannot be queued"
+            ))
+        })?;
+        Ok((k.as_str().to_owned(), value.to_owned()))
+    };
+    let mut kept = forwardable(headers)
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                headers::CALLBACK_URL
+                    | headers::CALL_ID
+                    | trace::TRACEPARENT
+                    | trace::TRACESTATE
+                    | trace::REQUEST_ID
+            ) && !CREDENTIAL_HEADERS.contains(k)
+        })
+        .map(|(k, v)| owned(k, v))
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    kept.push((trace::TRACEPARENT.to_owned(), trace.context.to_string()));
+    if let Some(state) = &trace.state {
+        kept.push(owned(&TRACESTATE, state)?);
+    }
+    kept.push(owned(&REQUEST_ID, &trace.request_id)?);
+    Ok(kept)
+}
+
+/// `ANY /async-function/<name>[/path]`: the call is stored, then `202`; every answer carries
+/// the request's `X-Request-Id`.
+pub(crate) async fn submit(State(state): State<AppState>, req: Request) -> Response {
+    use axum::response::IntoResponse;
+    let request_id = request_id(req.headers());
+    let mut response = accept(state, req, request_id.clone())
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    response
+        .headers_mut()
+        .insert(REQUEST_ID.clone(), request_id);
+    response
+}
+
+async fn accept(
+    state: AppState,
     req: Request,
+    request_id: HeaderValue,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let admitted = state.admit_async()?;
     let (function, path) = target(&parts.uri, "/async-function/")?;
     check_method(&parts.method, parts.uri.path())?;
+    let span = tracing::info_span!(
+        "submit",
+        function = %function,
+        call_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let parent = incoming_trace(&parts.headers);
+    let joined = SpanTrace::remote(&span, parent.as_ref());
+    span.record("trace_id", tracing::field::display(joined.trace_id()));
+    let trace = CallTrace {
+        context: *joined.context(),
+        state: incoming_tracestate(&parts.headers, parent.as_ref()),
+        request_id,
+    };
+    accept_in_span(state, parts, body, admitted, function, path, trace)
+        .instrument(span)
+        .await
+}
+
+/// The rest of [`accept`], in its submit span.
+async fn accept_in_span(
+    state: AppState,
+    parts: axum::http::request::Parts,
+    body: Body,
+    admitted: tokio::sync::OwnedSemaphorePermit,
+    function: FunctionRef,
+    path: String,
+    trace: CallTrace,
+) -> Result<Response, ApiError> {
     // The registry, not this gateway's provider, says what is deployed (another gateway may
     // have deployed it a moment ago, and the call runs later, wherever a replica is): the
     // policy is read from it, and kept until the function changes (in the cluster form, a
@@ -429,7 +588,8 @@ pub(crate) async fn submit(
     check_hops(&parts.headers)?;
     let callback_url = callback_url(&state, &parts.headers).await?;
     let id = call_id(&parts.headers)?;
-    let headers = replayable(&parts.headers)?;
+    tracing::Span::current().record("call_id", tracing::field::display(&id));
+    let headers = replayable(&parts.headers, &trace)?;
     let held = state.read_body(&parts.headers, body).await?;
     let body = held.bytes.clone();
     let meta = CallMeta {
@@ -447,11 +607,14 @@ pub(crate) async fn submit(
     let call = QueuedCall { meta, body };
     // The body stays counted against the budget until the intake has answered, even if the
     // client hangs up meanwhile (the intake finishes what it started either way).
-    let stored = tokio::spawn(async move {
-        let answer = store(&state, call).await;
-        drop((held, admitted));
-        answer
-    });
+    let stored = tokio::spawn(
+        async move {
+            let answer = store(&state, call).await;
+            drop((held, admitted));
+            answer
+        }
+        .in_current_span(),
+    );
     stored
         .await
         .map_err(|e| ApiError::Internal(format!("storing a call: {e}")))?
@@ -554,5 +717,130 @@ mod tests {
         assert_eq!(decimals.len(), 6, "{text}");
         let seconds: f64 = text.parse().unwrap();
         assert!(whole == "1" && (1.5..60.0).contains(&seconds), "{text}");
+    }
+
+    const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn with(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (k, v) in pairs {
+            headers.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        headers
+    }
+
+    fn traceparent(headers: &HeaderMap) -> TraceParent {
+        let value = headers.get(&TRACEPARENT).expect("a traceparent is sent on");
+        TraceParent::parse(value.as_bytes()).expect("a valid one")
+    }
+
+    #[test]
+    fn the_callers_trace_goes_on_with_the_gateway_as_parent() {
+        let caller = TraceParent::parse(CALLER.as_bytes()).unwrap();
+        let mut headers = with(&[("traceparent", CALLER), ("tracestate", "rojo=1,congo=2")]);
+        continue_trace(&mut headers, &tracing::Span::none());
+        let sent = traceparent(&headers);
+        assert_eq!(sent.trace_id, caller.trace_id);
+        assert_ne!(sent.parent_id, caller.parent_id);
+        assert_eq!(headers.get_all(&TRACEPARENT).iter().count(), 1);
+        assert_eq!(headers["tracestate"], "rojo=1,congo=2");
+    }
+
+    #[test]
+    fn a_bad_traceparent_starts_a_new_trace_without_its_tracestate() {
+        for bad in [
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            let mut headers = with(&[("traceparent", bad), ("tracestate", "rojo=1")]);
+            continue_trace(&mut headers, &tracing::Span::none());
+            let sent = traceparent(&headers);
+            assert_ne!(
+                sent.trace_id.to_string(),
+                "4bf92f3577b34da6a3ce929d0e0e4736"
+            );
+            assert!(sent.sampled(), "a trace Sluice starts is sampled");
+            assert!(!headers.contains_key("tracestate"), "{bad}");
+        }
+        // Two traceparents cannot be told apart: a new trace.
+        let mut headers = with(&[("traceparent", CALLER), ("traceparent", CALLER)]);
+        continue_trace(&mut headers, &tracing::Span::none());
+        assert_ne!(
+            traceparent(&headers).trace_id.to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        // None at all: a new trace too, with its own id each time.
+        let (mut a, mut b) = (HeaderMap::new(), HeaderMap::new());
+        continue_trace(&mut a, &tracing::Span::none());
+        continue_trace(&mut b, &tracing::Span::none());
+        assert_ne!(traceparent(&a).trace_id, traceparent(&b).trace_id);
+    }
+
+    #[test]
+    fn tracestate_is_joined_bounded_and_dropped_when_invalid() {
+        let mut headers = with(&[
+            ("traceparent", CALLER),
+            ("tracestate", "rojo=1"),
+            ("tracestate", "congo=2"),
+        ]);
+        continue_trace(&mut headers, &tracing::Span::none());
+        assert_eq!(headers["tracestate"], "rojo=1,congo=2");
+        let long = format!("k={}", "v".repeat(600));
+        for bad in ["Not=valid", long.as_str()] {
+            let mut headers = with(&[("traceparent", CALLER), ("tracestate", bad)]);
+            continue_trace(&mut headers, &tracing::Span::none());
+            assert!(!headers.contains_key("tracestate"), "{bad}");
+            assert!(headers.contains_key("traceparent"));
+        }
+    }
+
+    #[test]
+    fn a_usable_request_id_is_kept_and_any_other_replaced() {
+        assert_eq!(
+            request_id(&with(&[("x-request-id", "req-1:a/b+c=")])),
+            "req-1:a/b+c="
+        );
+        for bad in ["has space", "quote\"", &"x".repeat(129)] {
+            let id = request_id(&with(&[("x-request-id", bad)]));
+            assert!(is_uuid(&id), "{bad:?} became {id:?}");
+        }
+        let (a, b) = (request_id(&HeaderMap::new()), request_id(&HeaderMap::new()));
+        assert!(is_uuid(&a) && is_uuid(&b) && a != b);
+        assert_eq!(
+            Stamp::new(&with(&[("x-request-id", "r1")])).request_id,
+            "r1"
+        );
+    }
+
+    #[test]
+    fn an_async_call_stores_its_own_trace_headers_in_place_of_the_callers() {
+        let caller = TraceParent::parse(CALLER.as_bytes()).unwrap();
+        let headers = with(&[
+            ("traceparent", CALLER),
+            ("tracestate", "rojo=1"),
+            ("x-request-id", "from-client"),
+            ("content-type", "text/plain"),
+        ]);
+        let trace = CallTrace {
+            context: caller.child(),
+            state: incoming_tracestate(&headers, Some(&caller)),
+            request_id: request_id(&headers),
+        };
+        let stored = replayable(&headers, &trace).unwrap();
+        let find = |name: &str| {
+            let found: Vec<&str> = stored
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .collect();
+            assert_eq!(found.len(), 1, "{name} stored once: {stored:?}");
+            found[0]
+        };
+        assert_eq!(find("traceparent"), trace.context.to_string());
+        assert_ne!(find("traceparent"), CALLER);
+        assert_eq!(find("tracestate"), "rojo=1");
+        assert_eq!(find("x-request-id"), "from-client");
+        assert_eq!(find("content-type"), "text/plain");
     }
 }

@@ -426,7 +426,7 @@ impl Gateway {
         let state = axum::extract::State(self.state);
         match call {
             Call::Sync => invoke::sync(state, request).await,
-            Call::Async => invoke::submit(state, request).await.into_response(),
+            Call::Async => invoke::submit(state, request).await,
         }
     }
 }

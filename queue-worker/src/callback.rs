@@ -2,6 +2,8 @@
 //!
 //! The callback is what OpenFaaS's queue worker sends: the function's body and headers, plus
 //! `X-Call-Id`, `X-Function-Name`, `X-Function-Status`, `X-Duration-Seconds` and `X-Start-Time`.
+//! It goes on with the call's trace: a `traceparent` of the same trace (the callback try's span
+//! as parent), the caller's `tracestate` and the submission's `X-Request-Id`.
 //! A try that fails is not retried here: the worker gives the call back to the queue with a
 //! delay, and the next delivery tries the callback again (without running the function again),
 //! so waiting for a receiver holds no worker slot and survives a restart.
@@ -22,6 +24,7 @@ use sluice_core::callback::{
     HOPS_HEADER, SIGNATURE_HEADER, SIGNATURE_TIMESTAMP_HEADER, signed_message,
 };
 use sluice_core::headers;
+use sluice_core::trace::{self, TraceParent};
 use sluice_core::{CallMeta, CallResult, CallbackPolicy, PLATFORM_ERROR_HEADER};
 
 use crate::WorkerConfig;
@@ -181,13 +184,15 @@ pub(crate) fn signature(key: &[u8], message: &[u8]) -> String {
     format!("v1={hex}")
 }
 
-/// One try. `Ok(status)` when the receiver took it (2xx), `Err` with why when not.
+/// One try. `Ok(status)` when the receiver took it (2xx), `Err` with why when not. `context` is
+/// the try's span's, sent as its `traceparent`.
 pub(crate) async fn send(
     http: &reqwest::Client,
     config: &WorkerConfig,
     meta: &CallMeta,
     payload: &Payload,
     url: &str,
+    context: &TraceParent,
 ) -> Result<u16, Failure> {
     let failure = |status, reason: String, refused| Failure {
         status,
@@ -211,6 +216,16 @@ pub(crate) async fn send(
         ));
     }
     let mut head = payload.headers.clone();
+    // The function's own trace headers (if it answered with any) are not the call's.
+    for name in [trace::TRACESTATE, trace::REQUEST_ID] {
+        head.remove(name);
+    }
+    let traced = [
+        Some((trace::TRACEPARENT, context.to_string())),
+        meta.header(trace::TRACESTATE)
+            .map(|v| (trace::TRACESTATE, v.to_owned())),
+        meta.request_id().map(|v| (trace::REQUEST_ID, v.to_owned())),
+    ];
     // Ours replace any the function set with the same names.
     let ours = [
         (headers::CALL_ID, meta.id.to_string()),
@@ -261,6 +276,7 @@ pub(crate) async fn send(
     });
     for (name, value) in ours
         .into_iter()
+        .chain(traced.into_iter().flatten())
         .chain(retry_headers)
         .chain(hops)
         .chain(signed.into_iter().flatten())
@@ -343,6 +359,10 @@ mod tests {
         }
     }
 
+    fn context() -> TraceParent {
+        TraceParent::root()
+    }
+
     fn payload() -> Payload {
         Payload {
             status: 200,
@@ -378,7 +398,7 @@ mod tests {
             format!("http://127.0.0.1:{port}/cb"),
             "http://[::ffff:169.254.169.254]/latest".to_owned(),
         ] {
-            let failure = send(&http, &config, &meta(&url), &payload(), &url)
+            let failure = send(&http, &config, &meta(&url), &payload(), &url, &context())
                 .await
                 .unwrap_err();
             assert!(failure.refused, "{url}: {failure:?}");
@@ -393,11 +413,58 @@ mod tests {
         let http = client(Arc::new(open.callbacks.clone()));
         let url = format!("http://localhost:{port}/cb");
         let accepted = tokio::spawn(async move { listener.accept().await.is_ok() });
-        let failure = send(&http, &open, &meta(&url), &payload(), &url).await;
+        let failure = send(&http, &open, &meta(&url), &payload(), &url, &context()).await;
         assert!(accepted.await.unwrap());
         // The test's listener never answers: an unreachable receiver, to be tried again.
         if let Err(failure) = failure {
             assert!(!failure.refused, "{failure:?}");
         }
+    }
+
+    /// A callback goes on with the call's trace, whatever trace headers the function answered
+    /// with: the try's `traceparent`, the caller's `tracestate`, the submission's request id.
+    #[tokio::test]
+    async fn a_callback_carries_the_calls_trace() {
+        let (port, head) = crate::one_request().await;
+        let mut config = WorkerConfig::new("http://127.0.0.1:1");
+        config.callbacks.allow_private = true;
+        let http = client(Arc::new(config.callbacks.clone()));
+        let url = format!("http://127.0.0.1:{port}/cb");
+        let stored = TraceParent::root();
+        let mut meta = meta(&url);
+        meta.headers = vec![
+            (trace::TRACEPARENT.into(), stored.to_string()),
+            (trace::TRACESTATE.into(), "rojo=1".into()),
+            (trace::REQUEST_ID.into(), "req-9".into()),
+        ];
+        let mut payload = payload();
+        for (name, value) in [
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("tracestate", "function=own"),
+            ("x-request-id", "function-own"),
+        ] {
+            payload
+                .headers
+                .insert(name, HeaderValue::from_static(value));
+        }
+        let context = stored.child();
+        send(&http, &config, &meta, &payload, &url, &context)
+            .await
+            .unwrap();
+        let head = head.await.unwrap();
+        assert!(
+            head.contains(&format!("traceparent: {context}\r\n")),
+            "{head}"
+        );
+        assert!(head.contains("tracestate: rojo=1\r\n"), "{head}");
+        assert!(head.contains("x-request-id: req-9\r\n"), "{head}");
+        assert!(
+            !head.contains("function=own") && !head.contains("function-own"),
+            "the function's own trace headers: {head}"
+        );
+        assert!(!head.contains("0af7651916cd43dd8448eb211c80319c"), "{head}");
     }
 }

@@ -6,6 +6,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use sluice_core::headers::{self, is_hop_by_hop};
+use sluice_core::trace::{self, TraceParent};
 use sluice_core::{PLATFORM_ERROR_HEADER, QueuedCall, Timestamp};
 
 use crate::WorkerConfig;
@@ -62,15 +63,17 @@ pub(crate) struct Invocation {
     pub(crate) duration: Duration,
 }
 
+/// Runs one attempt of `call`; `context` is the attempt span's, sent as its `traceparent`.
 pub(crate) async fn invoke(
     http: &reqwest::Client,
     config: &WorkerConfig,
     call: &QueuedCall,
+    context: &TraceParent,
 ) -> Invocation {
     let meta = &call.meta;
     let started = tokio::time::Instant::now();
     let result = match url_of(config, meta) {
-        Ok(url) => send(http, config, call, url).await,
+        Ok(url) => send(http, config, call, url, context).await,
         Err(e) => Err(e),
     };
     let duration = started.elapsed();
@@ -118,6 +121,7 @@ async fn send(
     config: &WorkerConfig,
     call: &QueuedCall,
     url: reqwest::Url,
+    context: &TraceParent,
 ) -> Result<FunctionResponse, String> {
     let meta = &call.meta;
     let method = reqwest::Method::from_bytes(meta.method.as_bytes())
@@ -126,11 +130,14 @@ async fn send(
         .request(method, url)
         .timeout(config.invoke_timeout)
         .header(headers::CALL_ID, meta.id.as_str())
+        // The attempt's span is the parent of what the gateway and the function do with it;
+        // the stored `tracestate` and `X-Request-Id` go with the headers below.
+        .header(trace::TRACEPARENT, context.to_string())
         .body(call.body.clone());
     if let Some(token) = &config.internal_token {
         request = request.header(headers::INTERNAL, token);
     }
-    for (k, v) in &meta.headers {
+    for (k, v) in meta.headers.iter().filter(|(k, _)| k != trace::TRACEPARENT) {
         if let (Ok(k), Ok(v)) = (
             HeaderName::try_from(k.as_str()),
             HeaderValue::try_from(v.as_str()),
@@ -225,5 +232,35 @@ mod tests {
         ] {
             assert!(url_of(&config, &meta(bad, None)).is_err(), "{bad}");
         }
+    }
+
+    /// The function is called in the attempt's span: its `traceparent` (same trace, the attempt
+    /// as parent) replaces the one stored with the call, and the stored `tracestate` and
+    /// `X-Request-Id` go on as they are.
+    #[tokio::test]
+    async fn an_attempt_sends_its_own_traceparent_and_the_stored_trace_headers() {
+        let (port, head) = crate::one_request().await;
+        let config = WorkerConfig::new(format!("http://127.0.0.1:{port}"));
+        let stored = TraceParent::root();
+        let mut call = QueuedCall {
+            meta: meta("/", None),
+            body: bytes::Bytes::new(),
+        };
+        call.meta.headers = vec![
+            (trace::TRACEPARENT.into(), stored.to_string()),
+            (trace::TRACESTATE.into(), "rojo=1".into()),
+            (trace::REQUEST_ID.into(), "req-9".into()),
+        ];
+        let attempt = stored.child();
+        let invocation = invoke(&reqwest::Client::new(), &config, &call, &attempt).await;
+        assert_eq!(invocation.response.map(|r| r.status), Some(200));
+        let head = head.await.unwrap();
+        assert!(
+            head.contains(&format!("traceparent: {attempt}\r\n")),
+            "{head}"
+        );
+        assert_eq!(head.matches("traceparent:").count(), 1, "{head}");
+        assert!(head.contains("tracestate: rojo=1\r\n"), "{head}");
+        assert!(head.contains("x-request-id: req-9\r\n"), "{head}");
     }
 }

@@ -6,6 +6,10 @@
 //! outcome, POST it to the call's `X-Callback-Url`, and only then ack, recording how the callback
 //! went at the same time. A crash anywhere before the ack means the call is delivered again: at
 //! least once, never lost.
+//!
+//! Every delivery continues the call's trace (the submit span's context, stored with the call):
+//! a span per attempt, one per callback try, and the time the call waited on the queue; the
+//! function and the callback receiver get `traceparent`s of the same trace.
 
 mod callback;
 mod invoke;
@@ -16,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use sluice_core::trace::{self, SpanTrace, TraceId};
 use sluice_core::{
     CallOutcome, CallQueue, CallRecord, CallState, CallStore, CallbackOutcome, Delivery,
     FunctionRef, FunctionStore, QueueError, QueuedCall, RetryPolicy, StoreError, Timestamp,
@@ -23,6 +28,7 @@ use sluice_core::{
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 /// Queue worker settings; plain data.
 #[derive(Debug, Clone)]
@@ -393,6 +399,11 @@ impl Worker {
             started,
         } = delivery;
         let id = call.meta.id.clone();
+        let claimed = std::time::SystemTime::now();
+        // The trace the call continues (its submit span's context), for the lines logged
+        // before the delivery's own span is made.
+        let stored = call.meta.trace_parent();
+        let trace_id = TraceField(stored.map(|t| t.trace_id));
         // Most deliveries are new calls, started in one write. A call that already finished is
         // back only because its callback is still owed (or a crash came between the callback
         // and the ack): it is not run again.
@@ -409,24 +420,77 @@ impl Worker {
                     (record.attempts, Some(record))
                 }
                 Ok(_) => {
-                    tracing::info!(call = %id, "cancelled; not run");
+                    tracing::info!(call = %id, %trace_id, "cancelled; not run");
                     if let Err(error) = lease.ack().await {
-                        tracing::warn!(call = %id, %error, "ack of a cancelled call failed");
+                        tracing::warn!(call = %id, %trace_id, %error, "ack of a cancelled call failed");
                     }
                     return;
                 }
                 Err(error) => {
-                    tracing::warn!(call = %id, %error, "cannot read the call's record; releasing it");
+                    tracing::warn!(call = %id, %trace_id, %error, "cannot read the call's record; releasing it");
                     let _ = lease.release(BACKEND_RETRY).await;
                     return;
                 }
             },
             Err(error) => {
-                tracing::warn!(call = %id, %error, "could not record the call as running; releasing it");
+                tracing::warn!(call = %id, %trace_id, %error, "could not record the call as running; releasing it");
                 let _ = lease.release(BACKEND_RETRY).await;
                 return;
             }
         };
+        // The delivery's span, under the submit span: an attempt of the call, or a try of the
+        // callback of a call that finished on an earlier delivery.
+        let function = &call.meta.function;
+        let span = match &earlier {
+            None => tracing::info_span!(
+                "attempt",
+                call_id = %id,
+                trace_id = tracing::field::Empty,
+                function = %function,
+                attempt,
+            ),
+            Some(record) => tracing::info_span!(
+                "callback",
+                call_id = %id,
+                trace_id = tracing::field::Empty,
+                function = %function,
+                callback_try = record.callback.as_ref().map_or(0, |c| c.attempts) + 1,
+            ),
+        };
+        let joined = SpanTrace::remote(&span, stored.as_ref());
+        span.record("trace_id", tracing::field::display(joined.trace_id()));
+        if let (None, 1, Some(stored), true) = (&earlier, attempt, &stored, joined.exported()) {
+            // From the submission to this first claim: made now, with the times it had (and
+            // only when spans are exported: its attributes are made for it).
+            trace::past_span(
+                "queue wait",
+                stored,
+                call.meta.submitted_at.to_system_time(),
+                claimed,
+                &[
+                    ("call_id", id.to_string()),
+                    ("trace_id", stored.trace_id.to_string()),
+                    ("function", function.to_string()),
+                ],
+            );
+        }
+        self.work(call, attempt, earlier, delivery_count, lease, &joined)
+            .instrument(span)
+            .await;
+    }
+
+    /// Runs a delivery once it is started, in its span: the attempt (or the callback owed),
+    /// with the lease kept alive meanwhile, then ack or release.
+    async fn work(
+        &self,
+        call: QueuedCall,
+        attempt: u32,
+        earlier: Option<CallRecord>,
+        delivery_count: u32,
+        lease: Box<dyn sluice_core::Lease>,
+        joined: &SpanTrace,
+    ) {
+        let id = call.meta.id.clone();
         tracing::debug!(call = %id, attempt, delivery_count, "delivered");
 
         // In-progress acks while the call runs, so a long call is not redelivered elsewhere.
@@ -446,8 +510,8 @@ impl Worker {
         };
         let work = async {
             match &earlier {
-                Some(record) => self.owe_callback(&call, record).await,
-                None => self.run_call(&call, attempt).await,
+                Some(record) => self.owe_callback(&call, record, joined).await,
+                None => self.run_call(&call, attempt, joined).await,
             }
         };
         let finished = tokio::select! {
@@ -497,10 +561,15 @@ impl Worker {
         }
     }
 
-    /// Runs one attempt of the call and records what came of it.
-    async fn run_call(&self, call: &QueuedCall, attempt: u32) -> Result<Step, StoreError> {
+    /// Runs one attempt of the call (in its span, `joined`) and records what came of it.
+    async fn run_call(
+        &self,
+        call: &QueuedCall,
+        attempt: u32,
+        joined: &SpanTrace,
+    ) -> Result<Step, StoreError> {
         let id = &call.meta.id;
-        let result = invoke::invoke(&self.http, &self.config, call).await;
+        let result = invoke::invoke(&self.http, &self.config, call, joined.context()).await;
         let mut outcome = result.outcome();
         // The retry policy matters only to a failure or a retry: a first attempt that succeeds
         // does not read the registry for it.
@@ -539,14 +608,27 @@ impl Worker {
             return Ok(Step::done(outcome.state));
         };
         let payload = callback::Payload::from_invocation(&result, retried(attempt, &policy));
-        self.callback(call, &payload, url, 0, outcome.state).await
+        // The callback's own span, under the attempt's.
+        let span = tracing::info_span!(
+            "callback",
+            call_id = %id,
+            trace_id = %joined.trace_id(),
+            function = %call.meta.function,
+            callback_try = 1,
+        );
+        let sent = SpanTrace::local(&span, joined);
+        self.callback(call, &payload, url, 0, outcome.state, &sent)
+            .instrument(span)
+            .await
     }
 
-    /// Tries again the callback of a call that finished on an earlier delivery.
+    /// Tries again the callback of a call that finished on an earlier delivery (in the
+    /// delivery's callback span, `joined`).
     async fn owe_callback(
         &self,
         call: &QueuedCall,
         record: &CallRecord,
+        joined: &SpanTrace,
     ) -> Result<Step, StoreError> {
         let (Some(url), false) = (
             call.meta.callback_url.as_deref(),
@@ -565,13 +647,13 @@ impl Worker {
             record.duration_seconds.unwrap_or_default(),
             retried(record.attempts, &policy),
         );
-        self.callback(call, &payload, url, tried, record.state)
+        self.callback(call, &payload, url, tried, record.state, joined)
             .await
     }
 
-    /// One try of the callback. Asks for another delivery if it failed and tries are left
-    /// (recording this one first); else the call is done, and how the callback went is
-    /// recorded as it is acked.
+    /// One try of the callback, in its span (`joined`). Asks for another delivery if it failed
+    /// and tries are left (recording this one first); else the call is done, and how the
+    /// callback went is recorded as it is acked.
     async fn callback(
         &self,
         call: &QueuedCall,
@@ -579,11 +661,19 @@ impl Worker {
         url: &str,
         tried: u32,
         state: CallState,
+        joined: &SpanTrace,
     ) -> Result<Step, StoreError> {
         let id = &call.meta.id;
         let attempts = tried + 1;
-        let sent =
-            callback::send(&self.callback_http, &self.config, &call.meta, payload, url).await;
+        let sent = callback::send(
+            &self.callback_http,
+            &self.config,
+            &call.meta,
+            payload,
+            url,
+            joined.context(),
+        )
+        .await;
         let outcome = CallbackOutcome {
             delivered: sent.is_ok(),
             status_code: match &sent {
@@ -693,6 +783,18 @@ impl Worker {
     }
 }
 
+/// A trace id in a log line, empty for a call stored without one (by an older gateway).
+struct TraceField(Option<TraceId>);
+
+impl std::fmt::Display for TraceField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => id.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Longest wait between two tries of a callback.
 const CALLBACK_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
@@ -779,6 +881,31 @@ impl invoke::Invocation {
             duration_ms: u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
         }
     }
+}
+
+/// A server on a free port that answers one request `200` and hands back its head, in lower
+/// case: what the worker sent, as a receiver or the gateway sees it.
+#[cfg(test)]
+pub(crate) async fn one_request() -> (u16, tokio::task::JoinHandle<String>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let head = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request ended before its head did");
+            head.extend_from_slice(&buf[..n]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&head).to_lowercase()
+    });
+    (port, head)
 }
 
 #[cfg(test)]

@@ -160,9 +160,9 @@ impl PgStore {
         };
         let rows = sqlx::query(
             "INSERT INTO calls (id, namespace, function, method, path, callback_url, state, \
-             attempts, submitted_at) \
+             attempts, submitted_at, trace_id, request_id) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::text[], $7::text[], $8::bigint[], $9::bigint[]) \
+             $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::text[], $11::text[]) \
              ON CONFLICT (id) DO NOTHING RETURNING id",
         )
         .bind(column(&|r| Some(r.id.as_str().to_owned())))
@@ -184,6 +184,8 @@ impl PgStore {
                 .map(|r| r.submitted_at.as_millis())
                 .collect::<Vec<_>>(),
         )
+        .bind(column(&|r| r.trace_id.clone()))
+        .bind(column(&|r| r.request_id.clone()))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(|row| row.get("id")).collect())

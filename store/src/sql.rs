@@ -161,6 +161,8 @@ macro_rules! sql_store {
                 callback,
                 redrives: u32::try_from(row.get::<i64, _>("redrives")).unwrap_or(0),
                 timeline: None,
+                trace_id: row.get("trace_id"),
+                request_id: row.get("request_id"),
             })
         }
 
@@ -231,7 +233,9 @@ macro_rules! sql_store {
                             .bind(record.callback_url.clone())
                             .bind(record.state.as_str())
                             .bind(i64::from(record.attempts))
-                            .bind(record.submitted_at.as_millis()),
+                            .bind(record.submitted_at.as_millis())
+                            .bind(record.trace_id.clone())
+                            .bind(record.request_id.clone()),
                     )
                     .await
                     .map_err(unavailable)?;
@@ -733,8 +737,8 @@ pub(crate) use sql_store;
 
 /// Records a new call, unless its id exists (numbered parameters: both databases take them).
 pub(crate) const INSERT_CALL: &str = "INSERT INTO calls (id, namespace, function, method, path, \
-     callback_url, state, attempts, submitted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-     ON CONFLICT (id) DO NOTHING";
+     callback_url, state, attempts, submitted_at, trace_id, request_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING";
 
 /// A call's record with its timeline's columns as text (Postgres keeps them as JSONB), as
 /// `record_with_timeline` reads it. The statements that write calls (`FINISH`,
@@ -747,7 +751,7 @@ pub(crate) const GET_CALL: &str = "SELECT *, CAST(attempt_log AS TEXT) AS attemp
 /// Calls started per statement of `start_attempts`.
 pub(crate) const START_MANY_ROWS: usize = 500;
 
-/// Rows per statement of `create_many`: nine parameters each, far under either database's
+/// Rows per statement of `create_many`: eleven parameters each, far under either database's
 /// limit on a statement's parameters.
 pub(crate) const CREATE_MANY_ROWS: usize = 500;
 

@@ -148,7 +148,7 @@ pub(crate) async fn insert_new_calls<'c, 'r>(
     }
     let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
         "INSERT INTO calls (id, namespace, function, method, path, callback_url, state, \
-         attempts, submitted_at) ",
+         attempts, submitted_at, trace_id, request_id) ",
     );
     insert.push_values(records, |mut row, r| {
         row.push_bind(r.id.as_str().to_owned())
@@ -159,7 +159,9 @@ pub(crate) async fn insert_new_calls<'c, 'r>(
             .push_bind(r.callback_url.clone())
             .push_bind(r.state.as_str())
             .push_bind(i64::from(r.attempts))
-            .push_bind(r.submitted_at.as_millis());
+            .push_bind(r.submitted_at.as_millis())
+            .push_bind(r.trace_id.clone())
+            .push_bind(r.request_id.clone());
     });
     insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
     let rows = insert.build().fetch_all(db).await?;

@@ -355,7 +355,7 @@ async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
         store.backlog().await.unwrap(),
         sluice_core::Backlog::default()
     );
-    let c = call("c1", &b""[..]);
+    let c = traced(call("c1", &b""[..]));
     let rec = CallRecord::queued(&c.meta);
     assert!(CallStore::create(store, &rec).await.unwrap());
     assert_eq!(
@@ -408,6 +408,12 @@ async fn calls_contract<S: FunctionStore + CallStore>(store: &S) {
     assert_eq!(got.status_code, Some(201));
     assert_eq!(got.duration_seconds, Some(1.5));
     assert_eq!(got.callback, Some(cb));
+    assert_eq!(
+        got.trace_id.as_deref(),
+        Some(TRACE_ID),
+        "kept from the submission"
+    );
+    assert_eq!(got.request_id.as_deref(), Some("req-17"));
     let other = call("c2", &b""[..]);
     assert!(
         CallStore::create(store, &CallRecord::queued(&other.meta))
@@ -1077,10 +1083,22 @@ async fn start_attempts_contract<S: CallStore>(store: &S) {
     assert!(store.start_attempts(&[], at).await.unwrap().is_empty());
 }
 
+/// The trace a test call continues.
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// A call as the gateway stores it: with the submit span's `traceparent` and a request id.
+fn traced(mut call: sluice_core::QueuedCall) -> sluice_core::QueuedCall {
+    use sluice_core::trace::{REQUEST_ID, TRACEPARENT};
+    let traceparent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
+    call.meta.headers.push((TRACEPARENT.into(), traceparent));
+    call.meta.headers.push((REQUEST_ID.into(), "req-17".into()));
+    call
+}
+
 /// Many records in one statement: each new id created once, by its first record; an id that
 /// exists is left as it was.
 async fn create_many_contract<S: CallStore>(store: &S) {
-    let record = |id: &str| CallRecord::queued(&call(id, &b""[..]).meta);
+    let record = |id: &str| CallRecord::queued(&traced(call(id, &b""[..])).meta);
     assert!(CallStore::create(store, &record("many-0")).await.unwrap());
     store
         .start_attempt(&CallId::parse("many-0").unwrap(), Timestamp::now())
@@ -1106,6 +1124,10 @@ async fn create_many_contract<S: CallStore>(store: &S) {
         (CallState::Queued, "PUT", "/a/b")
     );
     assert_eq!(two.callback_url.as_deref(), Some("http://127.0.0.1:1/cb"));
+    assert_eq!(
+        (two.trace_id.as_deref(), two.request_id.as_deref()),
+        (Some(TRACE_ID), Some("req-17"))
+    );
     // More than one statement's worth.
     let lots: Vec<CallRecord> = (0..1200).map(|i| record(&format!("lots-{i}"))).collect();
     let created = store.create_many(&lots).await.unwrap();

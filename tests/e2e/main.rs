@@ -44,5 +44,6 @@ mod secrets;
 mod security;
 mod templates;
 mod timeline;
+mod traces;
 mod watchdog;
 mod wire;

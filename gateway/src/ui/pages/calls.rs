@@ -299,6 +299,10 @@ fn summary(viewer: &Viewer, call: &CallRecord) -> Markup {
                 dt { "Request" } dd { code { (call.method) " " (call.path) } }
                 dt { "Attempts" } dd { (call.attempts) }
                 @if let Some(url) = &call.callback_url { dt { "Callback URL" } dd { code { (url) } } }
+                // The W3C trace every hop of the call is in: the caller's, or one the gateway
+                // started; find it in a tracing backend, or in JSON logs.
+                @if let Some(trace) = &call.trace_id { dt { "Trace ID" } dd { code #call-trace { (trace) } } }
+                @if let Some(id) = &call.request_id { dt { "Request ID" } dd { code #call-request-id { (id) } } }
             }
             h2 { "Timeline" }
             (timeline(call))
