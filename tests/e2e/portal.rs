@@ -495,3 +495,67 @@ async fn a_queued_call_is_cancelled_and_a_function_removed_from_the_portal() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test]
+async fn calls_are_listed_newest_first_a_page_at_a_time_and_filtered() {
+    let (_dir, sluice, http) = up_with_echo(&[]).await;
+    let url = &sluice.url;
+    let mut ids = Vec::new();
+    for i in 0..55 {
+        let r = http
+            .post(format!("{url}/async-function/echo"))
+            .header("x-call-id", format!("page-call-{i:02}"))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        ids.push(format!("page-call-{i:02}"));
+    }
+    let (cookie, _) = log_in(url, &[]).await;
+    let client = browserless();
+    let get = |path: String| {
+        let (client, cookie) = (client.clone(), cookie.clone());
+        async move {
+            client
+                .get(format!("{url}{path}"))
+                .header(COOKIE, &cookie)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let rows = |page: &str| -> Vec<String> {
+        page.match_indices(r#"data-call=""#)
+            .map(|(i, m)| {
+                let rest = &page[i + m.len()..];
+                rest[..rest.find('"').unwrap()].to_owned()
+            })
+            .collect()
+    };
+    let first = get("/ui/calls?function=echo.openfaas-fn".into()).await;
+    let first_rows = rows(&first);
+    assert_eq!(first_rows.len(), 50, "{first}");
+    // Newest first: the ids were submitted in order.
+    let mut sorted = first_rows.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(first_rows, sorted);
+    let start = first.find(r#"rel="next""#).expect("a link to older calls");
+    let href_start = first[..start].rfind("href=\"").unwrap() + "href=\"".len();
+    let next = first[href_start..start]
+        .trim_end_matches("\" ")
+        .replace("&amp;", "&");
+    let second = get(next.trim_end_matches('"').to_owned()).await;
+    let second_rows = rows(&second);
+    assert_eq!(second_rows.len(), 5, "{second}");
+    assert!(second_rows.iter().all(|id| !first_rows.contains(id)));
+    assert!(!second.contains(r#"rel="next""#));
+    // A filter on a state no call is in, and one that cannot be.
+    let none = get("/ui/calls?state=cancelled".into()).await;
+    assert!(rows(&none).is_empty() && none.contains("No calls here."));
+    let bad = get("/ui/calls?state=lost".into()).await;
+    assert!(bad.contains("is not a call state"), "{bad}");
+}

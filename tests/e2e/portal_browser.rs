@@ -84,6 +84,12 @@ async fn log_in_see_the_functions_and_invoke_one() {
     let status = browser.text("#invoke-status").await;
     assert!(status.starts_with("200"), "{status}");
     browser.screenshot("function").await;
+    // The log tail follows the function's output.
+    browser
+        .until_text("#logs-status", "the live tail", |t| {
+            t == "Following new lines."
+        })
+        .await;
 
     // A change sent without the session's CSRF token (a script of the page's origin) is refused;
     // nothing is scaled.
