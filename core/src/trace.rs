@@ -215,9 +215,11 @@ impl fmt::Display for TraceParent {
 /// Whether a `tracestate` value may be passed on: at most [`MAX_TRACESTATE_LEN`] bytes, at most
 /// 32 list members, each `key=value` as the spec spells them (a key of lowercase letters,
 /// digits and `_-*/`, with an optional `@system`; a value of printable ASCII but `,` and `=`,
-/// not ending in a space). Empty members (`a=1,,b=2`) are allowed, as the spec allows them.
+/// not ending in a space). Empty members (`a=1,,b=2`) are allowed, as the spec allows them, but
+/// not a value of separators and spaces alone; only printable ASCII and spaces are passed on (a tab the
+/// spec allows around members is not).
 pub fn tracestate_is_valid(value: &[u8]) -> bool {
-    if value.len() > MAX_TRACESTATE_LEN {
+    if value.len() > MAX_TRACESTATE_LEN || !value.iter().all(|b| (0x20..=0x7e).contains(b)) {
         return false;
     }
     let mut members = 0;
@@ -238,7 +240,7 @@ pub fn tracestate_is_valid(value: &[u8]) -> bool {
             return false;
         }
     }
-    true
+    value.is_empty() || members > 0
 }
 
 fn tracestate_key_is_valid(key: &[u8]) -> bool {
@@ -591,6 +593,10 @@ mod tests {
             "t@Vendor=x",
             "t@=x",
             "k=\u{e9}",
+            " ",
+            "\t",
+            ",",
+            "\ta=1",
             &too_many,
             &too_long,
         ] {
