@@ -285,12 +285,18 @@ fn up_with_env(data: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> S
     Sluice::run_with_env(&all, &data.with_extension("log"), &vars)
 }
 
-#[tokio::test]
-async fn json_logs_carry_the_call_id_and_trace_id_and_no_secrets() {
+on_both_backends!(json_logs_carry_the_call_id_and_trace_id_and_no_secrets);
+async fn json_logs_carry_the_call_id_and_trace_id_and_no_secrets(backend: crate::harness::Backend) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let mut args = match &backend {
+        crate::harness::Backend::Embedded => Vec::new(),
+        crate::harness::Backend::Shared(shared) => shared.args(),
+    };
+    args.extend(["--log-format".to_owned(), "json".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // Debug, so every line Sluice has to say about the call is looked at.
-    let sluice = up_with_env(&data, &["--log-format", "json"], &[("SLUICE_LOG", "debug")]);
+    let sluice = up_with_env(&data, &args, &[("SLUICE_LOG", "debug")]);
     let url = &sluice.url;
     let http = crate::harness::http();
     let receiver = Receiver::start().await;
