@@ -30,8 +30,8 @@ pub enum LogFormat {
 /// The service name spans are exported under unless `OTEL_SERVICE_NAME` says otherwise.
 const DEFAULT_SERVICE_NAME: &str = "sluice";
 
-/// How long one export may take (the exporter leaves its client to enforce it): the OTLP
-/// default.
+/// How long one export may take unless `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` or
+/// `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds) says otherwise: the OTLP default.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest answer read from the OTLP receiver (a partial-success message, a few bytes).
@@ -50,6 +50,18 @@ pub fn export_asked(env: impl Fn(&str) -> Option<String>) -> bool {
     let set = |name: &str| env(name).is_some_and(|v| !v.trim().is_empty());
     let disabled = env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
     !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// How long one export may take: the exporter leaves its HTTP client to enforce it, so the
+/// client reads the standard settings (milliseconds; the traces' own first).
+pub fn export_timeout(env: impl Fn(&str) -> Option<String>) -> Duration {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    ]
+    .into_iter()
+    .find_map(|name| env(name)?.trim().parse::<u64>().ok())
+    .map_or(EXPORT_TIMEOUT, Duration::from_millis)
 }
 
 /// Installs logging (`SLUICE_LOG` filters it, `info` by default) in `format`, and, when `serves`
@@ -112,7 +124,7 @@ fn provider() -> anyhow::Result<SdkTracerProvider> {
     use anyhow::Context as _;
     use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
     let client = reqwest::Client::builder()
-        .timeout(EXPORT_TIMEOUT)
+        .timeout(export_timeout(|name| std::env::var(name).ok()))
         .build()
         .context("making the OTLP exporter's HTTP client")?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -224,6 +236,26 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
             ("OTEL_SDK_DISABLED", "TRUE"),
         ])));
+    }
+
+    #[test]
+    fn the_export_timeout_follows_the_standard_settings() {
+        assert_eq!(export_timeout(env(&[])), EXPORT_TIMEOUT);
+        assert_eq!(
+            export_timeout(env(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")])),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            export_timeout(env(&[
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "700"),
+            ])),
+            Duration::from_millis(700)
+        );
+        assert_eq!(
+            export_timeout(env(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")])),
+            EXPORT_TIMEOUT
+        );
     }
 
     #[test]
