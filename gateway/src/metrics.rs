@@ -49,6 +49,8 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub(crate) fn observe(&self, function: &FunctionRef, code: u16, took: Duration) {
+        // The clock is read before the lock is taken, so no call waits on another's clock read.
+        let now = sluice_core::Timestamp::now().as_millis();
         let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
         if !series.contains_key(function) {
             series.insert(function.clone(), BTreeMap::new());
@@ -60,7 +62,7 @@ impl Metrics {
         let secs = took.as_secs_f64();
         s.count += 1;
         s.sum += secs;
-        s.last_at = sluice_core::Timestamp::now().as_millis();
+        s.last_at = now;
         for (bucket, bound) in s.buckets.iter_mut().zip(BUCKETS) {
             if secs <= bound {
                 *bucket += 1;

@@ -101,7 +101,7 @@ fn panel(
             }
         };
         for p in points.iter().filter(|p| p.at >= start) {
-            if previous.is_some_and(|at| p.at - at > gap) {
+            if previous.is_some_and(|at| p.at.saturating_sub(at) > gap) {
                 flush(&mut line, &mut svg);
             }
             let _ = write!(line, "{:.1},{:.1} ", x(p.at), y((s.value)(p)));

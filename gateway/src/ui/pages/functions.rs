@@ -191,12 +191,12 @@ async fn last_lines(state: &AppState, function: &FunctionRef) -> String {
     let Ok(lines) = state.orchestrator.logs(function, LOG_LINES, false) else {
         return String::new();
     };
-    let collect = lines
+    // What arrives within two seconds (a slow provider's first lines are kept, not dropped).
+    lines
+        .take_until(tokio::time::sleep(Duration::from_secs(2)))
         .map(|l| format!("{} {} {}", l.timestamp.to_rfc3339(), l.instance, l.text))
-        .collect::<Vec<_>>();
-    tokio::time::timeout(Duration::from_secs(2), collect)
+        .collect::<Vec<_>>()
         .await
-        .unwrap_or_default()
         .join("\n")
 }
 
